@@ -1,0 +1,78 @@
+# Ferry: Dovecot plugin (plugin/), ferryd service (service/), tests (tests/).
+#   make            build into build/
+#   make check      install missing Debian packages (as root), build, run all tests
+#   make demo       the same prerequisites, then a live migration on the sandbox
+#   make install    install the plugins into Dovecot's module directories
+
+DOVECOT_INC   ?= /usr/include/dovecot
+DOVECOT_LIB   ?= /usr/lib/dovecot
+MODULEDIR     ?= $(DOVECOT_LIB)/modules
+BUILD         ?= build
+PYTHON        ?= /usr/bin/python3
+PYTEST_ARGS   ?=
+
+# Dovecot's headers need GNU C (typeof, statement expressions).
+WARN      = -Wall -Wextra -Werror -Wno-unused-parameter -Wmissing-prototypes \
+            -Wmissing-declarations -Wpointer-arith
+PLUGIN_CFLAGS = -std=gnu11 -O2 -g -fPIC -DHAVE_CONFIG_H -I$(DOVECOT_INC) \
+            -Iplugin -Iinclude $(WARN) $(SANITIZE)
+PLUGIN_LDFLAGS = -shared -L$(DOVECOT_LIB) -Wl,-rpath,$(DOVECOT_LIB) $(SANITIZE)
+
+PLUGIN_SRCS = plugin/ferry-plugin.c plugin/state.c plugin/old.c \
+              plugin/tree.c plugin/pull.c plugin/lazy.c
+DOVEADM_SRCS = plugin/doveadm-ferry.c
+PLUGIN_OBJS  = $(PLUGIN_SRCS:plugin/%.c=$(BUILD)/plugin/%.o)
+DOVEADM_OBJS = $(DOVEADM_SRCS:plugin/%.c=$(BUILD)/plugin/%.o)
+PLUGIN_SO    = $(BUILD)/lib20_ferry_plugin.so
+DOVEADM_SO   = $(BUILD)/lib10_doveadm_ferry_plugin.so
+
+DEB_PACKAGES = build-essential dovecot-core dovecot-imapd dovecot-pop3d \
+               dovecot-lmtpd dovecot-dev python3 python3-pytest
+
+.PHONY: all plugin deps check check-asan demo install clean format
+
+all: plugin
+plugin: $(PLUGIN_SO) $(DOVEADM_SO)
+
+$(BUILD)/plugin/%.o: plugin/%.c plugin/ferry-plugin.h | $(BUILD)/plugin
+	$(CC) $(PLUGIN_CFLAGS) -c -o $@ $<
+
+$(BUILD)/plugin:
+	mkdir -p $@
+
+$(PLUGIN_SO): $(PLUGIN_OBJS)
+	$(CC) $(PLUGIN_LDFLAGS) -o $@ $^ -ldovecot-storage -ldovecot
+
+# Resolves the mail plugin's symbols at run time: doveadm loads its
+# plugins after mail_plugins.
+$(DOVEADM_SO): $(DOVEADM_OBJS)
+	$(CC) $(PLUGIN_LDFLAGS) -o $@ $^ -ldovecot-storage -ldovecot
+
+deps:
+	@bash tests/install-deps.sh $(DEB_PACKAGES)
+
+check: deps
+	$(MAKE) all
+	$(MAKE) check-asan
+	cd tests && $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The same plugin built with ASan+UBSan, preloaded into the Dovecot
+# processes of the sandbox; the tests marked "asan" run against it.
+check-asan: deps
+	$(MAKE) BUILD=build-asan SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer" plugin
+	cd tests && FERRY_BUILD=../build-asan FERRY_ASAN=1 $(PYTHON) -m pytest -q -p no:cacheprovider -m asan $(PYTEST_ARGS)
+
+demo: deps
+	$(MAKE) all
+	cd tests && $(PYTHON) demo.py
+
+install: all
+	install -m 0644 $(PLUGIN_SO) $(DESTDIR)$(MODULEDIR)/
+	install -d $(DESTDIR)$(MODULEDIR)/doveadm
+	install -m 0644 $(DOVEADM_SO) $(DESTDIR)$(MODULEDIR)/doveadm/
+
+format:
+	clang-format -i plugin/*.c plugin/*.h
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,245 @@
+/* doveadm ferry pull|status: the copy engine driven from outside (by an
+   admin, or by ferryd through the doveadm HTTP API). The work itself is
+   the mail plugin's: this file only parses, runs and prints. It resolves
+   the mail plugin's symbols at load time, which doveadm allows because it
+   loads its own plugins after mail_plugins. */
+
+#include "lib.h"
+#include "doveadm-mail.h"
+#include "doveadm-print.h"
+#include "mail-namespace.h"
+#include "mailbox-list-iter.h"
+#include "ferry-plugin.h"
+
+const char *doveadm_ferry_plugin_version = DOVECOT_ABI_VERSION;
+void doveadm_ferry_plugin_init(struct module *module);
+void doveadm_ferry_plugin_deinit(void);
+
+struct ferry_cmd_context {
+	struct doveadm_mail_cmd_context ctx;
+	const char *mailbox;
+};
+
+static bool ferry_cmd_parse_arg(struct doveadm_mail_cmd_context *_ctx, int c)
+{
+	struct ferry_cmd_context *ctx = (struct ferry_cmd_context *)_ctx;
+
+	if (c != 'm')
+		return FALSE;
+	ctx->mailbox = p_strdup(_ctx->pool, optarg);
+	return TRUE;
+}
+
+static bool ferry_cmd_user_ok(struct doveadm_mail_cmd_context *ctx,
+			      struct mail_user *user)
+{
+	if (FERRY_USER_CONTEXT(user) != NULL)
+		return TRUE;
+	i_error("ferry is not enabled for user %s (plugin setting ferry=yes)",
+		user->username);
+	doveadm_mail_failed_error(ctx, MAIL_ERROR_NOTFOUND);
+	return FALSE;
+}
+
+static void ferry_pull_print(const struct ferry_pull_result *res,
+			     const char *error, void *context)
+{
+	struct doveadm_mail_cmd_context *ctx = context;
+
+	doveadm_print(res->vname);
+	doveadm_print(error != NULL ? "failed" : ferry_box_state_name(res->state));
+	doveadm_print_num(res->copied);
+	doveadm_print_num(res->renumbered);
+	doveadm_print_num(res->local_messages);
+	doveadm_print(error != NULL ? error : "");
+	if (error != NULL)
+		doveadm_mail_failed_error(ctx, MAIL_ERROR_TEMP);
+}
+
+static int ferry_cmd_pull_run(struct doveadm_mail_cmd_context *_ctx,
+			      struct mail_user *user)
+{
+	struct ferry_cmd_context *ctx = (struct ferry_cmd_context *)_ctx;
+	struct ferry_pull_result res;
+	enum mail_error code;
+	const char *error = NULL;
+	int ret;
+
+	if (!ferry_cmd_user_ok(_ctx, user))
+		return -1;
+	if (ctx->mailbox == NULL) {
+		ret = ferry_pull_all(user, ferry_pull_print, _ctx, &error);
+	} else if ((ret = ferry_tree_sync(user, &error)) == 0) {
+		ret = ferry_pull_folder(user, ctx->mailbox, &res, &code, &error);
+		ferry_pull_print(&res, ret < 0 ? error : NULL, _ctx);
+		if (ret == 0 && ferry_user_check_done(user, &error) < 0)
+			ret = -1;
+	}
+	if (ret < 0) {
+		i_error("ferry pull: %s", error);
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+	}
+	return ret;
+}
+
+static void ferry_cmd_pull_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
+				const char *const args[] ATTR_UNUSED)
+{
+	doveadm_print_header_simple("folder");
+	doveadm_print_header_simple("state");
+	doveadm_print_header_simple("copied");
+	doveadm_print_header_simple("renumbered");
+	doveadm_print_header_simple("messages");
+	doveadm_print_header_simple("error");
+}
+
+static struct doveadm_mail_cmd_context *ferry_cmd_pull_alloc(void)
+{
+	struct ferry_cmd_context *ctx;
+
+	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
+	ctx->ctx.getopt_args = "m:";
+	ctx->ctx.v.parse_arg = ferry_cmd_parse_arg;
+	ctx->ctx.v.init = ferry_cmd_pull_init;
+	ctx->ctx.v.run = ferry_cmd_pull_run;
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	return &ctx->ctx;
+}
+
+/* status: local facts from the folder headers; the old server is asked
+   only about folders that are not complete. */
+static void ferry_status_folder(struct mail_user *user, const char *vname)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct ferry_box_hdr hdr;
+	struct mailbox_status st, ost;
+	struct mail_user *old;
+	struct mailbox *box, *obox;
+	const char *error, *old_count = "";
+
+	ferry_internal_begin(user);
+	box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_READONLY |
+			    MAILBOX_FLAG_IGNORE_ACLS);
+	i_zero(&hdr);
+	i_zero(&st);
+	if (mailbox_open(box) == 0) {
+		ferry_box_hdr_get(box, &hdr);
+		(void)mailbox_get_status(box, STATUS_MESSAGES |
+					 STATUS_UIDVALIDITY, &st);
+	}
+	if (hdr.state == FERRY_BOX_COMPLETE)
+		old_count = dec2str(hdr.old_messages);
+	else if (hdr.state != FERRY_BOX_LOCAL) {
+		if (ferry_old_user_get(user, &old, &error) < 0)
+			old_count = "?";
+		else {
+			obox = mailbox_alloc(mail_namespace_find_inbox(
+				old->namespaces)->list,
+				ferry_old_name(user, old, vname),
+				MAILBOX_FLAG_READONLY);
+			old_count = mailbox_get_status(obox, STATUS_MESSAGES,
+						       &ost) < 0 ? "?" :
+				dec2str(ost.messages);
+			mailbox_free(&obox);
+		}
+	}
+	mailbox_free(&box);
+	ferry_internal_end(user);
+
+	doveadm_print(vname);
+	doveadm_print(ferry_box_state_name(hdr.state));
+	doveadm_print(old_count);
+	doveadm_print_num(st.messages);
+	doveadm_print_num(st.uidvalidity);
+	doveadm_print_num(hdr.old_uidvalidity);
+	doveadm_print_num(hdr.copied);
+	doveadm_print_num(hdr.renumbered);
+}
+
+static int ferry_cmd_status_run(struct doveadm_mail_cmd_context *_ctx,
+				struct mail_user *user)
+{
+	struct ferry_cmd_context *ctx = (struct ferry_cmd_context *)_ctx;
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct mailbox_list_iterate_context *iter;
+	const struct mailbox_info *info;
+	enum mail_error err;
+
+	if (!ferry_cmd_user_ok(_ctx, user))
+		return -1;
+	if (ctx->mailbox != NULL) {
+		ferry_status_folder(user, ctx->mailbox);
+		return 0;
+	}
+	ferry_internal_begin(user);
+	iter = mailbox_list_iter_init(ns->list, "*", 0);
+	ferry_internal_end(user);
+	while ((info = mailbox_list_iter_next(iter)) != NULL) T_BEGIN {
+		if ((info->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) == 0)
+			ferry_status_folder(user, info->vname);
+	} T_END;
+	if (mailbox_list_iter_deinit(&iter) < 0) {
+		i_error("ferry status: %s",
+			mailbox_list_get_last_error(ns->list, &err));
+		doveadm_mail_failed_error(_ctx, err);
+		return -1;
+	}
+	return 0;
+}
+
+static void ferry_cmd_status_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
+				  const char *const args[] ATTR_UNUSED)
+{
+	doveadm_print_header_simple("folder");
+	doveadm_print_header_simple("state");
+	doveadm_print_header_simple("old");
+	doveadm_print_header_simple("local");
+	doveadm_print_header_simple("uidvalidity");
+	doveadm_print_header_simple("old_uidvalidity");
+	doveadm_print_header_simple("copied");
+	doveadm_print_header_simple("renumbered");
+}
+
+static struct doveadm_mail_cmd_context *ferry_cmd_status_alloc(void)
+{
+	struct ferry_cmd_context *ctx;
+
+	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
+	ctx->ctx.getopt_args = "m:";
+	ctx->ctx.v.parse_arg = ferry_cmd_parse_arg;
+	ctx->ctx.v.init = ferry_cmd_status_init;
+	ctx->ctx.v.run = ferry_cmd_status_run;
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	return &ctx->ctx;
+}
+
+static struct doveadm_cmd_ver2 ferry_commands[] = {
+	{
+		.name = "ferry pull",
+		.usage = "[-m <folder>]",
+		.mail_cmd = ferry_cmd_pull_alloc,
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_MAIL_COMMON
+DOVEADM_CMD_PARAM('m', "mailbox", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAMS_END
+	},
+	{
+		.name = "ferry status",
+		.usage = "[-m <folder>]",
+		.mail_cmd = ferry_cmd_status_alloc,
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_MAIL_COMMON
+DOVEADM_CMD_PARAM('m', "mailbox", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAMS_END
+	},
+};
+
+void doveadm_ferry_plugin_init(struct module *module ATTR_UNUSED)
+{
+	for (unsigned int i = 0; i < N_ELEMENTS(ferry_commands); i++)
+		doveadm_cmd_register_ver2(&ferry_commands[i]);
+}
+
+void doveadm_ferry_plugin_deinit(void)
+{
+}

@@ -1,0 +1,122 @@
+#ifndef FERRY_PLUGIN_H
+#define FERRY_PLUGIN_H
+
+/* Internal interface of the ferry mail plugin: the copy engine (pull.c),
+   the folder tree (tree.c), per-folder and per-user state (state.c), the
+   old-server session (old.c) and the storage overrides that trigger pulls
+   (lazy.c). Settings and hook registration live in ferry-plugin.c, the only
+   file that knows which Dovecot version it is built for. */
+
+#include "module-context.h"
+#include "mail-user.h"
+#include "mail-storage-private.h"
+#include "mailbox-list-private.h"
+
+#define FERRY_LOG_PREFIX "ferry: "
+#define FERRY_BOX_LOCK_FNAME ".dovecot-box-sync.lock" /* shared with dsync */
+#define FERRY_TREE_LOCK_FNAME "dovecot-ferry-tree.lock"
+#define FERRY_STATE_FNAME "dovecot-ferry.state"
+
+struct ferry_settings {
+	bool enabled;
+	unsigned int batch_size;
+	unsigned int lock_timeout_secs;
+	unsigned int progress_interval_secs;
+	unsigned int prefetch_count;
+};
+
+/* Per-user state, attached to users being migrated. */
+struct ferry_user {
+	union mail_user_module_context module_ctx;
+	struct ferry_settings set;
+
+	/* Session on the old server (imapc:), opened on first need. */
+	struct mail_user *old_user;
+	/* User-level state file contents (see state.c). */
+	time_t tree_synced, done;
+	/* Nesting depth of Ferry's own storage calls: our hooks stand aside
+	   while Ferry itself creates, opens or lists. */
+	unsigned int internal;
+};
+
+#define FERRY_USER_CONTEXT(obj) \
+	MODULE_CONTEXT(obj, ferry_user_module)
+extern MODULE_CONTEXT_DEFINE(ferry_user_module, &mail_user_module_register);
+extern MODULE_CONTEXT_DEFINE(ferry_storage_module, &mail_storage_module_register);
+extern MODULE_CONTEXT_DEFINE(ferry_mailbox_list_module,
+			     &mailbox_list_module_register);
+
+/* ferry-plugin.c: settings (version-specific) */
+void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r);
+
+/* Per-folder state, an index header extension written in the same
+   transaction as the messages it describes. */
+enum ferry_box_state {
+	FERRY_BOX_UNKNOWN = 0,	/* no header: never looked at */
+	FERRY_BOX_PENDING,	/* copy under way */
+	FERRY_BOX_COMPLETE,	/* every old message copied */
+	FERRY_BOX_LOCAL,	/* created on the new server; nothing to copy */
+};
+struct ferry_box_hdr {
+	uint32_t state;
+	uint32_t old_uidvalidity;
+	/* every old UID <= copied_upto is copied */
+	uint32_t copied_upto;
+	uint32_t old_uidnext;
+	uint32_t old_messages;	/* at completion */
+	uint32_t copied;	/* messages copied by Ferry, in total */
+	uint32_t renumbered;	/* messages that could not keep their UID */
+	uint32_t completed_time;
+};
+
+/* state.c */
+void ferry_box_hdr_get(struct mailbox *box, struct ferry_box_hdr *hdr_r);
+void ferry_box_hdr_update(struct mailbox_transaction_context *t,
+			  const struct ferry_box_hdr *hdr);
+int ferry_box_hdr_write(struct mailbox *box, const struct ferry_box_hdr *hdr);
+const char *ferry_box_state_name(enum ferry_box_state state);
+int ferry_user_state_read(struct mail_user *user, const char **error_r);
+int ferry_user_state_write(struct mail_user *user, const char **error_r);
+const char *ferry_user_index_root(struct mail_user *user);
+
+/* old.c: the old server, as Dovecot's imapc storage in a second user */
+int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
+		       const char **error_r);
+const char *ferry_old_name(struct mail_user *user, struct mail_user *old,
+			   const char *local_vname);
+const char *ferry_local_name(struct mail_user *user, struct mail_user *old,
+			     const char *old_vname);
+
+/* tree.c: folders and subscriptions, once per user */
+int ferry_tree_sync(struct mail_user *user, const char **error_r);
+
+/* pull.c: the copy engine. Returns 0 when the folder is complete. */
+struct ferry_pull_result {
+	const char *vname;
+	enum ferry_box_state state;
+	unsigned int copied;
+	unsigned int renumbered;
+	uint32_t old_messages, local_messages;
+};
+int ferry_pull_folder(struct mail_user *user, const char *vname,
+		      struct ferry_pull_result *result_r,
+		      enum mail_error *error_code_r, const char **error_r);
+int ferry_pull_all(struct mail_user *user,
+		   void (*callback)(const struct ferry_pull_result *res,
+				    const char *error, void *context),
+		   void *context, const char **error_r);
+/* Marks the user done if every folder is complete (no old server access
+   in later sessions). */
+int ferry_user_check_done(struct mail_user *user, const char **error_r);
+
+/* lazy.c: the storage overrides */
+void ferry_lazy_mailbox_allocated(struct mailbox *box);
+void ferry_lazy_mailbox_list_created(struct mailbox_list *list);
+
+/* ferry-plugin.c */
+extern bool ferry_creating_old_user;
+bool ferry_user_is_internal(struct mail_user *user);
+void ferry_internal_begin(struct mail_user *user);
+void ferry_internal_end(struct mail_user *user);
+
+#endif

@@ -1,0 +1,92 @@
+/* The old server, seen through Dovecot's own IMAP client storage (imapc:)
+   in a second mail_user that shares the real user's settings: imapc_host,
+   imapc_user, imapc_master_user... and their per-user userdb overrides.
+   It is opened only when a folder still needs copying, so a finished user
+   never connects. */
+
+#include "lib.h"
+#include "str.h"
+#include "mail-namespace.h"
+#include "mail-storage-settings.h"
+#include "ferry-plugin.h"
+
+int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
+		       const char **error_r)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	struct mail_user *old;
+	struct mail_storage_settings *mail_set;
+	const char *error;
+
+	if (fuser->old_user != NULL) {
+		*old_r = fuser->old_user;
+		return 0;
+	}
+
+	old = mail_user_dup(user);
+	ferry_creating_old_user = TRUE;
+	int ret = mail_user_init(old, &error);
+	ferry_creating_old_user = FALSE;
+	if (ret < 0) {
+		*error_r = t_strdup_printf("old server session: %s", error);
+		mail_user_deinit(&old);
+		return -1;
+	}
+	/* The old session fetches ahead so that bodies arrive in pipelined
+	   UID ranges instead of one round trip per message. This user's
+	   settings are a private copy, so the change stays here. */
+	mail_set = (struct mail_storage_settings *)
+		mail_user_set_get_storage_set(old);
+	mail_set->mail_prefetch_count = fuser->set.prefetch_count;
+
+	ferry_creating_old_user = TRUE;
+	ret = mail_namespaces_init_location(old, "imapc:", &error);
+	ferry_creating_old_user = FALSE;
+	if (ret < 0) {
+		*error_r = t_strdup_printf("old server: %s", error);
+		mail_user_deinit(&old);
+		return -1;
+	}
+	fuser->old_user = old;
+	*old_r = old;
+	return 0;
+}
+
+/* Folder names are translated by hierarchy level: "A.B" on an old server
+   with '.' is "A/B" on a new one with '/'. */
+static const char *
+ferry_name_translate(const char *name, char from_sep, char to_sep)
+{
+	if (from_sep == to_sep || strcasecmp(name, "INBOX") == 0)
+		return name;
+	string_t *str = t_str_new(strlen(name));
+	for (const char *p = name; *p != '\0'; p++)
+		str_append_c(str, *p == from_sep ? to_sep : *p);
+	return str_c(str);
+}
+
+static struct mail_namespace *ferry_inbox_ns(struct mail_user *user)
+{
+	return mail_namespace_find_inbox(user->namespaces);
+}
+
+const char *ferry_old_name(struct mail_user *user, struct mail_user *old,
+			   const char *local_vname)
+{
+	return ferry_name_translate(local_vname,
+				    mail_namespace_get_sep(ferry_inbox_ns(user)),
+				    mail_namespace_get_sep(ferry_inbox_ns(old)));
+}
+
+/* Returns NULL when the old name cannot be represented locally: a level
+   that contains the local separator would silently become two levels. */
+const char *ferry_local_name(struct mail_user *user, struct mail_user *old,
+			     const char *old_vname)
+{
+	char old_sep = mail_namespace_get_sep(ferry_inbox_ns(old));
+	char local_sep = mail_namespace_get_sep(ferry_inbox_ns(user));
+
+	if (old_sep != local_sep && strchr(old_vname, local_sep) != NULL)
+		return NULL;
+	return ferry_name_translate(old_vname, old_sep, local_sep);
+}

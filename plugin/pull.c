@@ -1,0 +1,519 @@
+/* The copy engine: one folder's missing messages, old server -> new server,
+   under the UID rule (docs/design.md):
+
+   - the folder keeps the old UIDVALIDITY; it is set while the folder is
+     still empty;
+   - old messages are saved in ascending UID order with their old UID, in
+     batches; each batch commits together with the header that records how
+     far the copy got, so a crash re-fetches at most one batch;
+   - the dsync lock (.dovecot-box-sync.lock) serialises every writer of
+     the folder: a lazy pull, a bulk pull, doveadm sync;
+   - then next_uid is raised to the old UIDNEXT, and only then is the
+     folder marked complete and handed to the command that wanted it.
+
+   A UID that is not kept (something wrote into the folder behind the lock)
+   is logged with the UID it got, and from then on the folder's messages
+   are appended with fresh UIDs: a UID never names another message. */
+
+#include "lib.h"
+#include "array.h"
+#include "ioloop.h"
+#include "seq-range-array.h"
+#include "file-lock.h"
+#include "mail-namespace.h"
+#include "mail-search-build.h"
+#include "mailbox-list-iter.h"
+#include "ferry-plugin.h"
+
+struct ferry_pull {
+	struct mail_user *user;
+	struct ferry_user *fuser;
+	const char *vname;
+	struct mailbox *box, *obox;
+	struct ferry_box_hdr hdr;
+	struct mailbox_status ost, lst;
+	bool keep_uids;
+
+	struct mailbox_transaction_context *t;
+	ARRAY_TYPE(seq_range) batch_uids;
+	unsigned int batch_count;
+	unsigned int copied, renumbered, total;
+	time_t last_notify;
+
+	enum mail_error error_code;
+	const char *error;
+};
+
+static int ferry_pull_fail(struct ferry_pull *pull, enum mail_error code,
+			   const char *error)
+{
+	pull->error_code = code;
+	pull->error = error;
+	return -1;
+}
+
+static int ferry_pull_fail_old(struct ferry_pull *pull, const char *what)
+{
+	const char *error = mailbox_get_last_internal_error(pull->obox, NULL);
+
+	return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE,
+		t_strdup_printf("old server: %s: %s", what, error));
+}
+
+static int ferry_pull_fail_local(struct ferry_pull *pull, const char *what)
+{
+	enum mail_error code;
+	const char *error = mailbox_get_last_internal_error(pull->box, &code);
+
+	/* whatever the local cause, the command is to be retried later */
+	return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE,
+		t_strdup_printf("%s: %s", what, error));
+}
+
+static void ferry_pull_notify(struct ferry_pull *pull)
+{
+	struct mail_storage *storage = pull->box->storage;
+	time_t now = time(NULL);
+
+	if (storage->callbacks.notify_ok == NULL ||
+	    now - pull->last_notify < (time_t)pull->fuser->set.progress_interval_secs)
+		return;
+	pull->last_notify = now;
+	storage->callbacks.notify_ok(pull->box, t_strdup_printf(
+		"Migrating %s: %u of %u messages copied",
+		pull->vname, pull->copied, pull->total),
+		storage->callback_context);
+}
+
+static int ferry_pull_commit(struct ferry_pull *pull)
+{
+	struct mail_transaction_commit_changes changes;
+	const struct seq_range *range;
+
+	if (pull->t == NULL)
+		return 0;
+	ferry_box_hdr_update(pull->t, &pull->hdr);
+	if (mailbox_transaction_commit_get_changes(&pull->t, &changes) < 0)
+		return ferry_pull_fail_local(pull, "saving a batch");
+
+	if (pull->keep_uids) {
+		unsigned int kept = 0;
+		array_foreach(&changes.saved_uids, range) {
+			for (uint32_t uid = range->seq1; uid <= range->seq2; uid++) {
+				if (seq_range_exists(&pull->batch_uids, uid)) {
+					kept++;
+					continue;
+				}
+				i_error(FERRY_LOG_PREFIX "folder=%s event=renumbered "
+					"new_uid=%u: a message could not keep its "
+					"old UID; later messages get fresh UIDs",
+					pull->vname, uid);
+			}
+		}
+		if (kept < pull->batch_count) {
+			pull->renumbered += pull->batch_count - kept;
+			pull->hdr.renumbered += pull->batch_count - kept;
+			pull->keep_uids = FALSE;
+		}
+	}
+	pool_unref(&changes.pool);
+	array_clear(&pull->batch_uids);
+	pull->batch_count = 0;
+	return 0;
+}
+
+/* Sets the folder's identity (UIDVALIDITY) and decides where the copy
+   resumes. */
+static int ferry_pull_prepare(struct ferry_pull *pull, uint32_t *start_r)
+{
+	struct ferry_box_hdr *hdr = &pull->hdr;
+	uint32_t last_uid = 0;
+
+	if (pull->lst.messages > 0)
+		mail_index_lookup_uid(pull->box->view, pull->lst.messages,
+				      &last_uid);
+
+	if (hdr->state == FERRY_BOX_UNKNOWN) {
+		hdr->old_uidvalidity = pull->ost.uidvalidity;
+		if (pull->lst.messages == 0 &&
+		    pull->lst.uidvalidity != pull->ost.uidvalidity) {
+			struct mailbox_update update;
+
+			i_zero(&update);
+			update.uid_validity = pull->ost.uidvalidity;
+			if (mailbox_update(pull->box, &update) < 0 ||
+			    mailbox_sync(pull->box, 0) < 0)
+				return ferry_pull_fail_local(pull,
+					"setting UIDVALIDITY");
+			pull->lst.uidvalidity = pull->ost.uidvalidity;
+		} else if (pull->lst.messages > 0 &&
+			   pull->lst.uidvalidity != pull->ost.uidvalidity) {
+			/* Local mail that predates Ferry: its UIDVALIDITY is
+			   not the old one, so clients resync anyway; old
+			   messages are appended with fresh UIDs. */
+			i_warning(FERRY_LOG_PREFIX "folder=%s event=fresh-uids: "
+				  "folder already has %u messages under "
+				  "UIDVALIDITY %u (old server: %u)", pull->vname,
+				  pull->lst.messages, pull->lst.uidvalidity,
+				  pull->ost.uidvalidity);
+		}
+		hdr->state = FERRY_BOX_PENDING;
+	} else if (hdr->old_uidvalidity != pull->ost.uidvalidity) {
+		return ferry_pull_fail(pull, MAIL_ERROR_NOTPOSSIBLE,
+			t_strdup_printf("the old server changed the folder's "
+					"UIDVALIDITY from %u to %u during the "
+					"migration; it needs a new copy",
+					hdr->old_uidvalidity,
+					pull->ost.uidvalidity));
+	}
+	pull->keep_uids = pull->lst.uidvalidity == pull->ost.uidvalidity &&
+		hdr->renumbered == 0;
+	*start_r = hdr->copied_upto;
+	/* The header may lag the messages if a crash hit between the mail
+	   files and the index commit; local UIDs below old UIDNEXT are old
+	   messages, so the highest of them is copied too. */
+	if (pull->keep_uids && last_uid < pull->ost.uidnext &&
+	    last_uid > *start_r)
+		*start_r = last_uid;
+	return 0;
+}
+
+static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail)
+{
+	struct mail_save_context *save;
+	time_t save_date;
+
+	if (pull->t == NULL) {
+		pull->t = mailbox_transaction_begin(pull->box,
+			MAILBOX_TRANSACTION_FLAG_EXTERNAL |
+			MAILBOX_TRANSACTION_FLAG_ASSIGN_UIDS, "ferry pull");
+	}
+	save = mailbox_save_alloc(pull->t);
+	mailbox_save_copy_flags(save, mail);
+	if (pull->keep_uids)
+		mailbox_save_set_uid(save, mail->uid);
+	if (mail_get_save_date(mail, &save_date) >= 0)
+		mailbox_save_set_save_date(save, save_date);
+	if (mailbox_copy(&save, mail) < 0) {
+		if (mail->expunged)
+			return 0; /* expunged on the old server meanwhile */
+		return ferry_pull_fail_local(pull, t_strdup_printf(
+			"copying old UID %u", mail->uid));
+	}
+	seq_range_array_add(&pull->batch_uids, mail->uid);
+	pull->batch_count++;
+	pull->copied++;
+	pull->hdr.copied++;
+	return 0;
+}
+
+static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
+{
+	struct mailbox_transaction_context *ot;
+	struct mail_search_args *args;
+	struct mail_search_arg *arg;
+	struct mail_search_context *search;
+	struct mail *mail;
+	int ret = 0;
+
+	if (start + 1 >= pull->ost.uidnext)
+		return 0;
+	args = mail_search_build_init();
+	arg = mail_search_build_add(args, SEARCH_UIDSET);
+	p_array_init(&arg->value.seqset, args->pool, 1);
+	seq_range_array_add_range(&arg->value.seqset, start + 1,
+				  pull->ost.uidnext - 1);
+	ot = mailbox_transaction_begin(pull->obox, 0, "ferry pull");
+	search = mailbox_search_init(ot, args, NULL,
+		MAIL_FETCH_FLAGS | MAIL_FETCH_RECEIVED_DATE |
+		MAIL_FETCH_STREAM_HEADER | MAIL_FETCH_STREAM_BODY, NULL);
+	mail_search_args_unref(&args);
+	pull->total = pull->ost.messages;
+	i_array_init(&pull->batch_uids, 32);
+
+	while (ret == 0 && mailbox_search_next(search, &mail)) {
+		T_BEGIN {
+			ret = ferry_pull_copy_one(pull, mail);
+		} T_END;
+		if (ret < 0)
+			break;
+		pull->hdr.copied_upto = mail->uid;
+		if (pull->batch_count >= pull->fuser->set.batch_size)
+			ret = ferry_pull_commit(pull);
+		ferry_pull_notify(pull);
+	}
+	if (mailbox_search_deinit(&search) < 0 && ret == 0)
+		ret = ferry_pull_fail_old(pull, "FETCH");
+	if (ret == 0)
+		ret = ferry_pull_commit(pull);
+	if (pull->t != NULL)
+		mailbox_transaction_rollback(&pull->t);
+	(void)mailbox_transaction_commit(&ot);
+	array_free(&pull->batch_uids);
+	return ret;
+}
+
+static int ferry_pull_complete(struct ferry_pull *pull)
+{
+	struct mailbox_update update;
+
+	/* Expunged old UIDs stay reserved: a new message may not take one. */
+	if (pull->keep_uids) {
+		i_zero(&update);
+		update.min_next_uid = pull->ost.uidnext;
+		if (mailbox_update(pull->box, &update) < 0)
+			return ferry_pull_fail_local(pull, "raising UIDNEXT");
+	}
+	pull->hdr.state = FERRY_BOX_COMPLETE;
+	pull->hdr.old_uidnext = pull->ost.uidnext;
+	pull->hdr.old_messages = pull->ost.messages;
+	pull->hdr.completed_time = (uint32_t)time(NULL);
+	if (ferry_box_hdr_write(pull->box, &pull->hdr) < 0)
+		return ferry_pull_fail_local(pull, "marking complete");
+	i_info(FERRY_LOG_PREFIX "folder=%s event=complete copied=%u "
+	       "renumbered=%u old_messages=%u uidvalidity=%u uidnext=%u",
+	       pull->vname, pull->hdr.copied, pull->hdr.renumbered,
+	       pull->ost.messages, pull->ost.uidvalidity, pull->ost.uidnext);
+	return 0;
+}
+
+/* The folder is locked and the local state is fresh. */
+static int ferry_pull_locked(struct ferry_pull *pull)
+{
+	struct mail_user *old;
+	const char *error;
+	enum mail_error err;
+	uint32_t start;
+	const enum mailbox_status_items items =
+		STATUS_UIDVALIDITY | STATUS_UIDNEXT | STATUS_MESSAGES;
+
+	if (ferry_old_user_get(pull->user, &old, &error) < 0)
+		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, error);
+	pull->obox = mailbox_alloc(mail_namespace_find_inbox(old->namespaces)->list,
+				   ferry_old_name(pull->user, old, pull->vname),
+				   MAILBOX_FLAG_READONLY);
+	if (mailbox_open(pull->obox) < 0) {
+		error = mailbox_get_last_internal_error(pull->obox, &err);
+		if (err != MAIL_ERROR_NOTFOUND)
+			return ferry_pull_fail_old(pull, "SELECT");
+		/* Not on the old server: a folder made here, or one deleted
+		   there. Either way there is nothing to copy. */
+		pull->hdr.state = pull->hdr.state == FERRY_BOX_UNKNOWN ?
+			FERRY_BOX_LOCAL : FERRY_BOX_COMPLETE;
+		if (ferry_box_hdr_write(pull->box, &pull->hdr) < 0)
+			return ferry_pull_fail_local(pull, "marking local");
+		return 0;
+	}
+	if (mailbox_sync(pull->obox, 0) < 0)
+		return ferry_pull_fail_old(pull, "SELECT");
+	if (mailbox_get_status(pull->obox, items, &pull->ost) < 0)
+		return ferry_pull_fail_old(pull, "STATUS");
+	if (mailbox_get_status(pull->box, items, &pull->lst) < 0)
+		return ferry_pull_fail_local(pull, "STATUS");
+
+	if (ferry_pull_prepare(pull, &start) < 0 ||
+	    ferry_pull_messages(pull, start) < 0)
+		return -1;
+	return ferry_pull_complete(pull);
+}
+
+static bool ferry_box_is_done(const struct ferry_box_hdr *hdr)
+{
+	return hdr->state == FERRY_BOX_COMPLETE || hdr->state == FERRY_BOX_LOCAL;
+}
+
+static int ferry_pull_run(struct ferry_pull *pull)
+{
+	struct file_lock *lock;
+	const char *error;
+	enum mail_error err;
+	int ret;
+
+	if (mailbox_open(pull->box) < 0) {
+		error = mailbox_get_last_internal_error(pull->box, &err);
+		if (err == MAIL_ERROR_NOTFOUND)
+			return 0; /* the caller reports it as usual */
+		return ferry_pull_fail_local(pull, "open");
+	}
+	ferry_box_hdr_get(pull->box, &pull->hdr);
+	if (ferry_box_is_done(&pull->hdr))
+		return 0;
+
+	ret = mailbox_lock_file_create(pull->box, FERRY_BOX_LOCK_FNAME,
+				       pull->fuser->set.lock_timeout_secs,
+				       &lock, &error);
+	if (ret <= 0) {
+		return ferry_pull_fail(pull, ret == 0 ? MAIL_ERROR_INUSE :
+				       MAIL_ERROR_UNAVAILABLE,
+			ret == 0 ? "another process is copying this folder; "
+			"try again shortly" : error);
+	}
+	/* see what the previous lock holder did */
+	if (mailbox_sync(pull->box, 0) < 0)
+		ret = ferry_pull_fail_local(pull, "sync");
+	else {
+		ferry_box_hdr_get(pull->box, &pull->hdr);
+		ret = ferry_box_is_done(&pull->hdr) ? 0 :
+			ferry_pull_locked(pull);
+	}
+	file_lock_free(&lock);
+	return ret;
+}
+
+int ferry_pull_folder(struct mail_user *user, const char *vname,
+		      struct ferry_pull_result *result_r,
+		      enum mail_error *error_code_r, const char **error_r)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct ferry_pull pull;
+	struct mailbox_status status;
+	int ret;
+
+	i_zero(&pull);
+	pull.user = user;
+	pull.fuser = FERRY_USER_CONTEXT(user);
+	pull.vname = vname;
+	ferry_internal_begin(user);
+	pull.box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
+	ret = ferry_pull_run(&pull);
+
+	i_zero(result_r);
+	result_r->vname = vname;
+	result_r->state = pull.hdr.state;
+	result_r->copied = pull.copied;
+	result_r->renumbered = pull.renumbered;
+	result_r->old_messages = pull.ost.messages;
+	if (pull.box->opened &&
+	    mailbox_get_status(pull.box, STATUS_MESSAGES, &status) == 0)
+		result_r->local_messages = status.messages;
+	if (ret < 0) {
+		*error_code_r = pull.error_code;
+		*error_r = t_strdup_printf("folder %s: %s", vname, pull.error);
+		i_error(FERRY_LOG_PREFIX "folder=%s event=failed copied=%u "
+			"error=%s", vname, pull.copied, pull.error);
+	}
+	if (pull.obox != NULL)
+		mailbox_free(&pull.obox);
+	mailbox_free(&pull.box);
+	ferry_internal_end(user);
+	return ret;
+}
+
+static int
+ferry_each_folder(struct mail_user *user,
+		  int (*func)(struct mail_user *user, const char *vname,
+			      void *context),
+		  void *context, const char **error_r)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct mailbox_list_iterate_context *iter;
+	const struct mailbox_info *info;
+	ARRAY_TYPE(const_string) names;
+	const char *const *namep;
+	enum mail_error err;
+	int ret = 0;
+
+	/* collect first: pulling while a listing is open would nest */
+	t_array_init(&names, 64);
+	ferry_internal_begin(user);
+	iter = mailbox_list_iter_init(ns->list, "*", 0);
+	while ((info = mailbox_list_iter_next(iter)) != NULL) {
+		if ((info->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) == 0) {
+			const char *name = t_strdup(info->vname);
+			array_push_back(&names, &name);
+		}
+	}
+	if (mailbox_list_iter_deinit(&iter) < 0) {
+		*error_r = mailbox_list_get_last_error(ns->list, &err);
+		ret = -1;
+	}
+	ferry_internal_end(user);
+	if (ret < 0)
+		return -1;
+	array_foreach(&names, namep) {
+		int r = func(user, *namep, context);
+		if (r != 0)
+			ret = r;
+	}
+	return ret;
+}
+
+static int ferry_check_done_folder(struct mail_user *user, const char *vname,
+				   void *context ATTR_UNUSED)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct ferry_box_hdr hdr;
+	struct mailbox *box;
+	int ret = 1;
+
+	ferry_internal_begin(user);
+	box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
+	if (mailbox_open(box) == 0) {
+		ferry_box_hdr_get(box, &hdr);
+		if (ferry_box_is_done(&hdr))
+			ret = 0;
+	}
+	mailbox_free(&box);
+	ferry_internal_end(user);
+	return ret;
+}
+
+int ferry_user_check_done(struct mail_user *user, const char **error_r)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	int ret;
+
+	if (fuser->done != 0)
+		return 1;
+	if (fuser->tree_synced == 0)
+		return 0;
+	ret = ferry_each_folder(user, ferry_check_done_folder, NULL, error_r);
+	if (ret != 0)
+		return ret < 0 ? -1 : 0;
+	fuser->done = ioloop_time;
+	if (ferry_user_state_write(user, error_r) < 0)
+		return -1;
+	i_info(FERRY_LOG_PREFIX "event=user-done: every folder is complete; "
+	       "the old server is not contacted again");
+	return 1;
+}
+
+struct ferry_pull_all_context {
+	void (*callback)(const struct ferry_pull_result *res,
+			 const char *error, void *context);
+	void *context;
+	unsigned int failed;
+};
+
+static int ferry_pull_all_folder(struct mail_user *user, const char *vname,
+				 void *context)
+{
+	struct ferry_pull_all_context *ctx = context;
+	struct ferry_pull_result res;
+	enum mail_error code;
+	const char *error = NULL;
+
+	if (ferry_pull_folder(user, vname, &res, &code, &error) < 0)
+		ctx->failed++;
+	ctx->callback(&res, error, ctx->context);
+	return 0;
+}
+
+int ferry_pull_all(struct mail_user *user,
+		   void (*callback)(const struct ferry_pull_result *res,
+				    const char *error, void *context),
+		   void *context, const char **error_r)
+{
+	struct ferry_pull_all_context ctx = {
+		.callback = callback, .context = context
+	};
+
+	if (ferry_tree_sync(user, error_r) < 0 ||
+	    ferry_each_folder(user, ferry_pull_all_folder, &ctx, error_r) < 0)
+		return -1;
+	if (ctx.failed > 0) {
+		*error_r = t_strdup_printf("%u folders failed", ctx.failed);
+		return -1;
+	}
+	return ferry_user_check_done(user, error_r) < 0 ? -1 : 0;
+}

@@ -1,0 +1,179 @@
+/* Ferry's persistent state. Per folder: an index header extension, written
+   in the same index transaction as the batch of messages it describes, so
+   that it can never claim more than was copied. Per user: a small file in
+   the index root that says the folder tree was copied and, later, that
+   every folder is complete, so that a finished user's sessions never
+   contact the old server. */
+
+#include "lib.h"
+#include "str.h"
+#include "strescape.h"
+#include "safe-mkstemp.h"
+#include "write-full.h"
+#include "mail-index.h"
+#include "mail-namespace.h"
+#include "mailbox-list.h"
+#include "ferry-plugin.h"
+
+#include <stdio.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+#define FERRY_HDR_EXT_NAME "ferry"
+
+static uint32_t ferry_box_ext_id(struct mailbox *box)
+{
+	return mail_index_ext_register(box->index, FERRY_HDR_EXT_NAME,
+				       sizeof(struct ferry_box_hdr), 0, 0);
+}
+
+void ferry_box_hdr_get(struct mailbox *box, struct ferry_box_hdr *hdr_r)
+{
+	const void *data;
+	size_t size;
+
+	i_zero(hdr_r);
+	i_assert(box->opened);
+	mail_index_get_header_ext(box->view, ferry_box_ext_id(box),
+				  &data, &size);
+	if (size >= sizeof(*hdr_r))
+		memcpy(hdr_r, data, sizeof(*hdr_r));
+}
+
+void ferry_box_hdr_update(struct mailbox_transaction_context *t,
+			  const struct ferry_box_hdr *hdr)
+{
+	mail_index_update_header_ext(t->itrans, ferry_box_ext_id(t->box), 0,
+				     hdr, sizeof(*hdr));
+}
+
+int ferry_box_hdr_write(struct mailbox *box, const struct ferry_box_hdr *hdr)
+{
+	struct mailbox_transaction_context *t;
+
+	t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+				      "ferry state");
+	ferry_box_hdr_update(t, hdr);
+	return mailbox_transaction_commit(&t);
+}
+
+const char *ferry_box_state_name(enum ferry_box_state state)
+{
+	switch (state) {
+	case FERRY_BOX_UNKNOWN:
+		return "new";
+	case FERRY_BOX_PENDING:
+		return "partial";
+	case FERRY_BOX_COMPLETE:
+		return "complete";
+	case FERRY_BOX_LOCAL:
+		return "local";
+	}
+	return "?";
+}
+
+const char *ferry_user_index_root(struct mail_user *user)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	const char *path;
+
+	if (!mailbox_list_get_root_path(ns->list, MAILBOX_LIST_PATH_TYPE_INDEX,
+					&path) &&
+	    !mailbox_list_get_root_path(ns->list, MAILBOX_LIST_PATH_TYPE_MAILBOX,
+					&path))
+		return NULL;
+	return path;
+}
+
+static const char *ferry_user_state_path(struct mail_user *user)
+{
+	const char *root = ferry_user_index_root(user);
+
+	return root == NULL ? NULL :
+		t_strconcat(root, "/" FERRY_STATE_FNAME, NULL);
+}
+
+/* Format: "key=value" lines; unknown keys are ignored so that newer
+   versions can add to it. */
+int ferry_user_state_read(struct mail_user *user, const char **error_r)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	const char *path = ferry_user_state_path(user);
+	char buf[1024];
+	ssize_t ret;
+	int fd;
+
+	fuser->tree_synced = fuser->done = 0;
+	if (path == NULL)
+		return 0; /* in-memory storage: nothing persisted */
+	fd = open(path, O_RDONLY);
+	if (fd == -1) {
+		if (errno == ENOENT)
+			return 0;
+		*error_r = t_strdup_printf("open(%s) failed: %m", path);
+		return -1;
+	}
+	ret = read(fd, buf, sizeof(buf) - 1);
+	i_close_fd(&fd);
+	if (ret < 0) {
+		*error_r = t_strdup_printf("read(%s) failed: %m", path);
+		return -1;
+	}
+	buf[ret] = '\0';
+	for (const char *const *line = t_strsplit(buf, "\n");
+	     *line != NULL; line++) {
+		const char *value;
+		long long n;
+
+		if (str_begins(*line, "tree=")) value = *line + 5;
+		else if (str_begins(*line, "done=")) value = *line + 5;
+		else continue;
+		if (str_to_llong(value, &n) < 0 || n < 0) {
+			*error_r = t_strdup_printf("%s: invalid line '%s'",
+						   path, *line);
+			return -1;
+		}
+		if (**line == 't')
+			fuser->tree_synced = (time_t)n;
+		else
+			fuser->done = (time_t)n;
+	}
+	return 0;
+}
+
+int ferry_user_state_write(struct mail_user *user, const char **error_r)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	const char *path = ferry_user_state_path(user);
+	const char *data, *tmp_path;
+	string_t *tmp;
+	int fd;
+
+	if (path == NULL)
+		return 0;
+	data = t_strdup_printf("tree=%lld\ndone=%lld\n",
+			       (long long)fuser->tree_synced,
+			       (long long)fuser->done);
+	tmp = t_str_new(256);
+	str_append(tmp, path);
+	fd = safe_mkstemp_hostpid(tmp, 0600, (uid_t)-1, (gid_t)-1);
+	if (fd == -1) {
+		*error_r = t_strdup_printf("safe_mkstemp(%s) failed: %m", path);
+		return -1;
+	}
+	tmp_path = str_c(tmp);
+	if (write_full(fd, data, strlen(data)) < 0 || fdatasync(fd) < 0) {
+		*error_r = t_strdup_printf("write(%s) failed: %m", tmp_path);
+		i_close_fd(&fd);
+		i_unlink(tmp_path);
+		return -1;
+	}
+	i_close_fd(&fd);
+	if (rename(tmp_path, path) < 0) {
+		*error_r = t_strdup_printf("rename(%s, %s) failed: %m",
+					   tmp_path, path);
+		i_unlink(tmp_path);
+		return -1;
+	}
+	return 0;
+}

@@ -1,0 +1,240 @@
+/* The folder tree: once per user, before anything else touches a folder,
+   every old folder is created on the new server with the old folder's
+   UIDVALIDITY (so that nothing, INBOX autocreation included, can give it
+   another one), and the subscriptions are copied. Messages are copied
+   later, folder by folder (pull.c). */
+
+#include "lib.h"
+#include "array.h"
+#include "ioloop.h"
+#include "file-create-locked.h"
+#include "mail-namespace.h"
+#include "mailbox-list-iter.h"
+#include "ferry-plugin.h"
+
+struct ferry_old_folder {
+	const char *vname;
+	enum mailbox_info_flags flags;
+};
+ARRAY_DEFINE_TYPE(ferry_old_folder, struct ferry_old_folder);
+
+static int ferry_old_folders(struct mail_user *old,
+			     ARRAY_TYPE(const_string) *subscribed,
+			     ARRAY_TYPE(ferry_old_folder) *folders,
+			     const char **error_r)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(old->namespaces);
+	struct mailbox_list_iterate_context *iter;
+	const struct mailbox_info *info;
+	enum mail_error err;
+
+	iter = mailbox_list_iter_init(ns->list, "*",
+				      MAILBOX_LIST_ITER_RETURN_SUBSCRIBED);
+	while ((info = mailbox_list_iter_next(iter)) != NULL) {
+		struct ferry_old_folder *f = array_append_space(folders);
+		f->vname = t_strdup(info->vname);
+		f->flags = info->flags;
+	}
+	if (mailbox_list_iter_deinit(&iter) < 0) {
+		*error_r = t_strdup_printf("LIST failed: %s",
+			mailbox_list_get_last_error(ns->list, &err));
+		return -1;
+	}
+	/* Subscriptions may name folders that do not exist. */
+	iter = mailbox_list_iter_init(ns->list, "*",
+				      MAILBOX_LIST_ITER_SELECT_SUBSCRIBED |
+				      MAILBOX_LIST_ITER_RETURN_NO_FLAGS);
+	while ((info = mailbox_list_iter_next(iter)) != NULL) {
+		const char *name = t_strdup(info->vname);
+		array_push_back(subscribed, &name);
+	}
+	if (mailbox_list_iter_deinit(&iter) < 0) {
+		*error_r = t_strdup_printf("LSUB failed: %s",
+			mailbox_list_get_last_error(ns->list, &err));
+		return -1;
+	}
+	return 0;
+}
+
+static int ferry_tree_create(struct mail_user *user, struct mail_user *old,
+			     const struct ferry_old_folder *f,
+			     const char *local_vname, const char **error_r)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct mail_namespace *old_ns =
+		mail_namespace_find_inbox(old->namespaces);
+	struct mailbox *box, *obox;
+	struct mailbox_update update;
+	struct mailbox_status status;
+	enum mailbox_existence existence;
+	enum mail_error err;
+	bool directory = (f->flags & MAILBOX_NOSELECT) != 0;
+	int ret = 0;
+
+	box = mailbox_alloc(ns->list, local_vname, 0);
+	/* INBOX "exists" before it is created, so ask the list itself */
+	if (mailbox_exists(box, FALSE, &existence) < 0) {
+		*error_r = t_strdup_printf("%s: %s", local_vname,
+			mailbox_get_last_internal_error(box, NULL));
+		mailbox_free(&box);
+		return -1;
+	}
+	if (existence != MAILBOX_EXISTENCE_NONE && !box->inbox_any) {
+		mailbox_free(&box);
+		return 0;
+	}
+	i_zero(&update);
+	if (!directory) {
+		obox = mailbox_alloc(old_ns->list, f->vname, MAILBOX_FLAG_READONLY);
+		if (mailbox_get_status(obox, STATUS_UIDVALIDITY, &status) < 0) {
+			*error_r = t_strdup_printf("STATUS %s on the old server: %s",
+				f->vname, mailbox_get_last_internal_error(obox, NULL));
+			ret = -1;
+		}
+		mailbox_free(&obox);
+		if (ret < 0) {
+			mailbox_free(&box);
+			return -1;
+		}
+		update.uid_validity = status.uidvalidity;
+	}
+	if (mailbox_create(box, directory ? NULL : &update, directory) < 0) {
+		const char *error = mailbox_get_last_internal_error(box, &err);
+		if (err == MAIL_ERROR_EXISTS)
+			; /* created meanwhile by another process */
+		else if (directory)
+			/* layouts without \Noselect folders: children create it */
+			e_debug(user->event, FERRY_LOG_PREFIX
+				"%s: not created as a directory: %s",
+				local_vname, error);
+		else {
+			*error_r = t_strdup_printf("CREATE %s: %s",
+						   local_vname, error);
+			ret = -1;
+		}
+	}
+	mailbox_free(&box);
+	return ret;
+}
+
+static int ferry_tree_copy(struct mail_user *user, const char **error_r)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	ARRAY_TYPE(ferry_old_folder) folders;
+	ARRAY_TYPE(const_string) subscribed;
+	const struct ferry_old_folder *f;
+	const char *const *namep;
+	struct mail_user *old;
+	unsigned int created = 0, skipped = 0, subs = 0;
+
+	if (ferry_old_user_get(user, &old, error_r) < 0)
+		return -1;
+	t_array_init(&folders, 64);
+	t_array_init(&subscribed, 64);
+	if (ferry_old_folders(old, &subscribed, &folders, error_r) < 0)
+		return -1;
+
+	/* INBOX first: it is the folder most likely to be created by
+	   something else (delivery, autocreation). */
+	array_foreach(&folders, f) {
+		if (strcasecmp(f->vname, "INBOX") != 0)
+			continue;
+		if (ferry_tree_create(user, old, f, "INBOX", error_r) < 0)
+			return -1;
+		created++;
+	}
+	array_foreach(&folders, f) {
+		const char *local = ferry_local_name(user, old, f->vname);
+
+		if (local == NULL) {
+			i_warning(FERRY_LOG_PREFIX "folder=%s: skipped: its name "
+				  "contains this server's hierarchy separator",
+				  f->vname);
+			skipped++;
+			continue;
+		}
+		if (strcasecmp(local, "INBOX") == 0)
+			continue;
+		if (ferry_tree_create(user, old, f, local, error_r) < 0)
+			return -1;
+		created++;
+	}
+	array_foreach(&subscribed, namep) {
+		const char *local = ferry_local_name(user, old, *namep);
+
+		if (local == NULL)
+			continue;
+		struct mailbox *box = mailbox_alloc(ns->list, local, 0);
+		int ret = mailbox_set_subscribed(box, TRUE);
+		if (ret < 0) {
+			*error_r = t_strdup_printf("SUBSCRIBE %s: %s", local,
+				mailbox_get_last_internal_error(box, NULL));
+		}
+		mailbox_free(&box);
+		if (ret < 0)
+			return -1;
+		subs++;
+	}
+	i_info(FERRY_LOG_PREFIX "event=tree folders=%u skipped=%u "
+	       "subscriptions=%u", created, skipped, subs);
+	return 0;
+}
+
+static int ferry_tree_lock(struct mail_user *user, struct file_lock **lock_r,
+			   const char **error_r)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	const struct mail_storage_settings *mail_set =
+		mail_user_set_get_storage_set(user);
+	const char *root = ferry_user_index_root(user), *error;
+	struct file_create_settings set;
+	bool created;
+
+	if (root == NULL) {
+		*lock_r = NULL;
+		return 0;
+	}
+	if (mailbox_list_mkdir_root(ns->list, root,
+				    MAILBOX_LIST_PATH_TYPE_INDEX) < 0) {
+		enum mail_error err;
+		*error_r = mailbox_list_get_last_error(ns->list, &err);
+		return -1;
+	}
+	i_zero(&set);
+	set.lock_timeout_secs = fuser->set.lock_timeout_secs;
+	set.lock_settings.lock_method = mail_set->parsed_lock_method;
+	set.mode = 0600;
+	if (file_create_locked(t_strconcat(root, "/" FERRY_TREE_LOCK_FNAME, NULL),
+			       &set, lock_r, &created, &error) == -1) {
+		*error_r = t_strdup_printf("folder tree lock: %s", error);
+		return -1;
+	}
+	return 0;
+}
+
+int ferry_tree_sync(struct mail_user *user, const char **error_r)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	struct file_lock *lock = NULL;
+	int ret = 0;
+
+	if (fuser->tree_synced != 0)
+		return 0;
+	ferry_internal_begin(user);
+	if (ferry_tree_lock(user, &lock, error_r) < 0)
+		ret = -1;
+	/* another process may have copied the tree while we waited */
+	else if ((ret = ferry_user_state_read(user, error_r)) == 0 &&
+		 fuser->tree_synced == 0) {
+		ret = ferry_tree_copy(user, error_r);
+		if (ret == 0) {
+			fuser->tree_synced = ioloop_time;
+			ret = ferry_user_state_write(user, error_r);
+		}
+	}
+	if (lock != NULL)
+		file_lock_free(&lock);
+	ferry_internal_end(user);
+	return ret;
+}
