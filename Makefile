@@ -49,7 +49,7 @@ $(DOVEADM_SO): $(DOVEADM_OBJS)
 	$(CC) $(PLUGIN_LDFLAGS) -o $@ $^ -ldovecot-storage -ldovecot
 
 deps:
-	@bash tests/install-deps.sh $(DEB_PACKAGES)
+	@bash scripts/install-deps.sh $(DEB_PACKAGES)
 
 check: deps
 	$(MAKE) all

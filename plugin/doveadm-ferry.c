@@ -33,7 +33,9 @@ static bool ferry_cmd_parse_arg(struct doveadm_mail_cmd_context *_ctx, int c)
 static bool ferry_cmd_user_ok(struct doveadm_mail_cmd_context *ctx,
 			      struct mail_user *user)
 {
-	if (FERRY_USER_CONTEXT(user) != NULL)
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+
+	if (fuser != NULL && !fuser->inactive)
 		return TRUE;
 	i_error("ferry is not enabled for user %s (plugin setting ferry=yes)",
 		user->username);

@@ -4,6 +4,7 @@
 
 #include "lib.h"
 #include "mail-storage-hooks.h"
+#include "mail-namespace.h"
 #include "ferry-plugin.h"
 
 const char *ferry_plugin_version = DOVECOT_ABI_VERSION;
@@ -57,7 +58,7 @@ bool ferry_user_is_internal(struct mail_user *user)
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
 
-	return fuser == NULL || fuser->internal > 0;
+	return fuser == NULL || fuser->inactive || fuser->internal > 0;
 }
 
 void ferry_internal_begin(struct mail_user *user)
@@ -109,8 +110,19 @@ static void ferry_mail_namespaces_created(struct mail_namespace *namespaces)
 	struct mail_user *user = namespaces->user;
 	const char *error;
 
-	if (FERRY_USER_CONTEXT(user) == NULL)
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	struct mail_namespace *ns;
+
+	if (fuser == NULL)
 		return;
+	for (ns = namespaces; ns != NULL; ns = ns->next) {
+		if ((ns->flags & NAMESPACE_FLAG_INBOX_USER) != 0)
+			break;
+	}
+	if (ns == NULL) {
+		fuser->inactive = TRUE;
+		return;
+	}
 	/* A missing or unreadable state file only means "not done yet". */
 	if (ferry_user_state_read(user, &error) < 0)
 		i_error(FERRY_LOG_PREFIX "%s", error);

@@ -32,6 +32,8 @@ struct ferry_user {
 
 	/* Session on the old server (imapc:), opened on first need. */
 	struct mail_user *old_user;
+	/* No INBOX namespace (e.g. LMTP's raw-mail user): nothing to migrate */
+	bool inactive;
 	/* User-level state file contents (see state.c). */
 	time_t tree_synced, done;
 	/* Nesting depth of Ferry's own storage calls: our hooks stand aside

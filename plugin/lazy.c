@@ -28,7 +28,8 @@ static bool ferry_lazy_active(struct mail_user *user)
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
 
-	return fuser != NULL && fuser->internal == 0 && fuser->done == 0;
+	return fuser != NULL && !fuser->inactive && fuser->internal == 0 &&
+		fuser->done == 0;
 }
 
 static const char *ferry_user_error(const char *vname, const char *error)

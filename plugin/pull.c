@@ -41,6 +41,8 @@ struct ferry_pull {
 	time_t last_notify;
 
 	enum mail_error error_code;
+	/* in pool: errors are set inside data stack frames */
+	pool_t pool;
 	const char *error;
 };
 
@@ -48,7 +50,7 @@ static int ferry_pull_fail(struct ferry_pull *pull, enum mail_error code,
 			   const char *error)
 {
 	pull->error_code = code;
-	pull->error = error;
+	pull->error = p_strdup(pull->pool, error);
 	return -1;
 }
 
@@ -207,49 +209,103 @@ static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail)
 	return 0;
 }
 
-static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
+static struct mail_search_context *
+ferry_old_search(struct mailbox_transaction_context *ot,
+		 const ARRAY_TYPE(seq_range) *uids, enum mail_fetch_field fields)
 {
-	struct mailbox_transaction_context *ot;
-	struct mail_search_args *args;
-	struct mail_search_arg *arg;
+	struct mail_search_args *args = mail_search_build_init();
+	struct mail_search_arg *arg = mail_search_build_add(args, SEARCH_UIDSET);
+	struct mail_search_context *search;
+
+	p_array_init(&arg->value.seqset, args->pool, array_count(uids));
+	array_append_array(&arg->value.seqset, uids);
+	search = mailbox_search_init(ot, args, NULL, fields, NULL);
+	mail_search_args_unref(&args);
+	return search;
+}
+
+/* The old UIDs still to copy, from the imapc index (no body traffic). */
+static int ferry_pull_todo(struct ferry_pull *pull,
+			   struct mailbox_transaction_context *ot,
+			   uint32_t start, ARRAY_TYPE(uint32_t) *todo)
+{
+	ARRAY_TYPE(seq_range) range;
+	struct mail_search_context *search;
+	struct mail *mail;
+
+	t_array_init(&range, 1);
+	seq_range_array_add_range(&range, start + 1, pull->ost.uidnext - 1);
+	search = ferry_old_search(ot, &range, 0);
+	while (mailbox_search_next(search, &mail))
+		array_push_back(todo, &mail->uid);
+	if (mailbox_search_deinit(&search) < 0)
+		return ferry_pull_fail_old(pull, "UID SEARCH");
+	return 0;
+}
+
+/* One batch: fetched as one pipelined search over its UIDs (so a crash
+   re-fetches at most this batch) and committed as one transaction. */
+static int ferry_pull_batch(struct ferry_pull *pull,
+			    struct mailbox_transaction_context *ot,
+			    const uint32_t *uids, unsigned int count)
+{
+	ARRAY_TYPE(seq_range) range;
 	struct mail_search_context *search;
 	struct mail *mail;
 	int ret = 0;
 
-	if (start + 1 >= pull->ost.uidnext)
-		return 0;
-	args = mail_search_build_init();
-	arg = mail_search_build_add(args, SEARCH_UIDSET);
-	p_array_init(&arg->value.seqset, args->pool, 1);
-	seq_range_array_add_range(&arg->value.seqset, start + 1,
-				  pull->ost.uidnext - 1);
-	ot = mailbox_transaction_begin(pull->obox, 0, "ferry pull");
-	search = mailbox_search_init(ot, args, NULL,
+	t_array_init(&range, count);
+	for (unsigned int i = 0; i < count; i++)
+		seq_range_array_add(&range, uids[i]);
+	search = ferry_old_search(ot, &range,
 		MAIL_FETCH_FLAGS | MAIL_FETCH_RECEIVED_DATE |
-		MAIL_FETCH_STREAM_HEADER | MAIL_FETCH_STREAM_BODY, NULL);
-	mail_search_args_unref(&args);
-	pull->total = pull->ost.messages;
-	i_array_init(&pull->batch_uids, 32);
-
-	while (ret == 0 && mailbox_search_next(search, &mail)) {
+		MAIL_FETCH_STREAM_HEADER | MAIL_FETCH_STREAM_BODY);
+	while (mailbox_search_next(search, &mail)) {
 		T_BEGIN {
 			ret = ferry_pull_copy_one(pull, mail);
 		} T_END;
 		if (ret < 0)
 			break;
 		pull->hdr.copied_upto = mail->uid;
-		if (pull->batch_count >= pull->fuser->set.batch_size)
-			ret = ferry_pull_commit(pull);
 		ferry_pull_notify(pull);
 	}
 	if (mailbox_search_deinit(&search) < 0 && ret == 0)
 		ret = ferry_pull_fail_old(pull, "FETCH");
-	if (ret == 0)
+	if (ret == 0) {
+		/* messages expunged on the old server meanwhile are done */
+		pull->hdr.copied_upto = uids[count - 1];
 		ret = ferry_pull_commit(pull);
+	}
 	if (pull->t != NULL)
 		mailbox_transaction_rollback(&pull->t);
+	return ret;
+}
+
+static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
+{
+	struct mailbox_transaction_context *ot;
+	ARRAY_TYPE(uint32_t) todo;
+	const uint32_t *uids;
+	unsigned int i, count, n, batch = pull->fuser->set.batch_size;
+	int ret;
+
+	if (start + 1 >= pull->ost.uidnext)
+		return 0;
+	ot = mailbox_transaction_begin(pull->obox, 0, "ferry pull");
+	i_array_init(&todo, 256);
+	i_array_init(&pull->batch_uids, 32);
+	ret = ferry_pull_todo(pull, ot, start, &todo);
+	uids = array_get(&todo, &count);
+	pull->total = count;
+	for (i = 0; ret == 0 && i < count; i += n) {
+		n = I_MIN(batch, count - i);
+		T_BEGIN {
+			ret = ferry_pull_batch(pull, ot, uids + i, n);
+		} T_END;
+	}
 	(void)mailbox_transaction_commit(&ot);
 	array_free(&pull->batch_uids);
+	array_free(&todo);
 	return ret;
 }
 
@@ -373,6 +429,7 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	pull.user = user;
 	pull.fuser = FERRY_USER_CONTEXT(user);
 	pull.vname = vname;
+	pull.pool = pool_alloconly_create("ferry pull", 1024);
 	ferry_internal_begin(user);
 	pull.box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
 	ret = ferry_pull_run(&pull);
@@ -383,7 +440,7 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	result_r->copied = pull.copied;
 	result_r->renumbered = pull.renumbered;
 	result_r->old_messages = pull.ost.messages;
-	if (pull.box->opened &&
+	if (pull.box->opened && mailbox_sync(pull.box, 0) == 0 &&
 	    mailbox_get_status(pull.box, STATUS_MESSAGES, &status) == 0)
 		result_r->local_messages = status.messages;
 	if (ret < 0) {
@@ -395,6 +452,7 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	if (pull.obox != NULL)
 		mailbox_free(&pull.obox);
 	mailbox_free(&pull.box);
+	pool_unref(&pull.pool);
 	ferry_internal_end(user);
 	return ret;
 }

@@ -189,7 +189,7 @@ static int ferry_tree_lock(struct mail_user *user, struct file_lock **lock_r,
 		mail_user_set_get_storage_set(user);
 	const char *root = ferry_user_index_root(user), *error;
 	struct file_create_settings set;
-	bool created;
+	int ret;
 
 	if (root == NULL) {
 		*lock_r = NULL;
@@ -205,9 +205,13 @@ static int ferry_tree_lock(struct mail_user *user, struct file_lock **lock_r,
 	set.lock_timeout_secs = fuser->set.lock_timeout_secs;
 	set.lock_settings.lock_method = mail_set->parsed_lock_method;
 	set.mode = 0600;
-	if (file_create_locked(t_strconcat(root, "/" FERRY_TREE_LOCK_FNAME, NULL),
-			       &set, lock_r, &created, &error) == -1) {
-		*error_r = t_strdup_printf("folder tree lock: %s", error);
+	ret = mail_storage_lock_create(t_strconcat(root, "/" FERRY_TREE_LOCK_FNAME,
+						   NULL), &set, mail_set,
+				       lock_r, &error);
+	if (ret <= 0) {
+		*error_r = ret == 0 ?
+			"another process is copying the folder tree; try again" :
+			t_strdup_printf("folder tree lock: %s", error);
 		return -1;
 	}
 	return 0;
