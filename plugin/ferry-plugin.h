@@ -96,6 +96,8 @@ int ferry_tree_sync(struct mail_user *user, const char **error_r);
 struct ferry_pull_result {
 	const char *vname;
 	enum ferry_box_state state;
+	/* this call made the folder complete (or local) */
+	bool completed;
 	unsigned int copied;
 	unsigned int renumbered;
 	uint32_t old_messages, local_messages;

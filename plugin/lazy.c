@@ -66,7 +66,7 @@ static int ferry_lazy_pull(struct mailbox *box)
 				       ferry_user_error(box->vname, error));
 		return -1;
 	}
-	if (res.copied > 0 && ferry_user_check_done(user, &error) < 0)
+	if (res.completed && ferry_user_check_done(user, &error) < 0)
 		i_error(FERRY_LOG_PREFIX "%s", error);
 	return 0;
 }

@@ -33,6 +33,7 @@ struct ferry_pull {
 	struct ferry_box_hdr hdr;
 	struct mailbox_status ost, lst;
 	bool keep_uids;
+	bool completed;
 
 	struct mailbox_transaction_context *t;
 	ARRAY_TYPE(seq_range) batch_uids;
@@ -326,6 +327,7 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 	pull->hdr.completed_time = (uint32_t)time(NULL);
 	if (ferry_box_hdr_write(pull->box, &pull->hdr) < 0)
 		return ferry_pull_fail_local(pull, "marking complete");
+	pull->completed = TRUE;
 	i_info(FERRY_LOG_PREFIX "folder=%s event=complete copied=%u "
 	       "renumbered=%u old_messages=%u uidvalidity=%u uidnext=%u",
 	       pull->vname, pull->hdr.copied, pull->hdr.renumbered,
@@ -358,6 +360,7 @@ static int ferry_pull_locked(struct ferry_pull *pull)
 			FERRY_BOX_LOCAL : FERRY_BOX_COMPLETE;
 		if (ferry_box_hdr_write(pull->box, &pull->hdr) < 0)
 			return ferry_pull_fail_local(pull, "marking local");
+		pull->completed = TRUE;
 		return 0;
 	}
 	if (mailbox_sync(pull->obox, 0) < 0)
@@ -437,6 +440,7 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	i_zero(result_r);
 	result_r->vname = vname;
 	result_r->state = pull.hdr.state;
+	result_r->completed = pull.completed;
 	result_r->copied = pull.copied;
 	result_r->renumbered = pull.renumbered;
 	result_r->old_messages = pull.ost.messages;

@@ -68,7 +68,6 @@ static int ferry_tree_create(struct mail_user *user, struct mail_user *old,
 	struct mailbox_status status;
 	enum mailbox_existence existence;
 	enum mail_error err;
-	bool directory = (f->flags & MAILBOX_NOSELECT) != 0;
 	int ret = 0;
 
 	box = mailbox_alloc(ns->list, local_vname, 0);
@@ -83,31 +82,23 @@ static int ferry_tree_create(struct mail_user *user, struct mail_user *old,
 		mailbox_free(&box);
 		return 0;
 	}
-	i_zero(&update);
-	if (!directory) {
-		obox = mailbox_alloc(old_ns->list, f->vname, MAILBOX_FLAG_READONLY);
-		if (mailbox_get_status(obox, STATUS_UIDVALIDITY, &status) < 0) {
-			*error_r = t_strdup_printf("STATUS %s on the old server: %s",
-				f->vname, mailbox_get_last_internal_error(obox, NULL));
-			ret = -1;
-		}
-		mailbox_free(&obox);
-		if (ret < 0) {
-			mailbox_free(&box);
-			return -1;
-		}
-		update.uid_validity = status.uidvalidity;
+	obox = mailbox_alloc(old_ns->list, f->vname, MAILBOX_FLAG_READONLY);
+	if (mailbox_get_status(obox, STATUS_UIDVALIDITY, &status) < 0) {
+		*error_r = t_strdup_printf("STATUS %s on the old server: %s",
+			f->vname, mailbox_get_last_internal_error(obox, NULL));
+		ret = -1;
 	}
-	if (mailbox_create(box, directory ? NULL : &update, directory) < 0) {
+	mailbox_free(&obox);
+	if (ret < 0) {
+		mailbox_free(&box);
+		return -1;
+	}
+	i_zero(&update);
+	update.uid_validity = status.uidvalidity;
+	if (mailbox_create(box, &update, FALSE) < 0) {
 		const char *error = mailbox_get_last_internal_error(box, &err);
-		if (err == MAIL_ERROR_EXISTS)
-			; /* created meanwhile by another process */
-		else if (directory)
-			/* layouts without \Noselect folders: children create it */
-			e_debug(user->event, FERRY_LOG_PREFIX
-				"%s: not created as a directory: %s",
-				local_vname, error);
-		else {
+		/* EXISTS: created meanwhile by another process */
+		if (err != MAIL_ERROR_EXISTS) {
 			*error_r = t_strdup_printf("CREATE %s: %s",
 						   local_vname, error);
 			ret = -1;
@@ -146,6 +137,10 @@ static int ferry_tree_copy(struct mail_user *user, const char **error_r)
 	array_foreach(&folders, f) {
 		const char *local = ferry_local_name(user, old, f->vname);
 
+		/* \Noselect parents come into being with their children;
+		   creating them would make them selectable on some layouts */
+		if ((f->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) != 0)
+			continue;
 		if (local == NULL) {
 			i_warning(FERRY_LOG_PREFIX "folder=%s: skipped: its name "
 				  "contains this server's hierarchy separator",

@@ -1,0 +1,115 @@
+"""Lazy migration by client access alone (issue 2): a full corpus copied on
+first use with UIDVALIDITY, UIDs, flags, keywords, dates, sizes and bytes
+kept; delivery before any pull; a finished user never contacts OLD again.
+Every check reads both servers through an independent IMAP client."""
+import re
+import socket
+import time
+
+import pytest
+
+from ferrytest import corpus, imapwire
+from ferrytest.sandbox import password
+from ferrytest.snapshot import compare, duplicates, snapshot
+
+SANDBOX_KWARGS = {"users": ("alice", "bob", "carol", "dave"),
+                  "new_extra": "plugin {\n  ferry_progress_interval = 1\n}\n"}
+
+
+def test_full_corpus_by_lazy_access(sandbox, old_log):
+    spec = corpus.full_spec(seed=2)
+    corpus.seed_old(sandbox, "alice", spec)
+    old = snapshot(sandbox, "old", "alice")
+    assert compare(corpus.expected_snapshot(spec), old) == []
+    selectable = [f for f in old.folders.values() if f.selectable]
+    assert old.count() >= 3000 and len(selectable) >= 12
+    assert max(m.size for f in selectable for m in f.messages.values()) > 20 * 10**6
+
+    old_log.mark()
+    new = snapshot(sandbox, "new", "alice")  # LIST + EXAMINE each: the lazy path
+    assert compare(old, new) == []
+    assert duplicates(new, old) == {}
+    old_log.settle("alice")
+    assert sum(old_log.body_counts("alice")) == old.count()  # each body fetched once
+
+    # the second session: everything already there, OLD never contacted
+    old_log.mark()
+    again = snapshot(sandbox, "new", "alice")
+    assert compare(old, again) == []
+    old_log.settle("alice")
+    assert old_log.logins("alice") == 0
+
+
+def test_lmtp_delivery_before_any_pull(sandbox):
+    spec = corpus.folder_spec("INBOX", n=400, seed=3)
+    corpus.seed_old(sandbox, "bob", spec)
+    old = snapshot(sandbox, "old", "bob")
+    old_inbox = old.folders["INBOX"]
+
+    code, text = sandbox.lmtp_deliver("bob", b"Subject: during the migration\r\n\r\nhi\r\n")
+    assert code == 250, text
+
+    new = snapshot(sandbox, "new", "bob")
+    inbox = new.folders["INBOX"]
+    assert inbox.uidvalidity == old_inbox.uidvalidity
+    fresh = set(inbox.messages) - set(old_inbox.messages)
+    assert len(fresh) == 1 and min(fresh) >= old_inbox.uidnext
+    for uid, m in old_inbox.messages.items():
+        assert inbox.messages[uid] == m, uid
+    assert duplicates(new, old) == {}
+
+
+def _raw_session(sandbox, user):
+    s = socket.create_connection(("127.0.0.1", sandbox.port("new")), 60)
+    f = s.makefile("rwb")
+    f.readline()
+    f.write(b'a LOGIN "%s" "%s"\r\n' % (user.encode(), password(user).encode()))
+    f.flush()
+    assert f.readline().startswith(b"a OK")
+    return s, f
+
+
+def test_long_pull_reports_progress_and_new_folders_stay_local(sandbox, old_log):
+    spec = corpus.folder_spec("Big", n=3000, seed=4)
+    corpus.seed_old(sandbox, "carol", spec)
+    s, f = _raw_session(sandbox, "carol")
+    f.write(b"b SELECT Big\r\n")
+    f.flush()
+    lines = []
+    while True:
+        line = f.readline()
+        assert line, "connection closed"
+        lines.append(line)
+        if line.startswith(b"b "):
+            break
+    assert lines[-1].startswith(b"b OK"), lines[-1]
+    progress = [l for l in lines if re.match(rb"\* OK Migrating Big: \d+ of 3000", l)]
+    assert progress, b"".join(lines[:10])
+    assert b"* %d EXISTS" % len(spec.folder("Big").kept()) in b"".join(lines)
+
+    # a folder made on NEW is local from birth: no OLD look-up when used
+    f.write(b"c CREATE Mine\r\n")
+    f.flush()
+    assert f.readline().startswith(b"c OK")
+    old_log.mark()
+    f.write(b"d SELECT Mine\r\nz LOGOUT\r\n")
+    f.flush()
+    while not f.readline().startswith(b"z "):
+        pass
+    s.close()
+    old_log.settle("carol")
+    assert old_log.logins("carol") == 0
+
+
+def test_pop3_login_pulls_inbox(sandbox):
+    import poplib
+    spec = corpus.folder_spec("INBOX", n=50, seed=5)
+    corpus.seed_old(sandbox, "dave", spec)
+    pop = poplib.POP3("127.0.0.1", sandbox.port("new", "pop3"), timeout=60)
+    pop.user("dave")
+    pop.pass_(password("dave"))
+    count, _ = pop.stat()
+    pop.quit()
+    assert count == len(spec.folder("INBOX").kept())
+    old = snapshot(sandbox, "old", "dave")
+    assert compare(old, snapshot(sandbox, "new", "dave")) == []
