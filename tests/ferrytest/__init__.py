@@ -1,0 +1,1 @@
+"""Ferry test harness: throwaway OLD/NEW Dovecot pair, corpus, IMAP snapshots."""

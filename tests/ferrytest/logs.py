@@ -1,0 +1,71 @@
+"""Counting things in a sandbox instance's log (IMAP logins per user, and the
+body_count of their logouts). Lines reach the file asynchronously through
+Dovecot's log process, so counts are taken after a barrier / settle()."""
+import re
+import socket
+import uuid
+
+from .sandbox import wait_until
+
+LOGIN = re.compile(r"imap-login: Info: Login: user=<([^>]*)>, auth=<([^>]*)>")
+LOGOUT = re.compile(r"imap\(([^)]*)\)<\d+><[^>]*>: Info: .*\bbody_count=(\d+)")
+
+
+class LogWatch:
+    """Reads sandbox.log_path(inst) from an offset (the mark)."""
+
+    def __init__(self, sandbox, inst="old"):
+        self.sb, self.inst = sandbox, inst
+        self.mark()
+
+    def mark(self):
+        self.offset = self.sb.log_size(self.inst)
+        return self.offset
+
+    def text(self, since=None):
+        return self.sb.log_text(self.inst, self.offset if since is None else since)
+
+    def logins(self, user, since=None, master=None):
+        """IMAP logins as user; master=True: only via the master user,
+        master=False: only with the user's own password."""
+        n = 0
+        for line in self.text(since).splitlines():
+            m = LOGIN.search(line)
+            if m and m.group(1) == user:
+                via_master = m.group(2) != user
+                n += master is None or master == via_master
+        return n
+
+    def body_counts(self, user, since=None):
+        """body_count of each ended IMAP session of user, in log order."""
+        out = []
+        for line in self.text(since).splitlines():
+            m = LOGOUT.search(line)
+            if m and m.group(1) == user:
+                out.append(int(m.group(2)))
+        return out
+
+    def wait_for(self, pattern, since=None, timeout=30):
+        rx = re.compile(pattern)
+        return wait_until(lambda: rx.search(self.text(since)), timeout,
+                          "%r in %s log" % (pattern, self.inst))
+
+    def barrier(self, timeout=10):
+        """Log a unique line via a fresh connection and wait for it: lines
+        logged before this call are then (very nearly surely) in the file."""
+        tag = "ferry-barrier-" + uuid.uuid4().hex
+        with socket.create_connection(("127.0.0.1", self.sb.port(self.inst)), 10) as s:
+            f = s.makefile("rwb")
+            f.readline()
+            f.write(b'a ID ("name" "%s")\r\nb LOGOUT\r\n' % tag.encode())
+            f.flush()
+            while not f.readline().startswith(b"b "):
+                pass
+        self.wait_for(re.escape(tag), timeout=timeout)
+
+    def settle(self, user, since=None, timeout=30):
+        """Barrier, then wait until every logged-in session of user has
+        logged out (so body_counts() is complete)."""
+        self.barrier()
+        wait_until(lambda: len(self.body_counts(user, since)) >= self.logins(user, since),
+                   timeout, "%s sessions of %s to end" % (self.inst, user))

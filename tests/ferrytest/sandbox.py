@@ -1,0 +1,487 @@
+"""A throwaway pair of Dovecot servers on 127.0.0.1: OLD (the server being
+migrated away from, maildir++ with '.' separator, master user) and NEW (the
+server with the ferry plugin, '/' separator, LMTP).
+
+    with Sandbox() as sb:
+        conn = sb.imap("new", "alice")
+
+CLI (run from tests/), leaves the servers running for demos/benchmarks:
+    python3 -m ferrytest.sandbox start DIR [--no-plugin] [--seed small|full]
+    python3 -m ferrytest.sandbox env DIR      # shell vars: eval "$(...)"
+    python3 -m ferrytest.sandbox stop DIR
+"""
+import argparse
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import imapwire
+
+BUILD_DIR = "/work/main/build"
+CONF_SNIPPET = "/work/main/conf/ferry.conf"
+PLUGIN = "lib20_ferry_plugin.so"
+DOVEADM_PLUGIN = "lib10_doveadm_ferry_plugin.so"
+DOVEADM_MODULE_DIR = "/usr/lib/dovecot/modules/doveadm"
+MASTER_USER = "ferry-master"
+MASTER_PASSWORD = "master-secret"
+INSTANCES = ("old", "new")
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+def wait_until(pred, timeout, what, interval=0.02):
+    """Poll a condition until it holds; raise with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def password(user):
+    return user + "-pw"
+
+
+def _free_ports(n):
+    socks = []
+    try:
+        for _ in range(n):  # hold all at once so they are distinct
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def proc_alive(pid):
+    """True unless gone or a zombie (PID 1 here may never reap daemons)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _descendants(pid):
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _kill(pid, sig):
+    try:
+        if proc_alive(pid):
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _greets(port):
+    """The service answers with a greeting line (its login process is up)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            return s.makefile("rb").readline().startswith((b"* OK", b"+OK", b"220"))
+    except OSError:
+        return False
+
+
+class Sandbox:
+    def __init__(self, root=None, build_dir=BUILD_DIR, conf_snippet=CONF_SNIPPET,
+                 users=("alice", "bob", "carol"), new_plugin=True, batch_size=None,
+                 old_extra="", new_extra="", new_userdb_extra=None, ports=None):
+        self.created_root = root is None
+        self.root = os.path.abspath(root or tempfile.mkdtemp(prefix="ferry-"))
+        self.build_dir = os.path.abspath(build_dir)
+        self.conf_snippet = os.path.abspath(conf_snippet)
+        self.users = list(users)
+        self.new_plugin = new_plugin
+        self.batch_size = batch_size
+        self.old_extra, self.new_extra = old_extra, new_extra
+        self.new_userdb_extra = dict(new_userdb_extra or {})  # user -> "k=v k=v"
+        if ports is None:
+            p = _free_ports(5)
+            ports = {"old": {"imap": p[0], "pop3": p[1]},
+                     "new": {"imap": p[2], "pop3": p[3], "lmtp": p[4]}}
+        self.ports = ports
+        self.master_user, self.master_password = MASTER_USER, MASTER_PASSWORD
+
+    # ---- paths -----------------------------------------------------------
+    def dir(self, inst):
+        return os.path.join(self.root, inst)
+
+    def conf_path(self, inst):
+        return os.path.join(self.dir(inst), "dovecot.conf")
+
+    def log_path(self, inst):
+        return os.path.join(self.dir(inst), "dovecot.log")
+
+    def base_dir(self, inst):
+        return os.path.join(self.dir(inst), "run")
+
+    def home(self, inst, user):
+        return os.path.join(self.dir(inst), "home", user)
+
+    def port(self, inst, proto="imap"):
+        return self.ports[inst][proto]
+
+    # ---- configuration ---------------------------------------------------
+    def _write_conf(self, inst):
+        d = self.dir(inst)
+        mail = pwd.getpwnam("mail")
+        for sub in ("run", "state", "home"):
+            os.makedirs(os.path.join(d, sub), exist_ok=True)
+        for user in self.users:
+            h = self.home(inst, user)
+            if not os.path.isdir(h):
+                os.makedirs(h)
+                os.chown(h, mail.pw_uid, mail.pw_gid)
+        extra = self.new_userdb_extra if inst == "new" else {}
+        with open(os.path.join(d, "passwd"), "w") as f:
+            for user in self.users:
+                f.write("%s:{PLAIN}%s:%d:%d::%s::%s\n" % (
+                    user, password(user), mail.pw_uid, mail.pw_gid,
+                    self.home(inst, user), extra.get(user, "")))
+        with open(os.path.join(d, "masters"), "w") as f:
+            f.write("%s:{PLAIN}%s\n" % (MASTER_USER, MASTER_PASSWORD))
+        with open(self.conf_path(inst), "w") as f:
+            f.write(self._conf_text(inst))
+
+    def _conf_text(self, inst):
+        d, ports = self.dir(inst), self.ports[inst]
+        listeners = []
+        for proto, port in ports.items():
+            svc = proto if proto == "lmtp" else proto + "-login"
+            chroot = "" if proto == "lmtp" else "  chroot =\n"
+            listeners.append("service %s {\n%s  inet_listener %s {\n"
+                             "    address = 127.0.0.1\n    port = %d\n  }\n}\n"
+                             % (svc, chroot, proto, port))
+        sep = "." if inst == "old" else "/"
+        text = f"""# generated by ferrytest.sandbox ({inst})
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+instance_name = ferry-{inst}-{os.path.basename(self.root)}
+listen = 127.0.0.1
+protocols = {" ".join(ports)}
+default_internal_user = dovecot
+default_login_user = dovenull
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_verbose = yes
+auth_master_user_separator = *
+mail_debug = no
+# lets tests find a user's session process (Sandbox.processes)
+verbose_proctitle = yes
+first_valid_uid = 8
+mail_location = maildir:~/Maildir
+# tests open many sessions per user from one IP
+mail_max_userip_connections = 1000
+# so log counters can tell master (ferry) logins from user logins
+login_log_format_elements = user=<%u> auth=<%{{auth_user}}> method=%m rip=%r lip=%l mpid=%e %c session=<%{{session}}>
+imap_logout_format = in=%i out=%o deleted=%{{deleted}} expunged=%{{expunged}} trashed=%{{trashed}} hdr_count=%{{fetch_hdr_count}} hdr_bytes=%{{fetch_hdr_bytes}} body_count=%{{fetch_body_count}} body_bytes=%{{fetch_body_bytes}}
+# log barriers (logs.py) send an ID to mark a point in the log
+imap_id_log = *
+namespace inbox {{
+  inbox = yes
+  separator = {sep}
+}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {d}/masters
+  master = yes
+}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {d}/passwd
+}}
+userdb {{
+  driver = passwd-file
+  args = {d}/passwd
+}}
+service anvil {{
+  chroot =
+}}
+""" + "".join(listeners)
+        if inst == "old":
+            # seeding speed; OLD is never crashed mid-write by the tests
+            return text + "mail_fsync = never\n" + self.old_extra + "\n"
+        text += "mail_plugin_dir = %s\n" % self.build_dir
+        if self.new_plugin:
+            text += "!include %s\n" % self.conf_snippet
+        text += f"""imapc_host = 127.0.0.1
+imapc_port = {self.ports["old"]["imap"]}
+imapc_ssl = no
+imapc_master_user = {MASTER_USER}
+imapc_password = {MASTER_PASSWORD}
+imapc_cmd_timeout = 5s
+"""
+        if self.batch_size is not None:
+            text += "plugin {\n  ferry_batch_size = %d\n}\n" % self.batch_size
+        return text + self.new_extra + "\n"
+
+    # ---- lifecycle -------------------------------------------------------
+    def master_pid(self, inst):
+        try:
+            with open(os.path.join(self.base_dir(inst), "master.pid")) as f:
+                pid = int(f.read().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+        # a stale pid file may name a recycled pid: only trust our own master
+        ok = proc_alive(pid) and self.conf_path(inst) in cmdline(pid)
+        return pid if ok else None
+
+    def pids(self, inst):
+        """Master and all its descendants (empty when stopped)."""
+        pid = self.master_pid(inst)
+        return {pid} | _descendants(pid) if pid else set()
+
+    def processes(self, inst):
+        """{pid: title} of the instance; with verbose_proctitle a session
+        reads like 'dovecot-.../imap [alice 127.0.0.1 UID FETCH]'."""
+        return {p: cmdline(p) for p in self.pids(inst)}
+
+    def start_instance(self, inst):
+        if self.master_pid(inst):
+            return
+        if inst == "new" and self.new_plugin:
+            plugin = os.path.join(self.build_dir, PLUGIN)
+            if not os.path.exists(plugin):
+                raise SandboxError("NEW needs %s: build the plugin (make) or use "
+                                   "Sandbox(new_plugin=False)" % plugin)
+        os.chmod(self.root, 0o755)  # mail/dovenull must traverse it
+        self._write_conf(inst)
+        self._link_doveadm_plugin()
+        # output to a file, not a pipe: the daemon keeps stderr open forever
+        out_path = os.path.join(self.dir(inst), "start.out")
+        with open(out_path, "w+") as out:
+            rc = subprocess.run(["dovecot", "-c", self.conf_path(inst)],
+                                stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT).returncode
+            out.seek(0)
+            if rc != 0:
+                raise SandboxError("dovecot %s failed to start (rc %d): %s%s" % (
+                    inst, rc, out.read(), self.log_text(inst)[-2000:]))
+        for port in self.ports[inst].values():
+            wait_until(lambda: _greets(port), 10, "%s greeting on port %d" % (inst, port))
+
+    def stop_instance(self, inst, timeout=15):
+        pid = self.master_pid(inst)
+        if not pid:
+            return
+        procs = self.pids(inst)
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not proc_alive(pid), timeout, "dovecot %s master to exit" % inst)
+        # Session processes then wait up to 10 s for their clients to hang up
+        # ("Server shutting down"); end them now, but not the log process, so
+        # their last lines (logout, body_count) still reach the log.
+        for p in procs:
+            if proc_alive(p) and not cmdline(p).endswith("/log"):
+                _kill(p, signal.SIGTERM)
+        try:
+            wait_until(lambda: not any(map(proc_alive, procs)), 5,
+                       "dovecot %s processes to exit" % inst)
+        except TimeoutError:
+            for p in procs:  # last resort, only processes of this instance
+                _kill(p, signal.SIGKILL)
+            wait_until(lambda: not any(map(proc_alive, procs)), 5,
+                       "dovecot %s to die after SIGKILL" % inst)
+
+    def start(self):
+        self.start_instance("old")
+        try:
+            self.start_instance("new")
+        except BaseException:
+            self.stop_instance("old")
+            raise
+        self.save()
+        return self
+
+    def stop(self):
+        self.stop_instance("new")  # first: it may hold imapc sessions to OLD
+        self.stop_instance("old")
+
+    def start_old(self):
+        self.start_instance("old")
+
+    def stop_old(self):
+        self.stop_instance("old")
+
+    def cleanup(self):
+        """stop() and remove the root if this Sandbox created it."""
+        self.stop()
+        if self.created_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _link_doveadm_plugin(self):
+        """doveadm loads its plugins only from its compiled-in module dir."""
+        src = os.path.join(self.build_dir, DOVEADM_PLUGIN)
+        dst = os.path.join(DOVEADM_MODULE_DIR, DOVEADM_PLUGIN)
+        if not os.path.exists(src) or (os.path.exists(dst) and not os.path.islink(dst)):
+            return
+        if os.path.islink(dst):
+            if os.readlink(dst) == src:
+                return
+            os.unlink(dst)
+        os.symlink(src, dst)
+
+    # ---- clients ---------------------------------------------------------
+    def doveadm(self, inst, *args, check=True, timeout=300, input=None):
+        r = subprocess.run(["doveadm", "-c", self.conf_path(inst)] + list(args),
+                           capture_output=True, text=True, timeout=timeout, input=input)
+        if check and r.returncode != 0:
+            raise SandboxError("doveadm %s %s -> rc %d: %s" % (
+                inst, " ".join(args), r.returncode, r.stderr.strip()))
+        return r
+
+    def log_text(self, inst, since=0):
+        try:
+            with open(self.log_path(inst), "rb") as f:
+                f.seek(since)
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_size(self, inst):
+        try:
+            return os.path.getsize(self.log_path(inst))
+        except FileNotFoundError:
+            return 0
+
+    def imap(self, inst, user, master=False, authzid=False, timeout=60):
+        """Logged-in imaplib.IMAP4; master=True logs in as user*ferry-master
+        (or AUTHENTICATE PLAIN with authzid if authzid=True)."""
+        if master:
+            return imapwire.connect("127.0.0.1", self.port(inst), user,
+                                    MASTER_PASSWORD, MASTER_USER, authzid, timeout)
+        return imapwire.connect("127.0.0.1", self.port(inst), user,
+                                password(user), timeout=timeout)
+
+    def lmtp_deliver(self, user, message, sender="sender@example.org", timeout=120):
+        """Deliver via NEW's LMTP; returns the (code, text) reply for user."""
+        with smtplib.LMTP("127.0.0.1", self.port("new", "lmtp"), timeout=timeout) as s:
+            s.ehlo()  # smtplib.LMTP sends LHLO
+            code, text = s.mail(sender)
+            if code == 250:
+                code, text = s.rcpt(user)
+                if code in (250, 251):
+                    code, text = s.data(message)
+            return code, text.decode("utf-8", "replace")
+
+    # ---- persistence for the CLI -------------------------------------------
+    STATE = "sandbox.json"
+
+    def save(self):
+        state = {k: getattr(self, k) for k in (
+            "build_dir", "conf_snippet", "users", "new_plugin", "batch_size",
+            "old_extra", "new_extra", "new_userdb_extra", "ports")}
+        with open(os.path.join(self.root, self.STATE), "w") as f:
+            json.dump(state, f, indent=1)
+
+    @classmethod
+    def load(cls, root):
+        with open(os.path.join(root, cls.STATE)) as f:
+            return cls(root=root, **json.load(f))
+
+    def env(self):
+        e = {"FERRY_DIR": self.root, "FERRY_USERS": " ".join(self.users),
+             "FERRY_MASTER_USER": MASTER_USER, "FERRY_MASTER_PASSWORD": MASTER_PASSWORD,
+             "FERRY_PASSWORD_SUFFIX": password("")}
+        for inst in INSTANCES:
+            I = inst.upper()
+            e["FERRY_%s_CONF" % I] = self.conf_path(inst)
+            e["FERRY_%s_LOG" % I] = self.log_path(inst)
+            e["FERRY_%s_HOME" % I] = os.path.join(self.dir(inst), "home")
+            for proto, port in self.ports[inst].items():
+                e["FERRY_%s_%s_PORT" % (I, proto.upper())] = str(port)
+        return e
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python3 -m ferrytest.sandbox")
+    ap.add_argument("action", choices=("start", "stop", "env"))
+    ap.add_argument("dir")
+    ap.add_argument("--no-plugin", action="store_true", help="NEW without ferry")
+    ap.add_argument("--build-dir", default=BUILD_DIR)
+    ap.add_argument("--conf-snippet", default=CONF_SNIPPET)
+    ap.add_argument("--users", default="alice,bob,carol")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--seed", choices=("small", "full"), help="seed OLD for every user")
+    a = ap.parse_args(argv)
+    root = os.path.abspath(a.dir)
+    if a.action == "start":
+        if os.path.exists(os.path.join(root, Sandbox.STATE)):
+            sb = Sandbox.load(root)
+        else:
+            os.makedirs(root, exist_ok=True)
+            sb = Sandbox(root, a.build_dir, a.conf_snippet, a.users.split(","),
+                         new_plugin=not a.no_plugin, batch_size=a.batch_size)
+        sb.start()
+        if a.seed:
+            from . import corpus
+            spec = corpus.full_spec() if a.seed == "full" else corpus.small_spec()
+            for user in sb.users:
+                corpus.seed_old(sb, user, spec)
+    else:
+        sb = Sandbox.load(root)
+        if a.action == "stop":
+            sb.stop()
+            return 0
+    for k, v in sb.env().items():
+        print("export %s=%s" % (k, shlex.quote(v)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

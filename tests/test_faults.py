@@ -1,0 +1,167 @@
+"""Races, crashes and a dead old server (issue 2). After each: the folder
+is complete, equal to OLD through an independent client, 0 duplicates."""
+import os
+import signal
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from ferrytest import corpus
+from ferrytest.sandbox import SandboxError, wait_until
+from ferrytest.snapshot import compare, duplicates, snapshot
+
+BATCH = 100
+SANDBOX_KWARGS = {"users": ("race1", "race2", "crash1", "crash2", "down"),
+                  "batch_size": BATCH}
+
+
+def _local_files(sandbox, user, folder):
+    """Mail files of a NEW maildir++ folder (committed or being written)."""
+    d = os.path.join(sandbox.home("new", user), "Maildir", "." + folder)
+    n = 0
+    for sub in ("cur", "new"):
+        try:
+            n += len(os.listdir(os.path.join(d, sub)))
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def _doveadm_pull(sandbox, user, folder):
+    return subprocess.Popen(["doveadm", "-c", sandbox.conf_path("new"), "ferry", "pull",
+                             "-u", user, "-m", folder],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _assert_equal(sandbox, user):
+    old = snapshot(sandbox, "old", user)
+    new = snapshot(sandbox, "new", user)
+    assert compare(old, new) == []
+    assert duplicates(new, old) == {}
+    return old
+
+
+@pytest.mark.parametrize("user, lazy_first", [("race1", False), ("race2", True)])
+def test_lazy_select_races_bulk_pull(sandbox, user, lazy_first):
+    spec = corpus.folder_spec("Bulk", n=3000, seed=10)
+    corpus.seed_old(sandbox, user, spec)
+    conn = sandbox.imap("new", user, timeout=600)
+    conn.list()  # the folder tree, so that both race for the messages only
+    if lazy_first:
+        conn.send(b"r1 SELECT Bulk\r\n")
+        wait_until(lambda: _local_files(sandbox, user, "Bulk") > 0, 60, "lazy pull to start")
+        proc = _doveadm_pull(sandbox, user, "Bulk")
+    else:
+        proc = _doveadm_pull(sandbox, user, "Bulk")
+        wait_until(lambda: _local_files(sandbox, user, "Bulk") > 0, 60, "bulk pull to start")
+        conn.send(b"r1 SELECT Bulk\r\n")
+    # both are now at work on the same folder
+    assert _local_files(sandbox, user, "Bulk") < 3000
+    while True:
+        line = conn.readline()
+        assert line, "connection closed"
+        if line.startswith(b"r1 "):
+            break
+    assert line.startswith(b"r1 OK"), line
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    conn.logout()
+    old = _assert_equal(sandbox, user)
+    assert len(old.folders["Bulk"].messages) == 3000
+
+
+def _kill_when_committed(sandbox, user, pid, batches):
+    wait_until(lambda: _local_files(sandbox, user, "Bulk") >= batches * BATCH + BATCH // 2,
+               120, "%d batches to be copied" % batches)
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_kill_doveadm_mid_folder_then_access(sandbox, old_log):
+    spec = corpus.folder_spec("Bulk", n=3000, seed=11)
+    corpus.seed_old(sandbox, "crash1", spec)
+    old_log.mark()
+    proc = _doveadm_pull(sandbox, "crash1", "Bulk")
+    _kill_when_committed(sandbox, "crash1", proc.pid, 5)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert _local_files(sandbox, "crash1", "Bulk") < 3000  # killed mid-folder
+
+    conn = sandbox.imap("new", "crash1", timeout=600)
+    assert conn.select("Bulk")[0] == "OK"
+    conn.logout()
+    old_log.settle("crash1")
+    fetched = sum(old_log.body_counts("crash1"))  # before the checker reads OLD
+    old = _assert_equal(sandbox, "crash1")
+    refetched = fetched - len(old.folders["Bulk"].messages)
+    print("\nkill -9 doveadm: bodies fetched %d, fetched twice %d (batch %d)"
+          % (fetched, refetched, BATCH))
+    assert 0 <= refetched <= BATCH
+
+
+def test_kill_imap_mid_lazy_pull_then_access(sandbox, old_log):
+    spec = corpus.folder_spec("Bulk", n=3000, seed=12)
+    corpus.seed_old(sandbox, "crash2", spec)
+    conn = sandbox.imap("new", "crash2", timeout=600)
+    conn.list()
+    old_log.mark()
+    conn.send(b"k1 SELECT Bulk\r\n")
+    # the imap process serving this session: the one logging for crash2
+    new_log = sandbox.log_text("new")
+    pids = {int(p) for p in __import__("re").findall(r"imap\(crash2\)<(\d+)>", new_log)}
+    assert len(pids) == 1, pids
+    _kill_when_committed(sandbox, "crash2", pids.pop(), 3)
+    while True:  # progress lines, then the end: the server side is gone
+        line = conn.readline()
+        if not line:
+            break
+        assert line.startswith(b"* OK Migrating Bulk"), line
+    conn.shutdown()
+
+    conn = sandbox.imap("new", "crash2", timeout=600)
+    assert conn.select("Bulk")[0] == "OK"
+    conn.logout()
+    old_log.settle("crash2")
+    fetched = sum(old_log.body_counts("crash2"))  # before the checker reads OLD
+    old = _assert_equal(sandbox, "crash2")
+    refetched = fetched - len(old.folders["Bulk"].messages)
+    print("\nkill -9 imap: bodies fetched %d, fetched twice %d (batch %d)"
+          % (fetched, refetched, BATCH))
+    assert 0 <= refetched <= BATCH
+
+
+def test_old_server_down_then_back(sandbox):
+    spec = corpus.small_spec(seed=13)
+    corpus.seed_old(sandbox, "down", spec)
+    old = snapshot(sandbox, "old", "down")
+    sandbox.stop_old()
+    try:
+        conn = sandbox.imap("new", "down")
+        t0 = time.monotonic()
+        typ, data = conn.select("Sent")
+        elapsed = time.monotonic() - t0
+        assert typ == "NO", data
+        text = data[0].decode()
+        assert text.startswith("[UNAVAILABLE]") and "Sent" in text, text
+        assert elapsed < 10  # imapc_cmd_timeout = 5s in the sandbox
+        typ, data = conn.list()
+        assert typ == "NO" and b"UNAVAILABLE" in data[0], data
+        conn.logout()
+
+        code, text = sandbox.lmtp_deliver("down", b"Subject: while OLD is down\r\n\r\nx\r\n")
+        assert 400 <= code < 500, (code, text)
+    finally:
+        sandbox.start_old()
+
+    code, text = sandbox.lmtp_deliver("down", b"Subject: retried\r\n\r\nx\r\n")
+    assert code == 250, text
+    new = snapshot(sandbox, "new", "down")
+    inbox_old, inbox_new = old.folders["INBOX"], new.folders["INBOX"]
+    fresh = set(inbox_new.messages) - set(inbox_old.messages)
+    assert len(fresh) == 1 and min(fresh) >= inbox_old.uidnext
+    for uid in fresh:
+        del inbox_new.messages[uid]
+    inbox_new.uidnext = inbox_old.uidnext
+    assert compare(old, new) == []
+    assert duplicates(new, old) == {}
