@@ -16,7 +16,7 @@ from ferrytest.sandbox import BUILD_DIR, Sandbox
 @pytest.fixture(scope="module")
 def sandbox(request):
     kwargs = dict(getattr(request.module, "SANDBOX_KWARGS", {}))
-    kwargs.setdefault("build_dir", os.environ.get("FERRY_BUILD_DIR", BUILD_DIR))
+    kwargs.setdefault("build_dir", BUILD_DIR)
     sb = Sandbox(**kwargs)
     failed_before = request.session.testsfailed
     try:
@@ -24,6 +24,10 @@ def sandbox(request):
         yield sb
     finally:
         sb.stop()
+        reports = sb.sanitizer_reports()
+        if reports:  # fails the module's last test: a sanitizer found something
+            print("\n".join(reports))
+            pytest.fail("sanitizer reports in %s" % sb.sanitizer_dir(), pytrace=False)
         if request.session.testsfailed == failed_before and not os.environ.get("FERRY_KEEP"):
             shutil.rmtree(sb.root, ignore_errors=True)
         else:

@@ -30,8 +30,9 @@ def _local_files(sandbox, user, folder):
 
 
 def _doveadm_pull(sandbox, user, folder):
-    return subprocess.Popen(["doveadm", "-c", sandbox.conf_path("new"), "ferry", "pull",
-                             "-u", user, "-m", folder],
+    return subprocess.Popen(sandbox.doveadm_cmd("new", "ferry", "pull", "-u", user,
+                                                "-m", folder),
+                            env=sandbox.doveadm_env("new"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

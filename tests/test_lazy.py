@@ -2,6 +2,7 @@
 first use with UIDVALIDITY, UIDs, flags, keywords, dates, sizes and bytes
 kept; delivery before any pull; a finished user never contacts OLD again.
 Every check reads both servers through an independent IMAP client."""
+import os
 import re
 import socket
 import time
@@ -113,3 +114,18 @@ def test_pop3_login_pulls_inbox(sandbox):
     assert count == len(spec.folder("INBOX").kept())
     old = snapshot(sandbox, "old", "dave")
     assert compare(old, snapshot(sandbox, "new", "dave")) == []
+
+
+@pytest.mark.skipif(os.environ.get("FERRY_ASAN") != "1", reason="FERRY_ASAN=1 only")
+def test_sanitized_plugin_is_what_runs(sandbox):
+    """Under FERRY_ASAN=1 the plugin that serves users is the sanitized one,
+    with the ASan runtime loaded (so a clean run means something)."""
+    conn = sandbox.imap("new", "dave")
+    conn.select("INBOX")
+    pids = [p for p, title in sandbox.processes("new").items() if "imap [dave" in title]
+    assert pids
+    with open("/proc/%d/maps" % pids[0]) as f:
+        maps = f.read()
+    conn.logout()
+    assert "libasan.so" in maps
+    assert os.path.join(sandbox.build_dir, "lib20_ferry_plugin.so") in maps

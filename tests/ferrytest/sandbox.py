@@ -26,8 +26,14 @@ import time
 
 from . import imapwire
 
-BUILD_DIR = "/work/main/build"
-CONF_SNIPPET = "/work/main/conf/ferry.conf"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD_DIR = os.environ.get("FERRY_BUILD_DIR", os.path.join(REPO, "build"))
+CONF_SNIPPET = os.path.join(REPO, "conf", "ferry.conf")
+# FERRY_ASAN=1: the plugin in BUILD_DIR was built with ASan+UBSan; the
+# sanitizer runtimes are preloaded into NEW's processes and doveadm, and
+# any report lands in <root>/sanitizer (see sanitizer_reports()).
+ASAN = os.environ.get("FERRY_ASAN") == "1"
+ASAN_RUNTIME = "/usr/lib/x86_64-linux-gnu/libasan.so.8"
 PLUGIN = "lib20_ferry_plugin.so"
 DOVEADM_PLUGIN = "lib10_doveadm_ferry_plugin.so"
 DOVEADM_MODULE_DIR = "/usr/lib/dovecot/modules/doveadm"
@@ -263,7 +269,49 @@ imapc_cmd_timeout = 5s
 """
         if self.batch_size is not None:
             text += "plugin {\n  ferry_batch_size = %d\n}\n" % self.batch_size
+        if ASAN:
+            text += self._asan_conf()
         return text + self.new_extra + "\n"
+
+    # ---- sanitizers --------------------------------------------------------
+    def sanitizer_dir(self):
+        return os.path.join(self.root, "sanitizer")
+
+    def sanitizer_env(self):
+        """Environment that makes a process run the ASan+UBSan plugin."""
+        d = self.sanitizer_dir()
+        return {"LD_PRELOAD": ASAN_RUNTIME,
+                "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:log_path=%s/asan" % d,
+                "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:log_path=%s/ubsan" % d}
+
+    def _asan_conf(self):
+        d = self.sanitizer_dir()
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o1777)  # reports are written as the mail user
+        env = " ".join("%s=%s" % kv for kv in self.sanitizer_env().items())
+        # ASan reserves terabytes of address space: no vsz limit
+        return ("import_environment = TZ CORE_OUTOFMEM CORE_ERROR LISTEN_PID "
+                "LISTEN_FDS %s\ndefault_vsz_limit = 0\n" % env)
+
+    def sanitizer_reports(self):
+        """Texts of the sanitizer reports written so far (empty = clean)."""
+        d = self.sanitizer_dir()
+        if not os.path.isdir(d):
+            return []
+        out = []
+        for name in sorted(os.listdir(d)):
+            with open(os.path.join(d, name), errors="replace") as f:
+                out.append("%s:\n%s" % (name, f.read()))
+        return out
+
+    def doveadm_cmd(self, inst, *args):
+        return ["doveadm", "-c", self.conf_path(inst)] + list(args)
+
+    def doveadm_env(self, inst):
+        env = dict(os.environ)
+        if ASAN:  # doveadm loads the (sanitized) doveadm plugin for OLD too
+            env.update(self.sanitizer_env())
+        return env
 
     # ---- lifecycle -------------------------------------------------------
     def master_pid(self, inst):
@@ -378,7 +426,7 @@ imapc_cmd_timeout = 5s
 
     # ---- clients ---------------------------------------------------------
     def doveadm(self, inst, *args, check=True, timeout=300, input=None):
-        r = subprocess.run(["doveadm", "-c", self.conf_path(inst)] + list(args),
+        r = subprocess.run(self.doveadm_cmd(inst, *args), env=self.doveadm_env(inst),
                            capture_output=True, text=True, timeout=timeout, input=input)
         if check and r.returncode != 0:
             raise SandboxError("doveadm %s %s -> rc %d: %s" % (
