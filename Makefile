@@ -29,10 +29,21 @@ DOVEADM_SO   = $(BUILD)/lib10_doveadm_ferry_plugin.so
 DEB_PACKAGES = build-essential dovecot-core dovecot-imapd dovecot-pop3d \
                dovecot-lmtpd dovecot-dev python3 python3-pytest
 
-.PHONY: all plugin deps check check-asan demo install clean format
+# Each part of the project adds its targets in its own mk/*.mk:
+#   ALL_TARGETS += what `make` builds
+#   UNIT_TESTS  += test binaries that `make unit` runs (Criterion)
+#   DEB_PACKAGES += Debian packages it needs
+ALL_TARGETS = plugin
+UNIT_TESTS =
+include $(sort $(wildcard mk/*.mk))
 
-all: plugin
+.PHONY: all plugin deps check check-asan unit demo install clean format
+
+all: $(ALL_TARGETS)
 plugin: $(PLUGIN_SO) $(DOVEADM_SO)
+
+unit: $(UNIT_TESTS)
+	@for t in $(UNIT_TESTS); do echo "== $$t"; $$t || exit 1; done
 
 $(BUILD)/plugin/%.o: plugin/%.c plugin/ferry-plugin.h | $(BUILD)/plugin
 	$(CC) $(PLUGIN_CFLAGS) -c -o $@ $<
@@ -53,6 +64,7 @@ deps:
 
 check: deps
 	$(MAKE) all
+	$(MAKE) unit
 	cd tests && $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 	$(MAKE) check-asan
 
@@ -60,7 +72,7 @@ check: deps
 # sanitizer runtime preloaded into NEW's Dovecot processes and doveadm;
 # any sanitizer report fails the run.
 check-asan: deps
-	$(MAKE) BUILD=build-asan SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" plugin
+	$(MAKE) BUILD=build-asan SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" all
 	cd tests && FERRY_BUILD_DIR=$(CURDIR)/build-asan FERRY_ASAN=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: deps
