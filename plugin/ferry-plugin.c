@@ -52,6 +52,8 @@ void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r)
 		ferry_setting_uint(user, "ferry_progress_interval", 5, 1);
 	set_r->prefetch_count =
 		ferry_setting_uint(user, "ferry_prefetch_count", 50, 1);
+	set_r->big_message_size =
+		ferry_setting_uint(user, "ferry_big_message_size", 1024*1024, 4096);
 }
 
 bool ferry_user_is_internal(struct mail_user *user)

@@ -23,6 +23,8 @@ struct ferry_settings {
 	unsigned int lock_timeout_secs;
 	unsigned int progress_interval_secs;
 	unsigned int prefetch_count;
+	/* larger messages are fetched in ranges (old-body.c) */
+	unsigned int big_message_size;
 };
 
 /* Per-user state, attached to users being migrated. */
@@ -88,6 +90,11 @@ const char *ferry_old_name(struct mail_user *user, struct mail_user *old,
 			   const char *local_vname);
 const char *ferry_local_name(struct mail_user *user, struct mail_user *old,
 			     const char *old_vname);
+
+/* old-body.c: large old messages, fetched in ranges */
+void ferry_old_body_register(struct mailbox *obox);
+int ferry_old_body_fetch(struct mailbox *obox, uint32_t uid, uoff_t size,
+			 struct istream **input_r, const char **error_r);
 
 /* tree.c: folders and subscriptions, once per user */
 int ferry_tree_sync(struct mail_user *user, const char **error_r);

@@ -8,6 +8,7 @@
 #include "str.h"
 #include "mail-namespace.h"
 #include "mail-storage-settings.h"
+#include "imapc-settings.h"
 #include "ferry-plugin.h"
 
 int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
@@ -38,6 +39,13 @@ int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 	mail_set = (struct mail_storage_settings *)
 		mail_user_set_get_storage_set(old);
 	mail_set->mail_prefetch_count = fuser->set.prefetch_count;
+	/* Sizes come from RFC822.SIZE: without it imapc would download a
+	   body to learn its size, and large bodies are fetched in ranges. */
+	struct imapc_settings *imapc_set = (struct imapc_settings *)
+		mail_user_set_get_driver_settings(old->set_info, old->set,
+						  "imapc");
+	if (imapc_set != NULL)
+		imapc_set->parsed_features |= IMAPC_FEATURE_RFC822_SIZE;
 
 	ferry_creating_old_user = TRUE;
 	ret = mail_namespaces_init_location(old, "imapc:", &error);

@@ -18,6 +18,7 @@
 #include "lib.h"
 #include "array.h"
 #include "ioloop.h"
+#include "istream.h"
 #include "seq-range-array.h"
 #include "file-lock.h"
 #include "mail-namespace.h"
@@ -181,16 +182,29 @@ static int ferry_pull_prepare(struct ferry_pull *pull, uint32_t *start_r)
 	return 0;
 }
 
-static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail)
+static void ferry_pull_begin(struct ferry_pull *pull)
 {
-	struct mail_save_context *save;
-	time_t save_date;
-
 	if (pull->t == NULL) {
 		pull->t = mailbox_transaction_begin(pull->box,
 			MAILBOX_TRANSACTION_FLAG_EXTERNAL |
 			MAILBOX_TRANSACTION_FLAG_ASSIGN_UIDS, "ferry pull");
 	}
+}
+
+static void ferry_pull_saved(struct ferry_pull *pull, uint32_t uid)
+{
+	seq_range_array_add(&pull->batch_uids, uid);
+	pull->batch_count++;
+	pull->copied++;
+	pull->hdr.copied++;
+}
+
+static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail)
+{
+	struct mail_save_context *save;
+	time_t save_date;
+
+	ferry_pull_begin(pull);
 	save = mailbox_save_alloc(pull->t);
 	mailbox_save_copy_flags(save, mail);
 	if (pull->keep_uids)
@@ -203,10 +217,7 @@ static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail)
 		return ferry_pull_fail_local(pull, t_strdup_printf(
 			"copying old UID %u", mail->uid));
 	}
-	seq_range_array_add(&pull->batch_uids, mail->uid);
-	pull->batch_count++;
-	pull->copied++;
-	pull->hdr.copied++;
+	ferry_pull_saved(pull, mail->uid);
 	return 0;
 }
 
@@ -225,56 +236,151 @@ ferry_old_search(struct mailbox_transaction_context *ot,
 	return search;
 }
 
-/* The old UIDs still to copy, from the imapc index (no body traffic). */
+struct ferry_todo {
+	uint32_t uid;
+	uoff_t size;
+};
+ARRAY_DEFINE_TYPE(ferry_todo, struct ferry_todo);
+
+/* The old UIDs still to copy with their RFC822.SIZE: one pipelined FETCH,
+   no bodies. */
 static int ferry_pull_todo(struct ferry_pull *pull,
 			   struct mailbox_transaction_context *ot,
-			   uint32_t start, ARRAY_TYPE(uint32_t) *todo)
+			   uint32_t start, ARRAY_TYPE(ferry_todo) *todo)
 {
 	ARRAY_TYPE(seq_range) range;
 	struct mail_search_context *search;
 	struct mail *mail;
+	struct ferry_todo *item;
+	int ret = 0;
 
 	t_array_init(&range, 1);
 	seq_range_array_add_range(&range, start + 1, pull->ost.uidnext - 1);
-	search = ferry_old_search(ot, &range, 0);
-	while (mailbox_search_next(search, &mail))
-		array_push_back(todo, &mail->uid);
-	if (mailbox_search_deinit(&search) < 0)
-		return ferry_pull_fail_old(pull, "UID SEARCH");
+	search = ferry_old_search(ot, &range, MAIL_FETCH_PHYSICAL_SIZE);
+	while (mailbox_search_next(search, &mail)) {
+		item = array_append_space(todo);
+		item->uid = mail->uid;
+		if (mail_get_physical_size(mail, &item->size) < 0 &&
+		    !mail->expunged)
+			ret = -1;
+	}
+	if (mailbox_search_deinit(&search) < 0 || ret < 0)
+		return ferry_pull_fail_old(pull, "UID FETCH RFC822.SIZE");
 	return 0;
 }
 
-/* One batch: fetched as one pipelined search over its UIDs (so a crash
-   re-fetches at most this batch) and committed as one transaction. */
-static int ferry_pull_batch(struct ferry_pull *pull,
-			    struct mailbox_transaction_context *ot,
-			    const uint32_t *uids, unsigned int count)
+/* A large message: its flags and dates through imapc, its body in
+   ranges (old-body.c), saved with the same metadata as a copy. */
+static int ferry_pull_copy_big(struct ferry_pull *pull, struct mail *mail,
+			       uoff_t size)
+{
+	struct mail_save_context *save;
+	struct istream *input;
+	const char *error;
+	time_t date;
+	int ret = 0;
+
+	if (ferry_old_body_fetch(pull->obox, mail->uid, size, &input,
+				 &error) < 0)
+		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE,
+				       t_strdup_printf("old server: %s", error));
+	if (input == NULL)
+		return 0; /* expunged on the old server meanwhile */
+	ferry_pull_begin(pull);
+	save = mailbox_save_alloc(pull->t);
+	mailbox_save_copy_flags(save, mail);
+	if (pull->keep_uids)
+		mailbox_save_set_uid(save, mail->uid);
+	if (mail_get_received_date(mail, &date) < 0) {
+		mailbox_save_cancel(&save);
+		i_stream_unref(&input);
+		return ferry_pull_fail_old(pull, "INTERNALDATE");
+	}
+	mailbox_save_set_received_date(save, date, 0);
+	if (mail_get_save_date(mail, &date) >= 0)
+		mailbox_save_set_save_date(save, date);
+	if (mailbox_save_begin(&save, input) < 0)
+		ret = -1;
+	while (ret == 0 && i_stream_read(input) != -1) {
+		if (mailbox_save_continue(save) < 0)
+			ret = -1;
+	}
+	if (ret == 0 && input->stream_errno != 0) {
+		mailbox_save_cancel(&save);
+		i_stream_unref(&input);
+		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE,
+			t_strdup_printf("reading old UID %u: %s", mail->uid,
+					i_stream_get_error(input)));
+	}
+	if (ret == 0 && mailbox_save_finish(&save) < 0)
+		ret = -1;
+	if (ret < 0 && save != NULL)
+		mailbox_save_cancel(&save);
+	i_stream_unref(&input);
+	if (ret < 0)
+		return ferry_pull_fail_local(pull, t_strdup_printf(
+			"saving old UID %u", mail->uid));
+	ferry_pull_saved(pull, mail->uid);
+	return 0;
+}
+
+/* Consecutive messages, fetched as one pipelined search (bodies of small
+   ones prefetched; large ones in ranges). */
+static int ferry_pull_run_of(struct ferry_pull *pull,
+			     struct mailbox_transaction_context *ot,
+			     const struct ferry_todo *items, unsigned int count,
+			     bool big)
 {
 	ARRAY_TYPE(seq_range) range;
 	struct mail_search_context *search;
 	struct mail *mail;
+	enum mail_fetch_field fields = MAIL_FETCH_FLAGS |
+		MAIL_FETCH_RECEIVED_DATE | MAIL_FETCH_SAVE_DATE;
 	int ret = 0;
 
+	if (!big)
+		fields |= MAIL_FETCH_STREAM_HEADER | MAIL_FETCH_STREAM_BODY;
 	t_array_init(&range, count);
 	for (unsigned int i = 0; i < count; i++)
-		seq_range_array_add(&range, uids[i]);
-	search = ferry_old_search(ot, &range,
-		MAIL_FETCH_FLAGS | MAIL_FETCH_RECEIVED_DATE |
-		MAIL_FETCH_STREAM_HEADER | MAIL_FETCH_STREAM_BODY);
-	while (mailbox_search_next(search, &mail)) {
+		seq_range_array_add(&range, items[i].uid);
+	search = ferry_old_search(ot, &range, fields);
+	for (unsigned int i = 0; ret == 0 && mailbox_search_next(search, &mail); ) {
+		while (i < count && items[i].uid < mail->uid)
+			i++;
 		T_BEGIN {
-			ret = ferry_pull_copy_one(pull, mail);
+			ret = big && i < count ?
+				ferry_pull_copy_big(pull, mail, items[i].size) :
+				ferry_pull_copy_one(pull, mail);
 		} T_END;
-		if (ret < 0)
-			break;
-		pull->hdr.copied_upto = mail->uid;
-		ferry_pull_notify(pull);
+		if (ret == 0) {
+			pull->hdr.copied_upto = mail->uid;
+			ferry_pull_notify(pull);
+		}
 	}
 	if (mailbox_search_deinit(&search) < 0 && ret == 0)
 		ret = ferry_pull_fail_old(pull, "FETCH");
+	return ret;
+}
+
+/* One batch, committed as one transaction: a crash re-fetches at most
+   this batch. */
+static int ferry_pull_batch(struct ferry_pull *pull,
+			    struct mailbox_transaction_context *ot,
+			    const struct ferry_todo *items, unsigned int count)
+{
+	uoff_t big_size = pull->fuser->set.big_message_size;
+	unsigned int i, n;
+	int ret = 0;
+
+	for (i = 0; ret == 0 && i < count; i += n) {
+		bool big = items[i].size > big_size;
+		for (n = 1; i + n < count &&
+			    (items[i + n].size > big_size) == big; n++) ;
+		ret = ferry_pull_run_of(pull, ot, items + i, n, big);
+	}
 	if (ret == 0) {
 		/* messages expunged on the old server meanwhile are done */
-		pull->hdr.copied_upto = uids[count - 1];
+		pull->hdr.copied_upto = items[count - 1].uid;
 		ret = ferry_pull_commit(pull);
 	}
 	if (pull->t != NULL)
@@ -285,8 +391,8 @@ static int ferry_pull_batch(struct ferry_pull *pull,
 static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 {
 	struct mailbox_transaction_context *ot;
-	ARRAY_TYPE(uint32_t) todo;
-	const uint32_t *uids;
+	ARRAY_TYPE(ferry_todo) todo;
+	const struct ferry_todo *items;
 	unsigned int i, count, n, batch = pull->fuser->set.batch_size;
 	int ret;
 
@@ -296,12 +402,12 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 	i_array_init(&todo, 256);
 	i_array_init(&pull->batch_uids, 32);
 	ret = ferry_pull_todo(pull, ot, start, &todo);
-	uids = array_get(&todo, &count);
+	items = array_get(&todo, &count);
 	pull->total = count;
 	for (i = 0; ret == 0 && i < count; i += n) {
 		n = I_MIN(batch, count - i);
 		T_BEGIN {
-			ret = ferry_pull_batch(pull, ot, uids + i, n);
+			ret = ferry_pull_batch(pull, ot, items + i, n);
 		} T_END;
 	}
 	(void)mailbox_transaction_commit(&ot);
@@ -365,6 +471,7 @@ static int ferry_pull_locked(struct ferry_pull *pull)
 	}
 	if (mailbox_sync(pull->obox, 0) < 0)
 		return ferry_pull_fail_old(pull, "SELECT");
+	ferry_old_body_register(pull->obox);
 	if (mailbox_get_status(pull->obox, items, &pull->ost) < 0)
 		return ferry_pull_fail_old(pull, "STATUS");
 	if (mailbox_get_status(pull->box, items, &pull->lst) < 0)

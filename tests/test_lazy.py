@@ -33,7 +33,9 @@ def test_full_corpus_by_lazy_access(sandbox, old_log):
     assert compare(old, new) == []
     assert duplicates(new, old) == {}
     old_log.settle("alice")
-    assert sum(old_log.body_counts("alice")) == old.count()  # each body fetched once
+    # each body fetched once (large ones in ranges: count bytes, not fetches)
+    assert sum(old_log.body_bytes("alice")) == sum(
+        m.size for f in old.folders.values() for m in f.messages.values())
 
     # the second session: everything already there, OLD never contacted
     old_log.mark()
@@ -138,14 +140,10 @@ def _peak_rss_kb(pid):
         return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Dovecot 2.3.19's imapc reads this FETCH BODY[] literal inline instead of "
-    "into its temp file (imap_parser_read_last_literal path), growing a buffer "
-    "to ~3x the message: measured 67 MB peak for 20 MB. Ferry's own path "
-    "streams; closing this needs partial fetches (BODY.PEEK[]<off.len>)."))
 def test_big_message_streams_without_heap(sandbox):
     """A 20 MB message is copied through streams, not held in memory: the
-    copying process stays far below the message size (plus its baseline)."""
+    copying process stays far below the message size (plus its baseline).
+    (Dovecot 2.3's imapc alone would hold ~3x the message: old-body.c.)"""
     spec = corpus.folder_spec("Big", n=3, seed=6)
     big = spec.folder("Big").messages[1]
     # a 20 MB attachment-like body: 76-character lines, as base64 has

@@ -9,6 +9,7 @@ from .sandbox import wait_until
 
 LOGIN = re.compile(r"imap-login: Info: Login: user=<([^>]*)>, auth=<([^>]*)>")
 LOGOUT = re.compile(r"imap\(([^)]*)\)<\d+><[^>]*>: Info: .*\bbody_count=(\d+)")
+LOGOUT_BYTES = re.compile(r"imap\(([^)]*)\)<\d+><[^>]*>: Info: .*\bbody_bytes=(\d+)")
 
 
 class LogWatch:
@@ -44,6 +45,11 @@ class LogWatch:
             if m and m.group(1) == user:
                 out.append(int(m.group(2)))
         return out
+
+    def body_bytes(self, user, since=None):
+        """body_bytes of each ended IMAP session of user, in log order."""
+        return [int(m.group(2)) for m in map(LOGOUT_BYTES.search, self.text(since).splitlines())
+                if m and m.group(1) == user]
 
     def wait_for(self, pattern, since=None, timeout=30):
         rx = re.compile(pattern)
