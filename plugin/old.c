@@ -44,8 +44,7 @@ int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 	struct imapc_settings *imapc_set = (struct imapc_settings *)
 		mail_user_set_get_driver_settings(old->set_info, old->set,
 						  "imapc");
-	if (imapc_set != NULL)
-		imapc_set->parsed_features |= IMAPC_FEATURE_RFC822_SIZE;
+	imapc_set->parsed_features |= IMAPC_FEATURE_RFC822_SIZE;
 
 	ferry_creating_old_user = TRUE;
 	ret = mail_namespaces_init_location(old, "imapc:", &error);

@@ -13,8 +13,12 @@ from ferrytest.sandbox import SandboxError, wait_until
 from ferrytest.snapshot import compare, duplicates, snapshot
 
 BATCH = 100
-SANDBOX_KWARGS = {"users": ("race1", "race2", "crash1", "crash2", "down"),
-                  "batch_size": BATCH}
+SANDBOX_KWARGS = {"users": ("race1", "race2", "crash1", "crash2", "down", "silent"),
+                  "batch_size": BATCH,
+                  # per-user imapc override from userdb: one connect attempt
+                  "new_userdb_extra": {"silent": "userdb_imapc_connection_retry_count=0"}}
+# Dovecot 2.3's imapc waits a fixed 30 s for connect+greeting (no setting)
+IMAPC_CONNECT_TIMEOUT = 30
 
 
 def _local_files(sandbox, user, folder):
@@ -166,3 +170,32 @@ def test_old_server_down_then_back(sandbox):
     inbox_new.uidnext = inbox_old.uidnext
     assert compare(old, new) == []
     assert duplicates(new, old) == {}
+
+
+def test_old_server_silent_then_back(sandbox):
+    """OLD accepts connections but says nothing (its processes stopped with
+    SIGSTOP): the command fails after imapc's connect timeout (fixed at 30 s
+    in Dovecot 2.3; one attempt for this user), then completes."""
+    spec = corpus.folder_spec("Quiet", n=30, seed=14)
+    corpus.seed_old(sandbox, "silent", spec)
+    old = snapshot(sandbox, "old", "silent")
+    pids = sorted(sandbox.pids("old"))
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:  # (a process may end meanwhile: it was already on its way out)
+        conn = sandbox.imap("new", "silent", timeout=120)
+        t0 = time.monotonic()
+        typ, data = conn.select("Quiet")
+        elapsed = time.monotonic() - t0
+        conn.logout()
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    print("\nsilent OLD: NO after %.1fs" % elapsed)
+    assert typ == "NO" and data[0].startswith(b"[UNAVAILABLE]"), data
+    assert elapsed < IMAPC_CONNECT_TIMEOUT + 5, elapsed
+    new = snapshot(sandbox, "new", "silent")
+    assert compare(old, new) == []
