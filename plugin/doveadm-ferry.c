@@ -52,6 +52,8 @@ static void ferry_pull_print(const struct ferry_pull_result *res,
 	doveadm_print(error != NULL ? "failed" : ferry_box_state_name(res->state));
 	doveadm_print_num(res->copied);
 	doveadm_print_num(res->renumbered);
+	doveadm_print_num(res->flag_changes);
+	doveadm_print_num(res->expunged);
 	doveadm_print_num(res->local_messages);
 	doveadm_print(error != NULL ? error : "");
 	if (error != NULL)
@@ -70,9 +72,11 @@ static int ferry_cmd_pull_run(struct doveadm_mail_cmd_context *_ctx,
 	if (!ferry_cmd_user_ok(_ctx, user))
 		return -1;
 	if (ctx->mailbox == NULL) {
-		ret = ferry_pull_all(user, ferry_pull_print, _ctx, &error);
+		ret = ferry_pull_all(user, FERRY_PULL_LAZY, ferry_pull_print,
+				     _ctx, &error);
 	} else if ((ret = ferry_tree_sync(user, &error)) == 0) {
-		ret = ferry_pull_folder(user, ctx->mailbox, &res, &code, &error);
+		ret = ferry_pull_folder(user, ctx->mailbox, FERRY_PULL_LAZY,
+					&res, &code, &error);
 		ferry_pull_print(&res, ret < 0 ? error : NULL, _ctx);
 		if (ret == 0 && ferry_user_check_done(user, &error) < 0)
 			ret = -1;
@@ -91,6 +95,8 @@ static void ferry_cmd_pull_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED
 	doveadm_print_header_simple("state");
 	doveadm_print_header_simple("copied");
 	doveadm_print_header_simple("renumbered");
+	doveadm_print_header_simple("flag_changes");
+	doveadm_print_header_simple("expunged");
 	doveadm_print_header_simple("messages");
 	doveadm_print_header_simple("error");
 }
@@ -104,6 +110,40 @@ static struct doveadm_mail_cmd_context *ferry_cmd_pull_alloc(void)
 	ctx->ctx.v.parse_arg = ferry_cmd_parse_arg;
 	ctx->ctx.v.init = ferry_cmd_pull_init;
 	ctx->ctx.v.run = ferry_cmd_pull_run;
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	return &ctx->ctx;
+}
+
+/* sync: a later pass over every folder. For a user still in presync the
+   new folders mirror the old ones (new messages, flags, expunges, folder
+   renames and deletions, subscriptions); after cut-over only stragglers
+   (mail that still reaches the old server) are appended. */
+static int ferry_cmd_sync_run(struct doveadm_mail_cmd_context *_ctx,
+			      struct mail_user *user)
+{
+	struct ferry_user *fuser;
+	const char *error = NULL;
+
+	if (!ferry_cmd_user_ok(_ctx, user))
+		return -1;
+	fuser = FERRY_USER_CONTEXT(user);
+	if (ferry_pull_all(user, fuser->set.presync ? FERRY_PULL_MIRROR :
+			   FERRY_PULL_STRAGGLERS, ferry_pull_print, _ctx,
+			   &error) < 0) {
+		i_error("ferry sync: %s", error);
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+		return -1;
+	}
+	return 0;
+}
+
+static struct doveadm_mail_cmd_context *ferry_cmd_sync_alloc(void)
+{
+	struct ferry_cmd_context *ctx;
+
+	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
+	ctx->ctx.v.init = ferry_cmd_pull_init;
+	ctx->ctx.v.run = ferry_cmd_sync_run;
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
 	return &ctx->ctx;
 }
@@ -223,6 +263,14 @@ static struct doveadm_cmd_ver2 ferry_commands[] = {
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAM('m', "mailbox", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAMS_END
+	},
+	{
+		.name = "ferry sync",
+		.usage = "",
+		.mail_cmd = ferry_cmd_sync_alloc,
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAMS_END
 	},
 	{

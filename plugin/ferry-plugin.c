@@ -45,6 +45,13 @@ void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r)
 	set_r->enabled = value != NULL &&
 		(strcasecmp(value, "yes") == 0 || strcasecmp(value, "y") == 0 ||
 		 strcmp(value, "1") == 0);
+	value = mail_user_plugin_getenv(user, "ferry_phase");
+	set_r->presync = value != NULL && strcasecmp(value, "presync") == 0;
+	if (value != NULL && !set_r->presync && *value != '\0' &&
+	    strcasecmp(value, "cutover") != 0) {
+		i_error(FERRY_LOG_PREFIX "Invalid ferry_phase=%s (want presync "
+			"or cutover), using cutover", value);
+	}
 	set_r->batch_size = ferry_setting_uint(user, "ferry_batch_size", 500, 1);
 	set_r->lock_timeout_secs =
 		ferry_setting_uint(user, "ferry_lock_timeout", 300, 1);

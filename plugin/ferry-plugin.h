@@ -19,6 +19,8 @@
 
 struct ferry_settings {
 	bool enabled;
+	/* ferry_phase=presync: the user still works on the old server */
+	bool presync;
 	unsigned int batch_size;
 	unsigned int lock_timeout_secs;
 	unsigned int progress_interval_secs;
@@ -100,6 +102,18 @@ int ferry_old_body_fetch(struct mailbox *obox, uint32_t uid, uoff_t size,
 int ferry_tree_sync(struct mail_user *user, const char **error_r);
 
 /* pull.c: the copy engine. Returns 0 when the folder is complete. */
+enum ferry_pull_mode {
+	/* cut-over user: copy what is missing; a complete folder is left
+	   alone (never contacts the old server) */
+	FERRY_PULL_LAZY = 0,
+	/* presync user (still working on the old server): the new folder
+	   mirrors the old one: new messages with their UIDs, flag changes,
+	   expunges */
+	FERRY_PULL_MIRROR,
+	/* cut-over user, later pass: the new server is the truth; messages
+	   that still arrive on the old server are appended with fresh UIDs */
+	FERRY_PULL_STRAGGLERS,
+};
 struct ferry_pull_result {
 	const char *vname;
 	enum ferry_box_state state;
@@ -107,18 +121,30 @@ struct ferry_pull_result {
 	bool completed;
 	unsigned int copied;
 	unsigned int renumbered;
+	unsigned int flag_changes, expunged;
+	/* the old server gave the folder a new UIDVALIDITY (mirror mode) */
+	bool uidvalidity_changed;
 	uint32_t old_messages, local_messages;
 };
 int ferry_pull_folder(struct mail_user *user, const char *vname,
+		      enum ferry_pull_mode mode,
 		      struct ferry_pull_result *result_r,
 		      enum mail_error *error_code_r, const char **error_r);
-int ferry_pull_all(struct mail_user *user,
+int ferry_pull_all(struct mail_user *user, enum ferry_pull_mode mode,
 		   void (*callback)(const struct ferry_pull_result *res,
 				    const char *error, void *context),
 		   void *context, const char **error_r);
 /* Marks the user done if every folder is complete (no old server access
    in later sessions). */
 int ferry_user_check_done(struct mail_user *user, const char **error_r);
+
+/* mirror.c: presync passes */
+int ferry_mirror_messages(struct mailbox *box, struct mailbox *obox,
+			  uint32_t old_uidnext, unsigned int *flag_changes_r,
+			  unsigned int *expunged_r, const char **error_r);
+int ferry_tree_mirror(struct mail_user *user, const char **error_r);
+int ferry_mirror_recreate(struct mail_user *user, const char *vname,
+			  const char **error_r);
 
 /* lazy.c: the storage overrides */
 void ferry_lazy_mailbox_allocated(struct mailbox *box);

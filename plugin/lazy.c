@@ -61,7 +61,8 @@ static int ferry_lazy_pull(struct mailbox *box)
 
 	if (ferry_lazy_tree(box) < 0)
 		return -1;
-	if (ferry_pull_folder(user, box->vname, &res, &code, &error) < 0) {
+	if (ferry_pull_folder(user, box->vname, FERRY_PULL_LAZY, &res, &code,
+			      &error) < 0) {
 		mail_storage_set_error(box->storage, code,
 				       ferry_user_error(box->vname, error));
 		return -1;

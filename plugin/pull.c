@@ -30,11 +30,14 @@ struct ferry_pull {
 	struct mail_user *user;
 	struct ferry_user *fuser;
 	const char *vname;
+	enum ferry_pull_mode mode;
 	struct mailbox *box, *obox;
 	struct ferry_box_hdr hdr;
 	struct mailbox_status ost, lst;
 	bool keep_uids;
 	bool completed;
+	bool uidvalidity_changed;
+	unsigned int flag_changes, expunged;
 
 	struct mailbox_transaction_context *t;
 	ARRAY_TYPE(seq_range) batch_uids;
@@ -419,7 +422,13 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 static int ferry_pull_complete(struct ferry_pull *pull)
 {
 	struct mailbox_update update;
+	const char *error;
 
+	if (pull->mode == FERRY_PULL_MIRROR &&
+	    ferry_mirror_messages(pull->box, pull->obox, pull->ost.uidnext,
+				  &pull->flag_changes, &pull->expunged,
+				  &error) < 0)
+		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, error);
 	/* Expunged old UIDs stay reserved: a new message may not take one. */
 	if (pull->keep_uids) {
 		i_zero(&update);
@@ -427,17 +436,26 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 		if (mailbox_update(pull->box, &update) < 0)
 			return ferry_pull_fail_local(pull, "raising UIDNEXT");
 	}
+	bool was_complete = pull->hdr.state == FERRY_BOX_COMPLETE;
 	pull->hdr.state = FERRY_BOX_COMPLETE;
 	pull->hdr.old_uidnext = pull->ost.uidnext;
 	pull->hdr.old_messages = pull->ost.messages;
-	pull->hdr.completed_time = (uint32_t)time(NULL);
+	if (!was_complete)
+		pull->hdr.completed_time = (uint32_t)time(NULL);
 	if (ferry_box_hdr_write(pull->box, &pull->hdr) < 0)
 		return ferry_pull_fail_local(pull, "marking complete");
-	pull->completed = TRUE;
-	i_info(FERRY_LOG_PREFIX "folder=%s event=complete copied=%u "
-	       "renumbered=%u old_messages=%u uidvalidity=%u uidnext=%u",
-	       pull->vname, pull->hdr.copied, pull->hdr.renumbered,
-	       pull->ost.messages, pull->ost.uidvalidity, pull->ost.uidnext);
+	pull->completed = !was_complete;
+	if (was_complete && pull->copied + pull->flag_changes +
+	    pull->expunged == 0)
+		return 0; /* a pass that found nothing: no log line */
+	i_info(FERRY_LOG_PREFIX "folder=%s event=%s copied=%u renumbered=%u "
+	       "flag_changes=%u expunged=%u old_messages=%u uidvalidity=%u "
+	       "uidnext=%u", pull->vname,
+	       pull->mode == FERRY_PULL_STRAGGLERS ? "stragglers" :
+	       was_complete ? "mirrored" : "complete",
+	       pull->copied, pull->renumbered, pull->flag_changes,
+	       pull->expunged, pull->ost.messages, pull->ost.uidvalidity,
+	       pull->ost.uidnext);
 	return 0;
 }
 
@@ -477,8 +495,28 @@ static int ferry_pull_locked(struct ferry_pull *pull)
 	if (mailbox_get_status(pull->box, items, &pull->lst) < 0)
 		return ferry_pull_fail_local(pull, "STATUS");
 
-	if (ferry_pull_prepare(pull, &start) < 0 ||
-	    ferry_pull_messages(pull, start) < 0)
+	if (pull->hdr.state == FERRY_BOX_COMPLETE &&
+	    pull->hdr.old_uidvalidity != pull->ost.uidvalidity) {
+		/* the old folder was recreated: a mirror re-copies it (the
+		   caller recreates the folder); after cut-over the new folder
+		   is the truth */
+		pull->uidvalidity_changed = TRUE;
+		return ferry_pull_fail(pull, MAIL_ERROR_NOTPOSSIBLE,
+			t_strdup_printf("the old server changed the folder's "
+					"UIDVALIDITY from %u to %u",
+					pull->hdr.old_uidvalidity,
+					pull->ost.uidvalidity));
+	}
+	if (ferry_pull_prepare(pull, &start) < 0)
+		return -1;
+	if (pull->mode == FERRY_PULL_STRAGGLERS) {
+		/* the new folder is the truth: what the old one still gets is
+		   appended above everything, with fresh UIDs */
+		pull->keep_uids = FALSE;
+		if (pull->hdr.old_uidnext > start + 1)
+			start = pull->hdr.old_uidnext - 1;
+	}
+	if (ferry_pull_messages(pull, start) < 0)
 		return -1;
 	return ferry_pull_complete(pull);
 }
@@ -486,6 +524,15 @@ static int ferry_pull_locked(struct ferry_pull *pull)
 static bool ferry_box_is_done(const struct ferry_box_hdr *hdr)
 {
 	return hdr->state == FERRY_BOX_COMPLETE || hdr->state == FERRY_BOX_LOCAL;
+}
+
+/* Whether this pass has nothing to do before looking at the old server. */
+static bool ferry_pull_is_done(const struct ferry_pull *pull)
+{
+	if (pull->hdr.state == FERRY_BOX_LOCAL)
+		return TRUE;
+	return pull->mode == FERRY_PULL_LAZY &&
+		pull->hdr.state == FERRY_BOX_COMPLETE;
 }
 
 static int ferry_pull_run(struct ferry_pull *pull)
@@ -502,7 +549,7 @@ static int ferry_pull_run(struct ferry_pull *pull)
 		return ferry_pull_fail_local(pull, "open");
 	}
 	ferry_box_hdr_get(pull->box, &pull->hdr);
-	if (ferry_box_is_done(&pull->hdr))
+	if (ferry_pull_is_done(pull))
 		return 0;
 
 	ret = mailbox_lock_file_create(pull->box, FERRY_BOX_LOCK_FNAME,
@@ -519,14 +566,14 @@ static int ferry_pull_run(struct ferry_pull *pull)
 		ret = ferry_pull_fail_local(pull, "sync");
 	else {
 		ferry_box_hdr_get(pull->box, &pull->hdr);
-		ret = ferry_box_is_done(&pull->hdr) ? 0 :
-			ferry_pull_locked(pull);
+		ret = ferry_pull_is_done(pull) ? 0 : ferry_pull_locked(pull);
 	}
 	file_lock_free(&lock);
 	return ret;
 }
 
 int ferry_pull_folder(struct mail_user *user, const char *vname,
+		      enum ferry_pull_mode mode,
 		      struct ferry_pull_result *result_r,
 		      enum mail_error *error_code_r, const char **error_r)
 {
@@ -539,6 +586,7 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	pull.user = user;
 	pull.fuser = FERRY_USER_CONTEXT(user);
 	pull.vname = vname;
+	pull.mode = mode;
 	pull.pool = pool_alloconly_create("ferry pull", 1024);
 	ferry_internal_begin(user);
 	pull.box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
@@ -550,6 +598,9 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	result_r->completed = pull.completed;
 	result_r->copied = pull.copied;
 	result_r->renumbered = pull.renumbered;
+	result_r->flag_changes = pull.flag_changes;
+	result_r->expunged = pull.expunged;
+	result_r->uidvalidity_changed = pull.uidvalidity_changed;
 	result_r->old_messages = pull.ost.messages;
 	if (pull.box->opened && mailbox_sync(pull.box, 0) == 0 &&
 	    mailbox_get_status(pull.box, STATUS_MESSAGES, &status) == 0)
@@ -648,6 +699,7 @@ int ferry_user_check_done(struct mail_user *user, const char **error_r)
 }
 
 struct ferry_pull_all_context {
+	enum ferry_pull_mode mode;
 	void (*callback)(const struct ferry_pull_result *res,
 			 const char *error, void *context);
 	void *context;
@@ -661,28 +713,44 @@ static int ferry_pull_all_folder(struct mail_user *user, const char *vname,
 	struct ferry_pull_result res;
 	enum mail_error code;
 	const char *error = NULL;
+	int ret;
 
-	if (ferry_pull_folder(user, vname, &res, &code, &error) < 0)
+	ret = ferry_pull_folder(user, vname, ctx->mode, &res, &code, &error);
+	if (ret < 0 && res.uidvalidity_changed && ctx->mode == FERRY_PULL_MIRROR) {
+		/* the old folder was recreated: so is the mirror */
+		i_warning(FERRY_LOG_PREFIX "folder=%s event=recopy: %s",
+			  vname, error);
+		error = NULL;
+		ret = ferry_mirror_recreate(user, vname, &error);
+		if (ret == 0)
+			ret = ferry_pull_folder(user, vname, ctx->mode, &res,
+						&code, &error);
+	}
+	if (ret < 0)
 		ctx->failed++;
 	ctx->callback(&res, error, ctx->context);
 	return 0;
 }
 
-int ferry_pull_all(struct mail_user *user,
+int ferry_pull_all(struct mail_user *user, enum ferry_pull_mode mode,
 		   void (*callback)(const struct ferry_pull_result *res,
 				    const char *error, void *context),
 		   void *context, const char **error_r)
 {
 	struct ferry_pull_all_context ctx = {
-		.callback = callback, .context = context
+		.mode = mode, .callback = callback, .context = context
 	};
+	int ret = mode == FERRY_PULL_MIRROR ? ferry_tree_mirror(user, error_r) :
+		ferry_tree_sync(user, error_r);
 
-	if (ferry_tree_sync(user, error_r) < 0 ||
+	if (ret < 0 ||
 	    ferry_each_folder(user, ferry_pull_all_folder, &ctx, error_r) < 0)
 		return -1;
 	if (ctx.failed > 0) {
 		*error_r = t_strdup_printf("%u folders failed", ctx.failed);
 		return -1;
 	}
+	if (mode != FERRY_PULL_LAZY)
+		return 0;
 	return ferry_user_check_done(user, error_r) < 0 ? -1 : 0;
 }

@@ -108,7 +108,13 @@ static int ferry_tree_create(struct mail_user *user, struct mail_user *old,
 	return ret;
 }
 
-static int ferry_tree_copy(struct mail_user *user, const char **error_r)
+static int ferry_tree_reconcile(struct mail_user *user, struct mail_user *old,
+				const ARRAY_TYPE(ferry_old_folder) *folders,
+				const ARRAY_TYPE(const_string) *subscribed,
+				const char **error_r);
+
+static int ferry_tree_copy(struct mail_user *user, bool mirror,
+			   const char **error_r)
 {
 	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
 	ARRAY_TYPE(ferry_old_folder) folders;
@@ -123,6 +129,9 @@ static int ferry_tree_copy(struct mail_user *user, const char **error_r)
 	t_array_init(&folders, 64);
 	t_array_init(&subscribed, 64);
 	if (ferry_old_folders(old, &subscribed, &folders, error_r) < 0)
+		return -1;
+	if (mirror &&
+	    ferry_tree_reconcile(user, old, &folders, &subscribed, error_r) < 0)
 		return -1;
 
 	/* INBOX first: it is the folder most likely to be created by
@@ -170,9 +179,198 @@ static int ferry_tree_copy(struct mail_user *user, const char **error_r)
 			return -1;
 		subs++;
 	}
-	i_info(FERRY_LOG_PREFIX "event=tree folders=%u skipped=%u "
-	       "subscriptions=%u", created, skipped, subs);
+	if (!mirror) {
+		i_info(FERRY_LOG_PREFIX "event=tree folders=%u skipped=%u "
+		       "subscriptions=%u", created, skipped, subs);
+	}
 	return 0;
+}
+
+static const struct ferry_old_folder *
+ferry_old_folder_find(const ARRAY_TYPE(ferry_old_folder) *folders,
+		      const char *vname)
+{
+	const struct ferry_old_folder *f;
+
+	array_foreach(folders, f) {
+		if (strcmp(f->vname, vname) == 0 &&
+		    (f->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) == 0)
+			return f;
+	}
+	return NULL;
+}
+
+static bool ferry_str_in(const ARRAY_TYPE(const_string) *arr, const char *s)
+{
+	const char *const *p;
+
+	array_foreach(arr, p) {
+		if (strcmp(*p, s) == 0)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+/* A mirror pass: the new tree follows what happened to the old one. A
+   folder that came from the old server (its header says so) and whose old
+   name is gone was renamed there if an old folder with its UIDVALIDITY
+   exists under a name that has no local folder yet, and deleted
+   otherwise. Folders made on the new server are never touched. */
+static int ferry_tree_reconcile(struct mail_user *user, struct mail_user *old,
+				const ARRAY_TYPE(ferry_old_folder) *folders,
+				const ARRAY_TYPE(const_string) *subscribed,
+				const char **error_r)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct mail_namespace *old_ns = mail_namespace_find_inbox(old->namespaces);
+	struct mailbox_list_iterate_context *iter;
+	const struct mailbox_info *info;
+	ARRAY_TYPE(const_string) locals, local_subs;
+	const char *const *namep;
+	enum mail_error err;
+
+	t_array_init(&locals, 64);
+	t_array_init(&local_subs, 64);
+	iter = mailbox_list_iter_init(ns->list, "*", MAILBOX_LIST_ITER_RETURN_SUBSCRIBED);
+	while ((info = mailbox_list_iter_next(iter)) != NULL) {
+		const char *name = t_strdup(info->vname);
+		if ((info->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) == 0)
+			array_push_back(&locals, &name);
+		if ((info->flags & MAILBOX_SUBSCRIBED) != 0)
+			array_push_back(&local_subs, &name);
+	}
+	if (mailbox_list_iter_deinit(&iter) < 0) {
+		*error_r = mailbox_list_get_last_error(ns->list, &err);
+		return -1;
+	}
+	array_foreach(&locals, namep) {
+		const char *vname = *namep, *old_name, *error;
+		const struct ferry_old_folder *f, *renamed = NULL;
+		struct ferry_box_hdr hdr;
+		struct mailbox *box;
+
+		if (strcasecmp(vname, "INBOX") == 0)
+			continue;
+		old_name = ferry_old_name(user, old, vname);
+		if (ferry_old_folder_find(folders, old_name) != NULL)
+			continue;
+		box = mailbox_alloc(ns->list, vname, 0);
+		if (mailbox_open(box) < 0) {
+			mailbox_free(&box);
+			continue;
+		}
+		ferry_box_hdr_get(box, &hdr);
+		if (hdr.state != FERRY_BOX_PENDING &&
+		    hdr.state != FERRY_BOX_COMPLETE) {
+			mailbox_free(&box); /* made here, or never looked at */
+			continue;
+		}
+		/* An empty folder is simply made again under its new name;
+		   for one with mail, the old folder with its UIDVALIDITY is
+		   its new name only if no other candidate has that
+		   UIDVALIDITY (some servers give every folder created in the
+		   same second the same one). */
+		struct mailbox_status lst;
+		unsigned int matches = 0;
+		if (mailbox_get_status(box, STATUS_MESSAGES, &lst) < 0)
+			lst.messages = 0;
+		array_foreach(folders, f) {
+			struct mailbox_status st;
+			const char *local = ferry_local_name(user, old, f->vname);
+			struct mailbox *obox;
+
+			if (lst.messages == 0)
+				break;
+			if ((f->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) != 0 ||
+			    local == NULL || ferry_str_in(&locals, local))
+				continue;
+			obox = mailbox_alloc(old_ns->list, f->vname,
+					     MAILBOX_FLAG_READONLY);
+			if (mailbox_get_status(obox, STATUS_UIDVALIDITY |
+					       STATUS_UIDNEXT, &st) == 0 &&
+			    st.uidvalidity == hdr.old_uidvalidity &&
+			    st.uidnext >= hdr.old_uidnext) {
+				renamed = f;
+				matches++;
+			}
+			mailbox_free(&obox);
+		}
+		if (matches != 1)
+			renamed = NULL;
+		mailbox_close(box);
+		if (renamed != NULL) {
+			const char *local = ferry_local_name(user, old, renamed->vname);
+			struct mailbox *dest = mailbox_alloc(ns->list, local, 0);
+			int ret = mailbox_rename(box, dest);
+			error = ret < 0 ? mailbox_get_last_internal_error(box, NULL) : NULL;
+			mailbox_free(&dest);
+			mailbox_free(&box);
+			if (ret < 0) {
+				*error_r = t_strdup_printf("RENAME %s %s: %s",
+							   vname, local, error);
+				return -1;
+			}
+			i_info(FERRY_LOG_PREFIX "folder=%s event=renamed to=%s",
+			       vname, local);
+			const char *newname = local;
+			array_push_back(&locals, &newname);
+			continue;
+		}
+		int ret = mailbox_delete(box);
+		error = ret < 0 ? mailbox_get_last_internal_error(box, NULL) : NULL;
+		mailbox_free(&box);
+		if (ret < 0) {
+			*error_r = t_strdup_printf("DELETE %s: %s", vname, error);
+			return -1;
+		}
+		i_info(FERRY_LOG_PREFIX "folder=%s event=deleted: gone from "
+		       "the old server", vname);
+	}
+	/* subscriptions: the old server's set, for folders that came from it */
+	array_foreach(&local_subs, namep) {
+		const char *old_name = ferry_old_name(user, old, *namep);
+		struct mailbox *box;
+
+		if (ferry_str_in(subscribed, old_name))
+			continue;
+		box = mailbox_alloc(ns->list, *namep, 0);
+		if (mailbox_set_subscribed(box, FALSE) < 0) {
+			*error_r = t_strdup_printf("UNSUBSCRIBE %s: %s", *namep,
+				mailbox_get_last_internal_error(box, NULL));
+			mailbox_free(&box);
+			return -1;
+		}
+		mailbox_free(&box);
+	}
+	return 0;
+}
+
+int ferry_mirror_recreate(struct mail_user *user, const char *vname,
+			  const char **error_r)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct ferry_old_folder f;
+	struct mail_user *old;
+	struct mailbox *box;
+	int ret;
+
+	if (ferry_old_user_get(user, &old, error_r) < 0)
+		return -1;
+	ferry_internal_begin(user);
+	box = mailbox_alloc(ns->list, vname, 0);
+	ret = mailbox_delete(box);
+	if (ret < 0) {
+		*error_r = t_strdup_printf("DELETE %s: %s", vname,
+			mailbox_get_last_internal_error(box, NULL));
+	}
+	mailbox_free(&box);
+	if (ret == 0) {
+		i_zero(&f);
+		f.vname = ferry_old_name(user, old, vname);
+		ret = ferry_tree_create(user, old, &f, vname, error_r);
+	}
+	ferry_internal_end(user);
+	return ret;
 }
 
 static int ferry_tree_lock(struct mail_user *user, struct file_lock **lock_r,
@@ -212,21 +410,22 @@ static int ferry_tree_lock(struct mail_user *user, struct file_lock **lock_r,
 	return 0;
 }
 
-int ferry_tree_sync(struct mail_user *user, const char **error_r)
+static int ferry_tree_run(struct mail_user *user, bool mirror,
+			  const char **error_r)
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
 	struct file_lock *lock = NULL;
 	int ret = 0;
 
-	if (fuser->tree_synced != 0)
+	if (fuser->tree_synced != 0 && !mirror)
 		return 0;
 	ferry_internal_begin(user);
 	if (ferry_tree_lock(user, &lock, error_r) < 0)
 		ret = -1;
 	/* another process may have copied the tree while we waited */
 	else if ((ret = ferry_user_state_read(user, error_r)) == 0 &&
-		 fuser->tree_synced == 0) {
-		ret = ferry_tree_copy(user, error_r);
+		 (fuser->tree_synced == 0 || mirror)) {
+		ret = ferry_tree_copy(user, mirror, error_r);
 		if (ret == 0) {
 			fuser->tree_synced = ioloop_time;
 			ret = ferry_user_state_write(user, error_r);
@@ -236,4 +435,14 @@ int ferry_tree_sync(struct mail_user *user, const char **error_r)
 		file_lock_free(&lock);
 	ferry_internal_end(user);
 	return ret;
+}
+
+int ferry_tree_sync(struct mail_user *user, const char **error_r)
+{
+	return ferry_tree_run(user, FALSE, error_r);
+}
+
+int ferry_tree_mirror(struct mail_user *user, const char **error_r)
+{
+	return ferry_tree_run(user, TRUE, error_r);
 }
