@@ -40,6 +40,8 @@ DOVEADM_MODULE_DIR = "/usr/lib/dovecot/modules/doveadm"
 MASTER_USER = "ferry-master"
 MASTER_PASSWORD = "master-secret"
 INSTANCES = ("old", "new")
+# Sandbox(doveadm_http=True): NEW serves the doveadm HTTP API (for ferryd)
+DOVEADM_API_KEY = "ferry-doveadm-api-key"
 
 
 class SandboxError(RuntimeError):
@@ -136,10 +138,29 @@ def _greets(port):
         return False
 
 
+def make_test_cert(d, ca, name, san):
+    """A CA (d/ca.pem, d/ca.key; made if missing) and a certificate d/name.pem
+    + d/name.key it signed for the subjectAltNames san (openssl CLI)."""
+    os.makedirs(d, exist_ok=True)
+
+    def run(*args):
+        subprocess.run(["openssl"] + list(args), check=True, capture_output=True, cwd=d)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    if not os.path.exists(os.path.join(d, ca + ".pem")):
+        run("req", "-x509", *ec, "-keyout", ca + ".key", "-out", ca + ".pem", "-days", "3",
+            "-subj", "/CN=Ferry test CA %s" % ca)
+    run("req", *ec, "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name)
+    with open(os.path.join(d, name + ".ext"), "w") as f:
+        f.write("subjectAltName=%s\n" % ",".join(san))
+    run("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
+        "-CAcreateserial", "-out", name + ".pem", "-days", "3", "-extfile", name + ".ext")
+
+
 class Sandbox:
     def __init__(self, root=None, build_dir=BUILD_DIR, conf_snippet=CONF_SNIPPET,
                  users=("alice", "bob", "carol"), new_plugin=True, batch_size=None,
-                 old_extra="", new_extra="", new_userdb_extra=None, ports=None):
+                 old_extra="", new_extra="", new_userdb_extra=None, ports=None,
+                 doveadm_http=False, tls=False):
         self.created_root = root is None
         self.root = os.path.abspath(root or tempfile.mkdtemp(prefix="ferry-"))
         self.build_dir = os.path.abspath(build_dir)
@@ -154,7 +175,18 @@ class Sandbox:
             ports = {"old": {"imap": p[0], "pop3": p[1]},
                      "new": {"imap": p[2], "pop3": p[3], "lmtp": p[4]}}
         self.ports = ports
+        # doveadm_http: True (pick a free port) or a port number; NEW then
+        # serves the doveadm HTTP API on 127.0.0.1 with DOVEADM_API_KEY
+        if doveadm_http is True:
+            doveadm_http = _free_ports(1)[0]
+        self.doveadm_http = doveadm_http or False
+        self.doveadm_http_port = self.doveadm_http or None
+        self.doveadm_api_key = DOVEADM_API_KEY if self.doveadm_http else None
         self.master_user, self.master_password = MASTER_USER, MASTER_PASSWORD
+        # tls: OLD gets ssl=yes (STARTTLS on its imap port) and an IMAPS
+        # listener on tls_port, with a test CA made at start (tls_ca())
+        self.tls = _free_ports(1)[0] if tls is True else (tls or False)
+        self.tls_port = self.tls or None
 
     # ---- paths -----------------------------------------------------------
     def dir(self, inst):
@@ -254,6 +286,8 @@ service anvil {{
   chroot =
 }}
 """ + "".join(listeners)
+        if inst == "old" and self.tls:
+            text += self._tls_conf()
         if inst == "old":
             # seeding speed; OLD is never crashed mid-write by the tests
             return text + "mail_fsync = never\n" + self.old_extra + "\n"
@@ -269,9 +303,29 @@ imapc_cmd_timeout = 5s
 """
         if self.batch_size is not None:
             text += "plugin {\n  ferry_batch_size = %d\n}\n" % self.batch_size
+        if self.doveadm_http:
+            text += ("doveadm_api_key = %s\nservice doveadm {\n  inet_listener http {\n"
+                     "    address = 127.0.0.1\n    port = %d\n  }\n}\n"
+                     % (self.doveadm_api_key, self.doveadm_http))
         if ASAN:
             text += self._asan_conf()
         return text + self.new_extra + "\n"
+
+    # ---- TLS (OLD only) ------------------------------------------------------
+    def tls_dir(self):
+        return os.path.join(self.root, "tls")
+
+    def tls_ca(self):
+        """PEM file of the test CA that signed OLD's certificate."""
+        return os.path.join(self.tls_dir(), "ca.pem")
+
+    def _tls_conf(self):
+        d = self.tls_dir()
+        if not os.path.exists(os.path.join(d, "server.pem")):
+            make_test_cert(d, "ca", "server", ["DNS:localhost", "IP:127.0.0.1"])
+        return ("ssl = yes\nssl_cert = <%s/server.pem\nssl_key = <%s/server.key\n"
+                "service imap-login {\n  inet_listener imaps {\n    address = 127.0.0.1\n"
+                "    port = %d\n    ssl = yes\n  }\n}\n" % (d, d, self.tls_port))
 
     # ---- sanitizers --------------------------------------------------------
     def sanitizer_dir(self):
@@ -357,6 +411,9 @@ imapc_cmd_timeout = 5s
                     inst, rc, out.read(), self.log_text(inst)[-2000:]))
         for port in self.ports[inst].values():
             wait_until(lambda: _greets(port), 10, "%s greeting on port %d" % (inst, port))
+        if inst == "new" and self.doveadm_http:
+            wait_until(lambda: port_open(self.doveadm_http), 10,
+                       "doveadm HTTP on port %d" % self.doveadm_http)
 
     def stop_instance(self, inst, timeout=15):
         pid = self.master_pid(inst)
@@ -473,7 +530,8 @@ imapc_cmd_timeout = 5s
     def save(self):
         state = {k: getattr(self, k) for k in (
             "build_dir", "conf_snippet", "users", "new_plugin", "batch_size",
-            "old_extra", "new_extra", "new_userdb_extra", "ports")}
+            "old_extra", "new_extra", "new_userdb_extra", "ports", "doveadm_http",
+            "tls")}
         with open(os.path.join(self.root, self.STATE), "w") as f:
             json.dump(state, f, indent=1)
 

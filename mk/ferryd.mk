@@ -1,0 +1,44 @@
+# ferryd and ferryctl (service/), their Criterion unit tests (tests/unit/).
+# Included by the main Makefile; builds into $(BUILD)/ and honours $(SANITIZE).
+
+FERRYD_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
+                -Wmissing-prototypes -Wpointer-arith -iquote service $(SANITIZE)
+FERRYD_LDFLAGS = $(SANITIZE)
+FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto
+
+FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret
+FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
+FERRYD_HDRS = $(wildcard service/*.h)
+
+ALL_TARGETS += $(BUILD)/ferryd $(BUILD)/ferryctl
+FERRYD_UNIT = $(BUILD)/unit/test_csv $(BUILD)/unit/test_config \
+              $(BUILD)/unit/test_store $(BUILD)/unit/test_sched \
+              $(BUILD)/unit/test_doveadm
+UNIT_TESTS += $(FERRYD_UNIT)
+DEB_PACKAGES += libevent-dev libsqlite3-dev libjansson-dev libcriterion-dev \
+                libssl-dev pkg-config
+
+$(BUILD)/service $(BUILD)/unit:
+	mkdir -p $@
+
+FERRYD_OBJS = $(FERRYD_CORE_OBJS) $(BUILD)/service/ferryd.o $(BUILD)/service/ferryctl.o
+$(FERRYD_OBJS): $(BUILD)/service/%.o: service/%.c $(FERRYD_HDRS) | $(BUILD)/service
+	$(CC) $(FERRYD_CFLAGS) -c -o $@ $<
+
+$(BUILD)/ferryd: $(BUILD)/service/ferryd.o $(FERRYD_CORE_OBJS)
+	$(CC) $(FERRYD_LDFLAGS) -o $@ $^ $(FERRYD_LIBS)
+
+$(BUILD)/ferryctl: $(BUILD)/service/ferryctl.o $(BUILD)/service/config.o
+	$(CC) $(FERRYD_LDFLAGS) -o $@ $^ -levent -ljansson
+
+$(FERRYD_UNIT:%=%.o): $(BUILD)/unit/%.o: tests/unit/%.c $(FERRYD_HDRS) | $(BUILD)/unit
+	$(CC) $(FERRYD_CFLAGS) -Wno-missing-prototypes -c -o $@ $<
+
+$(FERRYD_UNIT): $(BUILD)/unit/test_%: $(BUILD)/unit/test_%.o $(FERRYD_CORE_OBJS)
+	$(CC) $(FERRYD_LDFLAGS) -o $@ $^ -lcriterion $(FERRYD_LIBS)
+
+.PHONY: ferryd
+ferryd: $(BUILD)/ferryd $(BUILD)/ferryctl
+
+# keep the unit test objects (no rebuild on every `make unit`)
+.SECONDARY: $(FERRYD_UNIT:%=%.o)

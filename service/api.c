@@ -1,0 +1,887 @@
+/* Admin API (see api.h, docs/ferryd.md). Every answer is JSON; errors are
+   {"error": "human message"}. A request body above max_body is refused by
+   evhttp itself with 413 before it is read. */
+#include "api.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#include "csv.h"
+#include "evlog.h"
+#include "scheduler.h"
+#include "secret.h"
+
+struct api {
+	struct event_base *base;
+	struct evhttp *http;
+	struct store *st;
+	unsigned char token_hash[SHA256_DIGEST_LENGTH];
+	char *secret;          /* key material for CSV passwords, or NULL */
+	api_kick_cb *kick;
+	void *ctx;
+};
+
+struct call {
+	struct api *a;
+	struct evhttp_request *req;
+	json_t *body;           /* POST: object */
+	struct evkeyvalq query; /* GET parameters */
+};
+
+typedef void handler_fn(struct call *c);
+
+/* ---- replies ------------------------------------------------------------ */
+
+static void reply(struct call *c, int code, json_t *obj)
+{
+	char *text = json_dumps(obj, JSON_COMPACT);
+	struct evbuffer *out = evbuffer_new();
+
+	evbuffer_add_printf(out, "%s\n", text != NULL ? text : "{}");
+	evhttp_add_header(evhttp_request_get_output_headers(c->req), "Content-Type",
+			  "application/json");
+	evhttp_send_reply(c->req, code, NULL, out);
+	evbuffer_free(out);
+	free(text);
+	json_decref(obj);
+}
+
+static void reply_error(struct call *c, int code, const char *fmt, ...)
+{
+	va_list ap;
+	char msg[1200];
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	reply(c, code, json_pack("{s:s}", "error", msg));
+}
+
+static void reply_store_error(struct call *c)
+{
+	evlog("error", "store-error", "error", c->a->st->error(c->a->st), NULL);
+	reply_error(c, 500, "state database error: %s", c->a->st->error(c->a->st));
+}
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static const char *body_str(struct call *c, const char *key)
+{
+	return json_string_value(json_object_get(c->body, key));
+}
+
+static const char *query_str(struct call *c, const char *key)
+{
+	const char *v = evhttp_find_header(&c->query, key);
+	return v != NULL && *v != '\0' ? v : NULL;
+}
+
+long long api_parse_time(const char *s, long long now)
+{
+	struct tm tm;
+	char *end;
+	long long n;
+	const char *p;
+
+	if (s == NULL || *s == '\0')
+		return -1;
+	errno = 0;
+	n = strtoll(s, &end, 10);
+	if (end != s && errno == 0 && n >= 0) {
+		if (*end == '\0')
+			return n;
+		if (end[1] == '\0') {
+			switch (*end) {
+			case 's': return now - n;
+			case 'm': return now - n * 60;
+			case 'h': return now - n * 3600;
+			case 'd': return now - n * 86400;
+			}
+		}
+	}
+	memset(&tm, 0, sizeof(tm));
+	p = strptime(s, "%Y-%m-%d", &tm);
+	if (p == NULL)
+		return -1;
+	if (*p == 'T' || *p == ' ') {
+		const char *q = strptime(p + 1, "%H:%M:%S", &tm);
+		if (q == NULL)
+			q = strptime(p + 1, "%H:%M", &tm);
+		p = q;
+	}
+	if (p == NULL || *p != '\0')
+		return -1;
+	tm.tm_isdst = -1;
+	return (long long)mktime(&tm);
+}
+
+static json_t *user_brief(const struct user_rec *u)
+{
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:i, s:s}",
+			 "name", u->name, "wave", u->wave, "state", user_state_name(u->state),
+			 "host", u->ep.host, "new_login", u->new_login, "paused", u->paused,
+			 "running", u->running, "attempts", u->attempts, "error", u->last_error);
+}
+
+/* ---- import ------------------------------------------------------------- */
+
+static int ensure_wave(struct store *st, const char *name, json_t *created)
+{
+	struct wave_rec w;
+	int ret;
+
+	if (*name == '\0')
+		return 0;
+	if ((ret = st->wave_get(st, name, &w)) != STORE_NOTFOUND)
+		return ret;
+	memset(&w, 0, sizeof(w));
+	snprintf(w.name, sizeof(w.name), "%s", name);
+	w.win_start = w.win_end = -1;
+	if (st->wave_add(st, &w) < 0)
+		return -1;
+	json_array_append_new(created, json_string(name));
+	return 0;
+}
+
+static void h_import(struct call *c)
+{
+	struct store *st = c->a->st;
+	const char *text = body_str(c, "csv");
+	struct csv_users users;
+	char *err = NULL;
+	json_t *created;
+	struct user_rec u, existing;
+
+	if (text == NULL) {
+		reply_error(c, 400, "import needs {\"csv\": \"...\"}");
+		return;
+	}
+	if (csv_parse_users(text, strlen(text), &users, &err) < 0) {
+		reply_error(c, 400, "%s; nothing imported", err != NULL ? err : "invalid CSV");
+		free(err);
+		return;
+	}
+	if (st->begin(st) < 0) {
+		csv_users_free(&users);
+		reply_store_error(c);
+		return;
+	}
+	created = json_array();
+	for (size_t i = 0; i < users.count; i++) {
+		struct csv_user *r = &users.rows[i];
+		struct endpoint_rec ep;
+		int ret;
+
+		if ((ret = st->user_get(st, r->user, &existing)) != STORE_NOTFOUND) {
+			st->rollback(st);
+			if (ret == 0)
+				reply_error(c, 409, "line %d: user \"%s\" already exists; nothing imported",
+					    r->line, r->user);
+			else
+				reply_store_error(c);
+			goto out;
+		}
+		if (r->password != NULL && c->a->secret == NULL) {
+			st->rollback(st);
+			reply_error(c, 400, "line %d: a password needs secret_key_file in ferryd's "
+				    "configuration (passwords are stored encrypted); nothing imported",
+				    r->line);
+			goto out;
+		}
+		memset(&ep, 0, sizeof(ep));
+		snprintf(ep.host, sizeof(ep.host), "%s", r->host);
+		ep.port = r->port;
+		snprintf(ep.tls, sizeof(ep.tls), "%s", r->tls);
+		snprintf(ep.auth, sizeof(ep.auth), "%s", r->auth);
+		memset(&u, 0, sizeof(u));
+		snprintf(u.name, sizeof(u.name), "%s", r->user);
+		snprintf(u.old_login, sizeof(u.old_login), "%s", r->old_login);
+		snprintf(u.new_login, sizeof(u.new_login), "%s", r->new_login);
+		snprintf(u.wave, sizeof(u.wave), "%s", r->wave);
+		u.state = US_PENDING;
+		if (r->password != NULL)
+			u.password_enc = secret_encrypt(c->a->secret, r->password);
+		ret = ensure_wave(st, r->wave, created);
+		if (ret == 0)
+			ret = st->endpoint_ensure(st, &ep);
+		u.endpoint_id = ep.id;
+		if (ret == 0)
+			ret = st->user_add(st, &u);
+		free(u.password_enc);
+		if (ret < 0) {
+			st->rollback(st);
+			reply_store_error(c);
+			goto out;
+		}
+	}
+	{
+		struct log_rec l;
+		memset(&l, 0, sizeof(l));
+		l.time = time(NULL);
+		snprintf(l.event, sizeof(l.event), "import");
+		l.messages = (int64_t)users.count;
+		if (st->log_add(st, &l) < 0 || st->commit(st) < 0) {
+			st->rollback(st);
+			reply_store_error(c);
+			goto out;
+		}
+	}
+	{
+		char n[32];
+		snprintf(n, sizeof(n), "%zu", users.count);
+		evlog("info", "import", "users", n, NULL);
+	}
+	reply(c, 200, json_pack("{s:I, s:O}", "imported", (json_int_t)users.count,
+				"waves_created", created));
+out:
+	json_decref(created);
+	csv_users_free(&users);
+}
+
+/* ---- waves -------------------------------------------------------------- */
+
+static void h_wave_create(struct call *c)
+{
+	struct store *st = c->a->st;
+	const char *name = body_str(c, "name"), *after = body_str(c, "start_after"),
+		*window = body_str(c, "window");
+	struct wave_rec w;
+	int ret;
+
+	if (name == NULL || !csv_valid_wave(name)) {
+		reply_error(c, 400, "wave name: letters, digits, '.', '_' or '-' (up to 127)");
+		return;
+	}
+	memset(&w, 0, sizeof(w));
+	snprintf(w.name, sizeof(w.name), "%s", name);
+	w.win_start = w.win_end = -1;
+	if (after != NULL && (w.start_after = api_parse_time(after, time(NULL))) < 0) {
+		reply_error(c, 400, "start_after: \"%.64s\" is not a time (epoch seconds, "
+			    "YYYY-MM-DD or YYYY-MM-DDTHH:MM)", after);
+		return;
+	}
+	if (window != NULL && sched_parse_window(window, &w.win_start, &w.win_end) < 0) {
+		reply_error(c, 400, "window: \"%.64s\" is not HH:MM-HH:MM", window);
+		return;
+	}
+	if ((ret = st->wave_get(st, name, &(struct wave_rec){ 0 })) == 0) {
+		reply_error(c, 409, "wave \"%s\" already exists", name);
+		return;
+	}
+	if (ret < 0 || st->wave_add(st, &w) < 0) {
+		reply_store_error(c);
+		return;
+	}
+	evlog("info", "wave-created", "wave", name, "window", window, "start_after", after, NULL);
+	reply(c, 200, json_pack("{s:s}", "created", name));
+}
+
+static void h_wave_add(struct call *c)
+{
+	struct store *st = c->a->st;
+	const char *wave = body_str(c, "wave");
+	json_t *list = json_object_get(c->body, "users"), *v;
+	struct wave_rec w;
+	struct user_rec u;
+	size_t i;
+	int ret;
+
+	if (wave == NULL || !json_is_array(list) || json_array_size(list) == 0) {
+		reply_error(c, 400, "wave add needs {\"wave\": NAME, \"users\": [USER...]}");
+		return;
+	}
+	if ((ret = st->wave_get(st, wave, &w)) != 0) {
+		if (ret == STORE_NOTFOUND)
+			reply_error(c, 404, "unknown wave \"%s\"", wave);
+		else
+			reply_store_error(c);
+		return;
+	}
+	if (st->begin(st) < 0) {
+		reply_store_error(c);
+		return;
+	}
+	json_array_foreach(list, i, v) {
+		const char *name = json_string_value(v);
+		if (name == NULL || (ret = st->user_get(st, name, &u)) == STORE_NOTFOUND) {
+			st->rollback(st);
+			reply_error(c, 404, "unknown user \"%s\"; nothing changed",
+				    name != NULL ? name : "?");
+			return;
+		}
+		snprintf(u.wave, sizeof(u.wave), "%s", wave);
+		if (ret < 0 || st->user_update(st, &u) < 0) {
+			st->rollback(st);
+			reply_store_error(c);
+			return;
+		}
+	}
+	if (st->commit(st) < 0) {
+		st->rollback(st);
+		reply_store_error(c);
+		return;
+	}
+	reply(c, 200, json_pack("{s:s, s:I}", "wave", wave, "added", (json_int_t)json_array_size(list)));
+}
+
+/* ---- start / pause / resume / sync ---------------------------------------- */
+
+struct bulk {
+	struct store *st;
+	const char *action;
+	int changed;
+	int failed;
+};
+
+static int start_one(const struct user_rec *cu, void *ctx)
+{
+	struct bulk *b = ctx;
+	struct user_rec u = *cu;
+
+	if (u.state != US_PENDING && u.state != US_FAILED)
+		return 0;
+	u.state = US_PRESYNC;
+	u.attempts = 0;
+	u.next_attempt = 0;
+	u.finished_at = 0;
+	if (b->st->user_update(b->st, &u) < 0)
+		return -1;
+	b->changed++;
+	return 0;
+}
+
+static int pause_one(const struct user_rec *cu, void *ctx)
+{
+	struct bulk *b = ctx;
+	struct user_rec u = *cu;
+	int pause = strcmp(b->action, "pause") == 0;
+
+	if (u.paused == pause)
+		return 0;
+	u.paused = pause;
+	if (b->st->user_update(b->st, &u) < 0)
+		return -1;
+	b->changed++;
+	return 0;
+}
+
+/* the wave (404 if unknown) or NULL for all; -1 = replied */
+static int get_wave_arg(struct call *c, const char **wave_r, struct wave_rec *w)
+{
+	int ret;
+
+	*wave_r = body_str(c, "wave");
+	if (*wave_r == NULL)
+		return 0;
+	if ((ret = c->a->st->wave_get(c->a->st, *wave_r, w)) == 0)
+		return 0;
+	if (ret == STORE_NOTFOUND)
+		reply_error(c, 404, "unknown wave \"%s\"", *wave_r);
+	else
+		reply_store_error(c);
+	return -1;
+}
+
+static void h_start(struct call *c)
+{
+	struct store *st = c->a->st;
+	struct bulk b = { st, "start", 0, 0 };
+	struct wave_rec w;
+	const char *wave;
+
+	if (get_wave_arg(c, &wave, &w) < 0)
+		return;
+	if (st->begin(st) < 0 || st->user_each(st, wave, start_one, &b) < 0 ||
+	    st->commit(st) < 0) {
+		st->rollback(st);
+		reply_store_error(c);
+		return;
+	}
+	evlog("info", "start", "wave", wave, NULL);
+	c->a->kick(c->a->ctx);
+	reply(c, 200, json_pack("{s:i}", "started", b.changed));
+}
+
+static void pause_resume(struct call *c, const char *action)
+{
+	struct store *st = c->a->st;
+	int pause = strcmp(action, "pause") == 0;
+	const char *user = body_str(c, "user"), *wave;
+	struct wave_rec w;
+	struct user_rec u;
+	int ret;
+
+	if (user != NULL) {
+		if ((ret = st->user_get(st, user, &u)) != 0) {
+			if (ret == STORE_NOTFOUND)
+				reply_error(c, 404, "unknown user \"%s\"", user);
+			else
+				reply_store_error(c);
+			return;
+		}
+		u.paused = pause;
+		if (st->user_update(st, &u) < 0) {
+			reply_store_error(c);
+			return;
+		}
+		evlog("info", action, "user", user, NULL);
+		reply(c, 200, json_pack("{s:s, s:s}", action, "user", "user", user));
+	} else {
+		if (get_wave_arg(c, &wave, &w) < 0)
+			return;
+		if (wave != NULL) {
+			w.paused = pause;
+			if (st->wave_update(st, &w) < 0) {
+				reply_store_error(c);
+				return;
+			}
+			if (!pause) {  /* resume a wave: its paused users too */
+				struct bulk b = { st, action, 0, 0 };
+				st->user_each(st, wave, pause_one, &b);
+			}
+			evlog("info", action, "wave", wave, NULL);
+			reply(c, 200, json_pack("{s:s, s:s}", action, "wave", "wave", wave));
+		} else {
+			if (st->setting_set(st, "paused", pause ? "1" : "0") < 0) {
+				reply_store_error(c);
+				return;
+			}
+			evlog("info", action, "scope", "all", NULL);
+			reply(c, 200, json_pack("{s:s}", action, "all"));
+		}
+	}
+	if (!pause)
+		c->a->kick(c->a->ctx);
+}
+
+static void h_pause(struct call *c)
+{
+	pause_resume(c, "pause");
+}
+
+static void h_resume(struct call *c)
+{
+	pause_resume(c, "resume");
+}
+
+static void h_sync(struct call *c)
+{
+	struct store *st = c->a->st;
+	const char *user = body_str(c, "user");
+	struct user_rec u;
+	char buf[32];
+	long long seq = 0;
+	int ret;
+
+	if (user == NULL) {
+		reply_error(c, 400, "sync needs {\"user\": USER}");
+		return;
+	}
+	if ((ret = st->user_get(st, user, &u)) != 0) {
+		if (ret == STORE_NOTFOUND)
+			reply_error(c, 404, "unknown user \"%s\"", user);
+		else
+			reply_store_error(c);
+		return;
+	}
+	if (st->begin(st) < 0) {
+		reply_store_error(c);
+		return;
+	}
+	if (st->setting_get(st, "sync_seq", buf, sizeof(buf)) == 0)
+		seq = atoll(buf);
+	snprintf(buf, sizeof(buf), "%lld", seq + 1);
+	if (u.state != US_CUTOVER)
+		u.state = US_PRESYNC;
+	u.paused = 0;
+	u.attempts = 0;
+	u.next_attempt = 0;
+	u.sync_seq = seq + 1;
+	if (st->setting_set(st, "sync_seq", buf) < 0 || st->user_update(st, &u) < 0 ||
+	    st->commit(st) < 0) {
+		st->rollback(st);
+		reply_store_error(c);
+		return;
+	}
+	evlog("info", "sync-now", "user", user, NULL);
+	c->a->kick(c->a->ctx);
+	reply(c, 200, json_pack("{s:s, s:b}", "sync", user, "running", u.running));
+}
+
+/* ---- status ------------------------------------------------------------- */
+
+struct status_ctx {
+	struct store *st;
+	json_t *users, *waves_stats;
+	const char *only_user;
+	int64_t old_total, local_total;
+	int states[US_COUNT], paused, running;
+};
+
+static int folder_json(const struct folder_rec *f, void *ctx)
+{
+	json_t **arr = ctx;
+
+	json_array_append_new(arr[0], json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}",
+		"name", f->name, "state", f->state, "old_messages", (json_int_t)f->old_messages,
+		"messages", (json_int_t)f->messages, "copied", (json_int_t)f->copied,
+		"renumbered", (json_int_t)f->renumbered));
+	return 0;
+}
+
+static int status_user(const struct user_rec *u, void *ctx)
+{
+	struct status_ctx *s = ctx;
+	json_t *j, *folders = json_array(), *ws;
+	int64_t old = 0, local = 0;
+	size_t i;
+	json_t *f;
+
+	if (s->only_user != NULL && strcmp(u->name, s->only_user) != 0) {
+		json_decref(folders);
+		return 0;
+	}
+	if (s->st->folder_each(s->st, u->name, folder_json, &folders) < 0) {
+		json_decref(folders);
+		return -1;
+	}
+	json_array_foreach(folders, i, f) {
+		int64_t o = json_integer_value(json_object_get(f, "old_messages"));
+		int64_t m = json_integer_value(json_object_get(f, "messages"));
+		old += o > 0 ? o : 0;
+		local += m > 0 ? m : 0;
+	}
+	j = user_brief(u);
+	json_object_set_new(j, "old_messages", json_integer(old));
+	json_object_set_new(j, "messages", json_integer(local));
+	json_object_set_new(j, "next_attempt", json_integer(u->next_attempt));
+	json_object_set_new(j, "started_at", json_integer(u->started_at));
+	json_object_set_new(j, "finished_at", json_integer(u->finished_at));
+	json_object_set_new(j, "sync_now", json_boolean(u->sync_seq > 0));
+	json_object_set_new(j, "folders", folders);
+	json_array_append_new(s->users, j);
+	s->old_total += old;
+	s->local_total += local;
+	s->states[u->state]++;
+	s->paused += u->paused;
+	s->running += u->running;
+	ws = json_object_get(s->waves_stats, u->wave);
+	if (ws != NULL) {
+		json_t *st = json_object_get(ws, "states");
+		const char *name = user_state_name(u->state);
+		json_object_set_new(st, name, json_integer(
+			json_integer_value(json_object_get(st, name)) + 1));
+		json_object_set_new(ws, "users", json_integer(
+			json_integer_value(json_object_get(ws, "users")) + 1));
+		json_object_set_new(ws, "old_messages", json_integer(
+			json_integer_value(json_object_get(ws, "old_messages")) + old));
+		json_object_set_new(ws, "messages", json_integer(
+			json_integer_value(json_object_get(ws, "messages")) + local));
+	}
+	return 0;
+}
+
+struct wave_list {
+	json_t *arr, *by_name;
+	const char *only;
+};
+
+static int wave_json(const struct wave_rec *w, void *ctx)
+{
+	struct wave_list *wl = ctx;
+	char window[32] = "";
+	json_t *j;
+
+	if (wl->only != NULL && strcmp(wl->only, w->name) != 0)
+		return 0;
+	if (w->win_start >= 0)
+		snprintf(window, sizeof(window), "%02d:%02d-%02d:%02d", w->win_start / 60,
+			 w->win_start % 60, w->win_end / 60, w->win_end % 60);
+	j = json_pack("{s:s, s:I, s:s, s:b, s:i, s:{}, s:i, s:i}", "name", w->name,
+		      "start_after", (json_int_t)w->start_after, "window", window,
+		      "paused", w->paused, "users", 0, "states", "old_messages", 0,
+		      "messages", 0);
+	json_array_append_new(wl->arr, j);
+	json_object_set(wl->by_name, w->name, j);
+	return 0;
+}
+
+static void h_status(struct call *c)
+{
+	struct store *st = c->a->st;
+	const char *wave = query_str(c, "wave"), *user = query_str(c, "user");
+	struct status_ctx s;
+	struct wave_list wl;
+	struct wave_rec w;
+	struct user_rec u;
+	char buf[16];
+	json_t *states;
+	int ret;
+
+	if (wave != NULL && (ret = st->wave_get(st, wave, &w)) != 0) {
+		if (ret == STORE_NOTFOUND)
+			reply_error(c, 404, "unknown wave \"%s\"", wave);
+		else
+			reply_store_error(c);
+		return;
+	}
+	if (user != NULL && (ret = st->user_get(st, user, &u)) != 0) {
+		if (ret == STORE_NOTFOUND)
+			reply_error(c, 404, "unknown user \"%s\"", user);
+		else
+			reply_store_error(c);
+		return;
+	}
+	memset(&s, 0, sizeof(s));
+	s.st = st;
+	s.users = json_array();
+	s.only_user = user;
+	wl.arr = json_array();
+	wl.by_name = json_object();
+	wl.only = wave;
+	s.waves_stats = wl.by_name;
+	if (st->wave_each(st, wave_json, &wl) < 0 ||
+	    st->user_each(st, wave, status_user, &s) < 0) {
+		json_decref(s.users);
+		json_decref(wl.arr);
+		json_decref(wl.by_name);
+		reply_store_error(c);
+		return;
+	}
+	states = json_object();
+	for (int i = 0; i < US_COUNT; i++)
+		json_object_set_new(states, user_state_name((enum user_state)i),
+				    json_integer(s.states[i]));
+	reply(c, 200, json_pack("{s:I, s:b, s:i, s:i, s:o, s:I, s:I, s:o, s:o}",
+		"time", (json_int_t)time(NULL),
+		"paused", st->setting_get(st, "paused", buf, sizeof(buf)) == 0 && buf[0] == '1',
+		"running", s.running, "users_paused", s.paused, "states", states,
+		"old_messages", (json_int_t)s.old_total, "messages", (json_int_t)s.local_total,
+		"waves", wl.arr, "users", s.users));
+	json_decref(wl.by_name);
+}
+
+/* ---- log ---------------------------------------------------------------- */
+
+static int log_json(const struct log_rec *l, void *ctx)
+{
+	json_array_append_new(ctx, json_pack("{s:I, s:I, s:s, s:s, s:s, s:I, s:I, s:s}",
+		"id", (json_int_t)l->id, "time", (json_int_t)l->time, "user", l->user,
+		"folder", l->folder, "event", l->event, "copied", (json_int_t)l->copied,
+		"messages", (json_int_t)l->messages, "error", l->error));
+	return 0;
+}
+
+static void h_log(struct call *c)
+{
+	struct store *st = c->a->st;
+	struct log_filter f = { query_str(c, "user"), query_str(c, "wave"), 0, 0 };
+	const char *since = query_str(c, "since"), *limit = query_str(c, "limit");
+	struct wave_rec w;
+	json_t *arr;
+
+	if (since != NULL && (f.since = api_parse_time(since, time(NULL))) < 0) {
+		reply_error(c, 400, "since: \"%.64s\" is not a time (epoch seconds, "
+			    "YYYY-MM-DD[THH:MM], or 10m/2h/3d ago)", since);
+		return;
+	}
+	if (limit != NULL && (f.limit = atoi(limit)) <= 0) {
+		reply_error(c, 400, "limit: a positive number");
+		return;
+	}
+	if (f.wave != NULL && st->wave_get(st, f.wave, &w) == STORE_NOTFOUND) {
+		reply_error(c, 404, "unknown wave \"%s\"", f.wave);
+		return;
+	}
+	arr = json_array();
+	if (st->log_each(st, &f, log_json, arr) < 0) {
+		json_decref(arr);
+		reply_store_error(c);
+		return;
+	}
+	reply(c, 200, json_pack("{s:o}", "entries", arr));
+}
+
+static void h_health(struct call *c)
+{
+	reply(c, 200, json_pack("{s:s, s:i}", "status", "ok", "schema",
+				c->a->st->schema_version(c->a->st)));
+}
+
+/* ---- routing ------------------------------------------------------------ */
+
+static const struct route {
+	enum evhttp_cmd_type method;
+	const char *path;
+	handler_fn *fn;
+} routes[] = {
+	{ EVHTTP_REQ_GET, "/v1/health", h_health },
+	{ EVHTTP_REQ_POST, "/v1/import", h_import },
+	{ EVHTTP_REQ_POST, "/v1/wave/create", h_wave_create },
+	{ EVHTTP_REQ_POST, "/v1/wave/add", h_wave_add },
+	{ EVHTTP_REQ_POST, "/v1/start", h_start },
+	{ EVHTTP_REQ_POST, "/v1/pause", h_pause },
+	{ EVHTTP_REQ_POST, "/v1/resume", h_resume },
+	{ EVHTTP_REQ_POST, "/v1/sync", h_sync },
+	{ EVHTTP_REQ_GET, "/v1/status", h_status },
+	{ EVHTTP_REQ_GET, "/v1/log", h_log },
+};
+
+static int token_ok(struct api *a, struct evhttp_request *req, const char **why)
+{
+	const char *h = evhttp_find_header(evhttp_request_get_input_headers(req),
+					   "Authorization");
+	unsigned char hash[SHA256_DIGEST_LENGTH];
+
+	if (h == NULL || strncmp(h, "Bearer ", 7) != 0) {
+		*why = "missing API token (send \"Authorization: Bearer TOKEN\")";
+		return 0;
+	}
+	h += 7;
+	SHA256((const unsigned char *)h, strlen(h), hash);
+	if (CRYPTO_memcmp(hash, a->token_hash, sizeof(hash)) != 0) {
+		*why = "wrong API token";
+		return 0;
+	}
+	return 1;
+}
+
+static void handle(struct evhttp_request *req, void *arg)
+{
+	struct call c = { arg, req, NULL, { 0 } };
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = evhttp_uri_get_path(uri), *query = evhttp_uri_get_query(uri);
+	enum evhttp_cmd_type method = evhttp_request_get_command(req);
+	const struct route *r = NULL;
+	const char *why;
+	int path_known = 0;
+
+	TAILQ_INIT(&c.query);
+	if (!token_ok(c.a, req, &why)) {
+		evlog("warning", "api-denied", "path", path, "reason", why, NULL);
+		reply_error(&c, 401, "%s", why);
+		return;
+	}
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+		if (path == NULL || strcmp(routes[i].path, path) != 0)
+			continue;
+		path_known = 1;
+		if (routes[i].method == method)
+			r = &routes[i];
+	}
+	if (r == NULL) {
+		if (path_known)
+			reply_error(&c, 405, "method not allowed for %s", path);
+		else
+			reply_error(&c, 404, "unknown endpoint %s", path != NULL ? path : "?");
+		return;
+	}
+	if (query != NULL && evhttp_parse_query_str(query, &c.query) < 0) {
+		reply_error(&c, 400, "malformed query string");
+		return;
+	}
+	if (method == EVHTTP_REQ_POST) {
+		struct evbuffer *in = evhttp_request_get_input_buffer(req);
+		size_t len = evbuffer_get_length(in);
+		json_error_t jerr;
+
+		if (len == 0)
+			c.body = json_object();
+		else {
+			c.body = json_loadb((const char *)evbuffer_pullup(in, (ev_ssize_t)len),
+					    len, 0, &jerr);
+			if (!json_is_object(c.body)) {
+				json_decref(c.body);
+				evhttp_clear_headers(&c.query);
+				reply_error(&c, 400, "the body must be a JSON object%s%s",
+					    c.body == NULL ? ": " : "", c.body == NULL ? jerr.text : "");
+				return;
+			}
+		}
+	}
+	r->fn(&c);
+	json_decref(c.body);
+	evhttp_clear_headers(&c.query);
+}
+
+int api_load_secrets(struct api *a, const struct ferry_config *cfg, char **err_r)
+{
+	char *token = config_read_secret(cfg->api_token_file, err_r), *secret = NULL;
+
+	if (token == NULL)
+		return -1;
+	if (cfg->secret_key_file != NULL && *cfg->secret_key_file != '\0' &&
+	    (secret = config_read_secret(cfg->secret_key_file, err_r)) == NULL) {
+		explicit_bzero(token, strlen(token));
+		free(token);
+		return -1;
+	}
+	SHA256((const unsigned char *)token, strlen(token), a->token_hash);
+	explicit_bzero(token, strlen(token));
+	free(token);
+	if (a->secret != NULL) {
+		explicit_bzero(a->secret, strlen(a->secret));
+		free(a->secret);
+	}
+	a->secret = secret;
+	return 0;
+}
+
+void api_reconfigure(struct api *a, const struct ferry_config *cfg)
+{
+	evhttp_set_max_body_size(a->http, cfg->max_body);
+}
+
+struct api *api_new(struct event_base *base, struct store *st,
+		    const struct ferry_config *cfg, api_kick_cb *kick, void *ctx,
+		    char **err_r)
+{
+	struct api *a = calloc(1, sizeof(*a));
+
+	a->base = base;
+	a->st = st;
+	a->kick = kick;
+	a->ctx = ctx;
+	if (api_load_secrets(a, cfg, err_r) < 0) {
+		free(a);
+		return NULL;
+	}
+	a->http = evhttp_new(base);
+	evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+	evhttp_set_timeout(a->http, 30);
+	api_reconfigure(a, cfg);
+	evhttp_set_gencb(a->http, handle, a);
+	if (evhttp_bind_socket(a->http, cfg->listen_host, (ev_uint16_t)cfg->listen_port) < 0) {
+		if (asprintf(err_r, "cannot listen on %s:%d: %s", cfg->listen_host,
+			     cfg->listen_port, strerror(errno)) < 0)
+			*err_r = NULL;
+		api_free(a);
+		return NULL;
+	}
+	return a;
+}
+
+void api_free(struct api *a)
+{
+	if (a == NULL)
+		return;
+	if (a->http != NULL)
+		evhttp_free(a->http);
+	if (a->secret != NULL) {
+		explicit_bzero(a->secret, strlen(a->secret));
+		free(a->secret);
+	}
+	free(a);
+}

@@ -1,0 +1,27 @@
+/* The admin API: HTTP + JSON on 127.0.0.1 (evhttp), bearer token. Every
+   ferryctl action is an endpoint (list in docs/ferryd.md). */
+#ifndef FERRY_API_H
+#define FERRY_API_H
+
+#include "config.h"
+#include "store.h"
+
+struct event_base;
+struct api;
+
+typedef void api_kick_cb(void *ctx);  /* something became runnable */
+
+struct api *api_new(struct event_base *base, struct store *st,
+		    const struct ferry_config *cfg, api_kick_cb *kick, void *ctx,
+		    char **err_r);
+/* (re)reads the token and secret key files; -1 with *err_r */
+int api_load_secrets(struct api *a, const struct ferry_config *cfg, char **err_r);
+/* applies settings that can change on SIGHUP (body limit) */
+void api_reconfigure(struct api *a, const struct ferry_config *cfg);
+void api_free(struct api *a);
+
+/* "1700000000", "2025-01-31", "2025-01-31T08:00[:SS]" or "... 08:00" (local
+   time), or "90s" "10m" "2h" "3d" ago. -1 if invalid. */
+long long api_parse_time(const char *s, long long now);
+
+#endif

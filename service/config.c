@@ -1,0 +1,243 @@
+/* ferryd.conf: "key = value" per line, '#' starts a comment. Every key is
+   documented in docs/ferryd.md. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(char **err_r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(err_r, fmt, ap) < 0)
+		*err_r = NULL;
+	va_end(ap);
+	return -1;
+}
+
+void config_defaults(struct ferry_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->listen_host = strdup("127.0.0.1");
+	cfg->listen_port = 8025;
+	cfg->doveadm_host = strdup("127.0.0.1");
+	cfg->doveadm_port = 8080;
+	cfg->max_concurrent = 4;
+	cfg->max_per_host = 2;
+	cfg->retry_limit = 5;
+	cfg->retry_base = 30;
+	cfg->retry_max_delay = 3600;
+	cfg->pull_timeout = 3600;
+	cfg->drain_timeout = 30;
+	cfg->max_body = 1048576;
+	cfg->tick_ms = 1000;
+}
+
+void config_free(struct ferry_config *cfg)
+{
+	free(cfg->listen_host);
+	free(cfg->api_token_file);
+	free(cfg->state_db);
+	free(cfg->doveadm_host);
+	free(cfg->doveadm_api_key_file);
+	free(cfg->log_file);
+	free(cfg->secret_key_file);
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+static int parse_int(const char *v, int min, int max, int *out)
+{
+	char *end;
+	long n;
+
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (errno != 0 || end == v || *end != '\0' || n < min || n > max)
+		return -1;
+	*out = (int)n;
+	return 0;
+}
+
+/* "host:port" */
+static int parse_addr(const char *v, char **host, int *port)
+{
+	const char *colon = strrchr(v, ':');
+
+	if (colon == NULL || colon == v ||
+	    parse_int(colon + 1, 1, 65535, port) < 0)
+		return -1;
+	free(*host);
+	*host = strndup(v, (size_t)(colon - v));
+	return 0;
+}
+
+struct int_key {
+	const char *name;
+	size_t offset;
+	int min, max;
+};
+
+#define IK(name, min, max) { #name, offsetof(struct ferry_config, name), min, max }
+static const struct int_key int_keys[] = {
+	IK(max_concurrent, 1, 1000),
+	IK(max_per_host, 1, 1000),
+	IK(retry_limit, 1, 1000),
+	IK(retry_base, 0, 86400),
+	IK(retry_max_delay, 0, 604800),
+	IK(pull_timeout, 1, 604800),
+	IK(drain_timeout, 0, 3600),
+	IK(max_body, 1024, 1 << 30),
+	IK(tick_ms, 10, 60000),
+};
+
+static char **str_key(struct ferry_config *cfg, const char *key)
+{
+	if (strcmp(key, "api_token_file") == 0)
+		return &cfg->api_token_file;
+	if (strcmp(key, "state_db") == 0)
+		return &cfg->state_db;
+	if (strcmp(key, "doveadm_api_key_file") == 0)
+		return &cfg->doveadm_api_key_file;
+	if (strcmp(key, "log_file") == 0)
+		return &cfg->log_file;
+	if (strcmp(key, "secret_key_file") == 0)
+		return &cfg->secret_key_file;
+	return NULL;
+}
+
+static char *trim(char *s)
+{
+	char *e;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+	return s;
+}
+
+static int parse_line(char *line, int lineno, const char *name,
+		      struct ferry_config *cfg, char **err_r)
+{
+	char *key, *value, *eq, *hash;
+	char **sp;
+	size_t i;
+
+	if ((hash = strchr(line, '#')) != NULL)
+		*hash = '\0';
+	line = trim(line);
+	if (*line == '\0')
+		return 0;
+	if ((eq = strchr(line, '=')) == NULL)
+		return fail(err_r, "%s:%d: expected \"key = value\"", name, lineno);
+	*eq = '\0';
+	key = trim(line);
+	value = trim(eq + 1);
+	if (strcmp(key, "listen") == 0 || strcmp(key, "doveadm") == 0) {
+		int is_listen = key[0] == 'l';
+		if (parse_addr(value, is_listen ? &cfg->listen_host : &cfg->doveadm_host,
+			       is_listen ? &cfg->listen_port : &cfg->doveadm_port) < 0)
+			return fail(err_r, "%s:%d: %s: expected HOST:PORT, got \"%s\"",
+				    name, lineno, key, value);
+		return 0;
+	}
+	if ((sp = str_key(cfg, key)) != NULL) {
+		free(*sp);
+		*sp = strdup(value);
+		return 0;
+	}
+	for (i = 0; i < sizeof(int_keys) / sizeof(int_keys[0]); i++) {
+		if (strcmp(key, int_keys[i].name) != 0)
+			continue;
+		if (parse_int(value, int_keys[i].min, int_keys[i].max,
+			      (int *)((char *)cfg + int_keys[i].offset)) < 0)
+			return fail(err_r, "%s:%d: %s: expected a number from %d to %d, got \"%s\"",
+				    name, lineno, key, int_keys[i].min, int_keys[i].max, value);
+		return 0;
+	}
+	return fail(err_r, "%s:%d: unknown setting \"%s\"", name, lineno, key);
+}
+
+int config_parse(const char *text, const char *name, struct ferry_config *cfg,
+		 char **err_r)
+{
+	char *copy = strdup(text), *line = copy, *next;
+	int lineno = 0, ret = 0;
+
+	while (line != NULL && ret == 0) {
+		next = strchr(line, '\n');
+		if (next != NULL)
+			*next++ = '\0';
+		ret = parse_line(line, ++lineno, name, cfg, err_r);
+		line = next;
+	}
+	free(copy);
+	return ret;
+}
+
+int config_load(const char *path, struct ferry_config *cfg, char **err_r)
+{
+	FILE *f = fopen(path, "r");
+	char *text = NULL;
+	size_t len = 0;
+	int ret;
+
+	if (f == NULL)
+		return fail(err_r, "%s: %s", path, strerror(errno));
+	text = malloc(1);
+	for (;;) {
+		char buf[4096];
+		size_t n = fread(buf, 1, sizeof(buf), f);
+		if (n == 0)
+			break;
+		text = realloc(text, len + n + 1);
+		memcpy(text + len, buf, n);
+		len += n;
+	}
+	text[len] = '\0';
+	fclose(f);
+	if (strlen(text) != len) {
+		free(text);
+		return fail(err_r, "%s: contains a NUL byte", path);
+	}
+	ret = config_parse(text, path, cfg, err_r);
+	free(text);
+	if (ret < 0)
+		return -1;
+	if (cfg->state_db == NULL || *cfg->state_db == '\0')
+		return fail(err_r, "%s: state_db is required", path);
+	if (cfg->api_token_file == NULL || *cfg->api_token_file == '\0')
+		return fail(err_r, "%s: api_token_file is required", path);
+	if (cfg->doveadm_api_key_file == NULL || *cfg->doveadm_api_key_file == '\0')
+		return fail(err_r, "%s: doveadm_api_key_file is required", path);
+	return 0;
+}
+
+char *config_read_secret(const char *path, char **err_r)
+{
+	FILE *f = fopen(path, "r");
+	char buf[1024], *nl;
+
+	if (f == NULL) {
+		fail(err_r, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (fgets(buf, sizeof(buf), f) == NULL)
+		buf[0] = '\0';
+	fclose(f);
+	if ((nl = strpbrk(buf, "\r\n")) != NULL)
+		*nl = '\0';
+	if (buf[0] == '\0') {
+		fail(err_r, "%s: empty", path);
+		return NULL;
+	}
+	return strdup(buf);
+}

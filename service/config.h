@@ -1,0 +1,37 @@
+/* ferryd's configuration file: "key = value" lines, '#' comments. */
+#ifndef FERRY_CONFIG_H
+#define FERRY_CONFIG_H
+
+struct ferry_config {
+	char *listen_host;        /* admin API address (default 127.0.0.1) */
+	int listen_port;          /* default 8025 */
+	char *api_token_file;     /* admin token (required) */
+	char *state_db;           /* SQLite file (required) */
+	char *doveadm_host;       /* NEW's doveadm HTTP API */
+	int doveadm_port;
+	char *doveadm_api_key_file; /* doveadm_api_key (required) */
+	char *log_file;           /* event log; empty: stderr */
+	char *secret_key_file;    /* encrypts CSV passwords at rest (optional) */
+	int max_concurrent;       /* pulls in flight, all old hosts */
+	int max_per_host;         /* pulls in flight per old host */
+	int retry_limit;          /* failed attempts before a user is failed */
+	int retry_base;           /* seconds before the first retry */
+	int retry_max_delay;      /* cap of the exponential backoff, seconds */
+	int pull_timeout;         /* seconds for one doveadm request */
+	int drain_timeout;        /* seconds SIGTERM waits for pulls in flight */
+	int max_body;             /* admin API request body limit, bytes */
+	int tick_ms;              /* scheduler period */
+};
+
+void config_defaults(struct ferry_config *cfg);
+/* Parses text (name is used in messages). 0, or -1 with *err_r (malloc'd). */
+int config_parse(const char *text, const char *name, struct ferry_config *cfg,
+		 char **err_r);
+/* Reads and parses a file; validates required keys. */
+int config_load(const char *path, struct ferry_config *cfg, char **err_r);
+void config_free(struct ferry_config *cfg);
+/* Reads the first line of a secret file (token, key) into a malloc'd
+   string without the newline. */
+char *config_read_secret(const char *path, char **err_r);
+
+#endif

@@ -1,0 +1,478 @@
+/* One job per user in flight:
+     ferryStatus            what the new server has (empty before the tree copy)
+     ferryPull -m INBOX     only if empty: copies the folder tree and INBOX
+     ferryStatus            the folders and their old-server counts
+     ferryPull -m FOLDER    for each folder not complete yet (progress per folder)
+     ferryStatus            final counts; every folder complete -> done
+   A failed request ends the job: doveadm's HTTP answer carries only an exit
+   code, so the reason is read back with logErrors (Dovecot's own error
+   ring buffer), filtered to this user's doveadm session. */
+#include "dispatch.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "evlog.h"
+#include "scheduler.h"
+
+enum phase { P_STATUS0, P_TREE, P_STATUS1, P_FOLDER, P_FINAL, P_LOGERR };
+
+struct job_folder {
+	char *name;
+	int64_t old_messages, copied;
+	int todo;  /* not complete (nor local) when last seen */
+};
+
+struct job {
+	struct dispatch *d;
+	struct job *next;
+	char user[256], login[256], host[256];
+	enum phase phase;
+	struct doveadm_req *req;
+	struct job_folder *folders;
+	size_t nfolders, cur;
+	time_t started;
+	int64_t copied;
+	char error[1024];
+	int permanent;
+};
+
+struct dispatch {
+	struct store *st;
+	struct doveadm_client *dc;
+	const struct ferry_config *cfg;
+	dispatch_done_cb *cb;
+	void *ctx;
+	struct job *jobs;
+	int n;
+};
+
+static void job_step(struct job *j);
+
+struct dispatch *dispatch_new(struct store *st, struct doveadm_client *dc,
+			      const struct ferry_config *cfg, dispatch_done_cb *cb, void *ctx)
+{
+	struct dispatch *d = calloc(1, sizeof(*d));
+
+	d->st = st;
+	d->dc = dc;
+	d->cfg = cfg;
+	d->cb = cb;
+	d->ctx = ctx;
+	return d;
+}
+
+int dispatch_in_flight(const struct dispatch *d)
+{
+	return d->n;
+}
+
+static void log_event(struct dispatch *d, const char *user, const char *folder,
+		      const char *event, int64_t copied, int64_t messages, const char *error)
+{
+	struct log_rec l;
+
+	memset(&l, 0, sizeof(l));
+	l.time = time(NULL);
+	snprintf(l.user, sizeof(l.user), "%s", user);
+	snprintf(l.folder, sizeof(l.folder), "%s", folder != NULL ? folder : "");
+	snprintf(l.event, sizeof(l.event), "%s", event);
+	l.copied = copied;
+	l.messages = messages;
+	snprintf(l.error, sizeof(l.error), "%s", error != NULL ? error : "");
+	if (d->st->log_add(d->st, &l) < 0)
+		evlog("error", "store-error", "user", user, "error", d->st->error(d->st), NULL);
+}
+
+static void folders_free(struct job *j)
+{
+	for (size_t i = 0; i < j->nfolders; i++)
+		free(j->folders[i].name);
+	free(j->folders);
+	j->folders = NULL;
+	j->nfolders = j->cur = 0;
+}
+
+static void job_free(struct job *j)
+{
+	struct job **p;
+
+	for (p = &j->d->jobs; *p != NULL; p = &(*p)->next) {
+		if (*p == j) {
+			*p = j->next;
+			break;
+		}
+	}
+	j->d->n--;
+	folders_free(j);
+	free(j);
+}
+
+static const char *jstr(json_t *row, const char *key)
+{
+	const char *v = json_string_value(json_object_get(row, key));
+	return v != NULL ? v : "";
+}
+
+static int64_t jnum(json_t *row, const char *key)
+{
+	const char *v = jstr(row, key);
+	char *end;
+	long long n;
+
+	if (*v == '\0')
+		return -1;
+	n = strtoll(v, &end, 10);
+	return *end == '\0' ? n : -1;
+}
+
+static struct job_folder *job_folder(struct job *j, const char *name)
+{
+	for (size_t i = 0; i < j->nfolders; i++)
+		if (strcmp(j->folders[i].name, name) == 0)
+			return &j->folders[i];
+	return NULL;
+}
+
+/* ferryStatus rows: folder state old local uidvalidity old_uidvalidity copied renumbered */
+static void record_status(struct job *j, json_t *rows, int *all_complete_r)
+{
+	struct dispatch *d = j->d;
+	size_t i;
+	json_t *row;
+	int all = 1;
+
+	folders_free(j);
+	j->folders = calloc(json_array_size(rows) + 1, sizeof(*j->folders));
+	json_array_foreach(rows, i, row) {
+		struct folder_rec f;
+		const char *state = jstr(row, "state");
+
+		memset(&f, 0, sizeof(f));
+		snprintf(f.user, sizeof(f.user), "%s", j->user);
+		snprintf(f.name, sizeof(f.name), "%s", jstr(row, "folder"));
+		snprintf(f.state, sizeof(f.state), "%s", state);
+		f.old_messages = jnum(row, "old");
+		f.messages = jnum(row, "local");
+		f.copied = jnum(row, "copied");
+		f.renumbered = jnum(row, "renumbered");
+		f.bytes = -1;
+		f.updated_at = time(NULL);
+		if (f.old_messages < 0 && strcmp(state, "complete") == 0)
+			f.old_messages = f.messages;
+		if (d->st->folder_put(d->st, &f) < 0)
+			evlog("error", "store-error", "user", j->user, "folder", f.name,
+			      "error", d->st->error(d->st), NULL);
+		j->folders[j->nfolders].name = strdup(f.name);
+		j->folders[j->nfolders].old_messages = f.old_messages;
+		j->folders[j->nfolders].copied = f.copied < 0 ? 0 : f.copied;
+		j->folders[j->nfolders].todo = strcmp(state, "complete") != 0 &&
+			strcmp(state, "local") != 0;
+		if (j->folders[j->nfolders].todo)
+			all = 0;
+		j->nfolders++;
+	}
+	*all_complete_r = all;
+}
+
+/* ferryPull rows: folder state copied renumbered messages error */
+static void record_pull(struct job *j, json_t *rows)
+{
+	struct dispatch *d = j->d;
+	size_t i;
+	json_t *row;
+	char copied[32], messages[32];
+
+	json_array_foreach(rows, i, row) {
+		struct folder_rec f;
+		struct job_folder *jf = job_folder(j, jstr(row, "folder"));
+		int64_t c = jnum(row, "copied");
+
+		memset(&f, 0, sizeof(f));
+		snprintf(f.user, sizeof(f.user), "%s", j->user);
+		snprintf(f.name, sizeof(f.name), "%s", jstr(row, "folder"));
+		snprintf(f.state, sizeof(f.state), "%s", jstr(row, "state"));
+		f.messages = jnum(row, "messages");
+		f.copied = (jf != NULL ? jf->copied : 0) + (c > 0 ? c : 0);
+		f.renumbered = jnum(row, "renumbered");
+		f.old_messages = jf != NULL ? jf->old_messages : -1;
+		if (strcmp(f.state, "complete") == 0)
+			f.old_messages = f.messages;  /* complete: every old message is here */
+		f.bytes = -1;
+		f.updated_at = time(NULL);
+		if (c > 0)
+			j->copied += c;
+		if (d->st->folder_put(d->st, &f) < 0)
+			evlog("error", "store-error", "user", j->user, "folder", f.name,
+			      "error", d->st->error(d->st), NULL);
+		log_event(d, j->user, f.name, "folder-pulled", c > 0 ? c : 0, f.messages, NULL);
+		snprintf(copied, sizeof(copied), "%lld", (long long)(c > 0 ? c : 0));
+		snprintf(messages, sizeof(messages), "%lld", (long long)f.messages);
+		evlog("info", "folder-pulled", "user", j->user, "folder", f.name,
+		      "state", f.state, "copied", copied, "messages", messages, NULL);
+	}
+}
+
+static void job_finish(struct job *j, int ok)
+{
+	struct dispatch *d = j->d;
+	struct user_rec u;
+	char host[256], user[256], n1[32], n2[32];
+	time_t now = time(NULL);
+
+	if (d->st->user_get(d->st, j->user, &u) != 0) {
+		evlog("error", "store-error", "user", j->user, "error", d->st->error(d->st), NULL);
+	} else {
+		u.running = 0;
+		u.sync_seq = 0;
+		if (ok) {
+			int64_t total = 0;
+			for (size_t i = 0; i < j->nfolders; i++)
+				total += j->folders[i].old_messages > 0 ? j->folders[i].old_messages : 0;
+			u.state = US_DONE;
+			u.attempts = 0;
+			u.next_attempt = 0;
+			u.last_error[0] = '\0';
+			u.finished_at = now;
+			log_event(d, j->user, NULL, "user-done", j->copied, total, NULL);
+			snprintf(n1, sizeof(n1), "%lld", (long long)j->copied);
+			snprintf(n2, sizeof(n2), "%lld", (long long)total);
+			evlog("info", "user-done", "user", j->user, "copied", n1, "messages", n2, NULL);
+		} else {
+			u.attempts++;
+			snprintf(u.last_error, sizeof(u.last_error), "%s", j->error);
+			if (j->permanent || u.attempts >= d->cfg->retry_limit) {
+				u.state = US_FAILED;
+				u.finished_at = now;
+				log_event(d, j->user, NULL, "user-failed", j->copied, 0, j->error);
+				snprintf(n1, sizeof(n1), "%d", u.attempts);
+				evlog("error", "user-failed", "user", j->user, "attempts", n1,
+				      "error", j->error, NULL);
+			} else {
+				int64_t delay = sched_backoff(u.attempts, d->cfg->retry_base,
+							      d->cfg->retry_max_delay);
+				u.next_attempt = now + delay;
+				log_event(d, j->user, NULL, "pull-failed", j->copied, 0, j->error);
+				snprintf(n1, sizeof(n1), "%d", u.attempts);
+				snprintf(n2, sizeof(n2), "%lld", (long long)delay);
+				evlog("warning", "pull-failed", "user", j->user, "attempts", n1,
+				      "retry_in", n2, "error", j->error, NULL);
+			}
+		}
+		if (d->st->user_update(d->st, &u) < 0)
+			evlog("error", "store-error", "user", j->user, "error", d->st->error(d->st), NULL);
+	}
+	snprintf(host, sizeof(host), "%s", j->host);
+	snprintf(user, sizeof(user), "%s", j->user);
+	job_free(j);
+	d->cb(user, host, d->ctx);
+}
+
+/* logErrors answer: the reason of this user's failed doveadm command */
+static void on_log_errors(const struct doveadm_reply *r, void *ctx)
+{
+	struct job *j = ctx;
+	char prefix[300];
+	const char *found = NULL, *any = NULL;
+	size_t i, plen;
+	json_t *row;
+
+	j->req = NULL;
+	snprintf(prefix, sizeof(prefix), "doveadm(%s)", j->login);
+	plen = strlen(prefix);
+	if (r->ok) {
+		json_array_foreach(r->rows, i, row) {
+			const char *p = jstr(row, "prefix"), *t = jstr(row, "text");
+			if (strncmp(p, prefix, plen) != 0 || (p[plen] != '<' && p[plen] != '\0'))
+				continue;
+			any = t;
+			if (strncmp(t, "ferry pull: ", 12) == 0)
+				found = t + 12;
+			else if (strncmp(t, "ferry status: ", 14) == 0)
+				found = t + 14;
+		}
+	}
+	if (found == NULL)
+		found = any;
+	if (found != NULL) {
+		char keep[sizeof(j->error)];
+		snprintf(keep, sizeof(keep), "%s", j->error);
+		snprintf(j->error, sizeof(j->error), "%.700s (%.300s)", found, keep);
+	}
+	job_finish(j, 0);
+}
+
+static void job_fail(struct job *j, const struct doveadm_reply *r)
+{
+	json_t *params;
+
+	snprintf(j->error, sizeof(j->error), "%s", r->error);
+	j->permanent = r->permanent;
+	if (r->exit_code == 0) {
+		job_finish(j, 0);
+		return;
+	}
+	j->phase = P_LOGERR;
+	params = json_pack("{s:I}", "since", (json_int_t)(j->started - 1));
+	j->req = doveadm_call(j->d->dc, "logErrors", params, on_log_errors, j);
+	if (j->req == NULL)
+		job_finish(j, 0);
+}
+
+static void on_reply(const struct doveadm_reply *r, void *ctx)
+{
+	struct job *j = ctx;
+	int all_complete = 0;
+
+	j->req = NULL;
+	if (!r->ok) {
+		job_fail(j, r);
+		return;
+	}
+	switch (j->phase) {
+	case P_STATUS0:
+		record_status(j, r->rows, &all_complete);
+		if (j->nfolders == 0)
+			j->phase = P_TREE;
+		else if (all_complete) {
+			job_finish(j, 1);
+			return;
+		} else {
+			j->phase = P_FOLDER;
+			j->cur = 0;
+		}
+		break;
+	case P_TREE:
+		record_pull(j, r->rows);
+		j->phase = P_STATUS1;
+		break;
+	case P_STATUS1:
+		record_status(j, r->rows, &all_complete);
+		if (j->nfolders == 0) {
+			struct doveadm_reply e = { 0 };
+			snprintf(e.error, sizeof(e.error),
+				 "no folders on the new server after copying the folder tree");
+			job_fail(j, &e);
+			return;
+		}
+		j->phase = P_FOLDER;
+		j->cur = 0;
+		break;
+	case P_FOLDER:
+		record_pull(j, r->rows);
+		j->cur++;
+		break;
+	case P_FINAL:
+		record_status(j, r->rows, &all_complete);
+		if (!all_complete) {
+			struct doveadm_reply e = { 0 };
+			snprintf(e.error, sizeof(e.error),
+				 "some folders are still not complete after pulling them");
+			job_fail(j, &e);
+		} else
+			job_finish(j, 1);
+		return;
+	case P_LOGERR:
+		return;
+	}
+	job_step(j);
+}
+
+static void job_call(struct job *j, const char *command, const char *mailbox)
+{
+	json_t *params = json_pack("{s:s}", "user", j->login);
+
+	if (mailbox != NULL)
+		json_object_set_new(params, "mailbox", json_string(mailbox));
+	j->req = doveadm_call(j->d->dc, command, params, on_reply, j);
+	if (j->req == NULL) {
+		struct doveadm_reply e = { 0 };
+		snprintf(e.error, sizeof(e.error), "could not send a request to doveadm");
+		job_fail(j, &e);
+	}
+}
+
+static void job_step(struct job *j)
+{
+	switch (j->phase) {
+	case P_STATUS0:
+	case P_STATUS1:
+	case P_FINAL:
+		job_call(j, "ferryStatus", NULL);
+		break;
+	case P_TREE:
+		job_call(j, "ferryPull", "INBOX");
+		break;
+	case P_FOLDER:
+		/* skip folders already complete or created locally */
+		while (j->cur < j->nfolders && !j->folders[j->cur].todo)
+			j->cur++;
+		if (j->cur >= j->nfolders) {
+			j->phase = P_FINAL;
+			job_step(j);
+			return;
+		}
+		job_call(j, "ferryPull", j->folders[j->cur].name);
+		break;
+	case P_LOGERR:
+		break;
+	}
+}
+
+int dispatch_start(struct dispatch *d, const struct user_rec *u)
+{
+	struct job *j = calloc(1, sizeof(*j));
+	struct user_rec cur = *u;
+
+	j->d = d;
+	snprintf(j->user, sizeof(j->user), "%s", u->name);
+	snprintf(j->login, sizeof(j->login), "%s", u->new_login);
+	snprintf(j->host, sizeof(j->host), "%s", u->ep.host);
+	j->started = time(NULL);
+	j->phase = P_STATUS0;
+	cur.running = 1;
+	if (cur.started_at == 0)
+		cur.started_at = j->started;
+	if (d->st->user_update(d->st, &cur) < 0) {
+		evlog("error", "store-error", "user", u->name, "error", d->st->error(d->st), NULL);
+		free(j);
+		return -1;
+	}
+	j->next = d->jobs;
+	d->jobs = j;
+	d->n++;
+	log_event(d, j->user, NULL, "pull-start", 0, 0, NULL);
+	evlog("info", "pull-start", "user", j->user, "host", j->host,
+	      "sync_now", u->sync_seq > 0 ? "yes" : "no", NULL);
+	job_step(j);
+	return 0;
+}
+
+void dispatch_cancel_all(struct dispatch *d)
+{
+	while (d->jobs != NULL) {
+		struct job *j = d->jobs;
+		struct user_rec u;
+
+		if (j->req != NULL)
+			doveadm_cancel(j->req);
+		if (d->st->user_get(d->st, j->user, &u) == 0) {
+			u.running = 0;
+			d->st->user_update(d->st, &u);
+		}
+		log_event(d, j->user, NULL, "pull-abandoned", j->copied, 0,
+			  "ferryd stopped before the pull answered");
+		evlog("warning", "pull-abandoned", "user", j->user, NULL);
+		job_free(j);
+	}
+}
+
+void dispatch_free(struct dispatch *d)
+{
+	if (d == NULL)
+		return;
+	dispatch_cancel_all(d);
+	free(d);
+}

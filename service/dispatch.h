@@ -1,0 +1,25 @@
+/* Drives the copy of one user through the doveadm HTTP API and records
+   what happened (folders, migration log, user state). Never writes mail. */
+#ifndef FERRY_DISPATCH_H
+#define FERRY_DISPATCH_H
+
+#include "config.h"
+#include "doveadm.h"
+#include "store.h"
+
+struct dispatch;
+
+/* called when a user's job ends (success, failure or cancel) */
+typedef void dispatch_done_cb(const char *user, const char *host, void *ctx);
+
+struct dispatch *dispatch_new(struct store *st, struct doveadm_client *dc,
+			      const struct ferry_config *cfg,
+			      dispatch_done_cb *cb, void *ctx);
+void dispatch_free(struct dispatch *d);
+/* starts a job; -1 if it could not be started (logged) */
+int dispatch_start(struct dispatch *d, const struct user_rec *u);
+int dispatch_in_flight(const struct dispatch *d);
+/* drops every job in flight (drain timeout): users stay resumable */
+void dispatch_cancel_all(struct dispatch *d);
+
+#endif

@@ -1,0 +1,44 @@
+/* Client of the NEW server's doveadm HTTP API (libevent's evhttp):
+   POST /doveadm/v1, Authorization: X-Dovecot-API <base64 of the key>,
+   body [["ferryPull", {"user": ..., "mailbox": ...}, "tag"]]. */
+#ifndef FERRY_DOVEADM_H
+#define FERRY_DOVEADM_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+struct event_base;
+struct doveadm_client;
+struct doveadm_req;
+
+struct doveadm_reply {
+	int ok;             /* doveadmResponse received */
+	int http_status;    /* 0: no HTTP answer (connect error, timeout) */
+	int exit_code;      /* doveadm's exit code when !ok and known, else 0 */
+	int permanent;      /* retrying will not help (unknown user...) */
+	char error[512];    /* human text when !ok */
+	json_t *rows;       /* when ok: array of objects (borrowed by the cb) */
+};
+
+typedef void doveadm_cb(const struct doveadm_reply *r, void *ctx);
+
+struct doveadm_client *doveadm_client_new(struct event_base *base);
+/* (re)configures the target; the key is kept only as the header value */
+void doveadm_client_configure(struct doveadm_client *c, const char *host, int port,
+			      const char *api_key, int timeout_secs);
+void doveadm_client_free(struct doveadm_client *c);
+
+/* params is stolen. Returns NULL (and calls nothing) if the request could
+   not even be queued; the callback runs exactly once otherwise, unless
+   doveadm_cancel() is called first. */
+struct doveadm_req *doveadm_call(struct doveadm_client *c, const char *command,
+				 json_t *params, doveadm_cb *cb, void *ctx);
+void doveadm_cancel(struct doveadm_req *req);
+
+/* Parses a response body of a single command with tag; fills r (rows are
+   a new reference the caller must json_decref). Testable without I/O. */
+void doveadm_parse_reply(int http_status, const char *body, size_t len,
+			 const char *tag, struct doveadm_reply *r);
+const char *doveadm_exit_code_text(int code);
+
+#endif

@@ -1,0 +1,596 @@
+/* ferryctl: command-line client of ferryd's admin API.
+   The API address comes from --api, $FERRY_API or the "listen" setting of
+   the configuration file (-c, $FERRYD_CONF, /etc/ferry/ferryd.conf); the
+   token from a file (--token-file, $FERRY_TOKEN_FILE or the configuration's
+   api_token_file), never from the command line. */
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+
+#define DEFAULT_CONF "/etc/ferry/ferryd.conf"
+
+static char api_host[256] = "127.0.0.1";
+static int api_port = 8025;
+static char *token;
+static int max_body;  /* from the configuration; 0 = unknown */
+
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "ferryctl: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: ferryctl [-c CONFIG] [--api HOST:PORT] [--token-file FILE] COMMAND\n"
+		"  import FILE.csv\n"
+		"  wave create NAME [--start-after TIME] [--window HH:MM-HH:MM]\n"
+		"  wave add NAME USER...\n"
+		"  start [--wave W]\n"
+		"  pause [USER | --wave W]      (nothing: everything)\n"
+		"  resume [USER | --wave W]\n"
+		"  sync USER\n"
+		"  status [--wave W] [USER] [--json] [--once]\n"
+		"  log [--user U] [--wave W] [--since TIME] [--limit N] [--json]\n");
+	exit(2);
+}
+
+/* ---- HTTP ---------------------------------------------------------------- */
+
+struct resp {
+	struct event_base *base;
+	int status;
+	char reason[128];
+	char *body;
+};
+
+static void on_resp(struct evhttp_request *req, void *arg)
+{
+	struct resp *r = arg;
+
+	if (req != NULL && (r->status = evhttp_request_get_response_code(req)) != 0) {
+		struct evbuffer *in = evhttp_request_get_input_buffer(req);
+		size_t len = evbuffer_get_length(in);
+		const char *line = evhttp_request_get_response_code_line(req);
+		r->body = malloc(len + 1);
+		evbuffer_remove(in, r->body, len);
+		r->body[len] = '\0';
+		snprintf(r->reason, sizeof(r->reason), "%s", line != NULL ? line : "");
+	}
+	event_base_loopexit(r->base, NULL);
+}
+
+static void add_query(char *path, size_t len, const char *key, const char *value)
+{
+	char *enc;
+
+	if (value == NULL)
+		return;
+	enc = evhttp_encode_uri(value);
+	snprintf(path + strlen(path), len - strlen(path), "%s%s=%s",
+		 strchr(path, '?') != NULL ? "&" : "?", key, enc);
+	free(enc);
+}
+
+/* returns the JSON answer of a 2xx; dies with the server's message otherwise */
+static json_t *call(const char *method, const char *path, json_t *body)
+{
+	struct resp r = { 0 };
+	struct evhttp_connection *evcon;
+	struct evhttp_request *req;
+	struct evkeyvalq *h;
+	char auth[1100], hostport[300];
+	json_t *j;
+	json_error_t jerr;
+
+	r.base = event_base_new();
+	evcon = evhttp_connection_base_new(r.base, NULL, api_host, (ev_uint16_t)api_port);
+	evhttp_connection_set_timeout(evcon, 60);
+	req = evhttp_request_new(on_resp, &r);
+	h = evhttp_request_get_output_headers(req);
+	snprintf(hostport, sizeof(hostport), "%s:%d", api_host, api_port);
+	snprintf(auth, sizeof(auth), "Bearer %s", token);
+	evhttp_add_header(h, "Host", hostport);
+	evhttp_add_header(h, "Authorization", auth);
+	explicit_bzero(auth, sizeof(auth));
+	if (body != NULL) {
+		char *text = json_dumps(body, JSON_COMPACT);
+		evhttp_add_header(h, "Content-Type", "application/json");
+		evbuffer_add(evhttp_request_get_output_buffer(req), text, strlen(text));
+		free(text);
+		json_decref(body);
+	}
+	if (evhttp_make_request(evcon, req, strcmp(method, "POST") == 0 ? EVHTTP_REQ_POST :
+				EVHTTP_REQ_GET, path) < 0)
+		die("cannot send the request to ferryd at %s:%d", api_host, api_port);
+	event_base_dispatch(r.base);
+	evhttp_connection_free(evcon);
+	event_base_free(r.base);
+	if (r.status == 0)
+		die("no answer from ferryd at %s:%d (is it running? see --api, FERRY_API)",
+		    api_host, api_port);
+	j = json_loads(r.body, 0, &jerr);
+	if (r.status < 200 || r.status > 299) {
+		const char *msg = json_string_value(json_object_get(j, "error"));
+		if (msg != NULL)
+			fprintf(stderr, "ferryctl: %s (HTTP %d)\n", msg, r.status);
+		else if (r.status == 413)
+			fprintf(stderr, "ferryctl: request too large for ferryd (HTTP 413 %s; "
+				"see max_body)\n", r.reason);
+		else
+			fprintf(stderr, "ferryctl: ferryd answered HTTP %d %s\n", r.status, r.reason);
+		exit(1);
+	}
+	free(r.body);
+	if (j == NULL)
+		die("ferryd sent an answer that is not JSON");
+	return j;
+}
+
+/* ---- setup --------------------------------------------------------------- */
+
+static void setup(const char *conf, const char *api, const char *token_file)
+{
+	struct ferry_config cfg;
+	char *err = NULL;
+	int have_conf = 0;
+
+	config_defaults(&cfg);
+	if (conf == NULL)
+		conf = getenv("FERRYD_CONF");
+	if (conf == NULL && access(DEFAULT_CONF, R_OK) == 0)
+		conf = DEFAULT_CONF;
+	if (conf != NULL) {
+		if (config_load(conf, &cfg, &err) < 0)
+			die("%s", err);
+		have_conf = 1;
+		max_body = cfg.max_body;
+	}
+	if (api == NULL)
+		api = getenv("FERRY_API");
+	if (api != NULL) {
+		const char *colon = strrchr(api, ':');
+		if (colon == NULL || colon == api || atoi(colon + 1) <= 0 || atoi(colon + 1) > 65535)
+			die("API address \"%s\": expected HOST:PORT", api);
+		snprintf(api_host, sizeof(api_host), "%.*s", (int)(colon - api), api);
+		api_port = atoi(colon + 1);
+	} else {
+		snprintf(api_host, sizeof(api_host), "%s", cfg.listen_host);
+		api_port = cfg.listen_port;
+	}
+	if (token_file == NULL)
+		token_file = getenv("FERRY_TOKEN_FILE");
+	if (token_file == NULL && have_conf)
+		token_file = cfg.api_token_file;
+	if (token_file == NULL)
+		die("no API token: give --token-file, FERRY_TOKEN_FILE or -c CONFIG");
+	if ((token = config_read_secret(token_file, &err)) == NULL)
+		die("API token: %s", err);
+	config_free(&cfg);
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+static void cmd_import(int argc, char **argv)
+{
+	FILE *f;
+	char *text = NULL;
+	size_t len = 0, n;
+	char buf[65536];
+	json_t *j, *created;
+	json_t *body;
+
+	if (argc != 2)
+		usage();
+	if ((f = fopen(argv[1], "r")) == NULL)
+		die("%s: cannot open: %m", argv[1]);
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
+		text = realloc(text, len + n + 1);
+		memcpy(text + len, buf, n);
+		len += n;
+	}
+	fclose(f);
+	if (text == NULL)
+		die("%s: empty file", argv[1]);
+	text[len] = '\0';
+	if (strlen(text) != len)
+		die("%s: contains a NUL byte", argv[1]);
+	body = json_pack("{s:s}", "csv", text);
+	if (body == NULL)
+		die("%s: not UTF-8 text", argv[1]);
+	if (max_body > 0) {
+		char *dump = json_dumps(body, JSON_COMPACT);
+		size_t blen = strlen(dump);
+		free(dump);
+		if (blen > (size_t)max_body)
+			die("%s is too large for one import (%zu bytes as JSON, max_body is %d): "
+			    "split it or raise max_body", argv[1], blen, max_body);
+	}
+	explicit_bzero(text, len);
+	free(text);
+	j = call("POST", "/v1/import", body);
+	created = json_object_get(j, "waves_created");
+	printf("imported %lld users", (long long)json_integer_value(json_object_get(j, "imported")));
+	if (json_array_size(created) > 0) {
+		size_t i;
+		json_t *w;
+		printf(" (new waves:");
+		json_array_foreach(created, i, w)
+			printf(" %s", json_string_value(w));
+		printf(")");
+	}
+	printf("\n");
+	json_decref(j);
+}
+
+static void cmd_wave(int argc, char **argv)
+{
+	json_t *j;
+
+	if (argc >= 3 && strcmp(argv[1], "create") == 0) {
+		json_t *body = json_pack("{s:s}", "name", argv[2]);
+		for (int i = 3; i < argc; i++) {
+			if (strcmp(argv[i], "--start-after") == 0 && i + 1 < argc)
+				json_object_set_new(body, "start_after", json_string(argv[++i]));
+			else if (strcmp(argv[i], "--window") == 0 && i + 1 < argc)
+				json_object_set_new(body, "window", json_string(argv[++i]));
+			else
+				usage();
+		}
+		j = call("POST", "/v1/wave/create", body);
+		printf("wave %s created\n", argv[2]);
+	} else if (argc >= 4 && strcmp(argv[1], "add") == 0) {
+		json_t *users = json_array();
+		for (int i = 3; i < argc; i++)
+			json_array_append_new(users, json_string(argv[i]));
+		j = call("POST", "/v1/wave/add", json_pack("{s:s, s:o}", "wave", argv[2],
+							   "users", users));
+		printf("%d users added to wave %s\n", argc - 3, argv[2]);
+	} else
+		usage();
+	json_decref(j);
+}
+
+/* [USER | --wave W] */
+static json_t *target_body(int argc, char **argv)
+{
+	json_t *body = json_object();
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--wave") == 0 && i + 1 < argc)
+			json_object_set_new(body, "wave", json_string(argv[++i]));
+		else if (argv[i][0] != '-' && json_object_get(body, "user") == NULL)
+			json_object_set_new(body, "user", json_string(argv[i]));
+		else
+			usage();
+	}
+	if (json_object_get(body, "user") != NULL && json_object_get(body, "wave") != NULL)
+		usage();
+	return body;
+}
+
+static void cmd_simple(int argc, char **argv)
+{
+	const char *what = argv[0];
+	json_t *body = target_body(argc, argv), *j;
+	const char *user = json_string_value(json_object_get(body, "user"));
+	const char *wave = json_string_value(json_object_get(body, "wave"));
+	char path[64], scope[600];
+
+	if (strcmp(what, "start") == 0 && user != NULL)
+		usage();
+	if (strcmp(what, "sync") == 0 && user == NULL)
+		usage();
+	snprintf(scope, sizeof(scope), "%s%s", user != NULL ? "user " : wave != NULL ?
+		 "wave " : "everything", user != NULL ? user : wave != NULL ? wave : "");
+	snprintf(path, sizeof(path), "/v1/%s", what);
+	user = wave = NULL;  /* owned by body, which call() frees */
+	j = call("POST", path, body);
+	if (strcmp(what, "start") == 0)
+		printf("started %lld users (%s)\n",
+		       (long long)json_integer_value(json_object_get(j, "started")), scope);
+	else if (strcmp(what, "sync") == 0)
+		printf("sync of %s queued first\n", scope);
+	else
+		printf("%sd: %s\n", what, scope);
+	json_decref(j);
+}
+
+/* ---- status -------------------------------------------------------------- */
+
+static const char *jstr(json_t *o, const char *k)
+{
+	const char *v = json_string_value(json_object_get(o, k));
+	return v != NULL ? v : "";
+}
+
+static long long jint(json_t *o, const char *k)
+{
+	return (long long)json_integer_value(json_object_get(o, k));
+}
+
+static void bar(FILE *out, double frac, int width)
+{
+	int fill = (int)(frac * width + 0.5);
+
+	fputc('[', out);
+	for (int i = 0; i < width; i++)
+		fputc(i < fill ? '#' : '.', out);
+	fputc(']', out);
+}
+
+static void fmt_time(long long t, char *buf, size_t len)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	localtime_r(&tt, &tm);
+	strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+static void fmt_duration(long long s, char *buf, size_t len)
+{
+	if (s < 0)
+		snprintf(buf, len, "-");
+	else if (s < 3600)
+		snprintf(buf, len, "%lldm%02llds", s / 60, s % 60);
+	else
+		snprintf(buf, len, "%lldh%02lldm", s / 3600, s % 3600 / 60);
+}
+
+static void print_status(FILE *out, json_t *j, const char *user, int tty, const char *eta)
+{
+	json_t *waves = json_object_get(j, "waves"), *users = json_object_get(j, "users"),
+		*states = json_object_get(j, "states"), *w, *u;
+	size_t i;
+	char ts[64];
+	long long total = 0;
+	const char *key;
+	json_t *v;
+
+	json_object_foreach(states, key, v)
+		total += json_integer_value(v);
+	fmt_time(jint(j, "time"), ts, sizeof(ts));
+	fprintf(out, "ferry status at %s: %lld users, %lld running%s", ts, total,
+		jint(j, "running"), json_is_true(json_object_get(j, "paused")) ? ", PAUSED (all)" : "");
+	if (eta != NULL)
+		fprintf(out, ", ETA %s", eta);
+	fprintf(out, "\n  ");
+	json_object_foreach(states, key, v)
+		if (json_integer_value(v) > 0)
+			fprintf(out, "%s %lld  ", key, (long long)json_integer_value(v));
+	fprintf(out, "\n  messages %lld of %lld known on the old server\n\n",
+		jint(j, "messages"), jint(j, "old_messages"));
+
+	if (user == NULL && json_array_size(waves) > 0) {
+		fprintf(out, "%-12s %-6s %-6s %-6s %-7s %-8s %-11s %s\n", "WAVE", "USERS", "DONE",
+			"FAILED", "ACTIVE", "PAUSED", "WINDOW", "PROGRESS");
+		json_array_foreach(waves, i, w) {
+			json_t *st = json_object_get(w, "states");
+			long long n = jint(w, "users"), done = jint(st, "done") + jint(st, "verified"),
+				failed = jint(st, "failed"),
+				active = jint(st, "presync") + jint(st, "cutover");
+			fprintf(out, "%-12s %-6lld %-6lld %-6lld %-7lld %-8s %-11s ", jstr(w, "name"),
+				n, done, failed, active,
+				json_is_true(json_object_get(w, "paused")) ? "yes" : "no",
+				*jstr(w, "window") ? jstr(w, "window") : "always");
+			bar(out, n > 0 ? (double)(done + failed) / (double)n : 0, 20);
+			fprintf(out, " %3lld%%\n", n > 0 ? (done + failed) * 100 / n : 0);
+		}
+		fprintf(out, "\n");
+	}
+	fprintf(out, "%-16s %-10s %-9s %-7s %-15s %s\n", "USER", "WAVE", "STATE", "TRIES",
+		"MESSAGES", tty ? "PROGRESS / ERROR" : "ERROR");
+	json_array_foreach(users, i, u) {
+		char msgs[48], state[32];
+		long long old = jint(u, "old_messages"), have = jint(u, "messages");
+		snprintf(msgs, sizeof(msgs), "%lld/%lld", have, old);
+		snprintf(state, sizeof(state), "%s%s%s", jstr(u, "state"),
+			 json_is_true(json_object_get(u, "paused")) ? ",paused" : "",
+			 json_is_true(json_object_get(u, "running")) ? ",busy" : "");
+		fprintf(out, "%-16s %-10s %-9s %-7lld %-15s ", jstr(u, "name"),
+			*jstr(u, "wave") ? jstr(u, "wave") : "-", state, jint(u, "attempts"), msgs);
+		if (tty && *jstr(u, "error") == '\0') {
+			bar(out, old > 0 ? (double)have / (double)old :
+			    strcmp(jstr(u, "state"), "done") == 0 ? 1 : 0, 20);
+		} else
+			fprintf(out, "%s", jstr(u, "error"));
+		fprintf(out, "\n");
+		if (user != NULL) {
+			json_t *f;
+			size_t k;
+			fprintf(out, "\n  %-28s %-9s %8s %8s %8s %10s\n", "FOLDER", "STATE", "OLD",
+				"LOCAL", "COPIED", "RENUMBERED");
+			json_array_foreach(json_object_get(u, "folders"), k, f) {
+				char oldc[24];
+				if (jint(f, "old_messages") < 0)
+					snprintf(oldc, sizeof(oldc), "?");
+				else
+					snprintf(oldc, sizeof(oldc), "%lld", jint(f, "old_messages"));
+				fprintf(out, "  %-28s %-9s %8s %8lld %8lld %10lld\n", jstr(f, "name"),
+					jstr(f, "state"), oldc, jint(f, "messages"), jint(f, "copied"),
+					jint(f, "renumbered"));
+			}
+		}
+	}
+}
+
+static volatile sig_atomic_t stop_live;
+
+static void on_sigint(int sig)
+{
+	(void)sig;
+	stop_live = 1;
+}
+
+static void cmd_status(int argc, char **argv)
+{
+	const char *wave = NULL, *user = NULL;
+	int json = 0, once = 0;
+	char path[1024] = "/v1/status";
+	json_t *j;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--wave") == 0 && i + 1 < argc)
+			wave = argv[++i];
+		else if (strcmp(argv[i], "--json") == 0)
+			json = 1;
+		else if (strcmp(argv[i], "--once") == 0)
+			once = 1;
+		else if (argv[i][0] != '-' && user == NULL)
+			user = argv[i];
+		else
+			usage();
+	}
+	add_query(path, sizeof(path), "wave", wave);
+	add_query(path, sizeof(path), "user", user);
+	if (json || once || !isatty(STDOUT_FILENO)) {
+		j = call("GET", path, NULL);
+		if (json) {
+			json_dumpf(j, stdout, JSON_INDENT(2));
+			printf("\n");
+		} else
+			print_status(stdout, j, user, 0, NULL);
+		json_decref(j);
+		return;
+	}
+	/* live view: redraw every second; ETA from the rate users finish */
+	signal(SIGINT, on_sigint);
+	{
+		long long t0 = 0, fin0 = -1;
+		while (!stop_live) {
+			json_t *st;
+			long long fin, active, now;
+			char eta[32] = "-";
+
+			j = call("GET", path, NULL);
+			st = json_object_get(j, "states");
+			fin = jint(st, "done") + jint(st, "verified") + jint(st, "failed");
+			active = jint(st, "presync") + jint(st, "cutover");
+			now = jint(j, "time");
+			if (fin0 < 0) {
+				fin0 = fin;
+				t0 = now;
+			} else if (fin > fin0 && now > t0) {
+				double rate = (double)(fin - fin0) / (double)(now - t0);
+				fmt_duration((long long)((double)active / rate), eta, sizeof(eta));
+			}
+			if (active == 0)
+				snprintf(eta, sizeof(eta), "nothing in progress");
+			printf("\033[H\033[2J");
+			print_status(stdout, j, user, 1, eta);
+			printf("\n(refreshing every second; Ctrl-C to quit)\n");
+			fflush(stdout);
+			json_decref(j);
+			if (active == 0)
+				break;
+			sleep(1);
+		}
+	}
+}
+
+/* ---- log ----------------------------------------------------------------- */
+
+static void cmd_log(int argc, char **argv)
+{
+	const char *user = NULL, *wave = NULL, *since = NULL, *limit = NULL;
+	int json = 0;
+	char path[1024] = "/v1/log";
+	json_t *j, *e;
+	size_t i;
+
+	for (int k = 1; k < argc; k++) {
+		if (strcmp(argv[k], "--user") == 0 && k + 1 < argc)
+			user = argv[++k];
+		else if (strcmp(argv[k], "--wave") == 0 && k + 1 < argc)
+			wave = argv[++k];
+		else if (strcmp(argv[k], "--since") == 0 && k + 1 < argc)
+			since = argv[++k];
+		else if (strcmp(argv[k], "--limit") == 0 && k + 1 < argc)
+			limit = argv[++k];
+		else if (strcmp(argv[k], "--json") == 0)
+			json = 1;
+		else
+			usage();
+	}
+	add_query(path, sizeof(path), "user", user);
+	add_query(path, sizeof(path), "wave", wave);
+	add_query(path, sizeof(path), "since", since);
+	add_query(path, sizeof(path), "limit", limit);
+	j = call("GET", path, NULL);
+	if (json) {
+		json_dumpf(json_object_get(j, "entries"), stdout, JSON_INDENT(2));
+		printf("\n");
+	} else {
+		json_array_foreach(json_object_get(j, "entries"), i, e) {
+			char ts[64];
+			fmt_time(jint(e, "time"), ts, sizeof(ts));
+			printf("%s %-14s user=%s", ts, jstr(e, "event"),
+			       *jstr(e, "user") ? jstr(e, "user") : "-");
+			if (*jstr(e, "folder"))
+				printf(" folder=\"%s\"", jstr(e, "folder"));
+			if (jint(e, "copied") || jint(e, "messages"))
+				printf(" copied=%lld messages=%lld", jint(e, "copied"), jint(e, "messages"));
+			if (*jstr(e, "error"))
+				printf(" error=\"%s\"", jstr(e, "error"));
+			printf("\n");
+		}
+	}
+	json_decref(j);
+}
+
+int main(int argc, char **argv)
+{
+	const char *conf = NULL, *api = NULL, *token_file = NULL;
+	int i;
+
+	for (i = 1; i < argc && argv[i][0] == '-'; i++) {
+		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+			conf = argv[++i];
+		else if (strcmp(argv[i], "--api") == 0 && i + 1 < argc)
+			api = argv[++i];
+		else if (strcmp(argv[i], "--token-file") == 0 && i + 1 < argc)
+			token_file = argv[++i];
+		else
+			usage();
+	}
+	if (i >= argc)
+		usage();
+	signal(SIGPIPE, SIG_IGN);
+	setup(conf, api, token_file);
+	argc -= i;
+	argv += i;
+	if (strcmp(argv[0], "import") == 0)
+		cmd_import(argc, argv);
+	else if (strcmp(argv[0], "wave") == 0)
+		cmd_wave(argc, argv);
+	else if (strcmp(argv[0], "start") == 0 || strcmp(argv[0], "pause") == 0 ||
+		 strcmp(argv[0], "resume") == 0 || strcmp(argv[0], "sync") == 0)
+		cmd_simple(argc, argv);
+	else if (strcmp(argv[0], "status") == 0)
+		cmd_status(argc, argv);
+	else if (strcmp(argv[0], "log") == 0)
+		cmd_log(argc, argv);
+	else
+		usage();
+	explicit_bzero(token, strlen(token));
+	free(token);
+	return 0;
+}

@@ -1,0 +1,375 @@
+/* ferryd: one libevent loop running the admin API, the scheduler tick and
+   the doveadm requests. Foreground process (systemd Type=simple).
+     ferryd -c /etc/ferry/ferryd.conf      run
+     ferryd -c /etc/ferry/ferryd.conf -t   check the configuration and exit
+   SIGTERM/SIGINT: stop starting pulls, wait up to drain_timeout for those
+   in flight, exit. SIGHUP: reload the configuration. */
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "config.h"
+#include "dispatch.h"
+#include "doveadm.h"
+#include "evlog.h"
+#include "scheduler.h"
+#include "store.h"
+
+struct daemon {
+	const char *conf_path;
+	struct ferry_config cfg;
+	struct event_base *base;
+	struct store *st;
+	struct api *api;
+	struct doveadm_client *dc;
+	struct dispatch *disp;
+	struct sched_running run;
+	struct event *tick, *kick, *drain_timer;
+	int draining;
+};
+
+struct snapshot {
+	struct user_rec *users;
+	size_t nusers, cap;
+	struct wave_rec *waves;
+	size_t nwaves, wcap;
+};
+
+static int snap_user(const struct user_rec *u, void *ctx)
+{
+	struct snapshot *s = ctx;
+
+	if (u->state != US_PRESYNC && u->state != US_CUTOVER)
+		return 0;
+	if (s->nusers == s->cap)
+		s->users = realloc(s->users, (s->cap = s->cap ? s->cap * 2 : 64) * sizeof(*s->users));
+	s->users[s->nusers++] = *u;
+	return 0;
+}
+
+static int snap_wave(const struct wave_rec *w, void *ctx)
+{
+	struct snapshot *s = ctx;
+
+	if (s->nwaves == s->wcap)
+		s->waves = realloc(s->waves, (s->wcap = s->wcap ? s->wcap * 2 : 16) * sizeof(*s->waves));
+	s->waves[s->nwaves++] = *w;
+	return 0;
+}
+
+static void schedule(struct daemon *d)
+{
+	struct snapshot s = { 0 };
+	struct sched_limits lim = { d->cfg.max_concurrent, d->cfg.max_per_host };
+	struct sched_cand *cands;
+	size_t *picked, n;
+	char buf[16];
+	int paused;
+	time_t now = time(NULL);
+	struct tm tm;
+
+	if (d->draining || d->run.total >= d->cfg.max_concurrent)
+		return;
+	paused = d->st->setting_get(d->st, "paused", buf, sizeof(buf)) == 0 && buf[0] == '1';
+	if (paused)
+		return;
+	if (d->st->wave_each(d->st, snap_wave, &s) < 0 ||
+	    d->st->user_each(d->st, NULL, snap_user, &s) < 0) {
+		evlog("error", "store-error", "error", d->st->error(d->st), NULL);
+		goto out;
+	}
+	localtime_r(&now, &tm);
+	cands = calloc(s.nusers + 1, sizeof(*cands));
+	picked = calloc(s.nusers + 1, sizeof(*picked));
+	for (size_t i = 0; i < s.nusers; i++) {
+		cands[i].user = &s.users[i];
+		for (size_t k = 0; k < s.nwaves; k++)
+			if (s.waves[k].id == s.users[i].wave_id)
+				cands[i].wave = &s.waves[k];
+	}
+	n = sched_pick(&lim, cands, s.nusers, &d->run, paused, now,
+		       tm.tm_hour * 60 + tm.tm_min, picked, s.nusers);
+	for (size_t i = 0; i < n; i++) {
+		const struct user_rec *u = cands[picked[i]].user;
+		if (dispatch_start(d->disp, u) < 0)
+			sched_running_remove(&d->run, u->ep.host);
+	}
+	free(cands);
+	free(picked);
+out:
+	free(s.users);
+	free(s.waves);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	schedule(arg);
+}
+
+static void kick(void *arg)
+{
+	struct daemon *d = arg;
+
+	event_active(d->kick, EV_TIMEOUT, 0);
+}
+
+static void on_job_done(const char *user, const char *host, void *arg)
+{
+	struct daemon *d = arg;
+
+	(void)user;
+	sched_running_remove(&d->run, host);
+	if (d->draining) {
+		if (dispatch_in_flight(d->disp) == 0) {
+			evlog("info", "drained", NULL);
+			event_base_loopexit(d->base, NULL);
+		}
+		return;
+	}
+	kick(d);
+}
+
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	char n[16];
+
+	(void)fd;
+	(void)what;
+	snprintf(n, sizeof(n), "%d", dispatch_in_flight(d->disp));
+	evlog("warning", "drain-timeout", "abandoned", n, NULL);
+	dispatch_cancel_all(d->disp);
+	event_base_loopexit(d->base, NULL);
+}
+
+static void on_term(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon *d = arg;
+	struct timeval tv = { d->cfg.drain_timeout, 0 };
+	char n[16];
+
+	(void)what;
+	if (d->draining)
+		return;
+	d->draining = 1;
+	snprintf(n, sizeof(n), "%d", dispatch_in_flight(d->disp));
+	evlog("info", "draining", "signal", sig == SIGINT ? "INT" : "TERM", "in_flight", n, NULL);
+	if (dispatch_in_flight(d->disp) == 0) {
+		event_base_loopexit(d->base, NULL);
+		return;
+	}
+	d->drain_timer = evtimer_new(d->base, on_drain_timeout, d);
+	evtimer_add(d->drain_timer, &tv);
+}
+
+static int load_doveadm_key(struct daemon *d, const struct ferry_config *cfg, char **err)
+{
+	char *key = config_read_secret(cfg->doveadm_api_key_file, err);
+
+	if (key == NULL)
+		return -1;
+	doveadm_client_configure(d->dc, cfg->doveadm_host, cfg->doveadm_port, key,
+				 cfg->pull_timeout);
+	explicit_bzero(key, strlen(key));
+	free(key);
+	return 0;
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon *d = arg;
+	struct ferry_config nc;
+	char *err = NULL;
+	struct timeval tv;
+
+	(void)sig;
+	(void)what;
+	config_defaults(&nc);
+	if (config_load(d->conf_path, &nc, &err) < 0 ||
+	    api_load_secrets(d->api, &nc, &err) < 0 ||
+	    load_doveadm_key(d, &nc, &err) < 0) {
+		evlog("error", "reload-failed", "error", err, "keeping", "previous configuration", NULL);
+		free(err);
+		config_free(&nc);
+		return;
+	}
+	if (strcmp(nc.state_db, d->cfg.state_db) != 0 ||
+	    strcmp(nc.listen_host, d->cfg.listen_host) != 0 || nc.listen_port != d->cfg.listen_port)
+		evlog("warning", "reload", "note", "listen and state_db change only on restart", NULL);
+	/* swap the changeable settings in place (dispatch holds &d->cfg) */
+#define SWAP_STR(f) do { char *t = d->cfg.f; d->cfg.f = nc.f; nc.f = t; } while (0)
+	SWAP_STR(doveadm_host);
+	SWAP_STR(doveadm_api_key_file);
+	SWAP_STR(api_token_file);
+	SWAP_STR(secret_key_file);
+	SWAP_STR(log_file);
+	d->cfg.doveadm_port = nc.doveadm_port;
+	d->cfg.max_concurrent = nc.max_concurrent;
+	d->cfg.max_per_host = nc.max_per_host;
+	d->cfg.retry_limit = nc.retry_limit;
+	d->cfg.retry_base = nc.retry_base;
+	d->cfg.retry_max_delay = nc.retry_max_delay;
+	d->cfg.pull_timeout = nc.pull_timeout;
+	d->cfg.drain_timeout = nc.drain_timeout;
+	d->cfg.max_body = nc.max_body;
+	d->cfg.tick_ms = nc.tick_ms;
+	config_free(&nc);
+	if (evlog_open(d->cfg.log_file) < 0)
+		evlog("error", "reload", "error", "cannot open log_file", NULL);
+	api_reconfigure(d->api, &d->cfg);
+	tv.tv_sec = d->cfg.tick_ms / 1000;
+	tv.tv_usec = (d->cfg.tick_ms % 1000) * 1000;
+	evtimer_add(d->tick, &tv);
+	evlog("info", "reloaded", "config", d->conf_path, NULL);
+	kick(d);
+}
+
+static int recover_one(const struct user_rec *cu, void *ctx)
+{
+	struct store *st = ctx;
+	struct user_rec u = *cu;
+	struct log_rec l;
+
+	if (!u.running)
+		return 0;
+	u.running = 0;
+	if (st->user_update(st, &u) < 0)
+		return -1;
+	memset(&l, 0, sizeof(l));
+	l.time = time(NULL);
+	snprintf(l.user, sizeof(l.user), "%s", u.name);
+	snprintf(l.event, sizeof(l.event), "pull-interrupted");
+	snprintf(l.error, sizeof(l.error), "ferryd stopped during the pull; resuming");
+	evlog("warning", "pull-interrupted", "user", u.name, NULL);
+	return st->log_add(st, &l);
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: ferryd -c CONFIG [-t]\n"
+		"  -c CONFIG  configuration file (docs/ferryd.md)\n"
+		"  -t         check the configuration and exit\n");
+}
+
+int main(int argc, char **argv)
+{
+	struct daemon d;
+	struct event *ev_term, *ev_int, *ev_hup;
+	struct timeval tv;
+	char *err = NULL;
+	int opt, test = 0, ret = 1;
+
+	memset(&d, 0, sizeof(d));
+	while ((opt = getopt(argc, argv, "c:th")) != -1) {
+		switch (opt) {
+		case 'c': d.conf_path = optarg; break;
+		case 't': test = 1; break;
+		default: usage(); return 2;
+		}
+	}
+	if (d.conf_path == NULL || optind != argc) {
+		usage();
+		return 2;
+	}
+	config_defaults(&d.cfg);
+	if (config_load(d.conf_path, &d.cfg, &err) < 0) {
+		fprintf(stderr, "ferryd: invalid configuration: %s\n", err);
+		free(err);
+		config_free(&d.cfg);
+		return 1;
+	}
+	if (test) {
+		char *s;
+		if ((s = config_read_secret(d.cfg.api_token_file, &err)) == NULL ||
+		    (free(s), s = config_read_secret(d.cfg.doveadm_api_key_file, &err)) == NULL) {
+			fprintf(stderr, "ferryd: invalid configuration: %s\n", err);
+			free(err);
+			config_free(&d.cfg);
+			return 1;
+		}
+		free(s);
+		printf("ferryd: configuration %s is valid\n", d.conf_path);
+		config_free(&d.cfg);
+		return 0;
+	}
+	if (evlog_open(d.cfg.log_file) < 0) {
+		fprintf(stderr, "ferryd: cannot open log_file %s\n", d.cfg.log_file);
+		config_free(&d.cfg);
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	d.st = store_sqlite_new();
+	if (d.st->open(d.st, d.cfg.state_db) < 0) {
+		fprintf(stderr, "ferryd: state database %s: %s\n", d.cfg.state_db, d.st->error(d.st));
+		evlog("error", "store-open-failed", "db", d.cfg.state_db, "error", d.st->error(d.st), NULL);
+		goto out;
+	}
+	if (d.st->user_each(d.st, NULL, recover_one, d.st) < 0) {
+		fprintf(stderr, "ferryd: recovery: %s\n", d.st->error(d.st));
+		goto out;
+	}
+	d.base = event_base_new();
+	d.dc = doveadm_client_new(d.base);
+	if (load_doveadm_key(&d, &d.cfg, &err) < 0) {
+		fprintf(stderr, "ferryd: invalid configuration: %s\n", err);
+		free(err);
+		goto out;
+	}
+	d.api = api_new(d.base, d.st, &d.cfg, kick, &d, &err);
+	if (d.api == NULL) {
+		fprintf(stderr, "ferryd: %s\n", err);
+		evlog("error", "start-failed", "error", err, NULL);
+		free(err);
+		goto out;
+	}
+	d.disp = dispatch_new(d.st, d.dc, &d.cfg, on_job_done, &d);
+	d.tick = event_new(d.base, -1, EV_PERSIST, on_tick, &d);
+	d.kick = event_new(d.base, -1, 0, on_tick, &d);
+	tv.tv_sec = d.cfg.tick_ms / 1000;
+	tv.tv_usec = (d.cfg.tick_ms % 1000) * 1000;
+	evtimer_add(d.tick, &tv);
+	ev_term = evsignal_new(d.base, SIGTERM, on_term, &d);
+	ev_int = evsignal_new(d.base, SIGINT, on_term, &d);
+	ev_hup = evsignal_new(d.base, SIGHUP, on_hup, &d);
+	evsignal_add(ev_term, NULL);
+	evsignal_add(ev_int, NULL);
+	evsignal_add(ev_hup, NULL);
+	{
+		char port[16], pid[16];
+		snprintf(port, sizeof(port), "%d", d.cfg.listen_port);
+		snprintf(pid, sizeof(pid), "%d", (int)getpid());
+		evlog("info", "started", "listen", d.cfg.listen_host, "port", port, "pid", pid,
+		      "db", d.cfg.state_db, NULL);
+	}
+	kick(&d);
+	event_base_dispatch(d.base);
+	evlog("info", "stopped", NULL);
+	ret = 0;
+	dispatch_free(d.disp);
+	event_free(ev_term);
+	event_free(ev_int);
+	event_free(ev_hup);
+	event_free(d.tick);
+	event_free(d.kick);
+	if (d.drain_timer != NULL)
+		event_free(d.drain_timer);
+out:
+	api_free(d.api);
+	doveadm_client_free(d.dc);
+	if (d.base != NULL)
+		event_base_free(d.base);
+	if (d.st != NULL) {
+		d.st->close(d.st);
+		store_free(d.st);
+	}
+	config_free(&d.cfg);
+	evlog_close();
+	return ret;
+}

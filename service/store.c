@@ -1,0 +1,33 @@
+/* Backend-independent parts of the store interface. */
+#include "store.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const state_names[US_COUNT] = {
+	"pending", "presync", "cutover", "verified", "done", "failed",
+};
+
+const char *user_state_name(enum user_state s)
+{
+	return (unsigned)s < US_COUNT ? state_names[s] : "unknown";
+}
+
+int user_state_parse(const char *name, enum user_state *s)
+{
+	for (int i = 0; i < US_COUNT; i++) {
+		if (strcmp(name, state_names[i]) == 0) {
+			*s = (enum user_state)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+void store_free(struct store *st)
+{
+	if (st == NULL)
+		return;
+	free(st->priv);
+	free(st);
+}

@@ -1,0 +1,139 @@
+/* ferryd's state behind one interface (OpenSMTPD queue_backend style): the
+   scheduler, dispatcher and API only call these function pointers, so a
+   PostgreSQL backend is a new store_pgsql.c, not a change elsewhere.
+   Every call returns 0 on success, STORE_NOTFOUND where stated, or -1 with
+   store->error() describing the failure. */
+#ifndef FERRY_STORE_H
+#define FERRY_STORE_H
+
+#include <stdint.h>
+
+#define STORE_NOTFOUND 1
+
+enum user_state {
+	US_PENDING,  /* imported, not started */
+	US_PRESYNC,  /* started: copied in the background */
+	US_CUTOVER,  /* served by the new server: copied first */
+	US_VERIFIED, /* copy checked */
+	US_DONE,     /* every folder complete */
+	US_FAILED,   /* retries exhausted; last_error says why */
+	US_COUNT
+};
+const char *user_state_name(enum user_state s);
+int user_state_parse(const char *name, enum user_state *s);
+
+struct endpoint_rec {
+	int64_t id;
+	char host[256];
+	int port;
+	char tls[16];  /* none | imaps | starttls */
+	char auth[16]; /* master | password */
+};
+
+struct wave_rec {
+	int64_t id;          /* creation order = scheduling order */
+	char name[128];
+	int64_t start_after; /* epoch seconds, 0 = at once */
+	int win_start;       /* maintenance window, minutes after local */
+	int win_end;         /* midnight; -1 = always */
+	int paused;
+};
+
+struct user_rec {
+	int64_t id;
+	char name[256];
+	char old_login[256];
+	char new_login[256];
+	int64_t endpoint_id;
+	struct endpoint_rec ep; /* filled by user_get/user_each */
+	char wave[128];         /* "" = none */
+	int64_t wave_id;        /* 0 = none; filled by user_get/user_each */
+	enum user_state state;
+	int paused;
+	int running;            /* a pull is in flight (0 after a restart) */
+	int attempts;           /* failed attempts since the last success */
+	int64_t next_attempt;   /* not before (epoch seconds) */
+	int64_t sync_seq;       /* > 0: "sync now" requested, in this order */
+	char last_error[1024];
+	int64_t started_at, finished_at, updated_at;
+	char *password_enc;     /* encrypted, base64; NULL = none (user_add) */
+};
+
+struct folder_rec {
+	char user[256];
+	char name[512];
+	char state[16];         /* plugin's: new partial complete local failed */
+	int64_t old_messages;   /* on the old server (-1 unknown) */
+	int64_t messages;       /* on the new server */
+	int64_t copied, renumbered;
+	int64_t bytes;          /* -1: not reported */
+	int64_t updated_at;
+};
+
+struct log_rec {
+	int64_t id;
+	int64_t time;
+	char user[256];
+	char folder[512];
+	char event[64];
+	int64_t copied, messages;
+	char error[1024];
+};
+
+struct log_filter {
+	const char *user;  /* NULL = any */
+	const char *wave;  /* NULL = any */
+	int64_t since;     /* 0 = all */
+	int limit;         /* 0 = no limit (newest last) */
+};
+
+struct store {
+	const char *backend;
+	void *priv;
+
+	int (*open)(struct store *st, const char *path);
+	void (*close)(struct store *st);
+	const char *(*error)(struct store *st);
+	int (*schema_version)(struct store *st);
+
+	int (*begin)(struct store *st);
+	int (*commit)(struct store *st);
+	int (*rollback)(struct store *st);
+
+	/* key/value settings (e.g. "paused" = "1"); NOTFOUND if unset */
+	int (*setting_get)(struct store *st, const char *key, char *buf, int len);
+	int (*setting_set)(struct store *st, const char *key, const char *value);
+
+	/* returns the id of an equal endpoint, adding it if new */
+	int (*endpoint_ensure)(struct store *st, struct endpoint_rec *ep);
+
+	int (*wave_add)(struct store *st, struct wave_rec *w);
+	int (*wave_get)(struct store *st, const char *name, struct wave_rec *w);
+	int (*wave_update)(struct store *st, const struct wave_rec *w);
+	int (*wave_each)(struct store *st,
+			 int (*cb)(const struct wave_rec *w, void *ctx), void *ctx);
+
+	int (*user_add)(struct store *st, struct user_rec *u);
+	int (*user_get)(struct store *st, const char *name, struct user_rec *u);
+	/* writes every mutable field (wave by name, state, flags, times) */
+	int (*user_update)(struct store *st, const struct user_rec *u);
+	/* wave NULL = every user; in id order */
+	int (*user_each)(struct store *st, const char *wave,
+			 int (*cb)(const struct user_rec *u, void *ctx), void *ctx);
+
+	int (*folder_put)(struct store *st, const struct folder_rec *f);
+	int (*folder_each)(struct store *st, const char *user,
+			   int (*cb)(const struct folder_rec *f, void *ctx), void *ctx);
+
+	/* append-only */
+	int (*log_add)(struct store *st, const struct log_rec *l);
+	int (*log_each)(struct store *st, const struct log_filter *flt,
+			int (*cb)(const struct log_rec *l, void *ctx), void *ctx);
+};
+
+/* Backends */
+struct store *store_sqlite_new(void);
+/* Frees a store made by any backend (after close). */
+void store_free(struct store *st);
+
+#endif

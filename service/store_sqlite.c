@@ -1,0 +1,552 @@
+/* The SQLite store: one file, WAL, schema versioned by PRAGMA user_version
+   and brought up to date by the migrations below at open. */
+#include "store.h"
+
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct sq {
+	sqlite3 *db;
+	char err[512];
+};
+
+/* Migration N brings the schema from version N to N+1. Append only. */
+static const char *const migrations[] = {
+	/* 0 -> 1 */
+	"CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+	"CREATE TABLE endpoints (id INTEGER PRIMARY KEY, host TEXT NOT NULL,"
+	" port INTEGER NOT NULL, tls TEXT NOT NULL, auth TEXT NOT NULL,"
+	" UNIQUE (host, port, tls, auth));"
+	"CREATE TABLE waves (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+	" start_after INTEGER NOT NULL DEFAULT 0, win_start INTEGER NOT NULL DEFAULT -1,"
+	" win_end INTEGER NOT NULL DEFAULT -1, paused INTEGER NOT NULL DEFAULT 0);"
+	"CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+	" old_login TEXT NOT NULL, new_login TEXT NOT NULL,"
+	" endpoint_id INTEGER NOT NULL REFERENCES endpoints(id),"
+	" wave_id INTEGER REFERENCES waves(id), state TEXT NOT NULL,"
+	" paused INTEGER NOT NULL DEFAULT 0, running INTEGER NOT NULL DEFAULT 0,"
+	" attempts INTEGER NOT NULL DEFAULT 0, next_attempt INTEGER NOT NULL DEFAULT 0,"
+	" sync_seq INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',"
+	" started_at INTEGER NOT NULL DEFAULT 0, finished_at INTEGER NOT NULL DEFAULT 0,"
+	" updated_at INTEGER NOT NULL DEFAULT 0, password_enc TEXT);"
+	"CREATE TABLE folders (user_id INTEGER NOT NULL REFERENCES users(id),"
+	" name TEXT NOT NULL, state TEXT NOT NULL, old_messages INTEGER NOT NULL,"
+	" messages INTEGER NOT NULL, copied INTEGER NOT NULL, renumbered INTEGER NOT NULL,"
+	" bytes INTEGER NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY (user_id, name));"
+	"CREATE TABLE log (id INTEGER PRIMARY KEY, time INTEGER NOT NULL, user TEXT NOT NULL,"
+	" folder TEXT NOT NULL, event TEXT NOT NULL, copied INTEGER NOT NULL,"
+	" messages INTEGER NOT NULL, error TEXT NOT NULL);"
+	"CREATE TRIGGER log_no_update BEFORE UPDATE ON log"
+	" BEGIN SELECT RAISE(ABORT, 'the migration log is append-only'); END;"
+	"CREATE TRIGGER log_no_delete BEFORE DELETE ON log"
+	" BEGIN SELECT RAISE(ABORT, 'the migration log is append-only'); END;",
+	/* 1 -> 2: log queries by user and time */
+	"CREATE INDEX log_user_time ON log (user, time);"
+	"CREATE INDEX users_wave ON users (wave_id);",
+};
+#define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+static struct sq *SQ(struct store *st)
+{
+	return st->priv;
+}
+
+static int sq_fail(struct store *st, const char *what)
+{
+	struct sq *s = SQ(st);
+
+	snprintf(s->err, sizeof(s->err), "%s: %s", what,
+		 s->db != NULL ? sqlite3_errmsg(s->db) : "no database");
+	return -1;
+}
+
+static const char *sq_error(struct store *st)
+{
+	return SQ(st)->err;
+}
+
+static int exec(struct store *st, const char *sql)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(SQ(st)->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		snprintf(SQ(st)->err, sizeof(SQ(st)->err), "%s", msg ? msg : "sqlite error");
+		sqlite3_free(msg);
+		return -1;
+	}
+	return 0;
+}
+
+static sqlite3_stmt *prep(struct store *st, const char *sql)
+{
+	sqlite3_stmt *stmt = NULL;
+
+	if (sqlite3_prepare_v2(SQ(st)->db, sql, -1, &stmt, NULL) != SQLITE_OK) {
+		sq_fail(st, "prepare");
+		return NULL;
+	}
+	return stmt;
+}
+
+/* binds "s" text, "i" int64, "t" text-or-NULL */
+static sqlite3_stmt *prepf(struct store *st, const char *sql, const char *types, ...)
+{
+	sqlite3_stmt *stmt = prep(st, sql);
+	va_list ap;
+	int i;
+
+	if (stmt == NULL)
+		return NULL;
+	va_start(ap, types);
+	for (i = 0; types[i] != '\0'; i++) {
+		if (types[i] == 'i')
+			sqlite3_bind_int64(stmt, i + 1, va_arg(ap, int64_t));
+		else {
+			const char *v = va_arg(ap, const char *);
+			if (v == NULL || (types[i] == 't' && *v == '\0'))
+				sqlite3_bind_null(stmt, i + 1);
+			else
+				sqlite3_bind_text(stmt, i + 1, v, -1, SQLITE_TRANSIENT);
+		}
+	}
+	va_end(ap);
+	return stmt;
+}
+
+/* runs a statement without rows */
+static int run(struct store *st, sqlite3_stmt *stmt, const char *what)
+{
+	int rc;
+
+	if (stmt == NULL)
+		return -1;
+	rc = sqlite3_step(stmt);
+	sqlite3_finalize(stmt);
+	if (rc != SQLITE_DONE)
+		return sq_fail(st, what);
+	return 0;
+}
+
+static void col_text(sqlite3_stmt *stmt, int col, char *buf, size_t len)
+{
+	const unsigned char *t = sqlite3_column_text(stmt, col);
+
+	snprintf(buf, len, "%s", t != NULL ? (const char *)t : "");
+}
+
+static int user_version(struct store *st)
+{
+	sqlite3_stmt *stmt = prep(st, "PRAGMA user_version");
+	int v = -1;
+
+	if (stmt != NULL && sqlite3_step(stmt) == SQLITE_ROW)
+		v = sqlite3_column_int(stmt, 0);
+	sqlite3_finalize(stmt);
+	return v;
+}
+
+static int sq_schema_version(struct store *st)
+{
+	return user_version(st);
+}
+
+static int migrate(struct store *st)
+{
+	int v;
+	char sql[64];
+
+	if (exec(st, "BEGIN IMMEDIATE") < 0)
+		return -1;
+	v = user_version(st);
+	if (v < 0 || v > SCHEMA_VERSION) {
+		exec(st, "ROLLBACK");
+		snprintf(SQ(st)->err, sizeof(SQ(st)->err),
+			 "database schema version %d is newer than this ferryd (%d)",
+			 v, SCHEMA_VERSION);
+		return -1;
+	}
+	for (; v < SCHEMA_VERSION; v++) {
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", v + 1);
+		if (exec(st, migrations[v]) < 0 || exec(st, sql) < 0) {
+			char keep[512];
+			snprintf(keep, sizeof(keep), "%s", SQ(st)->err);
+			exec(st, "ROLLBACK");
+			snprintf(SQ(st)->err, sizeof(SQ(st)->err),
+				 "migration to schema %d: %.400s", v + 1, keep);
+			return -1;
+		}
+	}
+	return exec(st, "COMMIT");
+}
+
+static int sq_open(struct store *st, const char *path)
+{
+	struct sq *s = SQ(st);
+
+	if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+			    NULL) != SQLITE_OK)
+		return sq_fail(st, path);
+	sqlite3_busy_timeout(s->db, 5000);
+	if (exec(st, "PRAGMA journal_mode = WAL") < 0 ||
+	    exec(st, "PRAGMA synchronous = NORMAL") < 0 ||
+	    exec(st, "PRAGMA foreign_keys = ON") < 0)
+		return -1;
+	return migrate(st);
+}
+
+static void sq_close(struct store *st)
+{
+	if (SQ(st)->db != NULL)
+		sqlite3_close(SQ(st)->db);
+	SQ(st)->db = NULL;
+}
+
+static int sq_begin(struct store *st)
+{
+	return exec(st, "BEGIN IMMEDIATE");
+}
+
+static int sq_commit(struct store *st)
+{
+	return exec(st, "COMMIT");
+}
+
+static int sq_rollback(struct store *st)
+{
+	return exec(st, "ROLLBACK");
+}
+
+static int sq_setting_get(struct store *st, const char *key, char *buf, int len)
+{
+	sqlite3_stmt *stmt = prepf(st, "SELECT value FROM settings WHERE key = ?", "s", key);
+	int rc;
+
+	if (stmt == NULL)
+		return -1;
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW)
+		col_text(stmt, 0, buf, (size_t)len);
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "setting_get");
+}
+
+static int sq_setting_set(struct store *st, const char *key, const char *value)
+{
+	return run(st, prepf(st, "INSERT INTO settings (key, value) VALUES (?, ?)"
+			     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+			     "ss", key, value), "setting_set");
+}
+
+static int sq_endpoint_ensure(struct store *st, struct endpoint_rec *ep)
+{
+	sqlite3_stmt *stmt;
+
+	if (run(st, prepf(st, "INSERT OR IGNORE INTO endpoints (host, port, tls, auth)"
+			  " VALUES (?, ?, ?, ?)", "siss", ep->host, (int64_t)ep->port,
+			  ep->tls, ep->auth), "endpoint_ensure") < 0)
+		return -1;
+	stmt = prepf(st, "SELECT id FROM endpoints WHERE host = ? AND port = ? AND"
+		     " tls = ? AND auth = ?", "siss", ep->host, (int64_t)ep->port,
+		     ep->tls, ep->auth);
+	if (stmt == NULL)
+		return -1;
+	if (sqlite3_step(stmt) != SQLITE_ROW) {
+		sqlite3_finalize(stmt);
+		return sq_fail(st, "endpoint_ensure");
+	}
+	ep->id = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	return 0;
+}
+
+#define WAVE_COLS "id, name, start_after, win_start, win_end, paused"
+
+static void wave_row(sqlite3_stmt *stmt, struct wave_rec *w)
+{
+	memset(w, 0, sizeof(*w));
+	w->id = sqlite3_column_int64(stmt, 0);
+	col_text(stmt, 1, w->name, sizeof(w->name));
+	w->start_after = sqlite3_column_int64(stmt, 2);
+	w->win_start = sqlite3_column_int(stmt, 3);
+	w->win_end = sqlite3_column_int(stmt, 4);
+	w->paused = sqlite3_column_int(stmt, 5);
+}
+
+static int sq_wave_add(struct store *st, struct wave_rec *w)
+{
+	if (run(st, prepf(st, "INSERT INTO waves (name, start_after, win_start, win_end,"
+			  " paused) VALUES (?, ?, ?, ?, ?)", "siiii", w->name, w->start_after,
+			  (int64_t)w->win_start, (int64_t)w->win_end, (int64_t)w->paused),
+		"wave_add") < 0)
+		return -1;
+	w->id = sqlite3_last_insert_rowid(SQ(st)->db);
+	return 0;
+}
+
+static int sq_wave_get(struct store *st, const char *name, struct wave_rec *w)
+{
+	sqlite3_stmt *stmt = prepf(st, "SELECT " WAVE_COLS " FROM waves WHERE name = ?",
+				   "s", name);
+	int rc;
+
+	if (stmt == NULL)
+		return -1;
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW)
+		wave_row(stmt, w);
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "wave_get");
+}
+
+static int sq_wave_update(struct store *st, const struct wave_rec *w)
+{
+	return run(st, prepf(st, "UPDATE waves SET start_after = ?, win_start = ?,"
+			     " win_end = ?, paused = ? WHERE id = ?", "iiiii", w->start_after,
+			     (int64_t)w->win_start, (int64_t)w->win_end, (int64_t)w->paused,
+			     w->id), "wave_update");
+}
+
+static int sq_wave_each(struct store *st, int (*cb)(const struct wave_rec *, void *),
+			void *ctx)
+{
+	sqlite3_stmt *stmt = prep(st, "SELECT " WAVE_COLS " FROM waves ORDER BY id");
+	struct wave_rec w;
+	int rc, ret = 0;
+
+	if (stmt == NULL)
+		return -1;
+	while (ret == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		wave_row(stmt, &w);
+		ret = cb(&w, ctx);
+	}
+	if (ret == 0 && rc != SQLITE_DONE)
+		ret = sq_fail(st, "wave_each");
+	sqlite3_finalize(stmt);
+	return ret;
+}
+
+#define USER_COLS "u.id, u.name, u.old_login, u.new_login, u.endpoint_id, e.host," \
+	" e.port, e.tls, e.auth, COALESCE(w.name, ''), COALESCE(u.wave_id, 0), u.state," \
+	" u.paused, u.running, u.attempts, u.next_attempt, u.sync_seq, u.last_error," \
+	" u.started_at, u.finished_at, u.updated_at"
+#define USER_FROM " FROM users u JOIN endpoints e ON e.id = u.endpoint_id" \
+	" LEFT JOIN waves w ON w.id = u.wave_id"
+
+static void user_row(sqlite3_stmt *stmt, struct user_rec *u)
+{
+	char state[32];
+
+	memset(u, 0, sizeof(*u));
+	u->id = sqlite3_column_int64(stmt, 0);
+	col_text(stmt, 1, u->name, sizeof(u->name));
+	col_text(stmt, 2, u->old_login, sizeof(u->old_login));
+	col_text(stmt, 3, u->new_login, sizeof(u->new_login));
+	u->endpoint_id = u->ep.id = sqlite3_column_int64(stmt, 4);
+	col_text(stmt, 5, u->ep.host, sizeof(u->ep.host));
+	u->ep.port = sqlite3_column_int(stmt, 6);
+	col_text(stmt, 7, u->ep.tls, sizeof(u->ep.tls));
+	col_text(stmt, 8, u->ep.auth, sizeof(u->ep.auth));
+	col_text(stmt, 9, u->wave, sizeof(u->wave));
+	u->wave_id = sqlite3_column_int64(stmt, 10);
+	col_text(stmt, 11, state, sizeof(state));
+	if (user_state_parse(state, &u->state) < 0)
+		u->state = US_FAILED;
+	u->paused = sqlite3_column_int(stmt, 12);
+	u->running = sqlite3_column_int(stmt, 13);
+	u->attempts = sqlite3_column_int(stmt, 14);
+	u->next_attempt = sqlite3_column_int64(stmt, 15);
+	u->sync_seq = sqlite3_column_int64(stmt, 16);
+	col_text(stmt, 17, u->last_error, sizeof(u->last_error));
+	u->started_at = sqlite3_column_int64(stmt, 18);
+	u->finished_at = sqlite3_column_int64(stmt, 19);
+	u->updated_at = sqlite3_column_int64(stmt, 20);
+}
+
+static int sq_user_add(struct store *st, struct user_rec *u)
+{
+	if (run(st, prepf(st, "INSERT INTO users (name, old_login, new_login, endpoint_id,"
+			  " wave_id, state, password_enc, updated_at) VALUES (?, ?, ?, ?,"
+			  " (SELECT id FROM waves WHERE name = ?), ?, ?, ?)", "sssitsti",
+			  u->name, u->old_login, u->new_login, u->endpoint_id, u->wave,
+			  user_state_name(u->state), u->password_enc,
+			  (int64_t)time(NULL)), "user_add") < 0)
+		return -1;
+	u->id = sqlite3_last_insert_rowid(SQ(st)->db);
+	return 0;
+}
+
+static int sq_user_get(struct store *st, const char *name, struct user_rec *u)
+{
+	sqlite3_stmt *stmt = prepf(st, "SELECT " USER_COLS USER_FROM " WHERE u.name = ?",
+				   "s", name);
+	int rc;
+
+	if (stmt == NULL)
+		return -1;
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW)
+		user_row(stmt, u);
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "user_get");
+}
+
+static int sq_user_update(struct store *st, const struct user_rec *u)
+{
+	return run(st, prepf(st, "UPDATE users SET wave_id = (SELECT id FROM waves WHERE"
+			     " name = ?), state = ?, paused = ?, running = ?, attempts = ?,"
+			     " next_attempt = ?, sync_seq = ?, last_error = ?, started_at = ?,"
+			     " finished_at = ?, updated_at = ? WHERE id = ?", "tsiiiiisiiii",
+			     u->wave, user_state_name(u->state), (int64_t)u->paused,
+			     (int64_t)u->running, (int64_t)u->attempts, u->next_attempt,
+			     u->sync_seq, u->last_error, u->started_at, u->finished_at,
+			     (int64_t)time(NULL), u->id), "user_update");
+}
+
+static int sq_user_each(struct store *st, const char *wave,
+			int (*cb)(const struct user_rec *, void *), void *ctx)
+{
+	sqlite3_stmt *stmt;
+	struct user_rec u;
+	int rc, ret = 0;
+
+	stmt = wave == NULL ? prep(st, "SELECT " USER_COLS USER_FROM " ORDER BY u.id") :
+		prepf(st, "SELECT " USER_COLS USER_FROM " WHERE w.name = ? ORDER BY u.id",
+		      "s", wave);
+	if (stmt == NULL)
+		return -1;
+	while (ret == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		user_row(stmt, &u);
+		ret = cb(&u, ctx);
+	}
+	if (ret == 0 && rc != SQLITE_DONE)
+		ret = sq_fail(st, "user_each");
+	sqlite3_finalize(stmt);
+	return ret;
+}
+
+static int sq_folder_put(struct store *st, const struct folder_rec *f)
+{
+	return run(st, prepf(st, "INSERT INTO folders (user_id, name, state, old_messages,"
+			     " messages, copied, renumbered, bytes, updated_at) SELECT id, ?, ?,"
+			     " ?, ?, ?, ?, ?, ? FROM users WHERE name = ?"
+			     " ON CONFLICT (user_id, name) DO UPDATE SET state = excluded.state,"
+			     " old_messages = excluded.old_messages, messages = excluded.messages,"
+			     " copied = excluded.copied, renumbered = excluded.renumbered,"
+			     " bytes = excluded.bytes, updated_at = excluded.updated_at",
+			     "ssiiiiiis", f->name, f->state, f->old_messages, f->messages,
+			     f->copied, f->renumbered, f->bytes, f->updated_at, f->user),
+		   "folder_put");
+}
+
+static int sq_folder_each(struct store *st, const char *user,
+			  int (*cb)(const struct folder_rec *, void *), void *ctx)
+{
+	sqlite3_stmt *stmt = prepf(st, "SELECT u.name, f.name, f.state, f.old_messages,"
+				   " f.messages, f.copied, f.renumbered, f.bytes, f.updated_at"
+				   " FROM folders f JOIN users u ON u.id = f.user_id"
+				   " WHERE u.name = ? ORDER BY f.name", "s", user);
+	struct folder_rec f;
+	int rc, ret = 0;
+
+	if (stmt == NULL)
+		return -1;
+	while (ret == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		memset(&f, 0, sizeof(f));
+		col_text(stmt, 0, f.user, sizeof(f.user));
+		col_text(stmt, 1, f.name, sizeof(f.name));
+		col_text(stmt, 2, f.state, sizeof(f.state));
+		f.old_messages = sqlite3_column_int64(stmt, 3);
+		f.messages = sqlite3_column_int64(stmt, 4);
+		f.copied = sqlite3_column_int64(stmt, 5);
+		f.renumbered = sqlite3_column_int64(stmt, 6);
+		f.bytes = sqlite3_column_int64(stmt, 7);
+		f.updated_at = sqlite3_column_int64(stmt, 8);
+		ret = cb(&f, ctx);
+	}
+	if (ret == 0 && rc != SQLITE_DONE)
+		ret = sq_fail(st, "folder_each");
+	sqlite3_finalize(stmt);
+	return ret;
+}
+
+static int sq_log_add(struct store *st, const struct log_rec *l)
+{
+	return run(st, prepf(st, "INSERT INTO log (time, user, folder, event, copied,"
+			     " messages, error) VALUES (?, ?, ?, ?, ?, ?, ?)", "isssiis",
+			     l->time, l->user, l->folder, l->event, l->copied, l->messages,
+			     l->error), "log_add");
+}
+
+static int sq_log_each(struct store *st, const struct log_filter *flt,
+		       int (*cb)(const struct log_rec *, void *), void *ctx)
+{
+	const char *sql =
+		"SELECT * FROM (SELECT id, time, user, folder, event, copied, messages, error"
+		" FROM log WHERE (?1 IS NULL OR user = ?1) AND time >= ?2 AND (?3 IS NULL OR"
+		" user IN (SELECT u.name FROM users u JOIN waves w ON w.id = u.wave_id"
+		" WHERE w.name = ?3)) ORDER BY id DESC LIMIT ?4) ORDER BY id";
+	sqlite3_stmt *stmt = prepf(st, sql, "sisi", flt->user, flt->since, flt->wave,
+				   (int64_t)(flt->limit > 0 ? flt->limit : -1));
+	struct log_rec l;
+	int rc, ret = 0;
+
+	if (stmt == NULL)
+		return -1;
+	while (ret == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		memset(&l, 0, sizeof(l));
+		l.id = sqlite3_column_int64(stmt, 0);
+		l.time = sqlite3_column_int64(stmt, 1);
+		col_text(stmt, 2, l.user, sizeof(l.user));
+		col_text(stmt, 3, l.folder, sizeof(l.folder));
+		col_text(stmt, 4, l.event, sizeof(l.event));
+		l.copied = sqlite3_column_int64(stmt, 5);
+		l.messages = sqlite3_column_int64(stmt, 6);
+		col_text(stmt, 7, l.error, sizeof(l.error));
+		ret = cb(&l, ctx);
+	}
+	if (ret == 0 && rc != SQLITE_DONE)
+		ret = sq_fail(st, "log_each");
+	sqlite3_finalize(stmt);
+	return ret;
+}
+
+struct store *store_sqlite_new(void)
+{
+	struct store *st = calloc(1, sizeof(*st));
+
+	st->backend = "sqlite";
+	st->priv = calloc(1, sizeof(struct sq));
+	st->open = sq_open;
+	st->close = sq_close;
+	st->error = sq_error;
+	st->schema_version = sq_schema_version;
+	st->begin = sq_begin;
+	st->commit = sq_commit;
+	st->rollback = sq_rollback;
+	st->setting_get = sq_setting_get;
+	st->setting_set = sq_setting_set;
+	st->endpoint_ensure = sq_endpoint_ensure;
+	st->wave_add = sq_wave_add;
+	st->wave_get = sq_wave_get;
+	st->wave_update = sq_wave_update;
+	st->wave_each = sq_wave_each;
+	st->user_add = sq_user_add;
+	st->user_get = sq_user_get;
+	st->user_update = sq_user_update;
+	st->user_each = sq_user_each;
+	st->folder_put = sq_folder_put;
+	st->folder_each = sq_folder_each;
+	st->log_add = sq_log_add;
+	st->log_each = sq_log_each;
+	return st;
+}

@@ -1,0 +1,170 @@
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "store.h"
+
+static char path[64];
+static struct store *st;
+
+static void setup(void)
+{
+	snprintf(path, sizeof(path), "/tmp/ferry-test-store-%d.db", (int)getpid());
+	unlink(path);
+	st = store_sqlite_new();
+	cr_assert_eq(st->open(st, path), 0, "%s", st->error(st));
+}
+
+static void teardown(void)
+{
+	char p[80];
+
+	st->close(st);
+	store_free(st);
+	unlink(path);
+	snprintf(p, sizeof(p), "%s-wal", path);
+	unlink(p);
+	snprintf(p, sizeof(p), "%s-shm", path);
+	unlink(p);
+}
+
+static void add_user(const char *name, const char *wave)
+{
+	struct endpoint_rec ep = { .port = 143 };
+	struct user_rec u;
+
+	snprintf(ep.host, sizeof(ep.host), "old.example");
+	snprintf(ep.tls, sizeof(ep.tls), "starttls");
+	snprintf(ep.auth, sizeof(ep.auth), "master");
+	cr_assert_eq(st->endpoint_ensure(st, &ep), 0, "%s", st->error(st));
+	memset(&u, 0, sizeof(u));
+	snprintf(u.name, sizeof(u.name), "%s", name);
+	snprintf(u.old_login, sizeof(u.old_login), "%s", name);
+	snprintf(u.new_login, sizeof(u.new_login), "%s", name);
+	snprintf(u.wave, sizeof(u.wave), "%s", wave);
+	u.endpoint_id = ep.id;
+	cr_assert_eq(st->user_add(st, &u), 0, "%s", st->error(st));
+}
+
+TestSuite(store, .init = setup, .fini = teardown);
+
+Test(store, schema_is_current_and_reopen_is_idempotent)
+{
+	int v = st->schema_version(st);
+
+	cr_assert_geq(v, 2);
+	st->close(st);
+	cr_assert_eq(st->open(st, path), 0, "%s", st->error(st));
+	cr_assert_eq(st->schema_version(st), v);
+}
+
+static int count_cb(const struct user_rec *u, void *ctx)
+{
+	(void)u;
+	(*(int *)ctx)++;
+	return 0;
+}
+
+Test(store, users_waves_and_rollback)
+{
+	struct wave_rec w = { .win_start = -1, .win_end = -1 };
+	struct user_rec u;
+	int n = 0;
+
+	snprintf(w.name, sizeof(w.name), "w1");
+	cr_assert_eq(st->wave_add(st, &w), 0);
+	add_user("alice", "w1");
+	add_user("bob", "");
+	cr_assert_eq(st->user_get(st, "alice", &u), 0);
+	cr_assert_str_eq(u.wave, "w1");
+	cr_assert_eq(u.wave_id, w.id);
+	cr_assert_str_eq(u.ep.host, "old.example");
+	cr_assert_eq(u.state, US_PENDING);
+	cr_assert_eq(st->user_get(st, "nobody", &u), STORE_NOTFOUND);
+	st->user_each(st, "w1", count_cb, &n);
+	cr_assert_eq(n, 1);
+
+	/* a transaction rolled back leaves nothing */
+	cr_assert_eq(st->begin(st), 0);
+	add_user("carol", "w1");
+	cr_assert_eq(st->rollback(st), 0);
+	cr_assert_eq(st->user_get(st, "carol", &u), STORE_NOTFOUND);
+
+	/* duplicates are refused */
+	{
+		struct user_rec dup;
+		cr_assert_eq(st->user_get(st, "bob", &dup), 0);
+		cr_assert_eq(st->user_add(st, &dup), -1);
+	}
+	cr_assert_eq(st->user_get(st, "bob", &u), 0);
+	u.state = US_FAILED;
+	u.attempts = 3;
+	snprintf(u.last_error, sizeof(u.last_error), "login failed");
+	snprintf(u.wave, sizeof(u.wave), "w1");
+	cr_assert_eq(st->user_update(st, &u), 0);
+	cr_assert_eq(st->user_get(st, "bob", &u), 0);
+	cr_assert_eq(u.state, US_FAILED);
+	cr_assert_eq(u.attempts, 3);
+	cr_assert_str_eq(u.last_error, "login failed");
+	cr_assert_str_eq(u.wave, "w1");
+}
+
+static int log_cb(const struct log_rec *l, void *ctx)
+{
+	strcat(ctx, l->event);
+	strcat(ctx, ",");
+	return 0;
+}
+
+Test(store, log_is_append_only_and_filtered)
+{
+	struct log_rec l = { .time = 100 };
+	struct log_filter f = { 0 };
+	char seen[256] = "";
+	char *err = NULL;
+
+	add_user("alice", "");
+	snprintf(l.user, sizeof(l.user), "alice");
+	snprintf(l.event, sizeof(l.event), "a");
+	cr_assert_eq(st->log_add(st, &l), 0);
+	l.time = 200;
+	snprintf(l.event, sizeof(l.event), "b");
+	cr_assert_eq(st->log_add(st, &l), 0);
+	snprintf(l.user, sizeof(l.user), "bob");
+	snprintf(l.event, sizeof(l.event), "c");
+	cr_assert_eq(st->log_add(st, &l), 0);
+	cr_assert_eq(st->log_each(st, &f, log_cb, seen), 0);
+	cr_assert_str_eq(seen, "a,b,c,");
+	seen[0] = '\0';
+	f.user = "alice";
+	f.since = 150;
+	cr_assert_eq(st->log_each(st, &f, log_cb, seen), 0);
+	cr_assert_str_eq(seen, "b,");
+	seen[0] = '\0';
+	f.user = NULL;
+	f.since = 0;
+	f.limit = 2;
+	cr_assert_eq(st->log_each(st, &f, log_cb, seen), 0);
+	cr_assert_str_eq(seen, "b,c,");
+	(void)err;
+}
+
+Test(store, settings_and_folders)
+{
+	char buf[16];
+	struct folder_rec f = { .old_messages = 10, .messages = 4, .bytes = -1 };
+
+	cr_assert_eq(st->setting_get(st, "paused", buf, sizeof(buf)), STORE_NOTFOUND);
+	cr_assert_eq(st->setting_set(st, "paused", "1"), 0);
+	cr_assert_eq(st->setting_get(st, "paused", buf, sizeof(buf)), 0);
+	cr_assert_str_eq(buf, "1");
+	add_user("alice", "");
+	snprintf(f.user, sizeof(f.user), "alice");
+	snprintf(f.name, sizeof(f.name), "INBOX");
+	snprintf(f.state, sizeof(f.state), "partial");
+	cr_assert_eq(st->folder_put(st, &f), 0);
+	f.messages = 10;
+	snprintf(f.state, sizeof(f.state), "complete");
+	cr_assert_eq(st->folder_put(st, &f), 0, "%s", st->error(st));
+}
