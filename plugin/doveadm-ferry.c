@@ -148,6 +148,55 @@ static struct doveadm_mail_cmd_context *ferry_cmd_sync_alloc(void)
 	return &ctx->ctx;
 }
 
+/* rollback: back to the old server, with what arrived here meanwhile */
+static void ferry_rollback_print(const struct ferry_rollback_result *res,
+				 const char *error, void *context)
+{
+	struct doveadm_mail_cmd_context *ctx = context;
+
+	doveadm_print(res->vname);
+	doveadm_print_num(res->appended);
+	doveadm_print(res->created ? "yes" : "no");
+	doveadm_print(error != NULL ? error : "");
+	if (error != NULL)
+		doveadm_mail_failed_error(ctx, MAIL_ERROR_TEMP);
+}
+
+static int ferry_cmd_rollback_run(struct doveadm_mail_cmd_context *_ctx,
+				  struct mail_user *user)
+{
+	const char *error = NULL;
+
+	if (!ferry_cmd_user_ok(_ctx, user))
+		return -1;
+	if (ferry_rollback_user(user, ferry_rollback_print, _ctx, &error) < 0) {
+		i_error("ferry rollback: %s", error);
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+		return -1;
+	}
+	return 0;
+}
+
+static void ferry_cmd_rollback_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
+				    const char *const args[] ATTR_UNUSED)
+{
+	doveadm_print_header_simple("folder");
+	doveadm_print_header_simple("appended");
+	doveadm_print_header_simple("created");
+	doveadm_print_header_simple("error");
+}
+
+static struct doveadm_mail_cmd_context *ferry_cmd_rollback_alloc(void)
+{
+	struct ferry_cmd_context *ctx;
+
+	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
+	ctx->ctx.v.init = ferry_cmd_rollback_init;
+	ctx->ctx.v.run = ferry_cmd_rollback_run;
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	return &ctx->ctx;
+}
+
 /* status: local facts from the folder headers; the old server is asked
    only about folders that are not complete. */
 static void ferry_status_folder(struct mail_user *user, const char *vname)
@@ -269,6 +318,14 @@ DOVEADM_CMD_PARAMS_END
 		.name = "ferry sync",
 		.usage = "",
 		.mail_cmd = ferry_cmd_sync_alloc,
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_MAIL_COMMON
+DOVEADM_CMD_PARAMS_END
+	},
+	{
+		.name = "ferry rollback",
+		.usage = "",
+		.mail_cmd = ferry_cmd_rollback_alloc,
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAMS_END

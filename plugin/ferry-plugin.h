@@ -73,6 +73,9 @@ struct ferry_box_hdr {
 	uint32_t copied;	/* messages copied by Ferry, in total */
 	uint32_t renumbered;	/* messages that could not keep their UID */
 	uint32_t completed_time;
+	/* rollback: local UIDs up to this were appended back to the old
+	   server */
+	uint32_t rolled_back_upto;
 };
 
 /* state.c */
@@ -130,6 +133,10 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 		      enum ferry_pull_mode mode,
 		      struct ferry_pull_result *result_r,
 		      enum mail_error *error_code_r, const char **error_r);
+int ferry_each_folder(struct mail_user *user,
+		      int (*func)(struct mail_user *user, const char *vname,
+				  void *context),
+		      void *context, const char **error_r);
 int ferry_pull_all(struct mail_user *user, enum ferry_pull_mode mode,
 		   void (*callback)(const struct ferry_pull_result *res,
 				    const char *error, void *context),
@@ -145,6 +152,18 @@ int ferry_mirror_messages(struct mailbox *box, struct mailbox *obox,
 int ferry_tree_mirror(struct mail_user *user, const char **error_r);
 int ferry_mirror_recreate(struct mail_user *user, const char *vname,
 			  const char **error_r);
+
+/* rollback.c: mail that arrived on the new server after cut-over goes
+   back to the old one */
+struct ferry_rollback_result {
+	const char *vname;
+	unsigned int appended;
+	bool created; /* the folder was made on the old server */
+};
+int ferry_rollback_user(struct mail_user *user,
+			void (*callback)(const struct ferry_rollback_result *res,
+					 const char *error, void *context),
+			void *context, const char **error_r);
 
 /* lazy.c: the storage overrides */
 void ferry_lazy_mailbox_allocated(struct mailbox *box);

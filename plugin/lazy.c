@@ -111,14 +111,14 @@ static int ferry_box_create(struct mailbox *box,
 	struct ferry_mailbox *fbox = FERRY_BOX_CONTEXT(box);
 	struct mail_user *user = box->storage->user;
 	struct ferry_box_hdr hdr;
-	bool active = ferry_lazy_active(user);
 
 	/* a CREATE of a folder the old server has answers "exists" */
-	if (active && ferry_lazy_tree(box) < 0)
+	if (ferry_lazy_active(user) && ferry_lazy_tree(box) < 0)
 		return -1;
 	if (fbox->module_ctx.super.create_box(box, update, directory) < 0)
 		return -1;
-	if (!active || directory)
+	/* also for a finished user: a rollback must know what is new here */
+	if (ferry_user_is_internal(user) || directory)
 		return 0;
 	/* created here, not on the old server: nothing will ever be copied
 	   into it, so it needs no old-server look-up later */

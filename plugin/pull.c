@@ -619,8 +619,7 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	return ret;
 }
 
-static int
-ferry_each_folder(struct mail_user *user,
+int ferry_each_folder(struct mail_user *user,
 		  int (*func)(struct mail_user *user, const char *vname,
 			      void *context),
 		  void *context, const char **error_r)

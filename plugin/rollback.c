@@ -1,0 +1,206 @@
+/* Rollback: a user goes back to the old server. Every message that arrived
+   on the new server after its folder was copied (UID at or above the old
+   UIDNEXT recorded at completion), and every folder made on the new server,
+   is appended to the old server through the same imapc session, with flags,
+   keywords and INTERNALDATE. The header records how far this went, so a
+   repeated rollback appends nothing twice; a folder touched here is marked
+   so that the next presync pass copies it again from the old server, which
+   is the truth again. */
+
+#include "lib.h"
+#include "array.h"
+#include "mail-namespace.h"
+#include "mail-search-build.h"
+#include "ferry-plugin.h"
+
+struct ferry_rollback_ctx {
+	void (*callback)(const struct ferry_rollback_result *res,
+			 const char *error, void *context);
+	void *context;
+	unsigned int failed;
+};
+
+static int ferry_rollback_open_old(struct mailbox *obox, bool *created_r,
+				   const char **error_r)
+{
+	enum mail_error err;
+
+	*created_r = FALSE;
+	if (mailbox_open(obox) == 0)
+		return 0;
+	(void)mailbox_get_last_internal_error(obox, &err);
+	if (err != MAIL_ERROR_NOTFOUND || mailbox_create(obox, NULL, FALSE) < 0 ||
+	    mailbox_open(obox) < 0) {
+		*error_r = t_strdup_printf("old server: %s",
+			mailbox_get_last_internal_error(obox, NULL));
+		return -1;
+	}
+	*created_r = TRUE;
+	return 0;
+}
+
+static int ferry_rollback_append(struct mailbox *box, struct mailbox *obox,
+				 uint32_t first_uid, uint32_t *last_uid_r,
+				 unsigned int *appended_r, const char **error_r)
+{
+	struct mailbox_transaction_context *t, *ot;
+	struct mail_search_args *args;
+	struct mail_search_arg *arg;
+	struct mail_search_context *search;
+	struct mail_save_context *save;
+	struct mail *mail;
+	int ret = 0;
+
+	t = mailbox_transaction_begin(box, 0, "ferry rollback");
+	ot = mailbox_transaction_begin(obox, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+				       "ferry rollback");
+	args = mail_search_build_init();
+	arg = mail_search_build_add(args, SEARCH_UIDSET);
+	p_array_init(&arg->value.seqset, args->pool, 1);
+	seq_range_array_add_range(&arg->value.seqset, first_uid, (uint32_t)-1);
+	search = mailbox_search_init(t, args, NULL, MAIL_FETCH_FLAGS |
+				     MAIL_FETCH_RECEIVED_DATE |
+				     MAIL_FETCH_STREAM_HEADER |
+				     MAIL_FETCH_STREAM_BODY, NULL);
+	mail_search_args_unref(&args);
+	while (ret == 0 && mailbox_search_next(search, &mail)) {
+		save = mailbox_save_alloc(ot);
+		mailbox_save_copy_flags(save, mail);
+		if (mailbox_copy(&save, mail) < 0) {
+			*error_r = t_strdup_printf("APPEND of UID %u to the "
+				"old server: %s", mail->uid,
+				mailbox_get_last_internal_error(obox, NULL));
+			ret = -1;
+			break;
+		}
+		*last_uid_r = mail->uid;
+		(*appended_r)++;
+	}
+	if (mailbox_search_deinit(&search) < 0 && ret == 0) {
+		*error_r = mailbox_get_last_internal_error(box, NULL);
+		ret = -1;
+	}
+	if (ret == 0 && mailbox_transaction_commit(&ot) < 0) {
+		*error_r = t_strdup_printf("old server: %s",
+			mailbox_get_last_internal_error(obox, NULL));
+		ret = -1;
+	}
+	if (ot != NULL)
+		mailbox_transaction_rollback(&ot);
+	mailbox_transaction_rollback(&t);
+	return ret;
+}
+
+static int ferry_rollback_folder(struct mail_user *user, const char *vname,
+				 void *context)
+{
+	struct ferry_rollback_ctx *ctx = context;
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct ferry_rollback_result res;
+	struct ferry_box_hdr hdr;
+	struct mail_user *old;
+	struct mailbox *box, *obox = NULL;
+	const char *error = NULL;
+	uint32_t first, last = 0;
+	int ret = 0;
+
+	i_zero(&res);
+	res.vname = vname;
+	ferry_internal_begin(user);
+	box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
+	if (mailbox_open(box) < 0 || mailbox_sync(box, 0) < 0) {
+		error = mailbox_get_last_internal_error(box, NULL);
+		ret = -1;
+	} else {
+		ferry_box_hdr_get(box, &hdr);
+		/* before completion nothing arrives locally (every access
+		   completes the folder first) */
+		first = hdr.state == FERRY_BOX_LOCAL ? 1 :
+			hdr.state == FERRY_BOX_COMPLETE ? hdr.old_uidnext :
+			/* no header: made here before Ferry marked new
+			   folders, or copied from the old tree and never
+			   opened (then empty) */
+			hdr.state == FERRY_BOX_UNKNOWN ? 1 : 0;
+		if (first != 0 && hdr.rolled_back_upto >= first)
+			first = hdr.rolled_back_upto + 1;
+		if (first != 0 && box->view != NULL &&
+		    mail_index_view_get_messages_count(box->view) > 0) {
+			uint32_t last_local;
+			mail_index_lookup_uid(box->view,
+				mail_index_view_get_messages_count(box->view),
+				&last_local);
+			if (last_local < first)
+				first = 0; /* nothing new here */
+		} else {
+			first = 0;
+		}
+		if (hdr.state == FERRY_BOX_LOCAL || first != 0) {
+			/* a never-opened folder from the old tree stays
+			   untouched: nothing of it is new */
+			ret = ferry_old_user_get(user, &old, &error);
+			if (ret == 0) {
+				obox = mailbox_alloc(mail_namespace_find_inbox(
+					old->namespaces)->list,
+					ferry_old_name(user, old, vname), 0);
+				ret = ferry_rollback_open_old(obox, &res.created,
+							      &error);
+			}
+			if (ret == 0 && first != 0)
+				ret = ferry_rollback_append(box, obox, first, &last,
+							    &res.appended, &error);
+			if (ret == 0) {
+				if (last != 0)
+					hdr.rolled_back_upto = last;
+				/* the old server is the truth again: the next
+				   presync pass copies this folder anew */
+				hdr.state = FERRY_BOX_COMPLETE;
+				hdr.old_uidvalidity = 0;
+				if (ferry_box_hdr_write(box, &hdr) < 0) {
+					error = mailbox_get_last_internal_error(box, NULL);
+					ret = -1;
+				}
+			}
+		}
+	}
+	if (ret < 0) {
+		ctx->failed++;
+		error = t_strdup_printf("folder %s: %s", vname, error);
+		i_error(FERRY_LOG_PREFIX "folder=%s event=rollback-failed "
+			"appended=%u error=%s", vname, res.appended, error);
+	} else if (res.appended > 0 || res.created) {
+		i_info(FERRY_LOG_PREFIX "folder=%s event=rolled-back "
+		       "appended=%u created=%s", vname, res.appended,
+		       res.created ? "yes" : "no");
+	}
+	ctx->callback(&res, error, ctx->context);
+	if (obox != NULL)
+		mailbox_free(&obox);
+	mailbox_free(&box);
+	ferry_internal_end(user);
+	return 0;
+}
+
+int ferry_rollback_user(struct mail_user *user,
+			void (*callback)(const struct ferry_rollback_result *res,
+					 const char *error, void *context),
+			void *context, const char **error_r)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	struct ferry_rollback_ctx ctx = {
+		.callback = callback, .context = context
+	};
+
+	if (ferry_each_folder(user, ferry_rollback_folder, &ctx, error_r) < 0)
+		return -1;
+	if (ctx.failed > 0) {
+		*error_r = t_strdup_printf("%u folders failed", ctx.failed);
+		return -1;
+	}
+	/* not done any more: the old server holds mail the new one lacks */
+	if (fuser->done != 0) {
+		fuser->done = 0;
+		if (ferry_user_state_write(user, error_r) < 0)
+			return -1;
+	}
+	return 0;
+}
