@@ -1,0 +1,190 @@
+/* ferry-imapcheck: preflight and verification from the command line, for
+ * tests and admins until ferryd/ferryctl drive them.
+ *
+ *   ferry-imapcheck preflight|verify --user U --old-host H --old-port P
+ *       [--new-host H --new-port P] [--{old,new}-tls none|imaps|starttls]
+ *       [--{old,new}-ca-file F] [--{old,new}-tls-name N] [--{old,new}-tls-insecure]
+ *       [--{old,new}-auth login|plain|xoauth2] [--{old,new}-auth-user MASTER]
+ *       [--{old,new}-master-separator S] [--timeout-ms N]
+ *       [--sample F] [--sample-seed N] [--folder NAME] [--text] [--json FILE]
+ *       --credentials FILE|-
+ *
+ * Secrets never come from argv (ps shows it): the credentials file (or
+ * stdin with "-") holds lines "old=SECRET" and "new=SECRET".
+ * Exit: 0 pass, 1 fail (differences found), 2 error. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "preflight.h"
+#include "verify.h"
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: ferry-imapcheck preflight|verify --user USER --old-host H [--old-port P]\n"
+		"       [--new-host H --new-port P] --credentials FILE|- [options]\n"
+		"  per server (--old-X / --new-X): host port tls(none|imaps|starttls) ca-file\n"
+		"       tls-name tls-insecure auth(login|plain|xoauth2) auth-user master-separator\n"
+		"  --timeout-ms N  --sample FRACTION  --sample-seed N  --folder NAME\n"
+		"  --text (text report instead of JSON)  --json FILE (also write JSON there)\n"
+		"  credentials file lines: old=SECRET new=SECRET\n");
+	exit(2);
+}
+
+static void log_cb(void *ctx, enum imap_log_level lvl, const char *msg)
+{
+	if (lvl >= IMAP_LOG_WARN)
+		fprintf(stderr, "ferry-imapcheck: %s: %s\n", lvl == IMAP_LOG_WARN ? "warning" : "error", msg);
+}
+
+static int set_side(struct imap_client_settings *s, const char *key, const char *val)
+{
+	if (strcmp(key, "host") == 0)
+		s->host = val;
+	else if (strcmp(key, "port") == 0)
+		s->port = (unsigned)atoi(val);
+	else if (strcmp(key, "tls") == 0)
+		s->tls = strcmp(val, "imaps") == 0      ? IMAP_TLS_IMAPS
+			 : strcmp(val, "starttls") == 0 ? IMAP_TLS_STARTTLS
+			 : strcmp(val, "none") == 0     ? IMAP_TLS_NONE
+							: (usage(), IMAP_TLS_NONE);
+	else if (strcmp(key, "ca-file") == 0)
+		s->ca_file = val;
+	else if (strcmp(key, "tls-name") == 0)
+		s->tls_name = val;
+	else if (strcmp(key, "auth") == 0)
+		s->auth = strcmp(val, "plain") == 0     ? IMAP_AUTH_PLAIN
+			  : strcmp(val, "xoauth2") == 0 ? IMAP_AUTH_XOAUTH2
+			  : strcmp(val, "login") == 0   ? IMAP_AUTH_LOGIN
+							: (usage(), IMAP_AUTH_LOGIN);
+	else if (strcmp(key, "auth-user") == 0)
+		s->auth_user = val;
+	else if (strcmp(key, "master-separator") == 0)
+		s->master_separator = val;
+	else
+		return -1;
+	return 0;
+}
+
+static char *read_secrets(const char *path, char **old_secret, char **new_secret)
+{
+	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+	if (f == NULL) {
+		fprintf(stderr, "ferry-imapcheck: cannot open credentials file %s\n", path);
+		exit(2);
+	}
+	static char buf[8192];
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf[n] = '\0';
+	if (f != stdin)
+		fclose(f);
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		size_t l = strlen(line);
+		if (l && line[l - 1] == '\r')
+			line[l - 1] = '\0';
+		if (strncmp(line, "old=", 4) == 0)
+			*old_secret = line + 4;
+		else if (strncmp(line, "new=", 4) == 0)
+			*new_secret = line + 4;
+	}
+	return buf;
+}
+
+int main(int argc, char **argv)
+{
+	struct imap_client_settings old = {.label = "old", .log = log_cb},
+				    new = {.label = "new", .log = log_cb};
+	const char *cred = NULL, *json_path = NULL, *user = NULL;
+	int text = 0, old_insecure = 0, new_insecure = 0;
+	unsigned timeout = 0;
+	struct verify_options vopt = {.sample = 1.0};
+	if (argc < 2)
+		usage();
+	const char *mode = argv[1];
+	if (strcmp(mode, "preflight") != 0 && strcmp(mode, "verify") != 0)
+		usage();
+	for (int i = 2; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		if (strcmp(a, "--text") == 0) {
+			text = 1;
+			continue;
+		}
+		if (strcmp(a, "--old-tls-insecure") == 0 || strcmp(a, "--new-tls-insecure") == 0) {
+			*(a[2] == 'o' ? &old_insecure : &new_insecure) = 1;
+			continue;
+		}
+		if (v == NULL)
+			usage();
+		i++;
+		if (strcmp(a, "--user") == 0)
+			user = v;
+		else if (strcmp(a, "--credentials") == 0)
+			cred = v;
+		else if (strcmp(a, "--json") == 0)
+			json_path = v;
+		else if (strcmp(a, "--timeout-ms") == 0)
+			timeout = (unsigned)atoi(v);
+		else if (strcmp(a, "--sample") == 0)
+			vopt.sample = atof(v);
+		else if (strcmp(a, "--sample-seed") == 0)
+			vopt.sample_seed = (unsigned)atoi(v);
+		else if (strcmp(a, "--folder") == 0)
+			vopt.only_folder = v;
+		else if (strncmp(a, "--old-", 6) == 0 && set_side(&old, a + 6, v) == 0)
+			;
+		else if (strncmp(a, "--new-", 6) == 0 && set_side(&new, a + 6, v) == 0)
+			;
+		else {
+			fprintf(stderr, "ferry-imapcheck: unknown option %s\n", a);
+			usage();
+		}
+	}
+	if (user == NULL || old.host == NULL || cred == NULL ||
+	    (strcmp(mode, "verify") == 0 && new.host == NULL))
+		usage();
+	char *old_secret = NULL, *new_secret = NULL;
+	char *secrets = read_secrets(cred, &old_secret, &new_secret);
+	old.user = new.user = user;
+	old.secret = old_secret;
+	new.secret = new_secret;
+	old.tls_insecure = old_insecure;
+	new.tls_insecure = new_insecure;
+	old.connect_timeout_ms = old.greeting_timeout_ms = timeout;
+	new.connect_timeout_ms = new.greeting_timeout_ms = timeout;
+	old.command_timeout_ms = new.command_timeout_ms = timeout;
+
+	char err[2048] = "";
+	json_t *report;
+	int passed;
+	if (strcmp(mode, "preflight") == 0) {
+		report = ferry_preflight(&old, new.host ? &new : NULL, NULL, err, sizeof(err));
+		passed = report && ferry_preflight_passed(report);
+	} else {
+		report = ferry_verify(&old, &new, &vopt, err, sizeof(err));
+		passed = report && ferry_verify_passed(report);
+	}
+	OPENSSL_cleanse(secrets, 8192);
+	if (report == NULL) {
+		fprintf(stderr, "ferry-imapcheck: %s: %s\n", mode, err);
+		return 2;
+	}
+	if (json_path != NULL && json_dump_file(report, json_path, JSON_INDENT(1)) < 0) {
+		fprintf(stderr, "ferry-imapcheck: cannot write %s\n", json_path);
+		return 2;
+	}
+	if (text) {
+		char *t = strcmp(mode, "preflight") == 0 ? ferry_preflight_text(report)
+							 : ferry_verify_text(report);
+		fputs(t ? t : "", stdout);
+		free(t);
+	} else {
+		json_dumpf(report, stdout, JSON_INDENT(1));
+		fputc('\n', stdout);
+	}
+	json_decref(report);
+	return passed ? 0 : 1;
+}
