@@ -114,8 +114,17 @@ def test_pop3_login_pulls_inbox(sandbox):
     pop.user("dave")
     pop.pass_(password("dave"))
     count, _ = pop.stat()
+    new_uidls = pop.uidl()[1]
     pop.quit()
     assert count == len(spec.folder("INBOX").kept())
+    # UIDs and UIDVALIDITY kept: the UIDLs (Dovecot's default %08Xu%08Xv)
+    # are the old server's, so POP3 clients download nothing again
+    pop = poplib.POP3("127.0.0.1", sandbox.port("old", "pop3"), timeout=60)
+    pop.user("dave")
+    pop.pass_(password("dave"))
+    old_uidls = pop.uidl()[1]
+    pop.quit()
+    assert new_uidls == old_uidls and len(new_uidls) == count
     old = snapshot(sandbox, "old", "dave")
     assert compare(old, snapshot(sandbox, "new", "dave")) == []
 

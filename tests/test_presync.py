@@ -142,3 +142,46 @@ def test_full_pass_then_delta_pass(setup):
     # a pass with nothing new changes nothing
     out = _sync(sb)
     assert compare(after, snapshot(sb, "new", USER)) == []
+
+
+def test_after_cutover_new_server_is_the_truth():
+    """A cut-over user's own changes on NEW (flags, a move, a delete, a new
+    folder) survive later passes untouched; a straggler that still reaches
+    OLD arrives once, above everything, with a fresh UID."""
+    user = "cut"
+    sb = Sandbox(users=(user,))
+    try:
+        sb.start()
+        corpus.seed_old(sb, user, corpus.small_spec(seed=41))
+        sb.doveadm("new", "ferry", "pull", "-u", user)
+        conn = sb.imap("new", user)
+        check(conn.select("INBOX"), "SELECT")
+        uids = check(conn.uid("SEARCH", "ALL"))[0].split()
+        check(conn.uid("STORE", uids[0], "+FLAGS", "(\\Flagged $Label1)"), "STORE")
+        check(conn.uid("STORE", uids[1], "-FLAGS", "(\\Seen)"), "STORE")
+        check(conn.uid("MOVE", uids[2], "Sent"), "MOVE")
+        check(conn.uid("STORE", uids[3], "+FLAGS", "(\\Deleted)"), "STORE")
+        check(conn.uid("EXPUNGE", uids[3]), "EXPUNGE")
+        check(conn.create("Mine"), "CREATE")
+        check(conn.delete("Empty"), "DELETE")
+        conn.logout()
+        mine = snapshot(sb, "new", user)
+
+        old = sb.imap("old", user)
+        straggler = corpus.simple_message("straggler", seed=41)
+        check(old.append("INBOX", None, None, straggler), "APPEND")
+        old.logout()
+        for _ in range(2):  # the second pass finds nothing new
+            out = sb.doveadm("new", "ferry", "sync", "-u", user)
+            assert "failed" not in out.stdout, out.stdout
+        after = snapshot(sb, "new", user)
+
+        inbox = after.folders["INBOX"]
+        fresh = set(inbox.messages) - set(mine.folders["INBOX"].messages)
+        assert len(fresh) == 1 and min(fresh) >= mine.folders["INBOX"].uidnext
+        del inbox.messages[fresh.pop()]
+        inbox.uidnext = mine.folders["INBOX"].uidnext
+        assert compare(mine, after) == []  # everything the user did, as it was
+        assert "Empty" not in after.folders and "Mine" in after.folders
+    finally:
+        sb.cleanup()
