@@ -54,6 +54,7 @@ static void ferry_pull_print(const struct ferry_pull_result *res,
 	doveadm_print_num(res->renumbered);
 	doveadm_print_num(res->flag_changes);
 	doveadm_print_num(res->expunged);
+	doveadm_print_num(res->skipped);
 	doveadm_print_num(res->local_messages);
 	doveadm_print(error != NULL ? error : "");
 	if (error != NULL)
@@ -97,6 +98,7 @@ static void ferry_cmd_pull_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED
 	doveadm_print_header_simple("renumbered");
 	doveadm_print_header_simple("flag_changes");
 	doveadm_print_header_simple("expunged");
+	doveadm_print_header_simple("skipped");
 	doveadm_print_header_simple("messages");
 	doveadm_print_header_simple("error");
 }

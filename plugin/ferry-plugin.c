@@ -5,6 +5,7 @@
 #include "lib.h"
 #include "mail-storage-hooks.h"
 #include "mail-namespace.h"
+#include "settings-parser.h"
 #include "ferry-plugin.h"
 
 const char *ferry_plugin_version = DOVECOT_ABI_VERSION;
@@ -39,7 +40,7 @@ ferry_setting_uint(struct mail_user *user, const char *name,
 
 void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r)
 {
-	const char *value = mail_user_plugin_getenv(user, "ferry");
+	const char *value = mail_user_plugin_getenv(user, "ferry"), *error;
 
 	i_zero(set_r);
 	set_r->enabled = value != NULL &&
@@ -59,6 +60,13 @@ void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r)
 		ferry_setting_uint(user, "ferry_progress_interval", 5, 1);
 	set_r->prefetch_count =
 		ferry_setting_uint(user, "ferry_prefetch_count", 50, 1);
+	value = mail_user_plugin_getenv(user, "ferry_max_message_size");
+	if (value != NULL && *value != '\0' &&
+	    settings_get_size(value, &set_r->max_message_size, &error) < 0) {
+		i_error(FERRY_LOG_PREFIX "Invalid ferry_max_message_size=%s: %s; "
+			"no limit", value, error);
+		set_r->max_message_size = 0;
+	}
 	set_r->big_message_size =
 		ferry_setting_uint(user, "ferry_big_message_size", 1024*1024, 4096);
 }
@@ -91,6 +99,7 @@ static void ferry_user_deinit(struct mail_user *user)
 
 	if (fuser->old_user != NULL)
 		mail_user_deinit(&fuser->old_user);
+	ferry_map_deinit(user);
 	fuser->module_ctx.super.deinit(user);
 }
 

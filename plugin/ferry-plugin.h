@@ -27,6 +27,8 @@ struct ferry_settings {
 	unsigned int prefetch_count;
 	/* larger messages are fetched in ranges (old-body.c) */
 	unsigned int big_message_size;
+	/* larger messages are not copied (0 = no limit); logged, counted */
+	uoff_t max_message_size;
 };
 
 /* Per-user state, attached to users being migrated. */
@@ -34,6 +36,8 @@ struct ferry_user {
 	union mail_user_module_context module_ctx;
 	struct ferry_settings set;
 
+	/* Folder-name rules and the user's map file (map.c). */
+	struct ferry_map *map;
 	/* Session on the old server (imapc:), opened on first need. */
 	struct mail_user *old_user;
 	/* No INBOX namespace (e.g. LMTP's raw-mail user): nothing to migrate */
@@ -76,6 +80,8 @@ struct ferry_box_hdr {
 	/* rollback: local UIDs up to this were appended back to the old
 	   server */
 	uint32_t rolled_back_upto;
+	/* messages not copied: over ferry_max_message_size */
+	uint32_t skipped;
 };
 
 /* state.c */
@@ -91,10 +97,23 @@ const char *ferry_user_index_root(struct mail_user *user);
 /* old.c: the old server, as Dovecot's imapc storage in a second user */
 int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 		       const char **error_r);
+
+/* map.c: folder names, old <-> new (excludes, renames, special use,
+   separators) */
 const char *ferry_old_name(struct mail_user *user, struct mail_user *old,
 			   const char *local_vname);
+/* NULL: the folder is not migrated (*skip_reason_r says why) */
 const char *ferry_local_name(struct mail_user *user, struct mail_user *old,
+			     const char *old_vname, const char *special_use,
+			     const char **skip_reason_r);
+/* the name by separator translation alone */
+const char *ferry_plain_name(struct mail_user *user, struct mail_user *old,
 			     const char *old_vname);
+void ferry_map_reset(struct mail_user *user);
+void ferry_map_add(struct mail_user *user, struct mail_user *old,
+		   const char *local_vname, const char *old_vname);
+int ferry_map_write(struct mail_user *user, const char **error_r);
+void ferry_map_deinit(struct mail_user *user);
 
 /* old-body.c: large old messages, fetched in ranges */
 void ferry_old_body_register(struct mailbox *obox);
@@ -124,7 +143,7 @@ struct ferry_pull_result {
 	bool completed;
 	unsigned int copied;
 	unsigned int renumbered;
-	unsigned int flag_changes, expunged;
+	unsigned int flag_changes, expunged, skipped;
 	/* the old server gave the folder a new UIDVALIDITY (mirror mode) */
 	bool uidvalidity_changed;
 	uint32_t old_messages, local_messages;

@@ -37,7 +37,9 @@ struct ferry_pull {
 	bool keep_uids;
 	bool completed;
 	bool uidvalidity_changed;
-	unsigned int flag_changes, expunged;
+	unsigned int flag_changes, expunged, skipped;
+	/* the highest old UID looked at, skipped ones included */
+	uint32_t last_seen_uid;
 
 	struct mailbox_transaction_context *t;
 	ARRAY_TYPE(seq_range) batch_uids;
@@ -260,12 +262,28 @@ static int ferry_pull_todo(struct ferry_pull *pull,
 	t_array_init(&range, 1);
 	seq_range_array_add_range(&range, start + 1, pull->ost.uidnext - 1);
 	search = ferry_old_search(ot, &range, MAIL_FETCH_PHYSICAL_SIZE);
+	uoff_t max = pull->fuser->set.max_message_size;
 	while (mailbox_search_next(search, &mail)) {
+		uoff_t size;
+		pull->last_seen_uid = mail->uid;
+		if (mail_get_physical_size(mail, &size) < 0) {
+			if (!mail->expunged)
+				ret = -1;
+			continue;
+		}
+		if (max > 0 && size > max) {
+			/* never silently: logged and counted in the header */
+			i_warning(FERRY_LOG_PREFIX "folder=%s event=skipped "
+				  "old_uid=%u size=%"PRIuUOFF_T": larger than "
+				  "ferry_max_message_size", pull->vname,
+				  mail->uid, size);
+			pull->skipped++;
+			pull->hdr.skipped++;
+			continue;
+		}
 		item = array_append_space(todo);
 		item->uid = mail->uid;
-		if (mail_get_physical_size(mail, &item->size) < 0 &&
-		    !mail->expunged)
-			ret = -1;
+		item->size = size;
 	}
 	if (mailbox_search_deinit(&search) < 0 || ret < 0)
 		return ferry_pull_fail_old(pull, "UID FETCH RFC822.SIZE");
@@ -437,6 +455,9 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 			return ferry_pull_fail_local(pull, "raising UIDNEXT");
 	}
 	bool was_complete = pull->hdr.state == FERRY_BOX_COMPLETE;
+	/* skipped messages are done with too: not counted again next pass */
+	if (pull->last_seen_uid > pull->hdr.copied_upto)
+		pull->hdr.copied_upto = pull->last_seen_uid;
 	pull->hdr.state = FERRY_BOX_COMPLETE;
 	pull->hdr.old_uidnext = pull->ost.uidnext;
 	pull->hdr.old_messages = pull->ost.messages;
@@ -446,15 +467,15 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 		return ferry_pull_fail_local(pull, "marking complete");
 	pull->completed = !was_complete;
 	if (was_complete && pull->copied + pull->flag_changes +
-	    pull->expunged == 0)
+	    pull->expunged + pull->skipped == 0)
 		return 0; /* a pass that found nothing: no log line */
 	i_info(FERRY_LOG_PREFIX "folder=%s event=%s copied=%u renumbered=%u "
-	       "flag_changes=%u expunged=%u old_messages=%u uidvalidity=%u "
-	       "uidnext=%u", pull->vname,
+	       "flag_changes=%u expunged=%u skipped=%u old_messages=%u "
+	       "uidvalidity=%u uidnext=%u", pull->vname,
 	       pull->mode == FERRY_PULL_STRAGGLERS ? "stragglers" :
 	       was_complete ? "mirrored" : "complete",
 	       pull->copied, pull->renumbered, pull->flag_changes,
-	       pull->expunged, pull->ost.messages, pull->ost.uidvalidity,
+	       pull->expunged, pull->skipped, pull->ost.messages, pull->ost.uidvalidity,
 	       pull->ost.uidnext);
 	return 0;
 }
@@ -600,6 +621,7 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	result_r->renumbered = pull.renumbered;
 	result_r->flag_changes = pull.flag_changes;
 	result_r->expunged = pull.expunged;
+	result_r->skipped = pull.skipped;
 	result_r->uidvalidity_changed = pull.uidvalidity_changed;
 	result_r->old_messages = pull.ost.messages;
 	if (pull.box->opened && mailbox_sync(pull.box, 0) == 0 &&

@@ -15,10 +15,39 @@
 struct ferry_old_folder {
 	const char *vname;
 	enum mailbox_info_flags flags;
+	/* its name here, or NULL (then skip_reason says why) */
+	const char *local, *skip_reason;
 };
 ARRAY_DEFINE_TYPE(ferry_old_folder, struct ferry_old_folder);
 
-static int ferry_old_folders(struct mail_user *old,
+/* Two old folders must never become one: a UID would then name two
+   messages. A mapped name (special use, rename rule) that another old
+   folder also gets falls back to plain separator translation. */
+static void ferry_old_folders_dedup(struct mail_user *user, struct mail_user *old,
+				    ARRAY_TYPE(ferry_old_folder) *folders)
+{
+	struct ferry_old_folder *f;
+	const struct ferry_old_folder *g;
+
+	array_foreach_modifiable(folders, f) {
+		const char *plain = ferry_plain_name(user, old, f->vname);
+
+		if (f->local == NULL || strcmp(f->local, plain) == 0)
+			continue;
+		array_foreach(folders, g) {
+			if (g != f && g->local != NULL &&
+			    strcmp(g->local, f->local) == 0) {
+				i_warning(FERRY_LOG_PREFIX "folder=%s: not mapped "
+					  "to %s, which %s also becomes; kept as %s",
+					  f->vname, f->local, g->vname, plain);
+				f->local = plain;
+				break;
+			}
+		}
+	}
+}
+
+static int ferry_old_folders(struct mail_user *user, struct mail_user *old,
 			     ARRAY_TYPE(const_string) *subscribed,
 			     ARRAY_TYPE(ferry_old_folder) *folders,
 			     const char **error_r)
@@ -29,17 +58,21 @@ static int ferry_old_folders(struct mail_user *old,
 	enum mail_error err;
 
 	iter = mailbox_list_iter_init(ns->list, "*",
-				      MAILBOX_LIST_ITER_RETURN_SUBSCRIBED);
+				      MAILBOX_LIST_ITER_RETURN_SUBSCRIBED |
+				      MAILBOX_LIST_ITER_RETURN_SPECIALUSE);
 	while ((info = mailbox_list_iter_next(iter)) != NULL) {
 		struct ferry_old_folder *f = array_append_space(folders);
 		f->vname = t_strdup(info->vname);
 		f->flags = info->flags;
+		f->local = ferry_local_name(user, old, f->vname,
+					    info->special_use, &f->skip_reason);
 	}
 	if (mailbox_list_iter_deinit(&iter) < 0) {
 		*error_r = t_strdup_printf("LIST failed: %s",
 			mailbox_list_get_last_error(ns->list, &err));
 		return -1;
 	}
+	ferry_old_folders_dedup(user, old, folders);
 	/* Subscriptions may name folders that do not exist. */
 	iter = mailbox_list_iter_init(ns->list, "*",
 				      MAILBOX_LIST_ITER_SELECT_SUBSCRIBED |
@@ -113,6 +146,22 @@ static int ferry_tree_reconcile(struct mail_user *user, struct mail_user *old,
 				const ARRAY_TYPE(const_string) *subscribed,
 				const char **error_r);
 
+/* The local name of an old name (subscriptions may name folders that do
+   not exist). */
+static const char *
+ferry_tree_local(struct mail_user *user, struct mail_user *old,
+		 const ARRAY_TYPE(ferry_old_folder) *folders, const char *vname)
+{
+	const struct ferry_old_folder *f;
+	const char *reason;
+
+	array_foreach(folders, f) {
+		if (strcmp(f->vname, vname) == 0)
+			return f->local;
+	}
+	return ferry_local_name(user, old, vname, NULL, &reason);
+}
+
 static int ferry_tree_copy(struct mail_user *user, bool mirror,
 			   const char **error_r)
 {
@@ -128,11 +177,12 @@ static int ferry_tree_copy(struct mail_user *user, bool mirror,
 		return -1;
 	t_array_init(&folders, 64);
 	t_array_init(&subscribed, 64);
-	if (ferry_old_folders(old, &subscribed, &folders, error_r) < 0)
+	if (ferry_old_folders(user, old, &subscribed, &folders, error_r) < 0)
 		return -1;
 	if (mirror &&
 	    ferry_tree_reconcile(user, old, &folders, &subscribed, error_r) < 0)
 		return -1;
+	ferry_map_reset(user);
 
 	/* INBOX first: it is the folder most likely to be created by
 	   something else (delivery, autocreation). */
@@ -144,27 +194,29 @@ static int ferry_tree_copy(struct mail_user *user, bool mirror,
 		created++;
 	}
 	array_foreach(&folders, f) {
-		const char *local = ferry_local_name(user, old, f->vname);
+		const char *local = f->local;
 
 		/* \Noselect parents come into being with their children;
 		   creating them would make them selectable on some layouts */
 		if ((f->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) != 0)
 			continue;
 		if (local == NULL) {
-			i_warning(FERRY_LOG_PREFIX "folder=%s: skipped: its name "
-				  "contains this server's hierarchy separator",
-				  f->vname);
+			i_warning(FERRY_LOG_PREFIX "folder=%s event=skipped: %s",
+				  f->vname, f->skip_reason);
 			skipped++;
 			continue;
 		}
+		ferry_map_add(user, old, local, f->vname);
 		if (strcasecmp(local, "INBOX") == 0)
 			continue;
 		if (ferry_tree_create(user, old, f, local, error_r) < 0)
 			return -1;
 		created++;
 	}
+	if (ferry_map_write(user, error_r) < 0)
+		return -1;
 	array_foreach(&subscribed, namep) {
-		const char *local = ferry_local_name(user, old, *namep);
+		const char *local = ferry_tree_local(user, old, &folders, *namep);
 
 		if (local == NULL)
 			continue;
@@ -276,7 +328,7 @@ static int ferry_tree_reconcile(struct mail_user *user, struct mail_user *old,
 			lst.messages = 0;
 		array_foreach(folders, f) {
 			struct mailbox_status st;
-			const char *local = ferry_local_name(user, old, f->vname);
+			const char *local = f->local;
 			struct mailbox *obox;
 
 			if (lst.messages == 0)
@@ -299,7 +351,7 @@ static int ferry_tree_reconcile(struct mail_user *user, struct mail_user *old,
 			renamed = NULL;
 		mailbox_close(box);
 		if (renamed != NULL) {
-			const char *local = ferry_local_name(user, old, renamed->vname);
+			const char *local = renamed->local;
 			struct mailbox *dest = mailbox_alloc(ns->list, local, 0);
 			int ret = mailbox_rename(box, dest);
 			error = ret < 0 ? mailbox_get_last_internal_error(box, NULL) : NULL;

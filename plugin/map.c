@@ -1,0 +1,370 @@
+/* Folder names, old server -> new server, in this order:
+   1. ferry_exclude, ferry_exclude2, ...: wildcard patterns on the old name
+      (separator '/'): matching folders are not migrated (logged);
+   2. ferry_rename, ferry_rename2, ...: "REGEX => REPLACEMENT" (POSIX ERE on
+      the '/'-separated old name, \1..\9 in the replacement); first match;
+   3. special use: an old top-level folder flagged \Sent, \Drafts, \Trash,
+      \Junk or \Archive (SPECIAL-USE), or known by its name in several
+      languages ("Sent Items", "Gesendete Objekte", "送信済みアイテム"...),
+      becomes the new server's folder with that special use, if the new
+      namespace configures one;
+   4. hierarchy separators translated level by level.
+   Names that differ from plain translation are written to the user's map
+   file at tree-copy time, so later sessions find a folder's old name
+   without asking the old server. */
+
+#include "lib.h"
+#include "array.h"
+#include "str.h"
+#include "strescape.h"
+#include "istream.h"
+#include "wildcard-match.h"
+#include "safe-mkstemp.h"
+#include "write-full.h"
+#include "mail-namespace.h"
+#include "mail-storage-settings.h"
+#include "ferry-plugin.h"
+
+#include <regex.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#define FERRY_MAP_FNAME "dovecot-ferry.map"
+#define FERRY_MAX_RULES 100
+
+struct ferry_rename_rule {
+	regex_t re;
+	const char *replacement;
+};
+
+struct ferry_map {
+	ARRAY(const char *) excludes;
+	ARRAY(struct ferry_rename_rule) renames;
+	/* local name -> old name, for names that are not plain translations */
+	ARRAY(const char *) pairs; /* local, old, local, old, ... */
+	bool pairs_loaded;
+};
+
+static const struct {
+	const char *special_use;
+	const char *names[12];
+} ferry_well_known[] = {
+	{ "\\Sent", { "Sent", "Sent Items", "Sent Messages", "Sent Mail",
+		      "Gesendet", "Gesendete Objekte", "Gesendete Elemente",
+		      "Éléments envoyés", "Envoyés", "Messages envoyés",
+		      "送信済みアイテム", "送信済み" } },
+	{ "\\Trash", { "Trash", "Deleted Items", "Deleted Messages",
+		       "Papierkorb", "Gelöschte Objekte", "Gelöschte Elemente",
+		       "Éléments supprimés", "Corbeille", "削除済みアイテム",
+		       "ごみ箱", NULL } },
+	{ "\\Junk", { "Junk", "Junk E-mail", "Junk Email", "Spam",
+		      "Junk-E-Mail", "Courrier indésirable", "迷惑メール", NULL } },
+	{ "\\Drafts", { "Drafts", "Entwürfe", "Brouillons", "下書き", NULL } },
+	{ "\\Archive", { "Archive", "Archives", "Archiv", "アーカイブ", NULL } },
+};
+
+static void ferry_map_free(struct ferry_map *map)
+{
+	struct ferry_rename_rule *rule;
+
+	array_foreach_modifiable(&map->renames, rule)
+		regfree(&rule->re);
+}
+
+static struct ferry_map *ferry_map_get(struct mail_user *user)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	struct ferry_map *map = fuser->map;
+	const char *value, *name;
+
+	if (map != NULL)
+		return map;
+	map = fuser->map = p_new(user->pool, struct ferry_map, 1);
+	p_array_init(&map->excludes, user->pool, 4);
+	p_array_init(&map->renames, user->pool, 4);
+	p_array_init(&map->pairs, user->pool, 8);
+	for (unsigned int i = 1; i <= FERRY_MAX_RULES; i++) {
+		name = i == 1 ? "ferry_exclude" :
+			t_strdup_printf("ferry_exclude%u", i);
+		value = mail_user_plugin_getenv(user, name);
+		if (value == NULL || *value == '\0')
+			break;
+		value = p_strdup(user->pool, value);
+		array_push_back(&map->excludes, &value);
+	}
+	for (unsigned int i = 1; i <= FERRY_MAX_RULES; i++) {
+		const char *arrow;
+		struct ferry_rename_rule rule;
+		int err;
+
+		name = i == 1 ? "ferry_rename" :
+			t_strdup_printf("ferry_rename%u", i);
+		value = mail_user_plugin_getenv(user, name);
+		if (value == NULL || *value == '\0')
+			break;
+		arrow = strstr(value, " => ");
+		if (arrow == NULL) {
+			i_error(FERRY_LOG_PREFIX "Invalid %s=%s: want "
+				"\"REGEX => REPLACEMENT\"; ignored", name, value);
+			continue;
+		}
+		err = regcomp(&rule.re, t_strdup_until(value, arrow), REG_EXTENDED);
+		if (err != 0) {
+			char buf[256];
+			regerror(err, &rule.re, buf, sizeof(buf));
+			i_error(FERRY_LOG_PREFIX "Invalid %s regex: %s; ignored",
+				name, buf);
+			continue;
+		}
+		rule.replacement = p_strdup(user->pool, arrow + 4);
+		array_push_back(&map->renames, &rule);
+	}
+	return map;
+}
+
+void ferry_map_deinit(struct mail_user *user)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+
+	if (fuser != NULL && fuser->map != NULL)
+		ferry_map_free(fuser->map);
+}
+
+static const char *
+ferry_name_translate(const char *name, char from_sep, char to_sep)
+{
+	if (from_sep == to_sep || strcasecmp(name, "INBOX") == 0)
+		return name;
+	string_t *str = t_str_new(strlen(name));
+	for (const char *p = name; *p != '\0'; p++)
+		str_append_c(str, *p == from_sep ? to_sep : *p);
+	return str_c(str);
+}
+
+static char ferry_sep(struct mail_user *user)
+{
+	return mail_namespace_get_sep(mail_namespace_find_inbox(user->namespaces));
+}
+
+static const char *
+ferry_regex_replace(const struct ferry_rename_rule *rule, const char *name)
+{
+	regmatch_t m[10];
+	string_t *str;
+
+	if (regexec(&rule->re, name, N_ELEMENTS(m), m, 0) != 0)
+		return NULL;
+	str = t_str_new(128);
+	str_append_data(str, name, m[0].rm_so);
+	for (const char *p = rule->replacement; *p != '\0'; p++) {
+		if (*p == '\\' && p[1] >= '0' && p[1] <= '9') {
+			unsigned int n = p[1] - '0';
+			if (m[n].rm_so >= 0) {
+				str_append_data(str, name + m[n].rm_so,
+						m[n].rm_eo - m[n].rm_so);
+			}
+			p++;
+		} else {
+			str_append_c(str, *p);
+		}
+	}
+	str_append(str, name + m[0].rm_eo);
+	return str_c(str);
+}
+
+/* The new namespace's folder with this special use, if it configures one. */
+static const char *
+ferry_local_special(struct mail_user *user, const char *special_use)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	struct mailbox_settings *const *boxp;
+
+	if (!array_is_created(&ns->set->mailboxes))
+		return NULL;
+	array_foreach(&ns->set->mailboxes, boxp) {
+		const char *const *uses = t_strsplit_spaces((*boxp)->special_use, " ");
+		if (str_array_icase_find(uses, special_use))
+			return (*boxp)->name;
+	}
+	return NULL;
+}
+
+static const char *ferry_well_known_use(const char *name)
+{
+	for (unsigned int i = 0; i < N_ELEMENTS(ferry_well_known); i++) {
+		for (unsigned int j = 0; j < N_ELEMENTS(ferry_well_known[i].names) &&
+			     ferry_well_known[i].names[j] != NULL; j++) {
+			if (strcasecmp(name, ferry_well_known[i].names[j]) == 0)
+				return ferry_well_known[i].special_use;
+		}
+	}
+	return NULL;
+}
+
+const char *ferry_plain_name(struct mail_user *user, struct mail_user *old,
+			     const char *old_vname)
+{
+	return ferry_name_translate(old_vname,
+		mail_namespace_get_sep(mail_namespace_find_inbox(old->namespaces)),
+		ferry_sep(user));
+}
+
+const char *ferry_local_name(struct mail_user *user, struct mail_user *old,
+			     const char *old_vname, const char *special_use,
+			     const char **skip_reason_r)
+{
+	struct ferry_map *map = ferry_map_get(user);
+	char old_sep = mail_namespace_get_sep(mail_namespace_find_inbox(old->namespaces));
+	char local_sep = ferry_sep(user);
+	const struct ferry_rename_rule *rule;
+	const char *const *pattern;
+	const char *name, *renamed = NULL, *special;
+
+	*skip_reason_r = NULL;
+	if (strcasecmp(old_vname, "INBOX") == 0)
+		return "INBOX";
+	if (old_sep != local_sep && strchr(old_vname, local_sep) != NULL) {
+		/* a level would silently become two */
+		*skip_reason_r = "its name contains this server's hierarchy "
+			"separator";
+		return NULL;
+	}
+	name = ferry_name_translate(old_vname, old_sep, '/');
+	array_foreach(&map->excludes, pattern) {
+		if (wildcard_match(name, *pattern)) {
+			*skip_reason_r = t_strdup_printf("excluded by %s", *pattern);
+			return NULL;
+		}
+	}
+	array_foreach(&map->renames, rule) {
+		if ((renamed = ferry_regex_replace(rule, name)) != NULL)
+			break;
+	}
+	if (renamed != NULL)
+		name = renamed;
+	else if (strchr(name, '/') == NULL) {
+		if (special_use == NULL || *special_use == '\0')
+			special_use = ferry_well_known_use(name);
+		else /* "\Sent \Archive": the first is enough */
+			special_use = t_strcut(special_use, ' ');
+		special = special_use == NULL ? NULL :
+			ferry_local_special(user, special_use);
+		if (special != NULL)
+			return special;
+	}
+	return ferry_name_translate(name, '/', local_sep);
+}
+
+static const char *ferry_map_path(struct mail_user *user)
+{
+	const char *root = ferry_user_index_root(user);
+
+	return root == NULL ? NULL : t_strconcat(root, "/" FERRY_MAP_FNAME, NULL);
+}
+
+static void ferry_map_load(struct mail_user *user, struct ferry_map *map)
+{
+	const char *path = ferry_map_path(user), *line;
+	struct istream *input;
+	int fd;
+
+	map->pairs_loaded = TRUE;
+	if (path == NULL || (fd = open(path, O_RDONLY)) == -1) {
+		if (path != NULL && errno != ENOENT)
+			i_error(FERRY_LOG_PREFIX "open(%s) failed: %m", path);
+		return;
+	}
+	input = i_stream_create_fd_autoclose(&fd, SIZE_MAX);
+	while ((line = i_stream_read_next_line(input)) != NULL) {
+		const char *const *fields = t_strsplit_tabescaped(line);
+		if (str_array_length(fields) != 2)
+			continue;
+		const char *local = p_strdup(user->pool, fields[0]);
+		const char *oldname = p_strdup(user->pool, fields[1]);
+		array_push_back(&map->pairs, &local);
+		array_push_back(&map->pairs, &oldname);
+	}
+	if (input->stream_errno != 0) {
+		i_error(FERRY_LOG_PREFIX "read(%s) failed: %s", path,
+			i_stream_get_error(input));
+	}
+	i_stream_unref(&input);
+}
+
+void ferry_map_reset(struct mail_user *user)
+{
+	struct ferry_map *map = ferry_map_get(user);
+
+	array_clear(&map->pairs);
+	map->pairs_loaded = TRUE;
+}
+
+void ferry_map_add(struct mail_user *user, struct mail_user *old,
+		   const char *local_vname, const char *old_vname)
+{
+	struct ferry_map *map = ferry_map_get(user);
+	char old_sep = mail_namespace_get_sep(mail_namespace_find_inbox(old->namespaces));
+
+	if (strcmp(ferry_name_translate(old_vname, old_sep, ferry_sep(user)),
+		   local_vname) == 0)
+		return; /* plain translation: no need to remember it */
+	local_vname = p_strdup(user->pool, local_vname);
+	old_vname = p_strdup(user->pool, old_vname);
+	array_push_back(&map->pairs, &local_vname);
+	array_push_back(&map->pairs, &old_vname);
+}
+
+int ferry_map_write(struct mail_user *user, const char **error_r)
+{
+	struct ferry_map *map = ferry_map_get(user);
+	const char *path = ferry_map_path(user), *const *pairs;
+	string_t *data, *tmp;
+	unsigned int i, count;
+	int fd;
+
+	if (path == NULL)
+		return 0;
+	data = t_str_new(256);
+	pairs = array_get(&map->pairs, &count);
+	for (i = 0; i + 1 < count; i += 2) {
+		str_append_tabescaped(data, pairs[i]);
+		str_append_c(data, '\t');
+		str_append_tabescaped(data, pairs[i + 1]);
+		str_append_c(data, '\n');
+	}
+	tmp = t_str_new(256);
+	str_append(tmp, path);
+	fd = safe_mkstemp_hostpid(tmp, 0600, (uid_t)-1, (gid_t)-1);
+	if (fd == -1) {
+		*error_r = t_strdup_printf("safe_mkstemp(%s) failed: %m", path);
+		return -1;
+	}
+	if (write_full(fd, str_data(data), str_len(data)) < 0 ||
+	    fdatasync(fd) < 0 || rename(str_c(tmp), path) < 0) {
+		*error_r = t_strdup_printf("writing %s failed: %m", path);
+		i_close_fd(&fd);
+		i_unlink_if_exists(str_c(tmp));
+		return -1;
+	}
+	i_close_fd(&fd);
+	return 0;
+}
+
+const char *ferry_old_name(struct mail_user *user, struct mail_user *old,
+			   const char *local_vname)
+{
+	struct ferry_map *map = ferry_map_get(user);
+	const char *const *pairs;
+	unsigned int i, count;
+
+	if (!map->pairs_loaded)
+		ferry_map_load(user, map);
+	pairs = array_get(&map->pairs, &count);
+	for (i = 0; i + 1 < count; i += 2) {
+		if (strcmp(pairs[i], local_vname) == 0)
+			return pairs[i + 1];
+	}
+	return ferry_name_translate(local_vname, ferry_sep(user),
+		mail_namespace_get_sep(mail_namespace_find_inbox(old->namespaces)));
+}
