@@ -37,7 +37,8 @@ void ferry_box_hdr_get(struct mailbox *box, struct ferry_box_hdr *hdr_r)
 	mail_index_get_header_ext(box->view, ferry_box_ext_id(box),
 				  &data, &size);
 	/* an older, shorter header reads with its new fields zero */
-	memcpy(hdr_r, data, I_MIN(size, sizeof(*hdr_r)));
+	if (size > 0)
+		memcpy(hdr_r, data, I_MIN(size, sizeof(*hdr_r)));
 }
 
 void ferry_box_hdr_update(struct mailbox_transaction_context *t,
