@@ -30,6 +30,27 @@ static bool ferry_cmd_parse_arg(struct doveadm_mail_cmd_context *_ctx, int c)
 	return TRUE;
 }
 
+/* Every ferry command: a table, an optional -m FOLDER. */
+static struct doveadm_mail_cmd_context *
+ferry_cmd_alloc(bool folder_arg,
+		void (*init)(struct doveadm_mail_cmd_context *ctx,
+			     const char *const args[]),
+		int (*run)(struct doveadm_mail_cmd_context *ctx,
+			   struct mail_user *user))
+{
+	struct ferry_cmd_context *ctx;
+
+	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
+	if (folder_arg) {
+		ctx->ctx.getopt_args = "m:";
+		ctx->ctx.v.parse_arg = ferry_cmd_parse_arg;
+	}
+	ctx->ctx.v.init = init;
+	ctx->ctx.v.run = run;
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	return &ctx->ctx;
+}
+
 static bool ferry_cmd_user_ok(struct doveadm_mail_cmd_context *ctx,
 			      struct mail_user *user)
 {
@@ -105,15 +126,7 @@ static void ferry_cmd_pull_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED
 
 static struct doveadm_mail_cmd_context *ferry_cmd_pull_alloc(void)
 {
-	struct ferry_cmd_context *ctx;
-
-	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
-	ctx->ctx.getopt_args = "m:";
-	ctx->ctx.v.parse_arg = ferry_cmd_parse_arg;
-	ctx->ctx.v.init = ferry_cmd_pull_init;
-	ctx->ctx.v.run = ferry_cmd_pull_run;
-	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
-	return &ctx->ctx;
+	return ferry_cmd_alloc(TRUE, ferry_cmd_pull_init, ferry_cmd_pull_run);
 }
 
 /* sync: a later pass over every folder. For a user still in presync the
@@ -141,13 +154,7 @@ static int ferry_cmd_sync_run(struct doveadm_mail_cmd_context *_ctx,
 
 static struct doveadm_mail_cmd_context *ferry_cmd_sync_alloc(void)
 {
-	struct ferry_cmd_context *ctx;
-
-	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
-	ctx->ctx.v.init = ferry_cmd_pull_init;
-	ctx->ctx.v.run = ferry_cmd_sync_run;
-	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
-	return &ctx->ctx;
+	return ferry_cmd_alloc(FALSE, ferry_cmd_pull_init, ferry_cmd_sync_run);
 }
 
 /* rollback: back to the old server, with what arrived here meanwhile */
@@ -190,13 +197,7 @@ static void ferry_cmd_rollback_init(struct doveadm_mail_cmd_context *ctx ATTR_UN
 
 static struct doveadm_mail_cmd_context *ferry_cmd_rollback_alloc(void)
 {
-	struct ferry_cmd_context *ctx;
-
-	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
-	ctx->ctx.v.init = ferry_cmd_rollback_init;
-	ctx->ctx.v.run = ferry_cmd_rollback_run;
-	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
-	return &ctx->ctx;
+	return ferry_cmd_alloc(FALSE, ferry_cmd_rollback_init, ferry_cmd_rollback_run);
 }
 
 /* status: local facts from the folder headers; the old server is asked
@@ -295,15 +296,7 @@ static void ferry_cmd_status_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUS
 
 static struct doveadm_mail_cmd_context *ferry_cmd_status_alloc(void)
 {
-	struct ferry_cmd_context *ctx;
-
-	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
-	ctx->ctx.getopt_args = "m:";
-	ctx->ctx.v.parse_arg = ferry_cmd_parse_arg;
-	ctx->ctx.v.init = ferry_cmd_status_init;
-	ctx->ctx.v.run = ferry_cmd_status_run;
-	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
-	return &ctx->ctx;
+	return ferry_cmd_alloc(TRUE, ferry_cmd_status_init, ferry_cmd_status_run);
 }
 
 static struct doveadm_cmd_ver2 ferry_commands[] = {
