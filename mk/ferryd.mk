@@ -6,14 +6,15 @@ FERRYD_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
 FERRYD_LDFLAGS = $(SANITIZE)
 FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto
 
-FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret
+FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret \
+              cutover cutover_check
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
 FERRYD_HDRS = $(wildcard service/*.h)
 
 ALL_TARGETS += $(BUILD)/ferryd $(BUILD)/ferryctl
 FERRYD_UNIT = $(BUILD)/unit/test_csv $(BUILD)/unit/test_config \
               $(BUILD)/unit/test_store $(BUILD)/unit/test_sched \
-              $(BUILD)/unit/test_doveadm
+              $(BUILD)/unit/test_doveadm $(BUILD)/unit/test_cutover
 UNIT_TESTS += $(FERRYD_UNIT)
 DEB_PACKAGES += libevent-dev libsqlite3-dev libjansson-dev libcriterion-dev \
                 libssl-dev pkg-config

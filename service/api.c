@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "csv.h"
+#include "cutover.h"
 #include "evlog.h"
 #include "scheduler.h"
 #include "secret.h"
@@ -31,6 +32,7 @@ struct api {
 	char *secret;          /* key material for CSV passwords, or NULL */
 	api_kick_cb *kick;
 	void *ctx;
+	struct cutover *cutover; /* cut-over, rollback and routing endpoints */
 };
 
 struct call {
@@ -720,6 +722,41 @@ static void h_health(struct call *c)
 				c->a->st->schema_version(c->a->st)));
 }
 
+/* ---- cut-over, rollback, routing (cutover.c) ------------------------------ */
+
+static void h_cutover_api(struct call *c)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(c->req);
+	int post = evhttp_request_get_command(c->req) == EVHTTP_REQ_POST;
+	char path[128];
+	json_t *args, *out = NULL;
+	struct evkeyval *kv;
+	int code;
+
+	if (c->a->cutover == NULL) {
+		reply_error(c, 503, "cut-overs are not available");
+		return;
+	}
+	snprintf(path, sizeof(path), "%s %s", post ? "POST" : "GET", evhttp_uri_get_path(uri));
+	if (post)
+		args = json_incref(c->body);
+	else {
+		args = json_object();
+		TAILQ_FOREACH(kv, &c->query, next)
+			json_object_set_new(args, kv->key, json_string(kv->value));
+	}
+	code = cutover_api(c->a->cutover, path, args, &out);
+	json_decref(args);
+	if (code == 202 || code == 200)
+		c->a->kick(c->a->ctx);
+	reply(c, code, out != NULL ? out : json_object());
+}
+
+void api_set_cutover(struct api *a, struct cutover *cutover)
+{
+	a->cutover = cutover;
+}
+
 /* ---- routing ------------------------------------------------------------ */
 
 static const struct route {
@@ -737,6 +774,11 @@ static const struct route {
 	{ EVHTTP_REQ_POST, "/v1/sync", h_sync },
 	{ EVHTTP_REQ_GET, "/v1/status", h_status },
 	{ EVHTTP_REQ_GET, "/v1/log", h_log },
+	{ EVHTTP_REQ_POST, "/v1/cutover", h_cutover_api },
+	{ EVHTTP_REQ_GET, "/v1/cutover", h_cutover_api },
+	{ EVHTTP_REQ_POST, "/v1/rollback", h_cutover_api },
+	{ EVHTTP_REQ_POST, "/v1/route/config", h_cutover_api },
+	{ EVHTTP_REQ_GET, "/v1/route", h_cutover_api },
 };
 
 static int token_ok(struct api *a, struct evhttp_request *req, const char **why)

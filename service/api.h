@@ -19,6 +19,9 @@ int api_load_secrets(struct api *a, const struct ferry_config *cfg, char **err_r
 /* applies settings that can change on SIGHUP (body limit) */
 void api_reconfigure(struct api *a, const struct ferry_config *cfg);
 void api_free(struct api *a);
+/* serves the cut-over, rollback and routing endpoints (cutover.h) */
+struct cutover;
+void api_set_cutover(struct api *a, struct cutover *cutover);
 
 /* "1700000000", "2025-01-31", "2025-01-31T08:00[:SS]" or "... 08:00" (local
    time), or "90s" "10m" "2h" "3d" ago. -1 if invalid. */

@@ -6,7 +6,8 @@
  *       [--{old,new}-ca-file F] [--{old,new}-tls-name N] [--{old,new}-tls-insecure]
  *       [--{old,new}-auth login|plain|xoauth2] [--{old,new}-auth-user MASTER]
  *       [--{old,new}-master-separator S] [--timeout-ms N]
- *       [--sample F] [--sample-seed N] [--folder NAME] [--text] [--json FILE]
+ *       [--sample F] [--sample-seed N] [--folder NAME] [--old-prefix P]
+ *       [--text] [--json FILE]
  *       --credentials FILE|-
  *
  * Secrets never come from argv (ps shows it): the credentials file (or
@@ -29,6 +30,7 @@ static void usage(void)
 		"  per server (--old-X / --new-X): host port tls(none|imaps|starttls) ca-file\n"
 		"       tls-name tls-insecure auth(login|plain|xoauth2) auth-user master-separator\n"
 		"  --timeout-ms N  --sample FRACTION  --sample-seed N  --folder NAME\n"
+		"  --old-prefix P  (verify: strip the old server's folder prefix, e.g. INBOX.)\n"
 		"  --text (text report instead of JSON)  --json FILE (also write JSON there)\n"
 		"  credentials file lines: old=SECRET new=SECRET\n");
 	exit(2);
@@ -134,6 +136,8 @@ int main(int argc, char **argv)
 			vopt.sample_seed = (unsigned)atoi(v);
 		else if (strcmp(a, "--folder") == 0)
 			vopt.only_folder = v;
+		else if (strcmp(a, "--old-prefix") == 0)
+			vopt.old_prefix = v;
 		else if (strncmp(a, "--old-", 6) == 0 && set_side(&old, a + 6, v) == 0)
 			;
 		else if (strncmp(a, "--new-", 6) == 0 && set_side(&new, a + 6, v) == 0)

@@ -48,7 +48,13 @@ static void usage(void)
 		"  resume [USER | --wave W]\n"
 		"  sync USER\n"
 		"  status [--wave W] [USER] [--json] [--once]\n"
-		"  log [--user U] [--wave W] [--since TIME] [--limit N] [--json]\n");
+		"  log [--user U] [--wave W] [--since TIME] [--limit N] [--json]\n"
+		"  cutover --wave W [--at TIME|+10m] [--force] [--max-age 24h] [--settle 35s]\n"
+		"          [--no-wait]\n"
+		"  rollback --wave W [--settle 35s] [--no-wait]\n"
+		"  route [USER | --wave W] [--json]\n"
+		"  route config [--new-transport T] [--endpoint HOST[:PORT] [--pop3-port N]\n"
+		"               [--transport T]]\n");
 	exit(2);
 }
 
@@ -556,6 +562,171 @@ static void cmd_log(int argc, char **argv)
 	json_decref(j);
 }
 
+/* ---- cut-over, rollback, routing (docs/runbook.md) ----------------------- */
+
+/* "90s" "10m" "2h" "3d" or seconds; -1 if invalid */
+static long long parse_duration(const char *s)
+{
+	char *end;
+	long long n = strtoll(s, &end, 10);
+
+	if (end == s || n < 0)
+		return -1;
+	if (*end == '\0')
+		return n;
+	if (end[1] != '\0')
+		return -1;
+	switch (*end) {
+	case 's': return n;
+	case 'm': return n * 60;
+	case 'h': return n * 3600;
+	case 'd': return n * 86400;
+	default: return -1;
+	}
+}
+
+/* polls the wave's cut-over record until it is done or failed */
+static int wait_cutover(const char *wave, const char *what)
+{
+	char path[400] = "/v1/cutover";
+	struct timespec ts = { 0, 200 * 1000 * 1000 };
+	json_t *j;
+
+	add_query(path, sizeof(path), "wave", wave);
+	for (;;) {
+		const char *state;
+		j = call("GET", path, NULL);
+		state = jstr(j, "state");
+		if (strcmp(state, "done") == 0 || strcmp(state, "failed") == 0)
+			break;
+		json_decref(j);
+		nanosleep(&ts, NULL);  /* a human is waiting, not a test */
+	}
+	if (strcmp(jstr(j, "state"), "done") == 0) {
+		printf("%s of wave %s done: %lld users\n", what, wave, jint(j, "users"));
+		json_decref(j);
+		return 0;
+	}
+	fprintf(stderr, "ferryctl: %s of wave %s failed: %s\n", what, wave, jstr(j, "error"));
+	json_decref(j);
+	return 1;
+}
+
+static void cmd_cutover(int argc, char **argv)
+{
+	int rollback = strcmp(argv[0], "rollback") == 0, nowait = 0, rc = 0;
+	const char *wave = NULL;
+	json_t *body = json_object(), *j;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--wave") == 0 && i + 1 < argc)
+			wave = argv[++i];
+		else if (strcmp(argv[i], "--no-wait") == 0)
+			nowait = 1;
+		else if (strcmp(argv[i], "--settle") == 0 && i + 1 < argc) {
+			long long d = parse_duration(argv[++i]);
+			if (d < 0)
+				die("--settle: \"%s\" is not a duration (35s, 2m)", argv[i]);
+			json_object_set_new(body, "settle", json_integer(d));
+		}
+		else if (!rollback && strcmp(argv[i], "--force") == 0)
+			json_object_set_new(body, "force", json_true());
+		else if (!rollback && strcmp(argv[i], "--max-age") == 0 && i + 1 < argc) {
+			long long a = parse_duration(argv[++i]);
+			if (a < 0)
+				die("--max-age: \"%s\" is not a duration (90s, 10m, 2h, 3d)", argv[i]);
+			json_object_set_new(body, "max_age", json_integer(a));
+		} else if (!rollback && strcmp(argv[i], "--at") == 0 && i + 1 < argc) {
+			const char *t = argv[++i];
+			if (t[0] == '+') {
+				long long d = parse_duration(t + 1);
+				if (d < 0)
+					die("--at: \"%s\" is not +DURATION (+90s, +10m, +2h)", t);
+				json_object_set_new(body, "at", json_integer((long long)time(NULL) + d));
+			} else
+				json_object_set_new(body, "at", json_string(t));
+		} else
+			usage();
+	}
+	if (wave == NULL)
+		usage();
+	json_object_set_new(body, "wave", json_string(wave));
+	j = call("POST", rollback ? "/v1/rollback" : "/v1/cutover", body);
+	if (strcmp(jstr(j, "state"), "scheduled") == 0) {
+		char when[64];
+		fmt_time(jint(j, "at"), when, sizeof(when));
+		printf("cut-over of wave %s scheduled at %s (%lld users)%s\n", wave, when,
+		       jint(j, "users"), json_is_true(json_object_get(j, "forced")) ?
+		       ", forced" : ", prechecks again then");
+		json_decref(j);
+		return;
+	}
+	json_decref(j);
+	if (nowait) {
+		printf("%s of wave %s started (ferryctl status, ferryctl log --wave %s)\n",
+		       rollback ? "rollback" : "cut-over", wave, wave);
+		return;
+	}
+	rc = wait_cutover(wave, rollback ? "rollback" : "cut-over");
+	if (rc != 0)
+		exit(rc);
+}
+
+static void cmd_route(int argc, char **argv)
+{
+	char path[600] = "/v1/route";
+	int json = 0;
+	size_t i;
+	json_t *j, *r;
+
+	if (argc >= 2 && strcmp(argv[1], "config") == 0) {
+		json_t *body = json_object();
+		for (int k = 2; k < argc; k++) {
+			if (k + 1 >= argc)
+				usage();
+			if (strcmp(argv[k], "--new-transport") == 0)
+				json_object_set_new(body, "new_transport", json_string(argv[++k]));
+			else if (strcmp(argv[k], "--endpoint") == 0)
+				json_object_set_new(body, "endpoint", json_string(argv[++k]));
+			else if (strcmp(argv[k], "--transport") == 0)
+				json_object_set_new(body, "transport", json_string(argv[++k]));
+			else if (strcmp(argv[k], "--pop3-port") == 0)
+				json_object_set_new(body, "pop3_port", json_integer(atoi(argv[++k])));
+			else
+				usage();
+		}
+		json_decref(call("POST", "/v1/route/config", body));
+		printf("routing configured\n");
+		return;
+	}
+	for (int k = 1; k < argc; k++) {
+		if (strcmp(argv[k], "--wave") == 0 && k + 1 < argc)
+			add_query(path, sizeof(path), "wave", argv[++k]);
+		else if (strcmp(argv[k], "--json") == 0)
+			json = 1;
+		else if (argv[k][0] != '-')
+			add_query(path, sizeof(path), "user", argv[k]);
+		else
+			usage();
+	}
+	j = call("GET", path, NULL);
+	if (json) {
+		char *text = json_dumps(j, JSON_INDENT(1));
+		printf("%s\n", text);
+		free(text);
+	} else {
+		printf("%-16s %-10s %-6s %-8s %s\n", "USER", "WAVE", "ROUTE", "PHASE", "SINCE");
+		json_array_foreach(json_object_get(j, "routes"), i, r) {
+			char when[64] = "-";
+			if (jint(r, "changed_at") > 0)
+				fmt_time(jint(r, "changed_at"), when, sizeof(when));
+			printf("%-16s %-10s %-6s %-8s %s\n", jstr(r, "user"), jstr(r, "wave"),
+			       jstr(r, "route"), jstr(r, "phase"), when);
+		}
+	}
+	json_decref(j);
+}
+
 int main(int argc, char **argv)
 {
 	const char *conf = NULL, *api = NULL, *token_file = NULL;
@@ -588,6 +759,10 @@ int main(int argc, char **argv)
 		cmd_status(argc, argv);
 	else if (strcmp(argv[0], "log") == 0)
 		cmd_log(argc, argv);
+	else if (strcmp(argv[0], "cutover") == 0 || strcmp(argv[0], "rollback") == 0)
+		cmd_cutover(argc, argv);
+	else if (strcmp(argv[0], "route") == 0)
+		cmd_route(argc, argv);
 	else
 		usage();
 	explicit_bzero(token, strlen(token));

@@ -14,6 +14,7 @@
 
 #include "api.h"
 #include "config.h"
+#include "cutover.h"
 #include "dispatch.h"
 #include "doveadm.h"
 #include "evlog.h"
@@ -28,6 +29,7 @@ struct daemon {
 	struct api *api;
 	struct doveadm_client *dc;
 	struct dispatch *disp;
+	struct cutover *cut;
 	struct sched_running run;
 	struct event *tick, *kick, *drain_timer;
 	int draining;
@@ -108,9 +110,13 @@ out:
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
+	struct daemon *d = arg;
+
 	(void)fd;
 	(void)what;
-	schedule(arg);
+	if (!d->draining)
+		cutover_tick(d->cut, time(NULL));
+	schedule(d);
 }
 
 static void kick(void *arg)
@@ -330,6 +336,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	d.disp = dispatch_new(d.st, d.dc, &d.cfg, on_job_done, &d);
+	d.cut = cutover_new(d.base, d.st, d.dc, &d.cfg, kick, &d);
+	api_set_cutover(d.api, d.cut);
 	d.tick = event_new(d.base, -1, EV_PERSIST, on_tick, &d);
 	d.kick = event_new(d.base, -1, 0, on_tick, &d);
 	tv.tv_sec = d.cfg.tick_ms / 1000;
@@ -353,6 +361,8 @@ int main(int argc, char **argv)
 	evlog("info", "stopped", NULL);
 	ret = 0;
 	dispatch_free(d.disp);
+	api_set_cutover(d.api, NULL);
+	cutover_free(d.cut);
 	event_free(ev_term);
 	event_free(ev_int);
 	event_free(ev_hup);

@@ -1329,6 +1329,12 @@ static void status_untagged(void *ctx, const struct imap_response *r)
 		apply_status(f, imap_node_child(r->data, 1));
 }
 
+/* the only STATUS in flight: whatever name the server spells */
+static void status_any_untagged(void *ctx, const struct imap_response *r)
+{
+	apply_status(ctx, imap_node_child(r->data, 1));
+}
+
 int imap_status(struct imap_client *c, struct imap_folder *f)
 {
 	char *q = imap_quote(f->wire);
@@ -1374,6 +1380,18 @@ int imap_select(struct imap_client *c, const char *utf8_name, int examine,
 				   .untagged = select_untagged, .untagged_name = "EXISTS OK FLAGS",
 				   .ctx = out};
 	int r = imap_sync_command(c, &cmd, "%s %s", examine ? "EXAMINE" : "SELECT", arg);
+	if (r == 0 && out->uidnext == 0) {
+		/* [UIDNEXT] is only a SHOULD (RFC 3501 6.3.1): Courier-IMAP sends
+		 * none. Ask STATUS, or verify could not tell a UID on new below
+		 * old UIDNEXT from new mail. */
+		struct imap_folder f = {.name = (char *)utf8_name};
+		struct imap_command st = {.desc = "STATUS", .mailbox = utf8_name,
+					  .untagged = status_any_untagged, .untagged_name = "STATUS",
+					  .ctx = &f};
+		r = imap_sync_command(c, &st, "STATUS %s (UIDNEXT)", arg);
+		if (r == 0)
+			out->uidnext = f.uidnext;
+	}
 	free(arg);
 	out->read_only = examine;
 	return r;

@@ -80,6 +80,29 @@ struct log_rec {
 	char error[1024];
 };
 
+/* Routing (docs/routing.md): where a user's logins and mail go. Read
+   natively by Dovecot (passdb/userdb sql) and Postfix (transport_maps)
+   through the views ferry_passdb, ferry_userdb and ferry_transport. */
+struct route_rec {
+	char user[256];
+	char target[8];        /* "old" (not cut over yet) or "new" */
+	int64_t changed_at;    /* 0 = never changed (default: old) */
+};
+
+/* A wave's cut-over or rollback (one per wave, the latest) */
+struct cutover_rec {
+	char wave[128];
+	char kind[16];         /* cutover | rollback */
+	char state[16];        /* scheduled | running | done | failed */
+	int64_t at;            /* when it is (was) due */
+	int forced;
+	int64_t max_age;       /* precheck: newest presync pass at most this old */
+	int settle;            /* seconds between the flip and the next stage */
+	int64_t started_at, finished_at;
+	int users, ok, failed;
+	char error[1024];
+};
+
 struct log_filter {
 	const char *user;  /* NULL = any */
 	const char *wave;  /* NULL = any */
@@ -124,6 +147,27 @@ struct store {
 	int (*folder_put)(struct store *st, const struct folder_rec *f);
 	int (*folder_each)(struct store *st, const char *user,
 			   int (*cb)(const struct folder_rec *f, void *ctx), void *ctx);
+
+	/* routing; route_get gives target "old" for a user without a row */
+	int (*route_get)(struct store *st, const char *user, struct route_rec *r);
+	int (*route_set)(struct store *st, const char *user, const char *target,
+			 int64_t when);
+	/* every member of the wave in one statement; *changed = rows changed */
+	int (*route_set_wave)(struct store *st, const char *wave, const char *target,
+			      int64_t when, int *changed);
+	/* the endpoint HOST:PORT's POP3 port (0 = 110/995) and Postfix nexthop
+	   ("" = smtp:[HOST]:25); NOTFOUND if no user has that endpoint */
+	int (*endpoint_route_set)(struct store *st, const char *host, int port,
+				  int pop3_port, const char *transport);
+
+	int (*cutover_get)(struct store *st, const char *wave, struct cutover_rec *c);
+	int (*cutover_put)(struct store *st, const struct cutover_rec *c);
+	int (*cutover_each)(struct store *st,
+			    int (*cb)(const struct cutover_rec *c, void *ctx), void *ctx);
+
+	/* time of the user's newest log entry with this event; NOTFOUND if none */
+	int (*log_last)(struct store *st, const char *user, const char *event,
+			int64_t *time_r);
 
 	/* append-only */
 	int (*log_add)(struct store *st, const struct log_rec *l);

@@ -47,6 +47,41 @@ static const char *const migrations[] = {
 	/* 1 -> 2: log queries by user and time */
 	"CREATE INDEX log_user_time ON log (user, time);"
 	"CREATE INDEX users_wave ON users (wave_id);",
+	/* 2 -> 3: routing read by Dovecot and Postfix (docs/routing.md), cut-overs.
+	   The views use only standard SQL (CASE, COALESCE, ||) so the same
+	   queries work on PostgreSQL. */
+	"ALTER TABLE endpoints ADD COLUMN pop3_port INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE endpoints ADD COLUMN transport TEXT NOT NULL DEFAULT '';"
+	"CREATE TABLE routes (user_id INTEGER PRIMARY KEY REFERENCES users(id),"
+	" target TEXT NOT NULL CHECK (target IN ('old', 'new')),"
+	" changed_at INTEGER NOT NULL);"
+	"CREATE TABLE cutovers (wave_id INTEGER PRIMARY KEY REFERENCES waves(id),"
+	" kind TEXT NOT NULL, state TEXT NOT NULL, at INTEGER NOT NULL,"
+	" forced INTEGER NOT NULL, max_age INTEGER NOT NULL, settle INTEGER NOT NULL,"
+	" started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,"
+	" users INTEGER NOT NULL, ok INTEGER NOT NULL, failed INTEGER NOT NULL,"
+	" error TEXT NOT NULL);"
+	"CREATE INDEX log_user_event ON log (user, event, time);"
+	"CREATE VIEW ferry_route AS SELECT u.name AS name, u.new_login AS login,"
+	" u.old_login AS old_login, COALESCE(r.target, 'old') AS target,"
+	" COALESCE(r.changed_at, 0) AS changed_at, e.host AS host, e.port AS imap_port,"
+	" CASE WHEN e.pop3_port > 0 THEN e.pop3_port WHEN e.tls = 'imaps' THEN 995"
+	" ELSE 110 END AS pop3_port, e.tls AS tls, e.transport AS transport"
+	" FROM users u JOIN endpoints e ON e.id = u.endpoint_id"
+	" LEFT JOIN routes r ON r.user_id = u.id;"
+	"CREATE VIEW ferry_passdb AS SELECT login, old_login AS destuser, host,"
+	" imap_port, pop3_port,"
+	" CASE WHEN tls = 'imaps' THEN 'yes' END AS ssl,"
+	" CASE WHEN tls = 'starttls' THEN 'yes' END AS starttls"
+	" FROM ferry_route WHERE target = 'old';"
+	"CREATE VIEW ferry_userdb AS SELECT login,"
+	" CASE WHEN target = 'new' THEN 'cutover' ELSE 'presync' END AS ferry_phase"
+	" FROM ferry_route;"
+	"CREATE VIEW ferry_transport AS SELECT login AS address,"
+	" CASE WHEN target = 'new' THEN COALESCE((SELECT value FROM settings"
+	" WHERE key = 'route_new_transport'), 'lmtp:unix:private/dovecot-lmtp')"
+	" WHEN transport <> '' THEN transport"
+	" ELSE 'smtp:[' || host || ']:25' END AS nexthop FROM ferry_route;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -479,6 +514,162 @@ static int sq_folder_each(struct store *st, const char *user,
 	return ret;
 }
 
+static int sq_route_get(struct store *st, const char *user, struct route_rec *r)
+{
+	sqlite3_stmt *stmt = prepf(st, "SELECT name, target, changed_at FROM ferry_route"
+				   " WHERE name = ?", "s", user);
+	int rc;
+
+	if (stmt == NULL)
+		return -1;
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW) {
+		memset(r, 0, sizeof(*r));
+		col_text(stmt, 0, r->user, sizeof(r->user));
+		col_text(stmt, 1, r->target, sizeof(r->target));
+		r->changed_at = sqlite3_column_int64(stmt, 2);
+	}
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "route_get");
+}
+
+static int sq_route_set(struct store *st, const char *user, const char *target,
+			int64_t when)
+{
+	if (run(st, prepf(st, "INSERT INTO routes (user_id, target, changed_at)"
+			  " SELECT id, ?, ? FROM users WHERE name = ?"
+			  " ON CONFLICT (user_id) DO UPDATE SET target = excluded.target,"
+			  " changed_at = excluded.changed_at", "sis", target, when, user),
+		"route_set") < 0)
+		return -1;
+	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
+}
+
+static int sq_route_set_wave(struct store *st, const char *wave, const char *target,
+			     int64_t when, int *changed)
+{
+	if (run(st, prepf(st, "INSERT INTO routes (user_id, target, changed_at)"
+			  " SELECT u.id, ?, ? FROM users u JOIN waves w ON w.id = u.wave_id"
+			  " WHERE w.name = ?"
+			  " ON CONFLICT (user_id) DO UPDATE SET target = excluded.target,"
+			  " changed_at = excluded.changed_at", "sis", target, when, wave),
+		"route_set_wave") < 0)
+		return -1;
+	if (changed != NULL)
+		*changed = sqlite3_changes(SQ(st)->db);
+	return 0;
+}
+
+static int sq_endpoint_route_set(struct store *st, const char *host, int port,
+				 int pop3_port, const char *transport)
+{
+	if (run(st, prepf(st, "UPDATE endpoints SET pop3_port = ?, transport = ?"
+			  " WHERE host = ? AND port = ?", "issi", (int64_t)pop3_port,
+			  transport, host, (int64_t)port), "endpoint_route_set") < 0)
+		return -1;
+	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
+}
+
+#define CUTOVER_COLS "w.name, c.kind, c.state, c.at, c.forced, c.max_age," \
+	" c.started_at, c.finished_at, c.users, c.ok, c.failed, c.error, c.settle"
+
+static void cutover_row(sqlite3_stmt *stmt, struct cutover_rec *c)
+{
+	memset(c, 0, sizeof(*c));
+	col_text(stmt, 0, c->wave, sizeof(c->wave));
+	col_text(stmt, 1, c->kind, sizeof(c->kind));
+	col_text(stmt, 2, c->state, sizeof(c->state));
+	c->at = sqlite3_column_int64(stmt, 3);
+	c->forced = sqlite3_column_int(stmt, 4);
+	c->max_age = sqlite3_column_int64(stmt, 5);
+	c->started_at = sqlite3_column_int64(stmt, 6);
+	c->finished_at = sqlite3_column_int64(stmt, 7);
+	c->users = sqlite3_column_int(stmt, 8);
+	c->ok = sqlite3_column_int(stmt, 9);
+	c->failed = sqlite3_column_int(stmt, 10);
+	col_text(stmt, 11, c->error, sizeof(c->error));
+	c->settle = sqlite3_column_int(stmt, 12);
+}
+
+static int sq_cutover_get(struct store *st, const char *wave, struct cutover_rec *c)
+{
+	sqlite3_stmt *stmt = prepf(st, "SELECT " CUTOVER_COLS " FROM cutovers c JOIN waves w"
+				   " ON w.id = c.wave_id WHERE w.name = ?", "s", wave);
+	int rc;
+
+	if (stmt == NULL)
+		return -1;
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW)
+		cutover_row(stmt, c);
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "cutover_get");
+}
+
+static int sq_cutover_put(struct store *st, const struct cutover_rec *c)
+{
+	if (run(st, prepf(st, "INSERT INTO cutovers (wave_id, kind, state, at, forced, max_age,"
+			  " started_at, finished_at, users, ok, failed, error, settle) SELECT id,"
+			  " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM waves WHERE name = ?"
+			  " ON CONFLICT (wave_id) DO UPDATE SET kind = excluded.kind,"
+			  " state = excluded.state, at = excluded.at, forced = excluded.forced,"
+			  " max_age = excluded.max_age, started_at = excluded.started_at,"
+			  " finished_at = excluded.finished_at, users = excluded.users,"
+			  " ok = excluded.ok, failed = excluded.failed, error = excluded.error,"
+			  " settle = excluded.settle",
+			  "ssiiiiiiiisis", c->kind, c->state, c->at, (int64_t)c->forced,
+			  c->max_age, c->started_at, c->finished_at, (int64_t)c->users,
+			  (int64_t)c->ok, (int64_t)c->failed, c->error, (int64_t)c->settle,
+			  c->wave),
+		"cutover_put") < 0)
+		return -1;
+	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
+}
+
+static int sq_cutover_each(struct store *st, int (*cb)(const struct cutover_rec *, void *),
+			   void *ctx)
+{
+	sqlite3_stmt *stmt = prep(st, "SELECT " CUTOVER_COLS " FROM cutovers c JOIN waves w"
+				  " ON w.id = c.wave_id ORDER BY w.id");
+	struct cutover_rec c;
+	int rc, ret = 0;
+
+	if (stmt == NULL)
+		return -1;
+	while (ret == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		cutover_row(stmt, &c);
+		ret = cb(&c, ctx);
+	}
+	if (ret == 0 && rc != SQLITE_DONE)
+		ret = sq_fail(st, "cutover_each");
+	sqlite3_finalize(stmt);
+	return ret;
+}
+
+static int sq_log_last(struct store *st, const char *user, const char *event,
+		       int64_t *time_r)
+{
+	sqlite3_stmt *stmt = prepf(st, "SELECT MAX(time) FROM log WHERE user = ? AND event = ?",
+				   "ss", user, event);
+	int rc, found = 0;
+
+	if (stmt == NULL)
+		return -1;
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL) {
+		*time_r = sqlite3_column_int64(stmt, 0);
+		found = 1;
+	}
+	sqlite3_finalize(stmt);
+	if (rc != SQLITE_ROW)
+		return sq_fail(st, "log_last");
+	return found ? 0 : STORE_NOTFOUND;
+}
+
 static int sq_log_add(struct store *st, const struct log_rec *l)
 {
 	return run(st, prepf(st, "INSERT INTO log (time, user, folder, event, copied,"
@@ -546,6 +737,14 @@ struct store *store_sqlite_new(void)
 	st->user_each = sq_user_each;
 	st->folder_put = sq_folder_put;
 	st->folder_each = sq_folder_each;
+	st->route_get = sq_route_get;
+	st->route_set = sq_route_set;
+	st->route_set_wave = sq_route_set_wave;
+	st->endpoint_route_set = sq_endpoint_route_set;
+	st->cutover_get = sq_cutover_get;
+	st->cutover_put = sq_cutover_put;
+	st->cutover_each = sq_cutover_each;
+	st->log_last = sq_log_last;
 	st->log_add = sq_log_add;
 	st->log_each = sq_log_each;
 	return st;

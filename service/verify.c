@@ -90,11 +90,40 @@ static int sampled(const struct verify_options *o, uint32_t uid)
 	return (double)(h % 1000000) / 1e6 < o->sample;
 }
 
-/* old name (old separator) -> new naming, level by level */
-static char *map_name(const char *name, char osep, char nsep, int *lossy)
+/* after old_prefix, or NULL if name is outside it */
+static const char *after_prefix(const char *name, const char *prefix, char osep)
 {
-	char *out = strdup(name);
+	size_t pl = strlen(prefix), k = 0;
+	/* INBOX is case-insensitive (RFC 3501 5.1) */
+	if (pl >= 5 && strncasecmp(prefix, "INBOX", 5) == 0 && (pl == 5 || prefix[5] == osep)) {
+		if (strncasecmp(name, "INBOX", 5) != 0)
+			return NULL;
+		k = 5;
+	}
+	if (strncmp(name + k, prefix + k, pl - k) != 0)
+		return NULL;
+	name += pl;
+	if (pl > 0 && prefix[pl - 1] != osep) {
+		if (osep == 0 || *name != osep)
+			return NULL; /* "INBOX" must not take "INBOXES" */
+		name++;
+	}
+	return *name ? name : NULL;
+}
+
+char *ferry_verify_map_name(const char *name, char osep, char nsep, const char *old_prefix,
+			    int *lossy)
+{
 	*lossy = 0;
+	if (old_prefix != NULL && old_prefix[0] != '\0') {
+		const char *rest = after_prefix(name, old_prefix, osep);
+		if (rest != NULL) {
+			name = rest;
+			if (strcasecmp(name, "INBOX") == 0)
+				*lossy = 1; /* "INBOX.INBOX" cannot become the real INBOX */
+		}
+	}
+	char *out = strdup(name);
 	if (out == NULL || osep == nsep || osep == 0 || nsep == 0)
 		return out;
 	for (char *p = out; *p; p++) {
@@ -313,6 +342,8 @@ json_t *ferry_verify(const struct imap_client_settings *old_set,
 	json_object_set_new(report, "old", server_json(old_set, old.c));
 	json_object_set_new(report, "new", server_json(new_set, new.c));
 	json_object_set_new(report, "sample", json_real(opt.sample));
+	if (opt.old_prefix != NULL && opt.old_prefix[0] != '\0')
+		json_object_set_new(report, "old_prefix", json_string(opt.old_prefix));
 	json_t *folders = json_array(), *missing = json_array(), *extra = json_array(),
 	       *skipped = json_array();
 	int fail = 0;
@@ -323,7 +354,7 @@ json_t *ferry_verify(const struct imap_client_settings *old_set,
 		if (!selectable(of))
 			continue;
 		int lossy;
-		char *name = map_name(of->name, old.sep, new.sep, &lossy);
+		char *name = ferry_verify_map_name(of->name, old.sep, new.sep, opt.old_prefix, &lossy);
 		if (opt.only_folder && strcmp(opt.only_folder, name) != 0) {
 			free(name);
 			continue;

@@ -25,7 +25,21 @@ struct verify_options {
 	size_t max_diffs;        /* per folder in the report (0: 50); counts are always complete */
 	size_t fetch_batch;      /* UIDs per pipelined body fetch (0: 50) */
 	const char *only_folder; /* verify just this folder (UTF-8, new naming), or NULL */
+	/* Old-server prefix to strip before mapping, in old naming, e.g.
+	 * "INBOX." for Cyrus (altnamespace: no) and Courier, "INBOX/" for
+	 * Cyrus with unixhierarchysep: yes - where Ferry's NEW (imapc_list_prefix)
+	 * keeps those folders at the top level. "INBOX" is the same as "INBOX"
+	 * plus the old separator; its "INBOX" matches case-insensitively.
+	 * Folders outside the prefix (INBOX itself) keep their names; a folder
+	 * that would become "INBOX" is not representable. NULL or "": none. */
+	const char *old_prefix;
 };
+
+/* The new-side name of an old folder (malloc): old_prefix stripped, then
+ * mapped level by level from osep to nsep. *lossy = 1 when a level holds
+ * nsep or the result would be INBOX (not representable on new). */
+char *ferry_verify_map_name(const char *old_name, char osep, char nsep, const char *old_prefix,
+			    int *lossy);
 
 /* The JSON report (kind, user, old, new, sample, folders[] with name,
  * old_name, result, uidvalidity, uidnext, messages, bodies_compared,

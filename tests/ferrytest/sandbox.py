@@ -160,7 +160,7 @@ class Sandbox:
     def __init__(self, root=None, build_dir=BUILD_DIR, conf_snippet=CONF_SNIPPET,
                  users=("alice", "bob", "carol"), new_plugin=True, batch_size=None,
                  old_extra="", new_extra="", new_userdb_extra=None, ports=None,
-                 doveadm_http=False, tls=False):
+                 doveadm_http=False, tls=False, new_sql_conf=None):
         self.created_root = root is None
         self.root = os.path.abspath(root or tempfile.mkdtemp(prefix="ferry-"))
         self.build_dir = os.path.abspath(build_dir)
@@ -187,6 +187,10 @@ class Sandbox:
         # listener on tls_port, with a test CA made at start (tls_ca())
         self.tls = _free_ports(1)[0] if tls is True else (tls or False)
         self.tls_port = self.tls or None
+        # new_sql_conf: a dovecot-sql.conf.ext (conf/dovecot-sql.conf.ext):
+        # NEW asks its passdb sql first (proxy to OLD for users not cut over)
+        # and its userdb sql first (ferry_phase), then its passwd-file
+        self.new_sql_conf = os.path.abspath(new_sql_conf) if new_sql_conf else None
 
     # ---- paths -----------------------------------------------------------
     def dir(self, inst):
@@ -274,11 +278,11 @@ passdb {{
   args = scheme=PLAIN {d}/masters
   master = yes
 }}
-passdb {{
+{self._sql_passdb(inst)}passdb {{
   driver = passwd-file
   args = scheme=PLAIN {d}/passwd
 }}
-userdb {{
+{self._sql_userdb(inst)}userdb {{
   driver = passwd-file
   args = {d}/passwd
 }}
@@ -310,6 +314,17 @@ imapc_cmd_timeout = 5s
         if ASAN:
             text += self._asan_conf()
         return text + self.new_extra + "\n"
+
+    def _sql_passdb(self, inst):
+        if inst != "new" or not self.new_sql_conf:
+            return ""
+        return "passdb {\n  driver = sql\n  args = %s\n}\n" % self.new_sql_conf
+
+    def _sql_userdb(self, inst):
+        if inst != "new" or not self.new_sql_conf:
+            return ""
+        return ("userdb {\n  driver = sql\n  args = %s\n  result_success = continue-ok\n}\n"
+                % self.new_sql_conf)
 
     # ---- TLS (OLD only) ------------------------------------------------------
     def tls_dir(self):
@@ -531,7 +546,7 @@ imapc_cmd_timeout = 5s
         state = {k: getattr(self, k) for k in (
             "build_dir", "conf_snippet", "users", "new_plugin", "batch_size",
             "old_extra", "new_extra", "new_userdb_extra", "ports", "doveadm_http",
-            "tls")}
+            "tls", "new_sql_conf")}
         with open(os.path.join(self.root, self.STATE), "w") as f:
             json.dump(state, f, indent=1)
 

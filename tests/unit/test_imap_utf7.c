@@ -74,3 +74,49 @@ Test(utf7, invalid_utf8)
 	bad8("\xff", 1, "invalid UTF-8");
 	bad8("a\0b", 3, "NUL");
 }
+
+/* ---- folder names old -> new (verify.h) ----------------------------------- */
+#include "verify.h"
+
+static void mapped(const char *old, char osep, char nsep, const char *prefix, const char *want,
+		   int want_lossy)
+{
+	int lossy = -1;
+	char *got = ferry_verify_map_name(old, osep, nsep, prefix, &lossy);
+	cr_assert_not_null(got);
+	cr_assert_str_eq(got, want, "%s (prefix %s)", old, prefix ? prefix : "NULL");
+	cr_assert_eq(lossy, want_lossy, "%s (prefix %s): lossy %d", old, prefix ? prefix : "NULL",
+		     lossy);
+	free(got);
+}
+
+Test(folder_names, separator_level_by_level)
+{
+	mapped("Projects.2019.Q1", '.', '/', NULL, "Projects/2019/Q1", 0);
+	mapped("a/b.c", '.', '/', NULL, "a/b/c", 1); /* a level holds '/' */
+	mapped("Sent", '.', '.', "", "Sent", 0);
+	mapped("INBOX.Sent", '.', '/', NULL, "INBOX/Sent", 0); /* no prefix: kept */
+}
+
+Test(folder_names, old_prefix_stripped)
+{
+	/* Cyrus (altnamespace: no) and Courier */
+	mapped("INBOX", '.', '/', "INBOX.", "INBOX", 0);
+	mapped("INBOX.Sent", '.', '/', "INBOX.", "Sent", 0);
+	mapped("INBOX.Projects.2019.Q1", '.', '/', "INBOX.", "Projects/2019/Q1", 0);
+	mapped("inbox.Sent", '.', '/', "INBOX.", "Sent", 0); /* INBOX: any case */
+	mapped("INBOX.Entwürfe", '.', '/', "INBOX.", "Entwürfe", 0);
+	/* Cyrus unixhierarchysep: yes: same separator on both sides */
+	mapped("INBOX/Projects/2019", '/', '/', "INBOX/", "Projects/2019", 0);
+	/* the separator may be left out of the prefix */
+	mapped("INBOX.Sent", '.', '/', "INBOX", "Sent", 0);
+	mapped("INBOXES", '.', '/', "INBOX", "INBOXES", 0);
+	mapped("INBOXES.x", '.', '/', "INBOX.", "INBOXES/x", 0);
+	/* outside the prefix: unchanged (other namespaces) */
+	mapped("shared.team", '.', '/', "INBOX.", "shared/team", 0);
+	/* a prefix that is not INBOX is matched exactly */
+	mapped("Mail.Sent", '.', '/', "Mail.", "Sent", 0);
+	mapped("mail.Sent", '.', '/', "Mail.", "mail/Sent", 0);
+	/* a folder that would become the real INBOX */
+	mapped("INBOX.INBOX", '.', '/', "INBOX.", "INBOX", 1);
+}
