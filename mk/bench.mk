@@ -1,0 +1,21 @@
+# make bench: Ferry against dsync, mbsync (and imapsync if it can run) on one
+# seeded corpus, in one run (issue 7, docs/bench.md). Results land in
+# bench/results/latest.{json,md} and are printed.
+#   make bench                         default corpus (BENCH_MESSAGES=20000)
+#   make bench BENCH_MESSAGES=5000     another size
+#   make bench-smoke                   the small mode (tests/test_bench_smoke.py runs it too)
+# BENCH_ARGS passes more options to bench/bench.py (e.g. --set ferry_batch_size=1000,
+# --perf: perf record -g the Ferry full pass; needs Debian linux-perf).
+
+BENCH_MESSAGES ?= 20000
+BENCH_ARGS     ?=
+DEB_PACKAGES   += isync time
+
+.PHONY: bench bench-smoke
+bench: deps
+	$(MAKE) all
+	$(PYTHON) bench/bench.py --messages $(BENCH_MESSAGES) $(BENCH_ARGS)
+
+bench-smoke: deps
+	$(MAKE) all
+	$(PYTHON) bench/bench.py --small --out $(BUILD)/bench-smoke $(BENCH_ARGS)

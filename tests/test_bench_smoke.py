@@ -1,0 +1,98 @@
+"""make bench's small mode (issue 7): every scenario runs end to end on the
+real Dovecot pair and reports sane numbers. Performance targets are
+reported by `make bench`, never asserted here."""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ferrytest.sandbox import ASAN, REPO
+
+BUDGET = 60
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "bench.py"), "--small",
+                        "--out", str(out)], capture_output=True, text=True, timeout=BUDGET * 3,
+                       stdin=subprocess.DEVNULL)
+    wall = time.monotonic() - t0
+    print(r.stdout[-6000:], r.stderr[-3000:])
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out / "latest.json") as f:
+        res = json.load(f)
+    with open(out / "latest.md") as f:
+        md = f.read()
+    return res, md, r.stdout, wall
+
+
+def num(v):
+    return isinstance(v, (int, float)) and not math.isnan(v) and v >= 0
+
+
+@pytest.mark.skipif(ASAN, reason="a timing smoke test: the plain run covers the bench code")
+def test_bench_small_mode_reports_every_scenario(results):
+    res, md, stdout, wall = results
+    assert wall <= BUDGET, "small mode took %.1fs (budget %ds)" % (wall, BUDGET)
+    S = res["scenarios"]
+    assert set(S) == {"1_full", "2_delta", "3_lazy", "4_overhead", "5_many_users"}
+    for key, s in S.items():
+        assert "error" not in s, (key, s)
+    c = res["corpus"]
+    assert c["messages"] >= 250 and c["folders"] == 25 and c["max_message"] > 9 * 10**6
+
+    # 1: every tool has a row; Ferry and dsync measured and complete
+    full = S["1_full"]
+    assert set(full) >= {"ferry", "dsync", "mbsync", "imapsync"}
+    for tool in ("ferry", "dsync"):
+        r = full[tool]
+        assert r["rc"] == 0, r
+        assert r["messages"] == c["messages"] and r["wall_s"] > 0
+        assert num(r["msgs_per_s"]) and num(r["mb_per_s"]) and r["msgs_per_s"] > 0
+        assert num(r["tool_cpu_s"]) and r["tool_peak_rss_mb"] > 0
+        assert all(num(v) for v in r["cpu_s"].values()) and set(r["cpu_s"]) == {"old", "new"}
+        assert r["kept"]["complete"]
+        assert "ratio_vs_dsync" in r
+    # Ferry keeps everything (its guarantee), whatever the speed
+    k = full["ferry"]["kept"]
+    assert k["uids"] and k["uidvalidity"] and k["flags"] and k["keywords"] and k["dates"]
+    assert "target_met" in full["ferry"]
+    assert "unavailable" in full["imapsync"] or full["imapsync"].get("rc") == 0
+    assert "unavailable" in full["mbsync"] or full["mbsync"]["kept"]["found"] > 0
+
+    # 2: delta rows, with what each tool mirrored
+    delta = S["2_delta"]
+    for tool in ("ferry", "dsync"):
+        assert delta[tool]["rc"] == 0 and num(delta[tool]["wall_s"])
+        assert delta[tool]["new_on_old"] > 0 and "new_copied" in delta[tool]
+    assert delta["dsync"]["new_copied"] == delta["dsync"]["new_on_old"]
+
+    # 3: three sizes, ordered percentiles
+    lazy = {k: v for k, v in S["3_lazy"].items() if k.startswith("L")}
+    assert len(lazy) == 3
+    for r in lazy.values():
+        assert r["repeats"] >= 2 and 0 < r["p50_s"] <= r["p95_s"]
+
+    # 4: both loops measured, ratios sane
+    ov = S["4_overhead"]
+    for key in ("select_status", "login"):
+        assert 0.2 < ov[key]["ratio"] < 5, ov
+    assert "target_met" in ov
+
+    # 5: ferryd (or the pool fallback) migrated every user within the limit
+    many = S["5_many_users"]
+    r = many.get("pool") if "pending" in many.get("ferryd", {}) else many["ferryd"]
+    assert r["users_done"] == r["users"] and r["max_sessions_on_old"] <= r["per_host_limit"]
+    assert r["max_sessions_on_old"] >= 1 and r["kept"]["all_kept"]
+
+    # the table has every scenario and says what is pending / unavailable
+    for label in ("full bulk pass", "delta", "lazy", "plugin overhead", "many users",
+                  "imapsync"):
+        assert label in md, label
+    assert md in stdout  # printed at the end
