@@ -7,7 +7,7 @@ FERRYD_LDFLAGS = $(SANITIZE)
 FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto
 
 FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret \
-              cutover cutover_check
+              cutover cutover_check checks
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
 FERRYD_HDRS = $(wildcard service/*.h)
 
@@ -26,8 +26,10 @@ FERRYD_OBJS = $(FERRYD_CORE_OBJS) $(BUILD)/service/ferryd.o $(BUILD)/service/fer
 $(FERRYD_OBJS): $(BUILD)/service/%.o: service/%.c $(FERRYD_HDRS) | $(BUILD)/service
 	$(CC) $(FERRYD_CFLAGS) -c -o $@ $<
 
-$(BUILD)/ferryd: $(BUILD)/service/ferryd.o $(FERRYD_CORE_OBJS)
-	$(CC) $(FERRYD_LDFLAGS) -o $@ $^ $(FERRYD_LIBS)
+# checks.c formats reports with the IMAP library (preflight.c, verify.c);
+# the runs themselves are ferry-imapcheck children (built alongside)
+$(BUILD)/ferryd: $(BUILD)/service/ferryd.o $(FERRYD_CORE_OBJS) $(BUILD)/libferry-imap.a | $(BUILD)/ferry-imapcheck
+	$(CC) $(FERRYD_LDFLAGS) -o $@ $(filter %.o %.a,$^) $(FERRYD_LIBS) $(IMAPC_LIBS)
 
 $(BUILD)/ferryctl: $(BUILD)/service/ferryctl.o $(BUILD)/service/config.o
 	$(CC) $(FERRYD_LDFLAGS) -o $@ $^ -levent -ljansson
@@ -35,8 +37,8 @@ $(BUILD)/ferryctl: $(BUILD)/service/ferryctl.o $(BUILD)/service/config.o
 $(FERRYD_UNIT:%=%.o): $(BUILD)/unit/%.o: tests/unit/%.c $(FERRYD_HDRS) | $(BUILD)/unit
 	$(CC) $(FERRYD_CFLAGS) -Wno-missing-prototypes -c -o $@ $<
 
-$(FERRYD_UNIT): $(BUILD)/unit/test_%: $(BUILD)/unit/test_%.o $(FERRYD_CORE_OBJS)
-	$(CC) $(FERRYD_LDFLAGS) -o $@ $^ -lcriterion $(FERRYD_LIBS)
+$(FERRYD_UNIT): $(BUILD)/unit/test_%: $(BUILD)/unit/test_%.o $(FERRYD_CORE_OBJS) $(BUILD)/libferry-imap.a
+	$(CC) $(FERRYD_LDFLAGS) -o $@ $^ -lcriterion $(FERRYD_LIBS) $(IMAPC_LIBS)
 
 .PHONY: ferryd
 ferryd: $(BUILD)/ferryd $(BUILD)/ferryctl

@@ -18,6 +18,7 @@
 #include <sys/queue.h>
 #include <time.h>
 
+#include "checks.h"
 #include "csv.h"
 #include "cutover.h"
 #include "evlog.h"
@@ -33,6 +34,7 @@ struct api {
 	api_kick_cb *kick;
 	void *ctx;
 	struct cutover *cutover; /* cut-over, rollback and routing endpoints */
+	struct checks *checks;   /* preflight and verification */
 };
 
 struct call {
@@ -573,6 +575,15 @@ static int status_user(const struct user_rec *u, void *ctx)
 	json_object_set_new(j, "finished_at", json_integer(u->finished_at));
 	json_object_set_new(j, "sync_now", json_boolean(u->sync_seq > 0));
 	json_object_set_new(j, "folders", folders);
+	{
+		struct check_rec cr;
+		if (s->st->check_get(s->st, u->name, "verify", &cr, 0) == 0)
+			json_object_set_new(j, "verify", json_pack("{s:s, s:s, s:I, s:s}", "state",
+				cr.state, "result", cr.result, "finished_at",
+				(json_int_t)cr.finished_at, "error", cr.error));
+		else
+			json_object_set_new(j, "verify", json_null());
+	}
 	json_array_append_new(s->users, j);
 	s->old_total += old;
 	s->local_total += local;
@@ -757,6 +768,41 @@ void api_set_cutover(struct api *a, struct cutover *cutover)
 	a->cutover = cutover;
 }
 
+/* ---- preflight and verification (checks.c) ------------------------------ */
+
+static void h_checks_api(struct call *c)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(c->req);
+	int post = evhttp_request_get_command(c->req) == EVHTTP_REQ_POST;
+	char path[128];
+	json_t *args, *out = NULL;
+	struct evkeyval *kv;
+	int code;
+
+	if (c->a->checks == NULL) {
+		reply_error(c, 503, "checks are not available");
+		return;
+	}
+	snprintf(path, sizeof(path), "%s %s", post ? "POST" : "GET", evhttp_uri_get_path(uri));
+	if (post)
+		args = json_incref(c->body);
+	else {
+		args = json_object();
+		TAILQ_FOREACH(kv, &c->query, next)
+			json_object_set_new(args, kv->key, json_string(kv->value));
+	}
+	code = checks_api(c->a->checks, path, args, &out);
+	json_decref(args);
+	if (code == 202)
+		c->a->kick(c->a->ctx);
+	reply(c, code, out != NULL ? out : json_object());
+}
+
+void api_set_checks(struct api *a, struct checks *checks)
+{
+	a->checks = checks;
+}
+
 /* ---- routing ------------------------------------------------------------ */
 
 static const struct route {
@@ -779,6 +825,10 @@ static const struct route {
 	{ EVHTTP_REQ_POST, "/v1/rollback", h_cutover_api },
 	{ EVHTTP_REQ_POST, "/v1/route/config", h_cutover_api },
 	{ EVHTTP_REQ_GET, "/v1/route", h_cutover_api },
+	{ EVHTTP_REQ_POST, "/v1/preflight", h_checks_api },
+	{ EVHTTP_REQ_POST, "/v1/verify", h_checks_api },
+	{ EVHTTP_REQ_GET, "/v1/check", h_checks_api },
+	{ EVHTTP_REQ_POST, "/v1/endpoint", h_checks_api },
 };
 
 static int token_ok(struct api *a, struct evhttp_request *req, const char **why)

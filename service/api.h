@@ -22,6 +22,9 @@ void api_free(struct api *a);
 /* serves the cut-over, rollback and routing endpoints (cutover.h) */
 struct cutover;
 void api_set_cutover(struct api *a, struct cutover *cutover);
+/* serves the preflight, verify, check and endpoint endpoints (checks.h) */
+struct checks;
+void api_set_checks(struct api *a, struct checks *checks);
 
 /* "1700000000", "2025-01-31", "2025-01-31T08:00[:SS]" or "... 08:00" (local
    time), or "90s" "10m" "2h" "3d" ago. -1 if invalid. */

@@ -38,6 +38,11 @@ void config_defaults(struct ferry_config *cfg)
 	cfg->drain_timeout = 30;
 	cfg->max_body = 1048576;
 	cfg->tick_ms = 1000;
+	cfg->new_imap_host = strdup("127.0.0.1");
+	cfg->new_imap_port = 143;
+	cfg->verify_sample = 1.0;
+	cfg->verify_after_pull = 1;
+	cfg->check_timeout = 600;
 }
 
 void config_free(struct ferry_config *cfg)
@@ -49,6 +54,13 @@ void config_free(struct ferry_config *cfg)
 	free(cfg->doveadm_api_key_file);
 	free(cfg->log_file);
 	free(cfg->secret_key_file);
+	free(cfg->new_imap_host);
+	free(cfg->new_tls);
+	free(cfg->imap_ca_file);
+	free(cfg->old_master_user);
+	free(cfg->old_master_password_file);
+	free(cfg->new_master_user);
+	free(cfg->new_master_password_file);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -95,6 +107,8 @@ static const struct int_key int_keys[] = {
 	IK(drain_timeout, 0, 3600),
 	IK(max_body, 1024, 1 << 30),
 	IK(tick_ms, 10, 60000),
+	IK(verify_after_pull, 0, 1),
+	IK(check_timeout, 1, 86400),
 };
 
 static char **str_key(struct ferry_config *cfg, const char *key)
@@ -109,6 +123,16 @@ static char **str_key(struct ferry_config *cfg, const char *key)
 		return &cfg->log_file;
 	if (strcmp(key, "secret_key_file") == 0)
 		return &cfg->secret_key_file;
+	if (strcmp(key, "imap_ca_file") == 0)
+		return &cfg->imap_ca_file;
+	if (strcmp(key, "old_master_user") == 0)
+		return &cfg->old_master_user;
+	if (strcmp(key, "old_master_password_file") == 0)
+		return &cfg->old_master_password_file;
+	if (strcmp(key, "new_master_user") == 0)
+		return &cfg->new_master_user;
+	if (strcmp(key, "new_master_password_file") == 0)
+		return &cfg->new_master_password_file;
 	return NULL;
 }
 
@@ -141,6 +165,32 @@ static int parse_line(char *line, int lineno, const char *name,
 	*eq = '\0';
 	key = trim(line);
 	value = trim(eq + 1);
+	if (strcmp(key, "new_imap") == 0) {
+		if (parse_addr(value, &cfg->new_imap_host, &cfg->new_imap_port) < 0)
+			return fail(err_r, "%s:%d: %s: expected HOST:PORT, got \"%s\"",
+				    name, lineno, key, value);
+		return 0;
+	}
+	if (strcmp(key, "new_tls") == 0) {
+		if (strcmp(value, "none") != 0 && strcmp(value, "imaps") != 0 &&
+		    strcmp(value, "starttls") != 0)
+			return fail(err_r, "%s:%d: new_tls: expected none, imaps or starttls, got \"%s\"",
+				    name, lineno, value);
+		free(cfg->new_tls);
+		cfg->new_tls = strdup(value);
+		return 0;
+	}
+	if (strcmp(key, "verify_sample") == 0) {
+		char *end;
+		double v;
+		errno = 0;
+		v = strtod(value, &end);
+		if (errno != 0 || end == value || *end != '\0' || !(v >= 0.0 && v <= 1.0))
+			return fail(err_r, "%s:%d: verify_sample: expected a fraction from 0 to 1,"
+				    " got \"%s\"", name, lineno, value);
+		cfg->verify_sample = v;
+		return 0;
+	}
 	if (strcmp(key, "listen") == 0 || strcmp(key, "doveadm") == 0) {
 		int is_listen = key[0] == 'l';
 		if (parse_addr(value, is_listen ? &cfg->listen_host : &cfg->doveadm_host,
@@ -218,6 +268,12 @@ int config_load(const char *path, struct ferry_config *cfg, char **err_r)
 		return fail(err_r, "%s: api_token_file is required", path);
 	if (cfg->doveadm_api_key_file == NULL || *cfg->doveadm_api_key_file == '\0')
 		return fail(err_r, "%s: doveadm_api_key_file is required", path);
+	if ((cfg->old_master_user != NULL && *cfg->old_master_user != '\0') !=
+	    (cfg->old_master_password_file != NULL && *cfg->old_master_password_file != '\0'))
+		return fail(err_r, "%s: old_master_user and old_master_password_file go together", path);
+	if ((cfg->new_master_user != NULL && *cfg->new_master_user != '\0') !=
+	    (cfg->new_master_password_file != NULL && *cfg->new_master_password_file != '\0'))
+		return fail(err_r, "%s: new_master_user and new_master_password_file go together", path);
 	return 0;
 }
 

@@ -21,6 +21,18 @@ struct ferry_config {
 	int drain_timeout;        /* seconds SIGTERM waits for pulls in flight */
 	int max_body;             /* admin API request body limit, bytes */
 	int tick_ms;              /* scheduler period */
+	/* preflight and verification (service/checks.c) */
+	char *new_imap_host;      /* NEW's IMAP address (default 127.0.0.1:143) */
+	int new_imap_port;
+	char *new_tls;            /* none | imaps | starttls (default none) */
+	char *imap_ca_file;       /* CA file for TLS to either server ("" = system) */
+	char *old_master_user;    /* master login on the old servers ("" = none) */
+	char *old_master_password_file;
+	char *new_master_user;    /* master login on NEW ("" = none) */
+	char *new_master_password_file;
+	double verify_sample;     /* fraction of bodies hashed (1 = all) */
+	int verify_after_pull;    /* verify a user when the pulls complete */
+	int check_timeout;        /* seconds one preflight/verify may take */
 };
 
 void config_defaults(struct ferry_config *cfg);

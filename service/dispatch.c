@@ -47,7 +47,15 @@ struct dispatch {
 	void *ctx;
 	struct job *jobs;
 	int n;
+	dispatch_complete_cb *complete_cb;
+	void *complete_ctx;
 };
+
+void dispatch_set_complete_cb(struct dispatch *d, dispatch_complete_cb *cb, void *ctx)
+{
+	d->complete_cb = cb;
+	d->complete_ctx = ctx;
+}
 
 static void job_step(struct job *j);
 
@@ -231,15 +239,24 @@ static void job_finish(struct job *j, int ok)
 			int64_t total = 0;
 			for (size_t i = 0; i < j->nfolders; i++)
 				total += j->folders[i].old_messages > 0 ? j->folders[i].old_messages : 0;
-			u.state = US_DONE;
-			u.attempts = 0;
 			u.next_attempt = 0;
-			u.last_error[0] = '\0';
-			u.finished_at = now;
-			log_event(d, j->user, NULL, "user-done", j->copied, total, NULL);
 			snprintf(n1, sizeof(n1), "%lld", (long long)j->copied);
 			snprintf(n2, sizeof(n2), "%lld", (long long)total);
-			evlog("info", "user-done", "user", j->user, "copied", n1, "messages", n2, NULL);
+			if (d->complete_cb != NULL && d->complete_cb(&u, d->complete_ctx)) {
+				/* verification queued: still running until it ends */
+				u.running = 1;
+				log_event(d, j->user, NULL, "pulls-complete", j->copied, total, NULL);
+				evlog("info", "pulls-complete", "user", j->user, "copied", n1,
+				      "messages", n2, "next", "verify", NULL);
+			} else {
+				u.state = US_DONE;
+				u.attempts = 0;
+				u.last_error[0] = '\0';
+				u.finished_at = now;
+				log_event(d, j->user, NULL, "user-done", j->copied, total, NULL);
+				evlog("info", "user-done", "user", j->user, "copied", n1, "messages", n2,
+				      NULL);
+			}
 		} else {
 			u.attempts++;
 			snprintf(u.last_error, sizeof(u.last_error), "%s", j->error);

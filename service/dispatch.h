@@ -19,6 +19,11 @@ void dispatch_free(struct dispatch *d);
 /* starts a job; -1 if it could not be started (logged) */
 int dispatch_start(struct dispatch *d, const struct user_rec *u);
 int dispatch_in_flight(const struct dispatch *d);
+/* Called when a user's folders are all complete: 1 = a verification was
+   queued (the user stays running in its state until it ends), 0 = the user
+   is done. */
+typedef int dispatch_complete_cb(const struct user_rec *u, void *ctx);
+void dispatch_set_complete_cb(struct dispatch *d, dispatch_complete_cb *cb, void *ctx);
 /* drops every job in flight (drain timeout): users stay resumable */
 void dispatch_cancel_all(struct dispatch *d);
 

@@ -5,7 +5,7 @@
  *       [--new-host H --new-port P] [--{old,new}-tls none|imaps|starttls]
  *       [--{old,new}-ca-file F] [--{old,new}-tls-name N] [--{old,new}-tls-insecure]
  *       [--{old,new}-auth login|plain|xoauth2] [--{old,new}-auth-user MASTER]
- *       [--{old,new}-master-separator S] [--timeout-ms N]
+ *       [--{old,new}-master-separator S] [--{old,new}-user LOGIN] [--timeout-ms N]
  *       [--sample F] [--sample-seed N] [--folder NAME] [--old-prefix P]
  *       [--text] [--json FILE]
  *       --credentials FILE|-
@@ -29,6 +29,7 @@ static void usage(void)
 		"       [--new-host H --new-port P] --credentials FILE|- [options]\n"
 		"  per server (--old-X / --new-X): host port tls(none|imaps|starttls) ca-file\n"
 		"       tls-name tls-insecure auth(login|plain|xoauth2) auth-user master-separator\n"
+		"       user (the login there when it is not --user)\n"
 		"  --timeout-ms N  --sample FRACTION  --sample-seed N  --folder NAME\n"
 		"  --old-prefix P  (verify: strip the old server's folder prefix, e.g. INBOX.)\n"
 		"  --text (text report instead of JSON)  --json FILE (also write JSON there)\n"
@@ -66,6 +67,8 @@ static int set_side(struct imap_client_settings *s, const char *key, const char 
 		s->auth_user = val;
 	else if (strcmp(key, "master-separator") == 0)
 		s->master_separator = val;
+	else if (strcmp(key, "user") == 0)
+		s->user = val;
 	else
 		return -1;
 	return 0;
@@ -152,7 +155,10 @@ int main(int argc, char **argv)
 		usage();
 	char *old_secret = NULL, *new_secret = NULL;
 	char *secrets = read_secrets(cred, &old_secret, &new_secret);
-	old.user = new.user = user;
+	if (old.user == NULL)
+		old.user = user;
+	if (new.user == NULL)
+		new.user = user;
 	old.secret = old_secret;
 	new.secret = new_secret;
 	old.tls_insecure = old_insecure;

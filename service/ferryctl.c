@@ -53,6 +53,9 @@ static void usage(void)
 		"          [--no-wait]\n"
 		"  rollback --wave W [--settle 35s] [--no-wait]\n"
 		"  route [USER | --wave W] [--json]\n"
+		"  preflight USER | --wave W [--json] [--no-wait] [--show] [--timeout S]\n"
+		"  verify USER [--json] [--no-wait] [--show] [--timeout S]\n"
+		"  endpoint HOST[:PORT] --old-prefix PREFIX\n"
 		"  route config [--new-transport T] [--endpoint HOST[:PORT] [--pop3-port N]\n"
 		"               [--transport T]]\n");
 	exit(2);
@@ -434,6 +437,16 @@ static void print_status(FILE *out, json_t *j, const char *user, int tty, const 
 					jstr(f, "state"), oldc, jint(f, "messages"), jint(f, "copied"),
 					jint(f, "renumbered"));
 			}
+			json_t *v = json_object_get(u, "verify");
+			if (json_is_object(v)) {
+				char when[64] = "-";
+				if (jint(v, "finished_at") > 0)
+					fmt_time(jint(v, "finished_at"), when, sizeof(when));
+				fprintf(out, "\n  verify: %s (%s)%s%s\n",
+					*jstr(v, "result") ? jstr(v, "result") : jstr(v, "state"),
+					when, *jstr(v, "error") ? ": " : "", jstr(v, "error"));
+			} else
+				fprintf(out, "\n  verify: never run\n");
 		}
 	}
 }
@@ -727,6 +740,120 @@ static void cmd_route(int argc, char **argv)
 	json_decref(j);
 }
 
+/* ---- preflight, verify, endpoint (docs/ferryd.md) ---------------------- */
+
+/* polls GET /v1/check until the run has ended; the stored answer */
+static json_t *wait_check(const char *user, const char *kind, int timeout)
+{
+	char path[600] = "/v1/check";
+	time_t end = time(NULL) + timeout;
+
+	add_query(path, sizeof(path), "user", user);
+	add_query(path, sizeof(path), "kind", kind);
+	for (;;) {
+		json_t *j = call("GET", path, NULL);
+		const char *st = jstr(j, "state");
+		if (strcmp(st, "done") == 0 || strcmp(st, "error") == 0)
+			return j;
+		json_decref(j);
+		if (time(NULL) > end)
+			die("%s of %s: no result within %d s (see ferryctl log --user %s)", kind, user,
+			    timeout, user);
+		usleep(200 * 1000);
+	}
+}
+
+/* prints one stored run; 0 pass, 1 otherwise */
+static int show_check(json_t *j, int json)
+{
+	const char *st = jstr(j, "state"), *res = jstr(j, "result");
+
+	if (json) {
+		char *text = json_dumps(j, JSON_INDENT(1));
+		printf("%s\n", text);
+		free(text);
+	} else if (strcmp(st, "error") == 0)
+		printf("%s %s: ERROR: %s\n", jstr(j, "kind"), jstr(j, "user"), jstr(j, "error"));
+	else
+		fputs(jstr(j, "text"), stdout);
+	return strcmp(st, "done") == 0 && strcmp(res, "pass") == 0 ? 0 : 1;
+}
+
+static void cmd_check(int argc, char **argv)
+{
+	const char *kind = argv[0], *user = NULL, *wave = NULL;
+	int json = 0, nowait = 0, show = 0, timeout = 900, rc = 0;
+	json_t *body = json_object(), *j, *u;
+	size_t i;
+
+	for (int k = 1; k < argc; k++) {
+		if (strcmp(argv[k], "--json") == 0)
+			json = 1;
+		else if (strcmp(argv[k], "--no-wait") == 0)
+			nowait = 1;
+		else if (strcmp(argv[k], "--show") == 0)
+			show = 1;
+		else if (strcmp(argv[k], "--timeout") == 0 && k + 1 < argc)
+			timeout = atoi(argv[++k]);
+		else if (strcmp(argv[k], "--wave") == 0 && k + 1 < argc && kind[0] == 'p')
+			wave = argv[++k];
+		else if (argv[k][0] != '-' && user == NULL)
+			user = argv[k];
+		else
+			usage();
+	}
+	if ((user == NULL) == (wave == NULL))
+		usage();
+	if (show) {  /* the stored report, without running again */
+		char path[600] = "/v1/check";
+		if (user == NULL)
+			usage();
+		add_query(path, sizeof(path), "user", user);
+		add_query(path, sizeof(path), "kind", kind);
+		j = call("GET", path, NULL);
+		rc = show_check(j, json);
+		json_decref(j);
+		exit(rc);
+	}
+	json_object_set_new(body, user != NULL ? "user" : "wave", json_string(user ? user : wave));
+	j = call("POST", kind[0] == 'p' ? "/v1/preflight" : "/v1/verify", body);
+	if (nowait) {
+		printf("%s queued for %zu users (ferryctl %s USER --show)\n", kind,
+		       json_array_size(json_object_get(j, "users")), kind);
+		json_decref(j);
+		return;
+	}
+	if (json)
+		printf("[\n");
+	json_array_foreach(json_object_get(j, "users"), i, u) {
+		json_t *r = wait_check(json_string_value(u), kind, timeout);
+		if (json && i > 0)
+			printf(",\n");
+		if (show_check(r, json) != 0)
+			rc = 1;
+		json_decref(r);
+	}
+	if (json)
+		printf("]\n");
+	json_decref(j);
+	if (rc != 0) {
+		fprintf(stderr, "ferryctl: %s: not every user passed\n", kind);
+		exit(1);
+	}
+}
+
+static void cmd_endpoint(int argc, char **argv)
+{
+	json_t *body = json_object();
+
+	if (argc != 4 || strcmp(argv[2], "--old-prefix") != 0)
+		usage();
+	json_object_set_new(body, "endpoint", json_string(argv[1]));
+	json_object_set_new(body, "old_prefix", json_string(argv[3]));
+	json_decref(call("POST", "/v1/endpoint", body));
+	printf("endpoint %s: old_prefix \"%s\"\n", argv[1], argv[3]);
+}
+
 int main(int argc, char **argv)
 {
 	const char *conf = NULL, *api = NULL, *token_file = NULL;
@@ -763,6 +890,10 @@ int main(int argc, char **argv)
 		cmd_cutover(argc, argv);
 	else if (strcmp(argv[0], "route") == 0)
 		cmd_route(argc, argv);
+	else if (strcmp(argv[0], "preflight") == 0 || strcmp(argv[0], "verify") == 0)
+		cmd_check(argc, argv);
+	else if (strcmp(argv[0], "endpoint") == 0)
+		cmd_endpoint(argc, argv);
 	else
 		usage();
 	explicit_bzero(token, strlen(token));

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "checks.h"
 #include "config.h"
 #include "cutover.h"
 #include "dispatch.h"
@@ -30,6 +31,7 @@ struct daemon {
 	struct doveadm_client *dc;
 	struct dispatch *disp;
 	struct cutover *cut;
+	struct checks *checks;
 	struct sched_running run;
 	struct event *tick, *kick, *drain_timer;
 	int draining;
@@ -75,7 +77,11 @@ static void schedule(struct daemon *d)
 	time_t now = time(NULL);
 	struct tm tm;
 
-	if (d->draining || d->run.total >= d->cfg.max_concurrent)
+	if (d->draining)
+		return;
+	/* preflight/verify runs first: each holds an old-host slot like a pull */
+	checks_start_queued(d->checks, &lim, &d->run);
+	if (d->run.total >= d->cfg.max_concurrent)
 		return;
 	paused = d->st->setting_get(d->st, "paused", buf, sizeof(buf)) == 0 && buf[0] == '1';
 	if (paused)
@@ -126,14 +132,37 @@ static void kick(void *arg)
 	event_active(d->kick, EV_TIMEOUT, 0);
 }
 
+static int in_flight(struct daemon *d)
+{
+	return dispatch_in_flight(d->disp) + checks_running(d->checks);
+}
+
+static int on_pulls_complete(const struct user_rec *u, void *arg)
+{
+	struct daemon *d = arg;
+
+	if (!d->cfg.verify_after_pull || d->draining || !checks_can_verify(d->checks, u))
+		return 0;
+	return checks_queue(d->checks, u, "verify", 1) == 0;
+}
+
+static void on_check_done(const char *host, void *arg);
+
 static void on_job_done(const char *user, const char *host, void *arg)
 {
 	struct daemon *d = arg;
 
 	(void)user;
+	on_check_done(host, d);
+}
+
+static void on_check_done(const char *host, void *arg)
+{
+	struct daemon *d = arg;
+
 	sched_running_remove(&d->run, host);
 	if (d->draining) {
-		if (dispatch_in_flight(d->disp) == 0) {
+		if (in_flight(d) == 0) {
 			evlog("info", "drained", NULL);
 			event_base_loopexit(d->base, NULL);
 		}
@@ -149,9 +178,10 @@ static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	snprintf(n, sizeof(n), "%d", dispatch_in_flight(d->disp));
+	snprintf(n, sizeof(n), "%d", in_flight(d));
 	evlog("warning", "drain-timeout", "abandoned", n, NULL);
 	dispatch_cancel_all(d->disp);
+	checks_cancel_all(d->checks);
 	event_base_loopexit(d->base, NULL);
 }
 
@@ -165,9 +195,10 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 	if (d->draining)
 		return;
 	d->draining = 1;
-	snprintf(n, sizeof(n), "%d", dispatch_in_flight(d->disp));
+	checks_drop_queued(d->checks);
+	snprintf(n, sizeof(n), "%d", in_flight(d));
 	evlog("info", "draining", "signal", sig == SIGINT ? "INT" : "TERM", "in_flight", n, NULL);
-	if (dispatch_in_flight(d->disp) == 0) {
+	if (in_flight(d) == 0) {
 		event_base_loopexit(d->base, NULL);
 		return;
 	}
@@ -216,6 +247,17 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	SWAP_STR(api_token_file);
 	SWAP_STR(secret_key_file);
 	SWAP_STR(log_file);
+	SWAP_STR(new_imap_host);
+	SWAP_STR(new_tls);
+	SWAP_STR(imap_ca_file);
+	SWAP_STR(old_master_user);
+	SWAP_STR(old_master_password_file);
+	SWAP_STR(new_master_user);
+	SWAP_STR(new_master_password_file);
+	d->cfg.new_imap_port = nc.new_imap_port;
+	d->cfg.verify_sample = nc.verify_sample;
+	d->cfg.verify_after_pull = nc.verify_after_pull;
+	d->cfg.check_timeout = nc.check_timeout;
 	d->cfg.doveadm_port = nc.doveadm_port;
 	d->cfg.max_concurrent = nc.max_concurrent;
 	d->cfg.max_per_host = nc.max_per_host;
@@ -336,6 +378,11 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	d.disp = dispatch_new(d.st, d.dc, &d.cfg, on_job_done, &d);
+	d.checks = checks_new(d.base, d.st, &d.cfg, on_check_done, &d);
+	dispatch_set_complete_cb(d.disp, on_pulls_complete, &d);
+	api_set_checks(d.api, d.checks);
+	if (d.st->check_abort_all(d.st, "ferryd stopped before the run ended") < 0)
+		evlog("error", "store-error", "error", d.st->error(d.st), NULL);
 	d.cut = cutover_new(d.base, d.st, d.dc, &d.cfg, kick, &d);
 	api_set_cutover(d.api, d.cut);
 	d.tick = event_new(d.base, -1, EV_PERSIST, on_tick, &d);
@@ -361,6 +408,8 @@ int main(int argc, char **argv)
 	evlog("info", "stopped", NULL);
 	ret = 0;
 	dispatch_free(d.disp);
+	api_set_checks(d.api, NULL);
+	checks_free(d.checks);
 	api_set_cutover(d.api, NULL);
 	cutover_free(d.cut);
 	event_free(ev_term);

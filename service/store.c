@@ -31,3 +31,10 @@ void store_free(struct store *st)
 	free(st->priv);
 	free(st);
 }
+
+void check_rec_free(struct check_rec *c)
+{
+	free(c->report_json);
+	free(c->report_text);
+	c->report_json = c->report_text = NULL;
+}

@@ -28,6 +28,7 @@ struct endpoint_rec {
 	int port;
 	char tls[16];  /* none | imaps | starttls */
 	char auth[16]; /* master | password */
+	char old_prefix[64]; /* folder prefix stripped by verification, e.g. "INBOX." */
 };
 
 struct wave_rec {
@@ -103,6 +104,20 @@ struct cutover_rec {
 	char error[1024];
 };
 
+/* A preflight or verification run of one user (the latest per kind) */
+struct check_rec {
+	char user[256];
+	char kind[16];         /* preflight | verify */
+	char state[16];        /* queued | running | done | error */
+	char result[16];       /* pass | fail ("" unless done) */
+	int after_pull;        /* queued because the user's pulls completed */
+	int64_t requested_at, finished_at;
+	char error[1024];      /* error: why it could not run; fail: summary */
+	char *report_json;     /* malloc'd or NULL (check_get with reports) */
+	char *report_text;
+};
+void check_rec_free(struct check_rec *c);
+
 struct log_filter {
 	const char *user;  /* NULL = any */
 	const char *wave;  /* NULL = any */
@@ -164,6 +179,22 @@ struct store {
 	int (*cutover_put)(struct store *st, const struct cutover_rec *c);
 	int (*cutover_each)(struct store *st,
 			    int (*cb)(const struct cutover_rec *c, void *ctx), void *ctx);
+
+	/* old-server folder prefix of the endpoint HOST:PORT; NOTFOUND if no
+	   user has that endpoint */
+	int (*endpoint_prefix_set)(struct store *st, const char *host, int port,
+				   const char *old_prefix);
+	/* the user's encrypted CSV password (malloc'd) or NOTFOUND */
+	int (*user_password_get)(struct store *st, const char *user, char **enc_r);
+
+	/* checks: one row per user and kind, replaced by check_put; check_get
+	   fills report_json/report_text only if with_reports (free with
+	   check_rec_free); NOTFOUND if none */
+	int (*check_put)(struct store *st, const struct check_rec *c);
+	int (*check_get)(struct store *st, const char *user, const char *kind,
+			 struct check_rec *c, int with_reports);
+	/* queued or running checks -> error (after a restart) */
+	int (*check_abort_all)(struct store *st, const char *error);
 
 	/* time of the user's newest log entry with this event; NOTFOUND if none */
 	int (*log_last)(struct store *st, const char *user, const char *event,

@@ -82,6 +82,15 @@ static const char *const migrations[] = {
 	" WHERE key = 'route_new_transport'), 'lmtp:unix:private/dovecot-lmtp')"
 	" WHEN transport <> '' THEN transport"
 	" ELSE 'smtp:[' || host || ']:25' END AS nexthop FROM ferry_route;",
+	/* 3 -> 4: preflight and verification reports (docs/ferryd.md), the old
+	   server's folder prefix per endpoint */
+	"ALTER TABLE endpoints ADD COLUMN old_prefix TEXT NOT NULL DEFAULT '';"
+	"CREATE TABLE checks (user_id INTEGER NOT NULL REFERENCES users(id),"
+	" kind TEXT NOT NULL CHECK (kind IN ('preflight', 'verify')),"
+	" state TEXT NOT NULL, result TEXT NOT NULL, after_pull INTEGER NOT NULL,"
+	" requested_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,"
+	" error TEXT NOT NULL, report_json TEXT, report_text TEXT,"
+	" PRIMARY KEY (user_id, kind));",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -371,7 +380,7 @@ static int sq_wave_each(struct store *st, int (*cb)(const struct wave_rec *, voi
 #define USER_COLS "u.id, u.name, u.old_login, u.new_login, u.endpoint_id, e.host," \
 	" e.port, e.tls, e.auth, COALESCE(w.name, ''), COALESCE(u.wave_id, 0), u.state," \
 	" u.paused, u.running, u.attempts, u.next_attempt, u.sync_seq, u.last_error," \
-	" u.started_at, u.finished_at, u.updated_at"
+	" u.started_at, u.finished_at, u.updated_at, e.old_prefix"
 #define USER_FROM " FROM users u JOIN endpoints e ON e.id = u.endpoint_id" \
 	" LEFT JOIN waves w ON w.id = u.wave_id"
 
@@ -389,6 +398,7 @@ static void user_row(sqlite3_stmt *stmt, struct user_rec *u)
 	u->ep.port = sqlite3_column_int(stmt, 6);
 	col_text(stmt, 7, u->ep.tls, sizeof(u->ep.tls));
 	col_text(stmt, 8, u->ep.auth, sizeof(u->ep.auth));
+	col_text(stmt, 21, u->ep.old_prefix, sizeof(u->ep.old_prefix));
 	col_text(stmt, 9, u->wave, sizeof(u->wave));
 	u->wave_id = sqlite3_column_int64(stmt, 10);
 	col_text(stmt, 11, state, sizeof(state));
@@ -572,6 +582,95 @@ static int sq_endpoint_route_set(struct store *st, const char *host, int port,
 	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
 }
 
+static int sq_endpoint_prefix_set(struct store *st, const char *host, int port,
+				  const char *old_prefix)
+{
+	if (run(st, prepf(st, "UPDATE endpoints SET old_prefix = ? WHERE host = ? AND port = ?",
+			  "ssi", old_prefix, host, (int64_t)port), "endpoint_prefix_set") < 0)
+		return -1;
+	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
+}
+
+static int sq_user_password_get(struct store *st, const char *user, char **enc_r)
+{
+	sqlite3_stmt *stmt = prepf(st, "SELECT password_enc FROM users WHERE name = ?"
+				   " AND password_enc IS NOT NULL", "s", user);
+	int rc;
+
+	*enc_r = NULL;
+	if (stmt == NULL)
+		return -1;
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW)
+		*enc_r = strdup((const char *)sqlite3_column_text(stmt, 0));
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "user_password_get");
+}
+
+static int sq_check_put(struct store *st, const struct check_rec *c)
+{
+	sqlite3_stmt *stmt = prepf(st, "INSERT INTO checks (user_id, kind, state, result,"
+				   " after_pull, requested_at, finished_at, error, report_json,"
+				   " report_text) SELECT id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM users"
+				   " WHERE name = ? ON CONFLICT (user_id, kind) DO UPDATE SET"
+				   " state = excluded.state, result = excluded.result,"
+				   " after_pull = excluded.after_pull,"
+				   " requested_at = excluded.requested_at,"
+				   " finished_at = excluded.finished_at, error = excluded.error,"
+				   " report_json = excluded.report_json,"
+				   " report_text = excluded.report_text",
+				   "sssiiisttts", c->kind, c->state, c->result, (int64_t)c->after_pull,
+				   c->requested_at, c->finished_at, c->error,
+				   c->report_json != NULL ? c->report_json : "",
+				   c->report_text != NULL ? c->report_text : "", c->user);
+
+	if (run(st, stmt, "check_put") < 0)
+		return -1;
+	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
+}
+
+static int sq_check_get(struct store *st, const char *user, const char *kind,
+			struct check_rec *c, int with_reports)
+{
+	sqlite3_stmt *stmt = prepf(st, "SELECT c.state, c.result, c.after_pull, c.requested_at,"
+				   " c.finished_at, c.error, c.report_json, c.report_text"
+				   " FROM checks c JOIN users u ON u.id = c.user_id"
+				   " WHERE u.name = ? AND c.kind = ?", "ss", user, kind);
+	int rc;
+
+	memset(c, 0, sizeof(*c));
+	if (stmt == NULL)
+		return -1;
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW) {
+		snprintf(c->user, sizeof(c->user), "%s", user);
+		snprintf(c->kind, sizeof(c->kind), "%s", kind);
+		col_text(stmt, 0, c->state, sizeof(c->state));
+		col_text(stmt, 1, c->result, sizeof(c->result));
+		c->after_pull = sqlite3_column_int(stmt, 2);
+		c->requested_at = sqlite3_column_int64(stmt, 3);
+		c->finished_at = sqlite3_column_int64(stmt, 4);
+		col_text(stmt, 5, c->error, sizeof(c->error));
+		if (with_reports && sqlite3_column_type(stmt, 6) != SQLITE_NULL)
+			c->report_json = strdup((const char *)sqlite3_column_text(stmt, 6));
+		if (with_reports && sqlite3_column_type(stmt, 7) != SQLITE_NULL)
+			c->report_text = strdup((const char *)sqlite3_column_text(stmt, 7));
+	}
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "check_get");
+}
+
+static int sq_check_abort_all(struct store *st, const char *error)
+{
+	return run(st, prepf(st, "UPDATE checks SET state = 'error', error = ?,"
+			     " finished_at = ? WHERE state IN ('queued', 'running')", "si",
+			     error, (int64_t)time(NULL)), "check_abort_all");
+}
+
 #define CUTOVER_COLS "w.name, c.kind, c.state, c.at, c.forced, c.max_age," \
 	" c.started_at, c.finished_at, c.users, c.ok, c.failed, c.error, c.settle"
 
@@ -744,6 +843,11 @@ struct store *store_sqlite_new(void)
 	st->cutover_get = sq_cutover_get;
 	st->cutover_put = sq_cutover_put;
 	st->cutover_each = sq_cutover_each;
+	st->endpoint_prefix_set = sq_endpoint_prefix_set;
+	st->user_password_get = sq_user_password_get;
+	st->check_put = sq_check_put;
+	st->check_get = sq_check_get;
+	st->check_abort_all = sq_check_abort_all;
 	st->log_last = sq_log_last;
 	st->log_add = sq_log_add;
 	st->log_each = sq_log_each;

@@ -1,0 +1,997 @@
+/* Preflight and verification runs (see checks.h). The IMAP library
+   (preflight.c, verify.c) blocks on private event_bases, so each run is a
+   child: ferry-imapcheck from ferryd's directory, argv without secrets,
+   "old=SECRET\nnew=SECRET\n" written to its stdin (a pipe), its JSON report
+   read from stdout and its error line from stderr through bufferevents on
+   ferryd's loop, killed at check_timeout. A crash of the IMAP code cannot
+   take ferryd down, and the child's memory is gone with it. */
+#include "checks.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "evlog.h"
+#include "preflight.h"
+#include "secret.h"
+#include "verify.h"
+
+#define MAX_REPORT (64 * 1024 * 1024)
+
+struct run {
+	struct checks *ch;
+	struct run *next;
+	char user[256], kind[16], host[256];
+	int after_pull, started, timed_out, too_big;
+	int64_t requested_at;
+	pid_t pid;
+	struct bufferevent *out, *err;
+	int out_done, err_done;
+	struct event *deadline;
+};
+
+struct checks {
+	struct event_base *base;
+	struct store *st;
+	const struct ferry_config *cfg;
+	checks_done_cb *cb;
+	void *ctx;
+	char tool[PATH_MAX + 32];
+	struct run *runs;  /* queue order: oldest first */
+	int nrunning;
+};
+
+static int set(const char *s)
+{
+	return s != NULL && *s != '\0';
+}
+
+struct checks *checks_new(struct event_base *base, struct store *st,
+			  const struct ferry_config *cfg, checks_done_cb *cb, void *ctx)
+{
+	struct checks *ch = calloc(1, sizeof(*ch));
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char *slash;
+
+	ch->base = base;
+	ch->st = st;
+	ch->cfg = cfg;
+	ch->cb = cb;
+	ch->ctx = ctx;
+	if (n < 0)
+		n = 0;
+	self[n] = '\0';
+	slash = strrchr(self, '/');
+	if (slash != NULL)
+		*slash = '\0';
+	snprintf(ch->tool, sizeof(ch->tool), "%s/ferry-imapcheck", n > 0 ? self : ".");
+	return ch;
+}
+
+/* ---- store and logs ----------------------------------------------------- */
+
+static void log_event(struct checks *ch, const char *user, const char *folder,
+		      const char *event, int64_t messages, const char *error)
+{
+	struct log_rec l;
+
+	memset(&l, 0, sizeof(l));
+	l.time = time(NULL);
+	snprintf(l.user, sizeof(l.user), "%s", user);
+	snprintf(l.folder, sizeof(l.folder), "%s", folder != NULL ? folder : "");
+	snprintf(l.event, sizeof(l.event), "%s", event);
+	l.messages = messages;
+	snprintf(l.error, sizeof(l.error), "%s", error != NULL ? error : "");
+	if (ch->st->log_add(ch->st, &l) < 0)
+		evlog("error", "store-error", "user", user, "error", ch->st->error(ch->st), NULL);
+}
+
+static void put_check(struct run *r, const char *state, const char *result,
+		      const char *error, const char *json, const char *text)
+{
+	struct checks *ch = r->ch;
+	struct check_rec c;
+
+	memset(&c, 0, sizeof(c));
+	snprintf(c.user, sizeof(c.user), "%s", r->user);
+	snprintf(c.kind, sizeof(c.kind), "%s", r->kind);
+	snprintf(c.state, sizeof(c.state), "%s", state);
+	snprintf(c.result, sizeof(c.result), "%s", result != NULL ? result : "");
+	snprintf(c.error, sizeof(c.error), "%s", error != NULL ? error : "");
+	c.after_pull = r->after_pull;
+	c.requested_at = r->requested_at;
+	if (strcmp(state, "done") == 0 || strcmp(state, "error") == 0)
+		c.finished_at = time(NULL);
+	c.report_json = (char *)json;
+	c.report_text = (char *)text;
+	if (ch->st->check_put(ch->st, &c) < 0)
+		evlog("error", "store-error", "user", r->user, "error", ch->st->error(ch->st), NULL);
+}
+
+/* ---- credentials -------------------------------------------------------- */
+
+/* first line of a file that only its owner may read */
+static char *read_private(const char *path, char *why, size_t wl)
+{
+	struct stat sb;
+	char buf[1024], *nl;
+	FILE *f = fopen(path, "r");
+
+	if (f == NULL) {
+		snprintf(why, wl, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fileno(f), &sb) < 0 || (sb.st_mode & 077) != 0 || sb.st_uid != geteuid()) {
+		fclose(f);
+		snprintf(why, wl, "%s must belong to ferryd's user and be readable only by it"
+			 " (chmod 600)", path);
+		return NULL;
+	}
+	if (fgets(buf, sizeof(buf), f) == NULL)
+		buf[0] = '\0';
+	fclose(f);
+	if ((nl = strpbrk(buf, "\r\n")) != NULL)
+		*nl = '\0';
+	if (buf[0] == '\0') {
+		snprintf(why, wl, "%s: empty", path);
+		return NULL;
+	}
+	nl = strdup(buf);
+	explicit_bzero(buf, sizeof(buf));
+	return nl;
+}
+
+static void wipe(char **s)
+{
+	if (*s != NULL) {
+		explicit_bzero(*s, strlen(*s));
+		free(*s);
+		*s = NULL;
+	}
+}
+
+/* the user's CSV password (decrypted), NULL if none or not decryptable */
+static char *csv_password(struct checks *ch, const char *user)
+{
+	char *enc = NULL, *key, *pw = NULL, *err = NULL;
+
+	if (ch->st->user_password_get(ch->st, user, &enc) != 0 || !set(ch->cfg->secret_key_file)) {
+		free(enc);
+		return NULL;
+	}
+	key = config_read_secret(ch->cfg->secret_key_file, &err);
+	free(err);
+	if (key != NULL)
+		pw = secret_decrypt(key, enc);
+	wipe(&key);
+	free(enc);
+	return pw;
+}
+
+enum how { HOW_NONE, HOW_MASTER, HOW_PASSWORD };
+
+static enum how old_how(struct checks *ch, const struct user_rec *u, int has_pw)
+{
+	if (strcmp(u->ep.auth, "password") == 0 && has_pw)
+		return HOW_PASSWORD;
+	if (set(ch->cfg->old_master_user))
+		return HOW_MASTER;
+	return has_pw ? HOW_PASSWORD : HOW_NONE;
+}
+
+static enum how new_how(struct checks *ch, int has_pw)
+{
+	if (set(ch->cfg->new_master_user))
+		return HOW_MASTER;
+	return has_pw ? HOW_PASSWORD : HOW_NONE;
+}
+
+static int has_password(struct checks *ch, const char *user)
+{
+	char *enc = NULL;
+	int ret = ch->st->user_password_get(ch->st, user, &enc) == 0 &&
+		  set(ch->cfg->secret_key_file);
+
+	free(enc);
+	return ret;
+}
+
+int checks_can_verify(struct checks *ch, const struct user_rec *u)
+{
+	int pw = has_password(ch, u->name);
+
+	return old_how(ch, u, pw) != HOW_NONE && new_how(ch, pw) != HOW_NONE;
+}
+
+/* ---- the child ---------------------------------------------------------- */
+
+struct argv {
+	const char *v[64];
+	int n;
+	char num[8][32];
+	int nnum;
+};
+
+static void arg(struct argv *a, const char *s)
+{
+	if (a->n < 63)
+		a->v[a->n++] = s;
+	a->v[a->n] = NULL;
+}
+
+static const char *num(struct argv *a, const char *fmt, double v)
+{
+	char *p = a->num[a->nnum < 7 ? a->nnum++ : 7];
+	snprintf(p, 32, fmt, v);
+	return p;
+}
+
+/* argv and the credentials text; -1 with why */
+static int build(struct run *r, const struct user_rec *u, struct argv *a, char **creds,
+		 char *why, size_t wl)
+{
+	struct checks *ch = r->ch;
+	const struct ferry_config *cfg = ch->cfg;
+	int verify = strcmp(r->kind, "verify") == 0;
+	char *pw = csv_password(ch, u->name), *old_secret = NULL, *new_secret = NULL;
+	enum how oh = old_how(ch, u, pw != NULL), nh = new_how(ch, pw != NULL);
+	int ret = -1;
+
+	arg(a, ch->tool);
+	arg(a, r->kind);
+	arg(a, "--user");
+	arg(a, u->old_login);
+	arg(a, "--old-host");
+	arg(a, u->ep.host);
+	arg(a, "--old-port");
+	arg(a, num(a, "%.0f", u->ep.port));
+	arg(a, "--old-tls");
+	arg(a, u->ep.tls);
+	if (oh == HOW_NONE) {
+		snprintf(why, wl, "no credentials for the old server (set old_master_user and"
+			 " old_master_password_file, or give the user's password in the CSV)");
+		goto out;
+	}
+	if (oh == HOW_MASTER) {
+		if ((old_secret = read_private(cfg->old_master_password_file, why, wl)) == NULL)
+			goto out;
+		arg(a, "--old-auth");
+		arg(a, "plain");
+		arg(a, "--old-auth-user");
+		arg(a, cfg->old_master_user);
+	} else
+		old_secret = strdup(pw);
+	if (nh == HOW_NONE && verify) {
+		snprintf(why, wl, "no credentials for the new server (set new_master_user and"
+			 " new_master_password_file)");
+		goto out;
+	}
+	if (nh != HOW_NONE) {
+		arg(a, "--new-host");
+		arg(a, cfg->new_imap_host);
+		arg(a, "--new-port");
+		arg(a, num(a, "%.0f", cfg->new_imap_port));
+		arg(a, "--new-tls");
+		arg(a, set(cfg->new_tls) ? cfg->new_tls : "none");
+		arg(a, "--new-user");
+		arg(a, u->new_login);
+		if (nh == HOW_MASTER) {
+			if ((new_secret = read_private(cfg->new_master_password_file, why, wl)) == NULL)
+				goto out;
+			arg(a, "--new-auth");
+			arg(a, "plain");
+			arg(a, "--new-auth-user");
+			arg(a, cfg->new_master_user);
+		} else
+			new_secret = strdup(pw);
+	}
+	if (set(cfg->imap_ca_file)) {
+		arg(a, "--old-ca-file");
+		arg(a, cfg->imap_ca_file);
+		arg(a, "--new-ca-file");
+		arg(a, cfg->imap_ca_file);
+	}
+	arg(a, "--timeout-ms");
+	arg(a, num(a, "%.0f", cfg->check_timeout > 120 ? 120000.0 : cfg->check_timeout * 1000.0));
+	if (verify) {
+		arg(a, "--sample");
+		arg(a, num(a, "%.6f", cfg->verify_sample));
+		if (u->ep.old_prefix[0] != '\0') {
+			arg(a, "--old-prefix");
+			arg(a, u->ep.old_prefix);
+		}
+	}
+	arg(a, "--credentials");
+	arg(a, "-");
+	if (asprintf(creds, "old=%s\nnew=%s\n", old_secret, new_secret != NULL ? new_secret : "") < 0)
+		*creds = NULL;
+	else
+		ret = 0;
+out:
+	wipe(&pw);
+	wipe(&old_secret);
+	wipe(&new_secret);
+	return ret;
+}
+
+static void run_end(struct run *r);
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	struct run *r = arg;
+
+	if (evbuffer_get_length(bufferevent_get_input(bev)) > MAX_REPORT && !r->too_big) {
+		r->too_big = 1;
+		kill(r->pid, SIGKILL);
+	}
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct run *r = arg;
+
+	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+		return;
+	bufferevent_disable(bev, EV_READ);
+	if (bev == r->out)
+		r->out_done = 1;
+	else
+		r->err_done = 1;
+	if (r->out_done && r->err_done)
+		run_end(r);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct run *r = arg;
+
+	(void)fd;
+	(void)what;
+	r->timed_out = 1;
+	kill(r->pid, SIGKILL);
+	run_end(r);
+}
+
+static struct bufferevent *reader(struct run *r, int fd)
+{
+	struct bufferevent *bev;
+
+	evutil_make_socket_nonblocking(fd);
+	bev = bufferevent_socket_new(r->ch->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	bufferevent_setcb(bev, on_read, NULL, on_event, r);
+	bufferevent_enable(bev, EV_READ);
+	return bev;
+}
+
+static int run_start(struct run *r, char *why, size_t wl)
+{
+	struct checks *ch = r->ch;
+	struct user_rec u;
+	struct argv a;
+	char *creds = NULL;
+	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 };
+	struct timeval tv = { ch->cfg->check_timeout, 0 };
+	size_t len, off = 0;
+
+	memset(&a, 0, sizeof(a));
+	if (ch->st->user_get(ch->st, r->user, &u) != 0) {
+		snprintf(why, wl, "unknown user");
+		return -1;
+	}
+	if (build(r, &u, &a, &creds, why, wl) < 0)
+		return -1;
+	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
+		snprintf(why, wl, "pipe: %s", strerror(errno));
+		goto fail;
+	}
+	r->pid = fork();
+	if (r->pid < 0) {
+		snprintf(why, wl, "fork: %s", strerror(errno));
+		goto fail;
+	}
+	if (r->pid == 0) {
+		explicit_bzero(creds, strlen(creds));
+		if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
+			_exit(127);
+		execv(a.v[0], (char *const *)a.v);
+		dprintf(2, "ferry-imapcheck: cannot run %s: %s\n", a.v[0], strerror(errno));
+		_exit(127);
+	}
+	close(in[0]);
+	close(out[1]);
+	close(err[1]);
+	/* a few hundred bytes: fits the pipe buffer, the write cannot block */
+	len = strlen(creds);
+	while (off < len) {
+		ssize_t n = write(in[1], creds + off, len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		off += (size_t)n;
+	}
+	close(in[1]);
+	explicit_bzero(creds, len);
+	free(creds);
+	r->out = reader(r, out[0]);
+	r->err = reader(r, err[0]);
+	r->deadline = evtimer_new(ch->base, on_deadline, r);
+	evtimer_add(r->deadline, &tv);
+	return 0;
+fail:
+	for (int i = 0; i < 2; i++) {
+		if (in[i] >= 0) close(in[i]);
+		if (out[i] >= 0) close(out[i]);
+		if (err[i] >= 0) close(err[i]);
+	}
+	if (creds != NULL) {
+		explicit_bzero(creds, strlen(creds));
+		free(creds);
+	}
+	return -1;
+}
+
+/* ---- results ------------------------------------------------------------ */
+
+static const char *diff_kind(const char *field)
+{
+	if (field == NULL)
+		return "other";
+	if (strcmp(field, "missing on new") == 0)
+		return "missing";
+	if (strncmp(field, "not on old", 10) == 0)
+		return "unexpected";
+	return field;
+}
+
+static void val_text(json_t *v, char *buf, size_t len)
+{
+	if (v == NULL)
+		buf[0] = '\0';
+	else if (json_is_string(v))
+		snprintf(buf, len, "%s", json_string_value(v));
+	else {
+		char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+		snprintf(buf, len, "%s", t != NULL ? t : "");
+		free(t);
+	}
+}
+
+static void append(char *buf, size_t len, const char *fmt, const char *a, const char *b,
+		   const char *c)
+{
+	size_t used = strlen(buf);
+
+	if (used + 1 < len)
+		snprintf(buf + used, len - used, fmt, a, b, c);
+}
+
+/* verify-diff lines (event log and migration log) and the failure summary */
+static void verify_diffs(struct run *r, json_t *rep, char *summary, size_t slen)
+{
+	json_t *f, *d, *m;
+	size_t i, k;
+
+	snprintf(summary, slen, "verification failed:");
+	json_array_foreach(json_object_get(rep, "folders_missing_on_new"), i, m) {
+		const char *name = json_is_string(m) ? json_string_value(m)
+			: json_string_value(json_object_get(m, "name"));
+		name = name != NULL ? name : "?";
+		evlog("warning", "verify-diff", "user", r->user, "folder", name, "kind",
+		      "folder-missing", NULL);
+		log_event(r->ch, r->user, name, "verify-diff", 0, "kind=folder-missing");
+		append(summary, slen, " %s: missing on new;", name, "", "");
+	}
+	json_array_foreach(json_object_get(rep, "folders"), i, f) {
+		const char *name = json_string_value(json_object_get(f, "name"));
+		const char *first_kind = NULL;
+		char first_uid[32] = "", counts[256] = "";
+		const char *ck;
+		json_t *cv;
+
+		if (name == NULL || json_array_size(json_object_get(f, "differences")) == 0)
+			continue;
+		json_array_foreach(json_object_get(f, "differences"), k, d) {
+			char uid[32] = "-", o[200], n[200], line[600];
+			const char *kind = diff_kind(json_string_value(json_object_get(d, "field")));
+			if (json_is_integer(json_object_get(d, "uid")))
+				snprintf(uid, sizeof(uid), "%lld",
+					 (long long)json_integer_value(json_object_get(d, "uid")));
+			val_text(json_object_get(d, "old"), o, sizeof(o));
+			val_text(json_object_get(d, "new"), n, sizeof(n));
+			evlog("warning", "verify-diff", "user", r->user, "folder", name, "kind", kind,
+			      "uid", uid, "old", o, "new", n, NULL);
+			snprintf(line, sizeof(line), "kind=%s uid=%s%s%s%s%s", kind, uid,
+				 *o ? " old=" : "", o, *n ? " new=" : "", n);
+			log_event(r->ch, r->user, name, "verify-diff", 0, line);
+			if (first_kind == NULL) {
+				first_kind = kind;
+				snprintf(first_uid, sizeof(first_uid), "%s", uid);
+			}
+		}
+		json_object_foreach(json_object_get(f, "counts"), ck, cv) {
+			char c[64];
+			snprintf(c, sizeof(c), "%s%s %lld", counts[0] ? ", " : "", ck,
+				 (long long)json_integer_value(cv));
+			if (strlen(counts) + strlen(c) < sizeof(counts))
+				strcat(counts, c);
+		}
+		append(summary, slen, " %s: %s (first: uid %s);", name,
+		       counts[0] ? counts : (first_kind ? first_kind : "differs"), first_uid);
+	}
+	{
+		size_t l = strlen(summary);
+		if (l > 0 && summary[l - 1] == ';')
+			summary[l - 1] = '\0';
+	}
+}
+
+static void user_after(struct run *r, const char *result, const char *error)
+{
+	struct checks *ch = r->ch;
+	struct user_rec u;
+	time_t now = time(NULL);
+	int changed = 0;
+
+	if (ch->st->user_get(ch->st, r->user, &u) != 0)
+		return;
+	if (r->after_pull) {
+		u.running = 0;
+		changed = 1;
+		if (result != NULL && strcmp(result, "pass") == 0) {
+			u.state = US_VERIFIED;
+			u.attempts = 0;
+			u.next_attempt = 0;
+			u.last_error[0] = '\0';
+			u.finished_at = now;
+		} else if (result != NULL) {
+			u.state = US_FAILED;
+			u.finished_at = now;
+			snprintf(u.last_error, sizeof(u.last_error), "%s", error);
+		} else {
+			u.attempts++;
+			snprintf(u.last_error, sizeof(u.last_error), "verification: %s", error);
+			if (u.attempts >= ch->cfg->retry_limit) {
+				u.state = US_FAILED;
+				u.finished_at = now;
+				log_event(ch, r->user, NULL, "user-failed", 0, u.last_error);
+				evlog("error", "user-failed", "user", r->user, "error", u.last_error, NULL);
+			} else
+				u.next_attempt = now + sched_backoff(u.attempts, ch->cfg->retry_base,
+								     ch->cfg->retry_max_delay);
+		}
+	} else if (result != NULL && !u.running &&
+		   (u.state == US_DONE || u.state == US_VERIFIED || u.state == US_FAILED)) {
+		changed = 1;
+		if (strcmp(result, "pass") == 0) {
+			u.state = US_VERIFIED;
+			u.last_error[0] = '\0';
+		} else {
+			u.state = US_FAILED;
+			snprintf(u.last_error, sizeof(u.last_error), "%s", error);
+		}
+		u.finished_at = now;
+	}
+	if (changed && ch->st->user_update(ch->st, &u) < 0)
+		evlog("error", "store-error", "user", r->user, "error", ch->st->error(ch->st), NULL);
+}
+
+static void finish(struct run *r, json_t *rep, const char *error)
+{
+	int verify = strcmp(r->kind, "verify") == 0;
+	const char *result = NULL;
+	char summary[1024] = "";
+	char *json = NULL, *text = NULL;
+
+	if (rep != NULL) {
+		result = (verify ? ferry_verify_passed(rep) : ferry_preflight_passed(rep)) ? "pass"
+											  : "fail";
+		json = json_dumps(rep, JSON_COMPACT);
+		text = verify ? ferry_verify_text(rep) : ferry_preflight_text(rep);
+		if (verify && strcmp(result, "fail") == 0)
+			verify_diffs(r, rep, summary, sizeof(summary));
+		else if (!verify && strcmp(result, "fail") == 0)
+			snprintf(summary, sizeof(summary), "preflight failed (ferryctl preflight %s)",
+				 r->user);
+		put_check(r, "done", result, summary, json, text);
+		evlog(strcmp(result, "pass") == 0 ? "info" : "warning", r->kind, "user", r->user,
+		      "result", result, NULL);
+		log_event(r->ch, r->user, NULL, r->kind, 0,
+			  strcmp(result, "pass") == 0 ? "result=pass" : summary);
+	} else {
+		put_check(r, "error", NULL, error, NULL, NULL);
+		evlog("error", r->kind, "user", r->user, "result", "error", "error", error, NULL);
+		log_event(r->ch, r->user, NULL, r->kind, 0, error);
+	}
+	if (verify)
+		user_after(r, result, rep != NULL ? summary : error);
+	free(json);
+	free(text);
+}
+
+static void run_unlink(struct run *r)
+{
+	for (struct run **p = &r->ch->runs; *p != NULL; p = &(*p)->next) {
+		if (*p == r) {
+			*p = r->next;
+			break;
+		}
+	}
+}
+
+static void run_free(struct run *r)
+{
+	if (r->out != NULL)
+		bufferevent_free(r->out);
+	if (r->err != NULL)
+		bufferevent_free(r->err);
+	if (r->deadline != NULL)
+		event_free(r->deadline);
+	free(r);
+}
+
+/* last non-empty stderr line without the program name */
+static void stderr_line(struct run *r, char *buf, size_t len)
+{
+	struct evbuffer *in = bufferevent_get_input(r->err);
+	size_t n = evbuffer_get_length(in);
+	char *t = malloc(n + 1), *line, *p;
+
+	evbuffer_copyout(in, t, n);
+	t[n] = '\0';
+	while (n > 0 && (t[n - 1] == '\n' || t[n - 1] == '\r'))
+		t[--n] = '\0';
+	line = strrchr(t, '\n');
+	line = line != NULL ? line + 1 : t;
+	if (strncmp(line, "ferry-imapcheck: ", 17) == 0)
+		line += 17;
+	for (p = line; *p; p++)
+		if ((unsigned char)*p < 0x20)
+			*p = ' ';
+	snprintf(buf, len, "%s", line);
+	free(t);
+}
+
+static void run_end(struct run *r)
+{
+	struct checks *ch = r->ch;
+	char host[256], error[1024] = "";
+	int status = 0, code = -1;
+	json_t *rep = NULL;
+
+	while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (WIFEXITED(status))
+		code = WEXITSTATUS(status);
+	if (r->timed_out)
+		snprintf(error, sizeof(error), "no result within check_timeout (%d s)",
+			 ch->cfg->check_timeout);
+	else if (r->too_big)
+		snprintf(error, sizeof(error), "report larger than %d bytes", MAX_REPORT);
+	else if (code == 0 || code == 1) {
+		struct evbuffer *out = bufferevent_get_input(r->out);
+		size_t n = evbuffer_get_length(out);
+		json_error_t jerr;
+		rep = json_loadb((const char *)evbuffer_pullup(out, (ev_ssize_t)n), n, 0, &jerr);
+		if (!json_is_object(rep)) {
+			json_decref(rep);
+			rep = NULL;
+			snprintf(error, sizeof(error), "ferry-imapcheck wrote no JSON report: %s",
+				 jerr.text);
+		}
+	} else {
+		stderr_line(r, error, sizeof(error));
+		if (error[0] == '\0')
+			snprintf(error, sizeof(error), "ferry-imapcheck ended with status %d",
+				 WIFSIGNALED(status) ? 128 + WTERMSIG(status) : code);
+	}
+	finish(r, rep, error);
+	json_decref(rep);
+	snprintf(host, sizeof(host), "%s", r->host);
+	run_unlink(r);
+	ch->nrunning--;
+	run_free(r);
+	ch->cb(host, ch->ctx);
+}
+
+/* ---- queue -------------------------------------------------------------- */
+
+static struct run *find(struct checks *ch, const char *user, const char *kind)
+{
+	for (struct run *r = ch->runs; r != NULL; r = r->next)
+		if (strcmp(r->user, user) == 0 && strcmp(r->kind, kind) == 0)
+			return r;
+	return NULL;
+}
+
+int checks_queue(struct checks *ch, const struct user_rec *u, const char *kind, int after_pull)
+{
+	struct run *r = find(ch, u->name, kind), **p;
+
+	if (r != NULL) {
+		r->after_pull |= after_pull;
+		return 0;
+	}
+	r = calloc(1, sizeof(*r));
+	r->ch = ch;
+	snprintf(r->user, sizeof(r->user), "%s", u->name);
+	snprintf(r->kind, sizeof(r->kind), "%s", kind);
+	snprintf(r->host, sizeof(r->host), "%s", u->ep.host);
+	r->after_pull = after_pull;
+	r->requested_at = time(NULL);
+	for (p = &ch->runs; *p != NULL; p = &(*p)->next)
+		;
+	*p = r;
+	put_check(r, "queued", NULL, NULL, NULL, NULL);
+	evlog("info", "check-queued", "user", r->user, "kind", kind, "after_pull",
+	      after_pull ? "yes" : "no", NULL);
+	return 0;
+}
+
+void checks_start_queued(struct checks *ch, const struct sched_limits *lim,
+			 struct sched_running *run)
+{
+	struct run *r = ch->runs, *next;
+
+	for (; r != NULL; r = next) {
+		char why[1024];
+		next = r->next;
+		if (r->started)
+			continue;
+		if (run->total >= lim->max_concurrent)
+			break;
+		if (sched_running_count(run, r->host) >= lim->max_per_host)
+			continue;
+		r->started = 1;
+		if (run_start(r, why, sizeof(why)) < 0) {
+			finish(r, NULL, why);
+			run_unlink(r);
+			run_free(r);
+			continue;
+		}
+		sched_running_add(run, r->host);
+		ch->nrunning++;
+		put_check(r, "running", NULL, NULL, NULL, NULL);
+		evlog("info", "check-start", "user", r->user, "kind", r->kind, "host", r->host, NULL);
+	}
+}
+
+int checks_running(const struct checks *ch)
+{
+	return ch->nrunning;
+}
+
+static void drop(struct run *r, const char *why)
+{
+	struct checks *ch = r->ch;
+	struct user_rec u;
+
+	put_check(r, "error", NULL, why, NULL, NULL);
+	if (r->after_pull && ch->st->user_get(ch->st, r->user, &u) == 0) {
+		u.running = 0;
+		ch->st->user_update(ch->st, &u);
+	}
+	run_unlink(r);
+	run_free(r);
+}
+
+void checks_drop_queued(struct checks *ch)
+{
+	struct run *r = ch->runs, *next;
+
+	for (; r != NULL; r = next) {
+		next = r->next;
+		if (!r->started)
+			drop(r, "ferryd stopped before the run started");
+	}
+}
+
+void checks_cancel_all(struct checks *ch)
+{
+	while (ch->runs != NULL) {
+		struct run *r = ch->runs;
+		if (r->started) {
+			kill(r->pid, SIGKILL);
+			while (waitpid(r->pid, NULL, 0) < 0 && errno == EINTR)
+				;
+			ch->nrunning--;
+			evlog("warning", "check-abandoned", "user", r->user, "kind", r->kind, NULL);
+		}
+		drop(r, "ferryd stopped during the run");
+	}
+}
+
+void checks_free(struct checks *ch)
+{
+	if (ch == NULL)
+		return;
+	checks_cancel_all(ch);
+	free(ch);
+}
+
+/* ---- admin API ---------------------------------------------------------- */
+
+static int api_error(json_t **out, int code, const char *fmt, const char *a)
+{
+	char msg[1200];
+
+	snprintf(msg, sizeof(msg), fmt, a);
+	*out = json_pack("{s:s}", "error", msg);
+	return code;
+}
+
+static const char *arg_str(json_t *args, const char *key)
+{
+	const char *v = json_string_value(json_object_get(args, key));
+	return v != NULL && *v != '\0' ? v : NULL;
+}
+
+static int api_verify(struct checks *ch, json_t *args, json_t **out)
+{
+	const char *name = arg_str(args, "user");
+	struct user_rec u;
+	int rc;
+
+	if (name == NULL)
+		return api_error(out, 400, "user is required%s", "");
+	if ((rc = ch->st->user_get(ch->st, name, &u)) != 0)
+		return rc == STORE_NOTFOUND ? api_error(out, 404, "unknown user \"%.200s\"", name)
+					    : api_error(out, 500, "state database error: %s",
+							ch->st->error(ch->st));
+	if (find(ch, name, "verify") == NULL) {
+		if (u.running)
+			return api_error(out, 409, "a pull of %.200s is in flight; verify it when"
+					 " it ends", name);
+		if (!checks_can_verify(ch, &u))
+			return api_error(out, 400, "cannot verify %.200s: no credentials for both"
+					 " servers (old_master_user/new_master_user, or a CSV"
+					 " password)", name);
+		checks_queue(ch, &u, "verify", 0);
+	}
+	*out = json_pack("{s:s, s:[s]}", "kind", "verify", "users", name);
+	return 202;
+}
+
+struct collect {
+	struct user_rec *v;
+	size_t n;
+};
+
+static int collect_user(const struct user_rec *u, void *ctx)
+{
+	struct collect *c = ctx;
+
+	c->v = realloc(c->v, (c->n + 1) * sizeof(*c->v));
+	c->v[c->n++] = *u;
+	return 0;
+}
+
+static int api_preflight(struct checks *ch, json_t *args, json_t **out)
+{
+	const char *name = arg_str(args, "user"), *wave = arg_str(args, "wave");
+	struct collect c = { NULL, 0 };
+	struct wave_rec w;
+	json_t *users;
+	int rc;
+
+	if ((name == NULL) == (wave == NULL))
+		return api_error(out, 400, "give user or wave%s", "");
+	if (name != NULL) {
+		struct user_rec u;
+		if ((rc = ch->st->user_get(ch->st, name, &u)) != 0)
+			return rc == STORE_NOTFOUND
+				? api_error(out, 404, "unknown user \"%.200s\"", name)
+				: api_error(out, 500, "state database error: %s", ch->st->error(ch->st));
+		collect_user(&u, &c);
+	} else {
+		if ((rc = ch->st->wave_get(ch->st, wave, &w)) != 0)
+			return rc == STORE_NOTFOUND
+				? api_error(out, 404, "unknown wave \"%.200s\"", wave)
+				: api_error(out, 500, "state database error: %s", ch->st->error(ch->st));
+		if (ch->st->user_each(ch->st, wave, collect_user, &c) < 0) {
+			free(c.v);
+			return api_error(out, 500, "state database error: %s", ch->st->error(ch->st));
+		}
+	}
+	for (size_t i = 0; i < c.n; i++) {
+		if (old_how(ch, &c.v[i], has_password(ch, c.v[i].name)) == HOW_NONE) {
+			rc = api_error(out, 400, "no credentials for the old server of %.200s"
+				       " (old_master_user, or a CSV password); nothing started",
+				       c.v[i].name);
+			free(c.v);
+			return rc;
+		}
+	}
+	users = json_array();
+	for (size_t i = 0; i < c.n; i++) {
+		checks_queue(ch, &c.v[i], "preflight", 0);
+		json_array_append_new(users, json_string(c.v[i].name));
+	}
+	free(c.v);
+	*out = json_pack("{s:s, s:o}", "kind", "preflight", "users", users);
+	return 202;
+}
+
+static int api_check(struct checks *ch, json_t *args, json_t **out)
+{
+	const char *name = arg_str(args, "user"), *kind = arg_str(args, "kind");
+	struct check_rec c;
+	json_t *rep = NULL;
+	int rc;
+
+	if (kind == NULL)
+		kind = "verify";
+	if (name == NULL || (strcmp(kind, "verify") != 0 && strcmp(kind, "preflight") != 0))
+		return api_error(out, 400, "user and kind (verify or preflight) are required%s", "");
+	if ((rc = ch->st->check_get(ch->st, name, kind, &c, 1)) != 0)
+		return rc == STORE_NOTFOUND
+			? api_error(out, 404, "no stored report for \"%.200s\"", name)
+			: api_error(out, 500, "state database error: %s", ch->st->error(ch->st));
+	if (c.report_json != NULL)
+		rep = json_loads(c.report_json, 0, NULL);
+	*out = json_pack("{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:s, s:o, s:s}", "user", name,
+			 "kind", kind, "state", c.state, "result", c.result, "after_pull",
+			 c.after_pull, "requested_at", (json_int_t)c.requested_at, "finished_at",
+			 (json_int_t)c.finished_at, "error", c.error, "report",
+			 rep != NULL ? rep : json_null(), "text",
+			 c.report_text != NULL ? c.report_text : "");
+	check_rec_free(&c);
+	return 200;
+}
+
+static int api_endpoint(struct checks *ch, json_t *args, json_t **out)
+{
+	const char *ep = arg_str(args, "endpoint");
+	json_t *pv = json_object_get(args, "old_prefix");
+	const char *prefix = json_string_value(pv);
+	char host[256];
+	const char *colon;
+	int port = 143, rc;
+
+	if (ep == NULL || prefix == NULL || strlen(prefix) >= sizeof(((struct endpoint_rec *)0)->old_prefix))
+		return api_error(out, 400, "endpoint (HOST[:PORT]) and old_prefix (up to 63"
+				 " characters, \"\" for none) are required%s", "");
+	colon = strrchr(ep, ':');
+	if (colon != NULL) {
+		char *end;
+		long p = strtol(colon + 1, &end, 10);
+		if (*end != '\0' || p < 1 || p > 65535 || colon == ep)
+			return api_error(out, 400, "endpoint: \"%.200s\" is not HOST[:PORT]", ep);
+		port = (int)p;
+		snprintf(host, sizeof(host), "%.*s", (int)(colon - ep), ep);
+	} else
+		snprintf(host, sizeof(host), "%s", ep);
+	rc = ch->st->endpoint_prefix_set(ch->st, host, port, prefix);
+	if (rc == STORE_NOTFOUND)
+		return api_error(out, 404, "no user has the endpoint %.200s", ep);
+	if (rc < 0)
+		return api_error(out, 500, "state database error: %s", ch->st->error(ch->st));
+	evlog("info", "endpoint-config", "endpoint", ep, "old_prefix", prefix, NULL);
+	*out = json_pack("{s:s, s:s}", "endpoint", ep, "old_prefix", prefix);
+	return 200;
+}
+
+int checks_api(struct checks *ch, const char *path, json_t *args, json_t **out)
+{
+	if (strcmp(path, "POST /v1/verify") == 0)
+		return api_verify(ch, args, out);
+	if (strcmp(path, "POST /v1/preflight") == 0)
+		return api_preflight(ch, args, out);
+	if (strcmp(path, "GET /v1/check") == 0)
+		return api_check(ch, args, out);
+	if (strcmp(path, "POST /v1/endpoint") == 0)
+		return api_endpoint(ch, args, out);
+	return api_error(out, 404, "unknown endpoint %.200s", path);
+}

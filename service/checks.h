@@ -1,0 +1,46 @@
+/* Preflight and verification runs of ferryd (docs/ferryd.md): each run is a
+   child process, ferry-imapcheck from ferryd's own directory, fed the
+   credentials on its stdin and read (JSON on stdout) through bufferevents,
+   with a deadline, so the event loop never blocks. Runs count against the
+   same per-old-host limit as pulls; the report is stored (store.h
+   check_rec), the user's state follows a verification. */
+#ifndef FERRY_CHECKS_H
+#define FERRY_CHECKS_H
+
+#include <jansson.h>
+
+#include "config.h"
+#include "scheduler.h"
+#include "store.h"
+
+struct event_base;
+struct checks;
+
+/* a run ended: its old host's slot is free again */
+typedef void checks_done_cb(const char *host, void *ctx);
+
+struct checks *checks_new(struct event_base *base, struct store *st,
+			  const struct ferry_config *cfg, checks_done_cb *cb, void *ctx);
+void checks_free(struct checks *ch);
+
+/* Can ferryd log in for this user on both servers (master or CSV password)? */
+int checks_can_verify(struct checks *ch, const struct user_rec *u);
+/* Queues a run (kind "preflight" or "verify"); one per user and kind.
+   after_pull: the user's pulls just completed (running stays set until the
+   verification ends). 0, or -1 (logged). */
+int checks_queue(struct checks *ch, const struct user_rec *u, const char *kind, int after_pull);
+/* Starts queued runs within the limits, counting them into run. */
+void checks_start_queued(struct checks *ch, const struct sched_limits *lim,
+			 struct sched_running *run);
+int checks_running(const struct checks *ch);
+/* Drops queued runs (draining): users verifying after their pulls are
+   pulled and verified again at the next start. */
+void checks_drop_queued(struct checks *ch);
+/* Kills the runs in flight (drain timeout). */
+void checks_cancel_all(struct checks *ch);
+
+/* Admin API: "POST /v1/verify", "POST /v1/preflight", "GET /v1/check",
+   "POST /v1/endpoint"; HTTP code, *out the JSON answer. */
+int checks_api(struct checks *ch, const char *path, json_t *args, json_t **out);
+
+#endif
