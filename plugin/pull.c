@@ -46,6 +46,8 @@ struct ferry_pull {
 	enum fsync_mode saved_fsync_mode;
 	/* a copy that was interrupted before (crash, kill, lost server) */
 	bool resumed;
+	/* the interrupted copy cannot be trusted: copy the folder again */
+	bool needs_recopy;
 	/* the highest old UID looked at, skipped ones included */
 	uint32_t last_seen_uid;
 
@@ -171,6 +173,61 @@ static int ferry_pull_commit(struct ferry_pull *pull)
 	return 0;
 }
 
+/* After an interruption, local UIDs above the header's copied_upto come
+   from the batch in flight. Dovecot's maildir moves a batch's files into
+   place before it writes their UIDs to dovecot-uidlist; a process killed
+   between the two leaves files that the next sync numbers afresh from
+   next_uid — so such a UID may name a different old message (seen in the
+   kill -9 tests). Every such message is checked against the old message
+   with its UID (RFC822.SIZE and INTERNALDATE, one pipelined FETCH for at
+   most a batch). Returns 1 when they all match, 0 when the folder must be
+   copied again, -1 on error. */
+static int ferry_pull_check_tail(struct ferry_pull *pull, uint32_t last_uid)
+{
+	struct mailbox_transaction_context *t, *ot;
+	struct mail_search_args *args;
+	struct mail_search_arg *arg;
+	struct mail_search_context *search;
+	struct mail *mail, *omail;
+	uoff_t size, osize;
+	time_t date, odate;
+	int ret = 1;
+
+	t = mailbox_transaction_begin(pull->box, 0, "ferry check");
+	ot = mailbox_transaction_begin(pull->obox, 0, "ferry check");
+	omail = mail_alloc(ot, MAIL_FETCH_PHYSICAL_SIZE |
+			   MAIL_FETCH_RECEIVED_DATE, NULL);
+	args = mail_search_build_init();
+	arg = mail_search_build_add(args, SEARCH_UIDSET);
+	p_array_init(&arg->value.seqset, args->pool, 1);
+	seq_range_array_add_range(&arg->value.seqset,
+				  pull->hdr.copied_upto + 1, last_uid);
+	search = mailbox_search_init(t, args, NULL, MAIL_FETCH_VIRTUAL_SIZE |
+				     MAIL_FETCH_RECEIVED_DATE, NULL);
+	mail_search_args_unref(&args);
+	while (ret > 0 && mailbox_search_next(search, &mail)) {
+		if (!mail_set_uid(omail, mail->uid) ||
+		    mail_get_physical_size(omail, &osize) < 0 ||
+		    mail_get_received_date(omail, &odate) < 0 ||
+		    /* RFC822.SIZE counts CRLFs: compare with the local
+		       virtual size (maildir may store bare LFs) */
+		    mail_get_virtual_size(mail, &size) < 0 ||
+		    mail_get_received_date(mail, &date) < 0 ||
+		    size != osize || date != odate) {
+			i_warning(FERRY_LOG_PREFIX "folder=%s event=crash-renumbered "
+				  "uid=%u: not the old message with this UID",
+				  pull->vname, mail->uid);
+			ret = 0;
+		}
+	}
+	if (mailbox_search_deinit(&search) < 0 && ret > 0)
+		ret = ferry_pull_fail_local(pull, "checking the interrupted batch");
+	mail_free(&omail);
+	(void)mailbox_transaction_commit(&ot);
+	(void)mailbox_transaction_commit(&t);
+	return ret;
+}
+
 /* Sets the folder's identity (UIDVALIDITY) and decides where the copy
    resumes. */
 static int ferry_pull_prepare(struct ferry_pull *pull, uint32_t *start_r)
@@ -222,8 +279,17 @@ static int ferry_pull_prepare(struct ferry_pull *pull, uint32_t *start_r)
 	   files and the index commit; local UIDs below old UIDNEXT are old
 	   messages, so the highest of them is copied too. */
 	if (pull->keep_uids && last_uid < pull->ost.uidnext &&
-	    last_uid > *start_r)
+	    last_uid > *start_r) {
+		int ret = ferry_pull_check_tail(pull, last_uid);
+		if (ret < 0)
+			return -1;
+		if (ret == 0) {
+			pull->needs_recopy = TRUE;
+			return ferry_pull_fail(pull, MAIL_ERROR_TEMP,
+				"an interrupted copy left renumbered messages");
+		}
 		*start_r = last_uid;
+	}
 	return 0;
 }
 
@@ -647,6 +713,115 @@ static int ferry_pull_run(struct ferry_pull *pull)
 	return ret;
 }
 
+/* The folder's trusted part (UIDs up to keep_upto, committed with the
+   header that says so) moved into a fresh folder with the same UIDVALIDITY:
+   a local copy (hard links on maildir) keeping every UID, so that only the
+   batch in flight is fetched again from the old server. The renumbered
+   files of the interrupted commit are left behind with the old folder. */
+static int ferry_pull_rebuild(struct mail_user *user, const char *vname,
+			      const char **error_r)
+{
+	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
+	const char *tmp_name = t_strconcat(vname, "-ferry-rebuild", NULL);
+	struct mailbox *box, *tmp;
+	struct mailbox_transaction_context *t, *tt;
+	struct mail_transaction_commit_changes changes;
+	struct mail_search_args *args;
+	struct mail_search_arg *arg;
+	struct mail_search_context *search;
+	struct mail_save_context *save;
+	struct mailbox_update update;
+	struct mailbox_status st;
+	struct ferry_box_hdr hdr;
+	struct mail *mail;
+	unsigned int count = 0;
+	int ret = 0;
+
+	box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
+	tmp = mailbox_alloc(ns->list, tmp_name, MAILBOX_FLAG_IGNORE_ACLS);
+	if (mailbox_open(box) < 0 || mailbox_sync(box, 0) < 0 ||
+	    mailbox_get_status(box, STATUS_UIDVALIDITY, &st) < 0) {
+		*error_r = mailbox_get_last_internal_error(box, NULL);
+		ret = -1;
+		goto out;
+	}
+	ferry_box_hdr_get(box, &hdr);
+	i_zero(&update);
+	update.uid_validity = st.uidvalidity;
+	(void)mailbox_delete(tmp); /* left over from an earlier attempt */
+	mailbox_free(&tmp);
+	tmp = mailbox_alloc(ns->list, tmp_name, MAILBOX_FLAG_IGNORE_ACLS);
+	if (mailbox_create(tmp, &update, FALSE) < 0 || mailbox_open(tmp) < 0) {
+		*error_r = mailbox_get_last_internal_error(tmp, NULL);
+		ret = -1;
+		goto out;
+	}
+	t = mailbox_transaction_begin(box, 0, "ferry rebuild");
+	tt = mailbox_transaction_begin(tmp, MAILBOX_TRANSACTION_FLAG_EXTERNAL |
+				       MAILBOX_TRANSACTION_FLAG_ASSIGN_UIDS,
+				       "ferry rebuild");
+	args = mail_search_build_init();
+	arg = mail_search_build_add(args, SEARCH_UIDSET);
+	p_array_init(&arg->value.seqset, args->pool, 1);
+	seq_range_array_add_range(&arg->value.seqset, 1, I_MAX(hdr.copied_upto, 1));
+	search = mailbox_search_init(t, args, NULL, 0, NULL);
+	mail_search_args_unref(&args);
+	while (ret == 0 && mailbox_search_next(search, &mail)) {
+		if (mail->uid > hdr.copied_upto)
+			break;
+		save = mailbox_save_alloc(tt);
+		mailbox_save_copy_flags(save, mail);
+		mailbox_save_set_uid(save, mail->uid);
+		if (mailbox_copy(&save, mail) < 0) {
+			*error_r = mailbox_get_last_internal_error(tmp, NULL);
+			ret = -1;
+		}
+		count++;
+	}
+	if (mailbox_search_deinit(&search) < 0 && ret == 0) {
+		*error_r = mailbox_get_last_internal_error(box, NULL);
+		ret = -1;
+	}
+	ferry_box_hdr_update(tt, &hdr);
+	if (ret == 0 && mailbox_transaction_commit_get_changes(&tt, &changes) == 0) {
+		/* every UID kept, or this is no better than a full copy */
+		const struct seq_range *last = array_count(&changes.saved_uids) == 0 ?
+			NULL : array_back(&changes.saved_uids);
+		if (seq_range_count(&changes.saved_uids) != count ||
+		    (last != NULL && last->seq2 > hdr.copied_upto)) {
+			*error_r = "UIDs not kept in the rebuilt folder";
+			ret = -1;
+		}
+		pool_unref(&changes.pool);
+	} else if (ret == 0) {
+		*error_r = mailbox_get_last_internal_error(tmp, NULL);
+		ret = -1;
+	}
+	if (tt != NULL)
+		mailbox_transaction_rollback(&tt);
+	mailbox_transaction_rollback(&t);
+	if (ret == 0 && mailbox_delete(box) < 0) {
+		*error_r = mailbox_get_last_internal_error(box, NULL);
+		ret = -1;
+	}
+	if (ret == 0) {
+		mailbox_free(&box);
+		box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
+		if (mailbox_rename(tmp, box) < 0) {
+			*error_r = mailbox_get_last_internal_error(tmp, NULL);
+			ret = -1;
+		}
+	}
+	if (ret == 0) {
+		i_info(FERRY_LOG_PREFIX "folder=%s event=rebuilt kept=%u: the "
+		       "interrupted batch is fetched again", vname, count);
+	}
+out:
+	mailbox_free(&tmp);
+	mailbox_free(&box);
+	return ret;
+}
+
 int ferry_pull_folder(struct mail_user *user, const char *vname,
 		      enum ferry_pull_mode mode,
 		      struct ferry_pull_result *result_r,
@@ -666,6 +841,33 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	ferry_internal_begin(user);
 	pull.box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
 	ret = ferry_pull_run(&pull);
+	if (ret < 0 && pull.needs_recopy) {
+		/* nobody has seen this folder yet (it was never complete):
+		   its trusted part is moved into a fresh folder; if even
+		   that fails, it is made again and copied whole */
+		const char *error;
+
+		i_warning(FERRY_LOG_PREFIX "folder=%s event=recopy: %s",
+			  vname, pull.error);
+		if (pull.obox != NULL)
+			mailbox_free(&pull.obox);
+		mailbox_free(&pull.box);
+		if (ferry_pull_rebuild(user, vname, &error) < 0 &&
+		    ferry_mirror_recreate(user, vname, &error) < 0) {
+			pull.error_code = MAIL_ERROR_UNAVAILABLE;
+			pull.error = p_strdup(pull.pool, error);
+		} else {
+			pull.needs_recopy = FALSE;
+			pull.error = NULL;
+			i_zero(&pull.hdr);
+			pull.box = mailbox_alloc(ns->list, vname,
+						 MAILBOX_FLAG_IGNORE_ACLS);
+			ret = ferry_pull_run(&pull);
+		}
+		if (pull.box == NULL)
+			pull.box = mailbox_alloc(ns->list, vname,
+						 MAILBOX_FLAG_IGNORE_ACLS);
+	}
 
 	i_zero(result_r);
 	result_r->vname = vname;
