@@ -11,6 +11,8 @@
 #include "imapc-settings.h"
 #include "ferry-plugin.h"
 
+#define FERRY_MAX_LINE (64 * 1024 * 1024)
+
 int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 		       const char **error_r)
 {
@@ -45,6 +47,13 @@ int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 		mail_user_set_get_driver_settings(old->set_info, old->set,
 						  "imapc");
 	imapc_set->parsed_features |= IMAPC_FEATURE_RFC822_SIZE;
+	/* Bodies come in ranges of at most 1 MiB (old-body.c) and small
+	   messages whole: a line or literal beyond this is a server gone
+	   wrong, and imapc would buffer it whole (measured: 518 MB for a
+	   literal claiming 1 TiB). */
+	if (imapc_set->imapc_max_line_length == 0 ||
+	    imapc_set->imapc_max_line_length > FERRY_MAX_LINE)
+		imapc_set->imapc_max_line_length = FERRY_MAX_LINE;
 
 	ferry_creating_old_user = TRUE;
 	ret = mail_namespaces_init_location(old, "imapc:", &error);

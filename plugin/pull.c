@@ -278,6 +278,15 @@ static int ferry_pull_prepare(struct ferry_pull *pull, uint32_t *start_r)
 	/* The header may lag the messages if a crash hit between the mail
 	   files and the index commit; local UIDs below old UIDNEXT are old
 	   messages, so the highest of them is copied too. */
+	/* an interrupted copy with local UIDs at or above the old UIDNEXT was
+	   renumbered by the storage (seen with a full disk while Dovecot
+	   rewrote dovecot-uidlist): the trusted part is rebuilt */
+	if (pull->resumed && pull->keep_uids && last_uid >= pull->ost.uidnext) {
+		pull->needs_recopy = TRUE;
+		return ferry_pull_fail(pull, MAIL_ERROR_TEMP, t_strdup_printf(
+			"local UID %u at or above the old UIDNEXT %u",
+			last_uid, pull->ost.uidnext));
+	}
 	if (pull->keep_uids && last_uid < pull->ost.uidnext &&
 	    last_uid > *start_r) {
 		int ret = ferry_pull_check_tail(pull, last_uid);

@@ -103,10 +103,11 @@ long long api_parse_time(const char *s, long long now)
 		return -1;
 	errno = 0;
 	n = strtoll(s, &end, 10);
+	/* relative times are bounded (10 years) so n * unit cannot overflow */
 	if (end != s && errno == 0 && n >= 0) {
 		if (*end == '\0')
 			return n;
-		if (end[1] == '\0') {
+		if (end[1] == '\0' && n <= 10LL * 366 * 86400) {
 			switch (*end) {
 			case 's': return now - n;
 			case 'm': return now - n * 60;

@@ -7,6 +7,7 @@
 #include <event2/event.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -315,6 +316,9 @@ int main(int argc, char **argv)
 	int opt, test = 0, ret = 1;
 
 	memset(&d, 0, sizeof(d));
+	/* the store, its WAL and the log hold the migration's state and
+	   encrypted passwords: owner only, whatever the caller's umask */
+	umask(077);
 	while ((opt = getopt(argc, argv, "c:th")) != -1) {
 		switch (opt) {
 		case 'c': d.conf_path = optarg; break;

@@ -1,0 +1,91 @@
+"""Fault campaign in make check (issue 8): >= 100 injected faults of every
+kind (faults/campaign.py), each followed by a resume and a comparison of
+NEW with OLD: 0 lost, 0 duplicated, no other difference.
+
+FERRY_FAULTS_PER_KIND overrides the number (default 100; 10 under
+FERRY_ASAN=1, where every NEW process runs 3-5x slower). The report is
+written to <build>/faults/report-check.{md,json}."""
+import json
+import os
+
+import pytest
+
+from faults.campaign import KINDS, Campaign
+from ferrytest.sandbox import ASAN, BUILD_DIR
+
+PER_KIND = int(os.environ.get("FERRY_FAULTS_PER_KIND", "10" if ASAN else "100"))
+
+# Measured (see docs/faults.md, "Findings"): NEW running out of space while
+# Dovecot's maildir writes dovecot-keywords or dovecot-uidlist breaks the
+# copy. Reported to the lead; the plugin does not detect it.
+ENOSPC_BUG = ("ENOSPC on NEW: (a) dovecot-uidlist.tmp write fails at the 'raising "
+              "UIDNEXT' step -> after resume all messages of the folder have fresh UIDs "
+              "(1:12 missing, 15:26 unexpected, same UIDVALIDITY); (b) dovecot-keywords "
+              "write fails -> keyword letters in committed file names map to other "
+              "keywords ($NotJunk shown as $Forwarded)")
+
+
+@pytest.fixture(scope="module")
+def campaign():
+    camp = Campaign(per_kind=PER_KIND, seed=1, workers=3)
+    failed = False
+    try:
+        camp.setup()
+        camp.run()
+        yield camp
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        camp.teardown()
+        reports = camp.sb.sanitizer_reports()
+        out = os.path.join(BUILD_DIR, "faults")
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "report-check.md"), "w") as f:
+            f.write(camp.markdown())
+        with open(os.path.join(out, "report-check.json"), "w") as f:
+            json.dump(camp.report(), f, indent=1)
+        print("\n" + camp.markdown())
+        if reports:
+            print("\n".join(reports))
+        bad = failed or reports or any(
+            s["lost"] or s["duplicated"] or s["errors"] or s["other_differences"]
+            for s in camp.results.values())
+        if not bad and not os.environ.get("FERRY_KEEP"):
+            import shutil
+            shutil.rmtree(camp.sb.root, ignore_errors=True)
+        else:
+            print("sandbox kept: %s" % camp.sb.root)
+        assert not reports, "sanitizer reports in %s" % camp.sb.sanitizer_dir()
+
+
+def _xfail_enospc(kind):
+    # about 5 in 100 ENOSPC faults hit it (seeded: SEED=1 at 100 per kind
+    # does); a smaller run (ASan: 10) may miss it, so strict only at >= 100
+    if kind == "new-enospc":
+        return pytest.param(kind, marks=pytest.mark.xfail(strict=PER_KIND >= 100,
+                                                          reason=ENOSPC_BUG))
+    return kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_faults_injected(campaign, kind):
+    s = campaign.results[kind]
+    assert not s["errors"], s["errors"]
+    assert s["injected"] >= PER_KIND, s
+
+
+@pytest.mark.parametrize("kind", [_xfail_enospc(k) for k in KINDS])
+def test_nothing_lost_duplicated_or_changed(campaign, kind):
+    s = campaign.results[kind]
+    assert s["injected"] >= PER_KIND
+    assert (s["lost"], s["duplicated"], s["other_differences"]) == (0, 0, 0), s["examples"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refetch_bounded(campaign, kind):
+    """Resuming continues where the copy stopped: on average a fault costs
+    less than half the folder again (measured: about one batch of 4)."""
+    s = campaign.results[kind]
+    assert s["refetched_proxy"] >= 0
+    assert s["refetched_proxy"] < s["runs"] * 12 / 2, s
