@@ -85,16 +85,7 @@ struct checks *checks_new(struct event_base *base, struct store *st,
 static void log_event(struct checks *ch, const char *user, const char *folder,
 		      const char *event, int64_t messages, const char *error)
 {
-	struct log_rec l;
-
-	memset(&l, 0, sizeof(l));
-	l.time = time(NULL);
-	snprintf(l.user, sizeof(l.user), "%s", user);
-	snprintf(l.folder, sizeof(l.folder), "%s", folder != NULL ? folder : "");
-	snprintf(l.event, sizeof(l.event), "%s", event);
-	l.messages = messages;
-	snprintf(l.error, sizeof(l.error), "%s", error != NULL ? error : "");
-	if (ch->st->log_add(ch->st, &l) < 0)
+	if (store_log_event(ch->st, user, folder, event, 0, messages, error) < 0)
 		evlog("error", "store-error", "user", user, "error", ch->st->error(ch->st), NULL);
 }
 

@@ -102,16 +102,7 @@ static struct op *op_find(struct cutover *c, const char *wave)
 static void log_user(struct store *st, const char *user, const char *folder,
 		     const char *event, int64_t copied, const char *error)
 {
-	struct log_rec l;
-
-	memset(&l, 0, sizeof(l));
-	l.time = time(NULL);
-	snprintf(l.user, sizeof(l.user), "%s", user);
-	snprintf(l.folder, sizeof(l.folder), "%s", folder != NULL ? folder : "");
-	snprintf(l.event, sizeof(l.event), "%s", event);
-	l.copied = copied;
-	snprintf(l.error, sizeof(l.error), "%s", error != NULL ? error : "");
-	if (st->log_add(st, &l) < 0)
+	if (store_log_event(st, user, folder, event, copied, 0, error) < 0)
 		evlog("error", "store-error", "user", user, "error", st->error(st), NULL);
 }
 

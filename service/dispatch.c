@@ -80,17 +80,7 @@ int dispatch_in_flight(const struct dispatch *d)
 static void log_event(struct dispatch *d, const char *user, const char *folder,
 		      const char *event, int64_t copied, int64_t messages, const char *error)
 {
-	struct log_rec l;
-
-	memset(&l, 0, sizeof(l));
-	l.time = time(NULL);
-	snprintf(l.user, sizeof(l.user), "%s", user);
-	snprintf(l.folder, sizeof(l.folder), "%s", folder != NULL ? folder : "");
-	snprintf(l.event, sizeof(l.event), "%s", event);
-	l.copied = copied;
-	l.messages = messages;
-	snprintf(l.error, sizeof(l.error), "%s", error != NULL ? error : "");
-	if (d->st->log_add(d->st, &l) < 0)
+	if (store_log_event(d->st, user, folder, event, copied, messages, error) < 0)
 		evlog("error", "store-error", "user", user, "error", d->st->error(d->st), NULL);
 }
 

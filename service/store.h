@@ -71,6 +71,13 @@ struct folder_rec {
 	int64_t updated_at;
 };
 
+struct store;
+/* Appends one record to the migration log (every field copied, NULLs
+   as empty); the store's log_add() underneath. */
+int store_log_event(struct store *st, const char *user, const char *folder,
+		    const char *event, int64_t copied, int64_t messages,
+		    const char *error);
+
 struct log_rec {
 	int64_t id;
 	int64_t time;
