@@ -184,6 +184,12 @@ def test_no_write_outside_home(pulls, scenario):
     assert r["outside"] == [] and r["escapes"] == [] and r["links"] == [], r
 
 
+# ASan's quarantine and shadow memory make RSS no measure of the heap: the
+# plain run checks the bounds
+ASAN = os.environ.get("FERRY_ASAN") == "1"
+
+
+@pytest.mark.skipif(ASAN, reason="RSS is no heap measure under ASan; the plain run checks it")
 @pytest.mark.parametrize("scenario", [_mark(s, "memory") for s in SCENARIOS])
 def test_memory_bounded(pulls, scenario):
     r = pulls[scenario]
@@ -218,7 +224,7 @@ def test_ferryd_client_preflight(hostile, scenario):
     print("\npreflight %s: exit %s in %.1fs, peak RSS %d MB: %s"
           % (scenario, code, secs, rss, (out.strip().splitlines() or [""])[0]))
     assert code in (0, 1, 2), "crashed or hung: %s %s" % (code, err[-500:])
-    assert rss < CLIENT_MEMORY_BOUND_MB
+    assert ASAN or rss < CLIENT_MEMORY_BOUND_MB
     if scenario == "endless-line":  # a protocol violation: a clear failure
         assert code != 0 and "parse error" in out + err, out + err
     if scenario == "huge-literal":  # only sizes are read: the claim is shown
