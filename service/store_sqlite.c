@@ -264,6 +264,16 @@ static int sq_rollback(struct store *st)
 	return exec(st, "ROLLBACK");
 }
 
+/* The end of a single-row lookup: the row (if any) has been read. */
+static int one_row_end(struct store *st, sqlite3_stmt *stmt, int rc,
+		       const char *what)
+{
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, what);
+}
+
 static int sq_setting_get(struct store *st, const char *key, char *buf, int len)
 {
 	sqlite3_stmt *stmt = prepf(st, "SELECT value FROM settings WHERE key = ?", "s", key);
@@ -274,10 +284,7 @@ static int sq_setting_get(struct store *st, const char *key, char *buf, int len)
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		col_text(stmt, 0, buf, (size_t)len);
-	sqlite3_finalize(stmt);
-	if (rc == SQLITE_ROW)
-		return 0;
-	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "setting_get");
+	return one_row_end(st, stmt, rc, "setting_get");
 }
 
 static int sq_setting_set(struct store *st, const char *key, const char *value)
@@ -344,10 +351,7 @@ static int sq_wave_get(struct store *st, const char *name, struct wave_rec *w)
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		wave_row(stmt, w);
-	sqlite3_finalize(stmt);
-	if (rc == SQLITE_ROW)
-		return 0;
-	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "wave_get");
+	return one_row_end(st, stmt, rc, "wave_get");
 }
 
 static int sq_wave_update(struct store *st, const struct wave_rec *w)
@@ -439,10 +443,7 @@ static int sq_user_get(struct store *st, const char *name, struct user_rec *u)
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		user_row(stmt, u);
-	sqlite3_finalize(stmt);
-	if (rc == SQLITE_ROW)
-		return 0;
-	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "user_get");
+	return one_row_end(st, stmt, rc, "user_get");
 }
 
 static int sq_user_update(struct store *st, const struct user_rec *u)
@@ -539,10 +540,7 @@ static int sq_route_get(struct store *st, const char *user, struct route_rec *r)
 		col_text(stmt, 1, r->target, sizeof(r->target));
 		r->changed_at = sqlite3_column_int64(stmt, 2);
 	}
-	sqlite3_finalize(stmt);
-	if (rc == SQLITE_ROW)
-		return 0;
-	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "route_get");
+	return one_row_end(st, stmt, rc, "route_get");
 }
 
 static int sq_route_set(struct store *st, const char *user, const char *target,
@@ -603,10 +601,7 @@ static int sq_user_password_get(struct store *st, const char *user, char **enc_r
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		*enc_r = strdup((const char *)sqlite3_column_text(stmt, 0));
-	sqlite3_finalize(stmt);
-	if (rc == SQLITE_ROW)
-		return 0;
-	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "user_password_get");
+	return one_row_end(st, stmt, rc, "user_password_get");
 }
 
 static int sq_check_put(struct store *st, const struct check_rec *c)
@@ -658,10 +653,7 @@ static int sq_check_get(struct store *st, const char *user, const char *kind,
 		if (with_reports && sqlite3_column_type(stmt, 7) != SQLITE_NULL)
 			c->report_text = strdup((const char *)sqlite3_column_text(stmt, 7));
 	}
-	sqlite3_finalize(stmt);
-	if (rc == SQLITE_ROW)
-		return 0;
-	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "check_get");
+	return one_row_end(st, stmt, rc, "check_get");
 }
 
 static int sq_check_abort_all(struct store *st, const char *error)
@@ -703,10 +695,7 @@ static int sq_cutover_get(struct store *st, const char *wave, struct cutover_rec
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		cutover_row(stmt, c);
-	sqlite3_finalize(stmt);
-	if (rc == SQLITE_ROW)
-		return 0;
-	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, "cutover_get");
+	return one_row_end(st, stmt, rc, "cutover_get");
 }
 
 static int sq_cutover_put(struct store *st, const struct cutover_rec *c)
