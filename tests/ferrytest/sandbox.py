@@ -247,6 +247,7 @@ class Sandbox:
 base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
+log_timestamp = "%b %d %H:%M:%S.%{{usecs}} "
 instance_name = ferry-{inst}-{os.path.basename(self.root)}
 listen = 127.0.0.1
 protocols = {" ".join(ports)}
