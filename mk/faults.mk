@@ -1,7 +1,7 @@
 # Fault campaign (issue 8): tests/faults/campaign.py through a fault-injecting
 # proxy, kills, restarts and a full disk; report in $(BUILD)/faults/.
 #   make faults N=1000        a 1,000-fault campaign: N faults spread evenly over
-#                             the 12 kinds (84 each), seeded (SEED=2: other points
+#                             the 13 kinds (77 each), seeded (SEED=2: other points
 #                             than make check's SEED=1)
 # make check runs 100 of every kind (tests/test_fault_campaign.py).
 N       ?= 1000

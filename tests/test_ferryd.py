@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 
 import pytest
@@ -158,14 +157,6 @@ def test_50_users_3_waves_per_host_limit_and_bad_password(sandbox, ferryd, old_l
     print(text)
 
 
-def _db_running(fd):
-    con = sqlite3.connect("file:%s?mode=ro" % fd.db_path, uri=True)
-    try:
-        return {r[0] for r in con.execute("SELECT name FROM users WHERE running = 1")}
-    finally:
-        con.close()
-
-
 def test_kill9_mid_run_resumes_without_recopying(sandbox, ferryd, old_log):
     total = 0
     for i, user in enumerate(KILL_USERS):
@@ -181,7 +172,7 @@ def test_kill9_mid_run_resumes_without_recopying(sandbox, ferryd, old_log):
                    and e.get("user") in KILL_USERS)
     wait_until(some_done, 120, "a first kwave user to finish")
     ferryd.kill()
-    running = _db_running(ferryd)
+    running = ferryd.db_running()
     done_before = {e["user"] for e in ferryd.events()
                    if e.get("event") == "user-done" and e.get("user") in KILL_USERS}
     print("\nkill -9 with %d users done, in flight: %s" % (len(done_before), sorted(running)))

@@ -35,6 +35,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from faults import ferryd_kill  # noqa: E402
 from ferrytest import corpus  # noqa: E402
 from ferrytest.faultproxy import Fault, FaultProxy, socket_owner  # noqa: E402
 from ferrytest.logs import LogWatch  # noqa: E402
@@ -44,7 +45,7 @@ from ferrytest.snapshot import compare, duplicates, snapshot  # noqa: E402
 
 KINDS = ("proxy-cut", "proxy-stall", "proxy-truncate", "proxy-truncate-literal",
          "old-no-mid-fetch", "old-bye-mid-fetch", "kill-doveadm", "kill-imap",
-         "kill-lmtp", "new-enospc", "old-restart", "new-restart")
+         "kill-lmtp", ferryd_kill.KIND, "new-enospc", "old-restart", "new-restart")
 DESCRIPTION = {
     "proxy-cut": "proxy resets both TCP connections at a random byte of OLD's stream",
     "proxy-stall": "proxy stops forwarding at a random byte: 0.05-0.6 s (pull goes on), "
@@ -58,6 +59,7 @@ DESCRIPTION = {
     "kill-imap": "kill -9 of the imap process doing a lazy pull (SELECT), same points",
     "kill-lmtp": "kill -9 of the lmtp process pulling INBOX before a delivery; "
                  "the delivery is retried",
+    ferryd_kill.KIND: ferryd_kill.DESCRIPTION,
     "new-enospc": "NEW's home (tmpfs) has a random number of bytes left below what the "
                   "pull needs; then space is freed",
     "old-restart": "OLD's Dovecot restarted (90% kill -9 of all its processes, 10% "
@@ -123,8 +125,10 @@ class Campaign:
         self.per_kind, self.seed, self.kinds = per_kind, seed, list(kinds)
         self.graceful_share = graceful_share
         self.log = log
+        # kill-ferryd: NEW serves the doveadm HTTP API to one ferryd per worker
         self.sb = Sandbox(root=root, users=tuple(
-            u for w in range(workers) for u in ("fb%d" % w, "fl%d" % w)), batch_size=BATCH)
+            u for w in range(workers) for u in ("fb%d" % w, "fl%d" % w)), batch_size=BATCH,
+            doveadm_http=ferryd_kill.KIND in self.kinds)
         self.workers = [Worker(self, w) for w in range(workers)]
         extra = {}
         for w in self.workers:
@@ -136,6 +140,8 @@ class Campaign:
         self.results = {}
         self.global_lock = threading.Lock()
         self.tls = threading.local()
+        self.ferryd = (ferryd_kill.FerrydFaults(self, PULL_TIMEOUT) if ferryd_kill.KIND in self.kinds
+                       else None)
 
     # ---- setup / teardown -------------------------------------------------------
     def setup(self):
@@ -159,9 +165,13 @@ class Campaign:
                 if diffs:
                     raise CampaignError("OLD seeding of %s: %s" % (u, diffs))
             self._profile(w)
+        if self.ferryd:
+            self.ferryd.setup()
         return self
 
     def teardown(self):
+        if self.ferryd:
+            self.ferryd.teardown()
         for w in self.workers:
             w.proxy.stop()
         try:
@@ -355,6 +365,8 @@ class Campaign:
     # ---- one fault -----------------------------------------------------------------
     def one(self, w, kind, rng):
         """Inject one fault of kind; -> dict (injected: bool, ...)."""
+        if kind == ferryd_kill.KIND:
+            return self.ferryd.one(w, rng)
         lmtp = kind == "kill-lmtp"
         user = w.lmtp_user if lmtp else w.bulk_user
         folder = "INBOX" if lmtp else "Bulk"
@@ -601,6 +613,8 @@ class Campaign:
             "examples": [r for r in results if r["diffs"] or r["lost"] or r["duplicated"]][:5],
             "first_outcomes": _outcomes(injected),
             "lmtp_redelivered": sum(r.get("redelivered", 0) for r in results),
+            # kill-ferryd: faults after which ferryd's own state was wrong
+            "ferryd_differences": sum(1 for r in results if r.get("ferryd_diffs")),
         }
         self.results[kind] = summary
         self.log("%-24s injected %4d  lost %d  dup %d  diffs %d  refetched %d (OLD log %d)  %.1fs%s"

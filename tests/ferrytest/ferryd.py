@@ -7,6 +7,9 @@ and the admin API over http.client.
     fd.ctl("import", csv_path)
     fd.api("GET", "/v1/status")  -> (status, json)
     fd.stop()                    # SIGTERM by PID, waits for the exit
+
+FERRY_VALGRIND=1 runs ferryd and ferryctl under memcheck (ferrytest.valgrind)
+with the deadlines here widened.
 """
 import http.client
 import json
@@ -14,8 +17,10 @@ import os
 import re
 import shlex
 import signal
+import sqlite3
 import subprocess
 
+from . import valgrind
 from .sandbox import ASAN, BUILD_DIR, _free_ports, proc_alive, wait_until
 
 TOKEN = "ferry-admin-token-for-tests"
@@ -98,8 +103,10 @@ class Ferryd:
 
     def start(self, timeout=20):
         assert not self.alive()
+        timeout *= valgrind.SLOW
         out = open(self.out_path, "a")
-        self.proc = subprocess.Popen([os.path.join(BUILD_DIR, "ferryd"), "-c", self.conf_path],
+        self.proc = subprocess.Popen(valgrind.prefix("ferryd") +
+                                     [os.path.join(BUILD_DIR, "ferryd"), "-c", self.conf_path],
                                      stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, env=self.env())
         out.close()
@@ -120,13 +127,22 @@ class Ferryd:
         if not self.alive():
             return self.proc.returncode if self.proc else None
         os.kill(self.proc.pid, signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+        return self.proc.wait(timeout=timeout * valgrind.SLOW)
 
     def kill(self):
         if self.alive():
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         wait_until(lambda: not proc_alive(self.proc.pid), 10, "ferryd to die")
+
+    def db_running(self):
+        """Users the state database marks as running (read-only, so it can
+        be read while ferryd is dead or alive)."""
+        con = sqlite3.connect("file:%s?mode=ro" % self.db_path, uri=True)
+        try:
+            return {r[0] for r in con.execute("SELECT name FROM users WHERE running = 1")}
+        finally:
+            con.close()
 
     def hup(self):
         os.kill(self.proc.pid, signal.SIGHUP)
@@ -150,7 +166,8 @@ class Ferryd:
     def ctl(self, *args, check=True, timeout=60):
         """ferryctl -c CONF ARGS...; returns CompletedProcess (text)."""
         cmd = [os.path.join(BUILD_DIR, "ferryctl"), "-c", self.conf_path] + list(args)
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+        r = subprocess.run(valgrind.prefix("ferryctl") + cmd, capture_output=True, text=True,
+                           timeout=timeout * valgrind.SLOW,
                            env=self.env(), stdin=subprocess.DEVNULL)
         if check and r.returncode != 0:
             raise AssertionError("%s -> rc %d: %s%s" % (" ".join(map(shlex.quote, cmd)),
@@ -159,7 +176,7 @@ class Ferryd:
 
     def api(self, method, path, body=None, token=TOKEN, raw=None, headers=None):
         """-> (HTTP status, parsed JSON or the raw text if not JSON)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30 * valgrind.SLOW)
         try:
             h = dict(headers or {})
             if token is not None:
