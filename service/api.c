@@ -911,12 +911,12 @@ static void handle(struct evhttp_request *req, void *arg)
 
 int api_load_secrets(struct api *a, const struct ferry_config *cfg, char **err_r)
 {
-	char *token = config_read_secret(cfg->api_token_file, err_r), *secret = NULL;
+	char *token = config_read_private(cfg->api_token_file, err_r), *secret = NULL;
 
 	if (token == NULL)
 		return -1;
 	if (cfg->secret_key_file != NULL && *cfg->secret_key_file != '\0' &&
-	    (secret = config_read_secret(cfg->secret_key_file, err_r)) == NULL) {
+	    (secret = config_read_private(cfg->secret_key_file, err_r)) == NULL) {
 		explicit_bzero(token, strlen(token));
 		free(token);
 		return -1;

@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +49,9 @@ struct checks {
 	char tool[PATH_MAX + 32];
 	struct run *runs;  /* queue order: oldest first */
 	int nrunning;
+	/* read by checks_load_secrets: at start (before a privilege drop) and
+	   at SIGHUP, never per run */
+	char *secret_key, *old_master_pw, *new_master_pw;
 };
 
 static int set(const char *s)
@@ -113,37 +115,6 @@ static void put_check(struct run *r, const char *state, const char *result,
 
 /* ---- credentials -------------------------------------------------------- */
 
-/* first line of a file that only its owner may read */
-static char *read_private(const char *path, char *why, size_t wl)
-{
-	struct stat sb;
-	char buf[1024], *nl;
-	FILE *f = fopen(path, "r");
-
-	if (f == NULL) {
-		snprintf(why, wl, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	if (fstat(fileno(f), &sb) < 0 || (sb.st_mode & 077) != 0 || sb.st_uid != geteuid()) {
-		fclose(f);
-		snprintf(why, wl, "%s must belong to ferryd's user and be readable only by it"
-			 " (chmod 600)", path);
-		return NULL;
-	}
-	if (fgets(buf, sizeof(buf), f) == NULL)
-		buf[0] = '\0';
-	fclose(f);
-	if ((nl = strpbrk(buf, "\r\n")) != NULL)
-		*nl = '\0';
-	if (buf[0] == '\0') {
-		snprintf(why, wl, "%s: empty", path);
-		return NULL;
-	}
-	nl = strdup(buf);
-	explicit_bzero(buf, sizeof(buf));
-	return nl;
-}
-
 static void wipe(char **s)
 {
 	if (*s != NULL) {
@@ -156,17 +127,21 @@ static void wipe(char **s)
 /* the user's CSV password (decrypted), NULL if none or not decryptable */
 static char *csv_password(struct checks *ch, const char *user)
 {
-	char *enc = NULL, *key, *pw = NULL, *err = NULL;
+	char *enc = NULL, *pw = NULL;
+	char id[SECRET_KEY_ID_LEN + 1], cur[SECRET_KEY_ID_LEN + 1];
 
-	if (ch->st->user_password_get(ch->st, user, &enc) != 0 || !set(ch->cfg->secret_key_file)) {
+	if (ch->secret_key == NULL || ch->st->user_password_get(ch->st, user, &enc) != 0) {
 		free(enc);
 		return NULL;
 	}
-	key = config_read_secret(ch->cfg->secret_key_file, &err);
-	free(err);
-	if (key != NULL)
-		pw = secret_decrypt(key, enc);
-	wipe(&key);
+	if ((pw = secret_decrypt(ch->secret_key, enc)) == NULL) {
+		/* typically a key changed without ferryd --rekey */
+		secret_key_id(ch->secret_key, cur);
+		if (secret_value_key_id(enc, id) < 0)
+			snprintf(id, sizeof(id), "unknown");
+		evlog("warning", "password-undecryptable", "user", user, "key_id", id,
+		      "current_key_id", cur, NULL);
+	}
 	free(enc);
 	return pw;
 }
@@ -193,7 +168,7 @@ static int has_password(struct checks *ch, const char *user)
 {
 	char *enc = NULL;
 	int ret = ch->st->user_password_get(ch->st, user, &enc) == 0 &&
-		  set(ch->cfg->secret_key_file);
+		  ch->secret_key != NULL;
 
 	free(enc);
 	return ret;
@@ -250,14 +225,22 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 	arg(a, num(a, "%.0f", u->ep.port));
 	arg(a, "--old-tls");
 	arg(a, u->ep.tls);
+	if (oh == HOW_NONE && pw == NULL && has_password(ch, u->name)) {
+		snprintf(why, wl, "the user's stored password does not decrypt with"
+			 " secret_key_file (a key changed without ferryd --rekey?)");
+		goto out;
+	}
 	if (oh == HOW_NONE) {
 		snprintf(why, wl, "no credentials for the old server (set old_master_user and"
 			 " old_master_password_file, or give the user's password in the CSV)");
 		goto out;
 	}
 	if (oh == HOW_MASTER) {
-		if ((old_secret = read_private(cfg->old_master_password_file, why, wl)) == NULL)
+		if (ch->old_master_pw == NULL) {
+			snprintf(why, wl, "old_master_password_file is not loaded");
 			goto out;
+		}
+		old_secret = strdup(ch->old_master_pw);
 		arg(a, "--old-auth");
 		arg(a, "plain");
 		arg(a, "--old-auth-user");
@@ -279,8 +262,11 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 		arg(a, "--new-user");
 		arg(a, u->new_login);
 		if (nh == HOW_MASTER) {
-			if ((new_secret = read_private(cfg->new_master_password_file, why, wl)) == NULL)
+			if (ch->new_master_pw == NULL) {
+				snprintf(why, wl, "new_master_password_file is not loaded");
 				goto out;
+			}
+			new_secret = strdup(ch->new_master_pw);
 			arg(a, "--new-auth");
 			arg(a, "plain");
 			arg(a, "--new-auth-user");
@@ -804,11 +790,43 @@ void checks_cancel_all(struct checks *ch)
 	}
 }
 
+/* the file's first line, or NULL if the setting is empty; -1 on error */
+static int load_private(const char *path, char **out, char **err_r)
+{
+	*out = NULL;
+	if (!set(path))
+		return 0;
+	return (*out = config_read_private(path, err_r)) != NULL ? 0 : -1;
+}
+
+int checks_load_secrets(struct checks *ch, const struct ferry_config *cfg, char **err_r)
+{
+	char *key, *old_pw = NULL, *new_pw = NULL;
+
+	if (load_private(cfg->secret_key_file, &key, err_r) < 0 ||
+	    load_private(cfg->old_master_password_file, &old_pw, err_r) < 0 ||
+	    load_private(cfg->new_master_password_file, &new_pw, err_r) < 0) {
+		wipe(&key);
+		wipe(&old_pw);
+		return -1;
+	}
+	wipe(&ch->secret_key);
+	wipe(&ch->old_master_pw);
+	wipe(&ch->new_master_pw);
+	ch->secret_key = key;
+	ch->old_master_pw = old_pw;
+	ch->new_master_pw = new_pw;
+	return 0;
+}
+
 void checks_free(struct checks *ch)
 {
 	if (ch == NULL)
 		return;
 	checks_cancel_all(ch);
+	wipe(&ch->secret_key);
+	wipe(&ch->old_master_pw);
+	wipe(&ch->new_master_pw);
 	free(ch);
 }
 

@@ -22,6 +22,10 @@ typedef void checks_done_cb(const char *host, void *ctx);
 struct checks *checks_new(struct event_base *base, struct store *st,
 			  const struct ferry_config *cfg, checks_done_cb *cb, void *ctx);
 void checks_free(struct checks *ch);
+/* (Re)reads secret_key_file and the master password files (all or none;
+   config_read_private's rules). At start, before a privilege drop, and at
+   SIGHUP: runs use these copies, so root-owned files work after the drop. */
+int checks_load_secrets(struct checks *ch, const struct ferry_config *cfg, char **err_r);
 
 /* Can ferryd log in for this user on both servers (master or CSV password)? */
 int checks_can_verify(struct checks *ch, const struct user_rec *u);

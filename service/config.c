@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static int fail(char **err_r, const char *fmt, ...)
 {
@@ -61,6 +63,7 @@ void config_free(struct ferry_config *cfg)
 	free(cfg->old_master_password_file);
 	free(cfg->new_master_user);
 	free(cfg->new_master_password_file);
+	free(cfg->user);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -133,6 +136,8 @@ static char **str_key(struct ferry_config *cfg, const char *key)
 		return &cfg->new_master_user;
 	if (strcmp(key, "new_master_password_file") == 0)
 		return &cfg->new_master_password_file;
+	if (strcmp(key, "user") == 0)
+		return &cfg->user;
 	return NULL;
 }
 
@@ -178,6 +183,13 @@ static int parse_line(char *line, int lineno, const char *name,
 				    name, lineno, value);
 		free(cfg->new_tls);
 		cfg->new_tls = strdup(value);
+		return 0;
+	}
+	if (strcmp(key, "allow_root") == 0) {
+		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0)
+			return fail(err_r, "%s:%d: allow_root: expected yes or no, got \"%s\"",
+				    name, lineno, value);
+		cfg->allow_root = value[0] == 'y';
 		return 0;
 	}
 	if (strcmp(key, "verify_sample") == 0) {
@@ -277,13 +289,41 @@ int config_load(const char *path, struct ferry_config *cfg, char **err_r)
 	return 0;
 }
 
-char *config_read_secret(const char *path, char **err_r)
+static uid_t secret_owner = (uid_t)-1;
+
+void config_secret_owner(uid_t uid)
+{
+	secret_owner = uid;
+}
+
+/* Only the owner may access it, and the owner is ferryd's user or root:
+   anyone else able to replace or read the file holds the secret. */
+static int private_ok(FILE *f, const char *path, char **err_r)
+{
+	uid_t me = secret_owner != (uid_t)-1 ? secret_owner : geteuid();
+	struct stat sb;
+
+	if (fstat(fileno(f), &sb) < 0)
+		return fail(err_r, "%s: %s", path, strerror(errno));
+	if ((sb.st_mode & 077) != 0 || (sb.st_uid != me && sb.st_uid != 0))
+		return fail(err_r, "%s: mode %04o, owner uid %u: a secret file must be"
+			    " accessible by its owner only (chmod 600) and belong to"
+			    " ferryd's user (uid %u) or root", path,
+			    (unsigned)(sb.st_mode & 07777), (unsigned)sb.st_uid, (unsigned)me);
+	return 0;
+}
+
+static char *read_first_line(const char *path, int private, char **err_r)
 {
 	FILE *f = fopen(path, "r");
-	char buf[1024], *nl;
+	char buf[1024], *nl, *out;
 
 	if (f == NULL) {
 		fail(err_r, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (private && private_ok(f, path, err_r) < 0) {
+		fclose(f);
 		return NULL;
 	}
 	if (fgets(buf, sizeof(buf), f) == NULL)
@@ -295,5 +335,17 @@ char *config_read_secret(const char *path, char **err_r)
 		fail(err_r, "%s: empty", path);
 		return NULL;
 	}
-	return strdup(buf);
+	out = strdup(buf);
+	explicit_bzero(buf, sizeof(buf));
+	return out;
+}
+
+char *config_read_secret(const char *path, char **err_r)
+{
+	return read_first_line(path, 0, err_r);
+}
+
+char *config_read_private(const char *path, char **err_r)
+{
+	return read_first_line(path, 1, err_r);
 }

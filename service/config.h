@@ -2,6 +2,8 @@
 #ifndef FERRY_CONFIG_H
 #define FERRY_CONFIG_H
 
+#include <sys/types.h>
+
 struct ferry_config {
 	char *listen_host;        /* admin API address (default 127.0.0.1) */
 	int listen_port;          /* default 8025 */
@@ -33,6 +35,9 @@ struct ferry_config {
 	double verify_sample;     /* fraction of bodies hashed (1 = all) */
 	int verify_after_pull;    /* verify a user when the pulls complete */
 	int check_timeout;        /* seconds one preflight/verify may take */
+	/* privileges (service/runas.c) */
+	char *user;               /* started as root: serve as this user ("" = none) */
+	int allow_root;           /* started as root without user: run anyway */
 };
 
 void config_defaults(struct ferry_config *cfg);
@@ -45,5 +50,12 @@ void config_free(struct ferry_config *cfg);
 /* Reads the first line of a secret file (token, key) into a malloc'd
    string without the newline. */
 char *config_read_secret(const char *path, char **err_r);
+/* The same for ferryd's own secret files: refused (naming the file, its
+   mode and owner) unless only its owner can access it and the owner is
+   ferryd's user or root. */
+char *config_read_private(const char *path, char **err_r);
+/* ferryd's user for config_read_private (default: the effective uid);
+   set before a privilege drop, while files are still read as root. */
+void config_secret_owner(uid_t uid);
 
 #endif

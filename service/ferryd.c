@@ -2,9 +2,16 @@
    the doveadm requests. Foreground process (systemd Type=simple).
      ferryd -c /etc/ferry/ferryd.conf      run
      ferryd -c /etc/ferry/ferryd.conf -t   check the configuration and exit
+     ferryd -c /etc/ferry/ferryd.conf --rekey OLD_KEY_FILE
+                                           re-encrypt the stored passwords
+                                           to secret_key_file, then exit
    SIGTERM/SIGINT: stop starting pulls, wait up to drain_timeout for those
-   in flight, exit. SIGHUP: reload the configuration. */
+   in flight, exit. SIGHUP: reload the configuration. Started as root it
+   drops to `user` once the socket and files are open (runas.h). */
+#include <errno.h>
 #include <event2/event.h>
+#include <getopt.h>
+#include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -20,7 +27,10 @@
 #include "dispatch.h"
 #include "doveadm.h"
 #include "evlog.h"
+#include "rekey.h"
+#include "runas.h"
 #include "scheduler.h"
+#include "secret.h"
 #include "store.h"
 
 struct daemon {
@@ -209,7 +219,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 
 static int load_doveadm_key(struct daemon *d, const struct ferry_config *cfg, char **err)
 {
-	char *key = config_read_secret(cfg->doveadm_api_key_file, err);
+	char *key = config_read_private(cfg->doveadm_api_key_file, err);
 
 	if (key == NULL)
 		return -1;
@@ -232,15 +242,19 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	config_defaults(&nc);
 	if (config_load(d->conf_path, &nc, &err) < 0 ||
 	    api_load_secrets(d->api, &nc, &err) < 0 ||
-	    load_doveadm_key(d, &nc, &err) < 0) {
+	    load_doveadm_key(d, &nc, &err) < 0 ||
+	    checks_load_secrets(d->checks, &nc, &err) < 0) {
 		evlog("error", "reload-failed", "error", err, "keeping", "previous configuration", NULL);
 		free(err);
 		config_free(&nc);
 		return;
 	}
 	if (strcmp(nc.state_db, d->cfg.state_db) != 0 ||
-	    strcmp(nc.listen_host, d->cfg.listen_host) != 0 || nc.listen_port != d->cfg.listen_port)
-		evlog("warning", "reload", "note", "listen and state_db change only on restart", NULL);
+	    strcmp(nc.listen_host, d->cfg.listen_host) != 0 || nc.listen_port != d->cfg.listen_port ||
+	    strcmp(nc.user != NULL ? nc.user : "", d->cfg.user != NULL ? d->cfg.user : "") != 0 ||
+	    nc.allow_root != d->cfg.allow_root)
+		evlog("warning", "reload", "note",
+		      "listen, state_db, user and allow_root change only on restart", NULL);
 	/* swap the changeable settings in place (dispatch holds &d->cfg) */
 #define SWAP_STR(f) do { char *t = d->cfg.f; d->cfg.f = nc.f; nc.f = t; } while (0)
 	SWAP_STR(doveadm_host);
@@ -302,31 +316,164 @@ static int recover_one(const struct user_rec *cu, void *ctx)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ferryd -c CONFIG [-t]\n"
-		"  -c CONFIG  configuration file (docs/ferryd.md)\n"
-		"  -t         check the configuration and exit\n");
+	fprintf(stderr, "usage: ferryd -c CONFIG [-t | --rekey OLD_KEY_FILE]\n"
+		"  -c CONFIG               configuration file (docs/ferryd.md)\n"
+		"  -t                      check the configuration and exit\n"
+		"  --rekey OLD_KEY_FILE    re-encrypt the stored passwords from the key in\n"
+		"                          OLD_KEY_FILE to secret_key_file, then exit\n"
+		"                          (docs/security.md, \"Key rotation\")\n");
+}
+
+static int set(const char *s)
+{
+	return s != NULL && *s != '\0';
+}
+
+/* every secret file ferryd reads at start, with config_read_private's checks */
+static int check_secret_files(const struct ferry_config *cfg, char **err_r)
+{
+	const char *files[] = { cfg->api_token_file, cfg->doveadm_api_key_file,
+				cfg->secret_key_file, cfg->old_master_password_file,
+				cfg->new_master_password_file };
+
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		char *s;
+		if (!set(files[i]))
+			continue;
+		if ((s = config_read_private(files[i], err_r)) == NULL)
+			return -1;
+		explicit_bzero(s, strlen(s));
+		free(s);
+	}
+	return 0;
+}
+
+/* The state database, its WAL files and its directory stay usable by the
+   dropped user (SQLite creates and removes -wal and -shm next to it). */
+static void keep_store_files(struct runas *ra, const char *db)
+{
+	char *copy = strdup(db), path[4096];
+
+	runas_keep(ra, dirname(copy), 1);
+	free(copy);
+	runas_keep(ra, db, 0);
+	snprintf(path, sizeof(path), "%s-wal", db);
+	runas_keep(ra, path, 0);
+	snprintf(path, sizeof(path), "%s-shm", db);
+	runas_keep(ra, path, 0);
+}
+
+/* state_db's directory, created if missing (mode 0700: umask 077) */
+static int make_db_dir(const char *db, char **err_r)
+{
+	char *copy = strdup(db), *dir = dirname(copy);
+	int ret = 0;
+
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		if (asprintf(err_r, "state_db directory %s: %s", dir, strerror(errno)) < 0)
+			*err_r = NULL;
+		ret = -1;
+	}
+	free(copy);
+	return ret;
+}
+
+static void wipe(char *s)
+{
+	if (s != NULL) {
+		explicit_bzero(s, strlen(s));
+		free(s);
+	}
+}
+
+/* --rekey: offline, both keys from files (never argv or the API), one
+   transaction; runs as `user` like the daemon (after reading the keys). */
+static int rekey_main(const char *conf_path, const struct ferry_config *cfg,
+		      struct runas *ra, const char *old_file)
+{
+	char *err = NULL, *new_key = NULL, *old_key = NULL;
+	char old_id[SECRET_KEY_ID_LEN + 1], new_id[SECRET_KEY_ID_LEN + 1];
+	struct rekey_result res;
+	struct store *st = NULL;
+	struct stat sb;
+	int ret = 1;
+
+	if (!set(cfg->secret_key_file)) {
+		fprintf(stderr, "ferryd: --rekey: %s sets no secret_key_file (the new key)\n",
+			conf_path);
+		return 1;
+	}
+	if ((new_key = config_read_private(cfg->secret_key_file, &err)) == NULL ||
+	    (old_key = config_read_private(old_file, &err)) == NULL) {
+		fprintf(stderr, "ferryd: --rekey: %s; nothing changed\n", err);
+		goto out;
+	}
+	if (stat(cfg->state_db, &sb) < 0) {
+		fprintf(stderr, "ferryd: --rekey: state database %s: %s\n", cfg->state_db,
+			strerror(errno));
+		goto out;
+	}
+	keep_store_files(ra, cfg->state_db);
+	if (runas_drop(ra, &err) < 0) {
+		fprintf(stderr, "ferryd: --rekey: %s\n", err);
+		goto out;
+	}
+	st = store_sqlite_new();
+	if (st->open(st, cfg->state_db) < 0) {
+		fprintf(stderr, "ferryd: --rekey: state database %s: %s\n", cfg->state_db,
+			st->error(st));
+		goto out;
+	}
+	secret_key_id(old_key, old_id);
+	secret_key_id(new_key, new_id);
+	if (rekey_store(st, old_key, new_key, &res, &err) < 0) {
+		fprintf(stderr, "ferryd: --rekey: %s; nothing changed\n", err);
+		goto out;
+	}
+	printf("ferryd: rekey: %d stored passwords re-encrypted from key %s (%s) to key %s"
+	       " (%s), %d already under it; one transaction\n", res.rekeyed, old_id, old_file,
+	       new_id, cfg->secret_key_file, res.current);
+	ret = 0;
+out:
+	free(err);
+	wipe(new_key);
+	wipe(old_key);
+	if (st != NULL) {
+		st->close(st);
+		store_free(st);
+	}
+	return ret;
 }
 
 int main(int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{ "rekey", required_argument, NULL, 'R' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
 	struct daemon d;
+	struct runas ra;
 	struct event *ev_term, *ev_int, *ev_hup;
 	struct timeval tv;
+	const char *rekey_file = NULL;
 	char *err = NULL;
 	int opt, test = 0, ret = 1;
 
 	memset(&d, 0, sizeof(d));
+	memset(&ra, 0, sizeof(ra));
 	/* the store, its WAL and the log hold the migration's state and
 	   encrypted passwords: owner only, whatever the caller's umask */
 	umask(077);
-	while ((opt = getopt(argc, argv, "c:th")) != -1) {
+	while ((opt = getopt_long(argc, argv, "c:th", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c': d.conf_path = optarg; break;
 		case 't': test = 1; break;
+		case 'R': rekey_file = optarg; break;
 		default: usage(); return 2;
 		}
 	}
-	if (d.conf_path == NULL || optind != argc) {
+	if (d.conf_path == NULL || optind != argc || (test && rekey_file != NULL)) {
 		usage();
 		return 2;
 	}
@@ -337,26 +484,50 @@ int main(int argc, char **argv)
 		config_free(&d.cfg);
 		return 1;
 	}
+	if (runas_plan(&ra, &d.cfg, d.conf_path, &err) < 0) {
+		fprintf(stderr, "ferryd: %s\n", err);
+		free(err);
+		config_free(&d.cfg);
+		return 1;
+	}
+	/* files read as root before the drop may belong to the user already */
+	if (ra.drop)
+		config_secret_owner(ra.uid);
+	if (rekey_file != NULL) {
+		ret = rekey_main(d.conf_path, &d.cfg, &ra, rekey_file);
+		runas_free(&ra);
+		config_free(&d.cfg);
+		return ret;
+	}
+	/* before anything is created: a refused file leaves no trace */
+	if (check_secret_files(&d.cfg, &err) < 0) {
+		fprintf(stderr, "ferryd: invalid configuration: %s\n", err);
+		free(err);
+		runas_free(&ra);
+		config_free(&d.cfg);
+		return 1;
+	}
 	if (test) {
-		char *s;
-		if ((s = config_read_secret(d.cfg.api_token_file, &err)) == NULL ||
-		    (free(s), s = config_read_secret(d.cfg.doveadm_api_key_file, &err)) == NULL) {
-			fprintf(stderr, "ferryd: invalid configuration: %s\n", err);
-			free(err);
-			config_free(&d.cfg);
-			return 1;
-		}
-		free(s);
 		printf("ferryd: configuration %s is valid\n", d.conf_path);
+		runas_free(&ra);
 		config_free(&d.cfg);
 		return 0;
 	}
+	runas_keep(&ra, d.cfg.log_file, 0);
 	if (evlog_open(d.cfg.log_file) < 0) {
 		fprintf(stderr, "ferryd: cannot open log_file %s\n", d.cfg.log_file);
+		runas_free(&ra);
 		config_free(&d.cfg);
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	keep_store_files(&ra, d.cfg.state_db);
+	if (make_db_dir(d.cfg.state_db, &err) < 0) {
+		fprintf(stderr, "ferryd: %s\n", err);
+		evlog("error", "start-failed", "error", err, NULL);
+		free(err);
+		goto out;
+	}
 	d.st = store_sqlite_new();
 	if (d.st->open(d.st, d.cfg.state_db) < 0) {
 		fprintf(stderr, "ferryd: state database %s: %s\n", d.cfg.state_db, d.st->error(d.st));
@@ -371,6 +542,7 @@ int main(int argc, char **argv)
 	d.dc = doveadm_client_new(d.base);
 	if (load_doveadm_key(&d, &d.cfg, &err) < 0) {
 		fprintf(stderr, "ferryd: invalid configuration: %s\n", err);
+		evlog("error", "start-failed", "error", err, NULL);
 		free(err);
 		goto out;
 	}
@@ -383,6 +555,19 @@ int main(int argc, char **argv)
 	}
 	d.disp = dispatch_new(d.st, d.dc, &d.cfg, on_job_done, &d);
 	d.checks = checks_new(d.base, d.st, &d.cfg, on_check_done, &d);
+	if (checks_load_secrets(d.checks, &d.cfg, &err) < 0) {
+		fprintf(stderr, "ferryd: invalid configuration: %s\n", err);
+		evlog("error", "start-failed", "error", err, NULL);
+		free(err);
+		goto out;
+	}
+	/* the socket is bound and every secret read: root is no longer needed */
+	if (runas_drop(&ra, &err) < 0) {
+		fprintf(stderr, "ferryd: %s\n", err);
+		evlog("error", "start-failed", "error", err, NULL);
+		free(err);
+		goto out;
+	}
 	dispatch_set_complete_cb(d.disp, on_pulls_complete, &d);
 	api_set_checks(d.api, d.checks);
 	if (d.st->check_abort_all(d.st, "ferryd stopped before the run ended") < 0)
@@ -401,19 +586,22 @@ int main(int argc, char **argv)
 	evsignal_add(ev_int, NULL);
 	evsignal_add(ev_hup, NULL);
 	{
-		char port[16], pid[16];
+		char port[16], pid[16], uid[16];
 		snprintf(port, sizeof(port), "%d", d.cfg.listen_port);
 		snprintf(pid, sizeof(pid), "%d", (int)getpid());
+		snprintf(uid, sizeof(uid), "%u", (unsigned)geteuid());
 		evlog("info", "started", "listen", d.cfg.listen_host, "port", port, "pid", pid,
-		      "db", d.cfg.state_db, NULL);
+		      "db", d.cfg.state_db, "uid", uid, NULL);
 	}
 	kick(&d);
 	event_base_dispatch(d.base);
 	evlog("info", "stopped", NULL);
 	ret = 0;
 	dispatch_free(d.disp);
+	d.disp = NULL;
 	api_set_checks(d.api, NULL);
 	checks_free(d.checks);
+	d.checks = NULL;
 	api_set_cutover(d.api, NULL);
 	cutover_free(d.cut);
 	event_free(ev_term);
@@ -424,6 +612,9 @@ int main(int argc, char **argv)
 	if (d.drain_timer != NULL)
 		event_free(d.drain_timer);
 out:
+	/* set up but never run (a start that failed): no runs, no callbacks */
+	dispatch_free(d.disp);
+	checks_free(d.checks);
 	api_free(d.api);
 	doveadm_client_free(d.dc);
 	if (d.base != NULL)
@@ -432,6 +623,7 @@ out:
 		d.st->close(d.st);
 		store_free(d.st);
 	}
+	runas_free(&ra);
 	config_free(&d.cfg);
 	evlog_close();
 	return ret;

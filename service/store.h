@@ -193,6 +193,12 @@ struct store {
 				   const char *old_prefix);
 	/* the user's encrypted CSV password (malloc'd) or NOTFOUND */
 	int (*user_password_get)(struct store *st, const char *user, char **enc_r);
+	/* every user with an encrypted password, in id order (key rotation) */
+	int (*user_password_each)(struct store *st,
+				  int (*cb)(const char *user, const char *enc, void *ctx),
+				  void *ctx);
+	/* replaces the user's encrypted password; NOTFOUND if no such user */
+	int (*user_password_set)(struct store *st, const char *user, const char *enc);
 
 	/* checks: one row per user and kind, replaced by check_put; check_get
 	   fills report_json/report_text only if with_reports (free with

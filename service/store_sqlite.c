@@ -604,6 +604,32 @@ static int sq_user_password_get(struct store *st, const char *user, char **enc_r
 	return one_row_end(st, stmt, rc, "user_password_get");
 }
 
+static int sq_user_password_each(struct store *st,
+				 int (*cb)(const char *, const char *, void *), void *ctx)
+{
+	sqlite3_stmt *stmt = prep(st, "SELECT name, password_enc FROM users"
+				  " WHERE password_enc IS NOT NULL ORDER BY id");
+	int rc, ret = 0;
+
+	if (stmt == NULL)
+		return -1;
+	while (ret == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW)
+		ret = cb((const char *)sqlite3_column_text(stmt, 0),
+			 (const char *)sqlite3_column_text(stmt, 1), ctx);
+	if (ret == 0 && rc != SQLITE_DONE)
+		ret = sq_fail(st, "user_password_each");
+	sqlite3_finalize(stmt);
+	return ret;
+}
+
+static int sq_user_password_set(struct store *st, const char *user, const char *enc)
+{
+	if (run(st, prepf(st, "UPDATE users SET password_enc = ? WHERE name = ?", "ss",
+			  enc, user), "user_password_set") < 0)
+		return -1;
+	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
+}
+
 static int sq_check_put(struct store *st, const struct check_rec *c)
 {
 	sqlite3_stmt *stmt = prepf(st, "INSERT INTO checks (user_id, kind, state, result,"
@@ -834,6 +860,8 @@ struct store *store_sqlite_new(void)
 	st->cutover_each = sq_cutover_each;
 	st->endpoint_prefix_set = sq_endpoint_prefix_set;
 	st->user_password_get = sq_user_password_get;
+	st->user_password_each = sq_user_password_each;
+	st->user_password_set = sq_user_password_set;
 	st->check_put = sq_check_put;
 	st->check_get = sq_check_get;
 	st->check_abort_all = sq_check_abort_all;

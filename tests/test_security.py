@@ -5,17 +5,26 @@
     /proc/<pid>/cmdline of any process while ferryd migrates;
   - files ferryd creates are 0600 (directories 0700);
   - the admin API refuses a missing or wrong token;
-  - CSV passwords are stored encrypted: not in the SQLite files in clear."""
+  - CSV passwords are stored encrypted: not in the SQLite files in clear;
+  - started as root, ferryd serves as `user` (and refuses root without it);
+  - secret files readable by group/other, or owned by a stranger, are refused;
+  - ferryd --rekey moves every stored password to a new key, all or nothing."""
+import base64
 import glob
+import hashlib
 import os
+import pwd
+import sqlite3
 import stat
+import subprocess
 import threading
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ferrytest import corpus
 from ferrytest.ferryd import TOKEN, Ferryd
-from ferrytest.sandbox import password, wait_until
+from ferrytest.sandbox import BUILD_DIR, password, wait_until
 
 USERS = ["sec1", "sec2"]
 # the real OLD/NEW password of sec1 (ferryd verifies with it)
@@ -157,5 +166,276 @@ def test_csv_password_encrypted_at_rest(run):
         (none,) = db.execute("SELECT %s FROM users WHERE name='sec2'" % enc_col).fetchone()
     finally:
         db.close()
-    assert enc and CSV_PASSWORD not in enc and len(enc) >= 40  # base64(nonce|ct|tag)
+    # v2:KEYID:base64(nonce|ct|tag)
+    assert enc and CSV_PASSWORD not in enc and len(enc) >= 40
+    assert enc.startswith("v2:%s:" % key_id(SECRET_KEY))
     assert not none
+
+
+# ---- privileges ---------------------------------------------------------------
+
+RUN_USER = "ferrytest-ferryd"  # throwaway system account ferryd drops to
+
+
+@pytest.fixture(scope="module")
+def run_user():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CI runs as root)")
+    try:
+        return pwd.getpwnam(RUN_USER)
+    except KeyError:
+        pass
+    r = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", RUN_USER], capture_output=True, text=True)
+    try:
+        return pwd.getpwnam(RUN_USER)
+    except KeyError:
+        pytest.fail("useradd %s: %s" % (RUN_USER, r.stderr))
+
+
+def write_secret(path, text, mode=0o600, uid=None):
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    os.chmod(path, mode)
+    if uid is not None:
+        os.chown(path, uid, -1)
+    return path
+
+
+def ferryd_run(fd, *args, conf=None):
+    """ferryd -c CONF ARGS... to completion (not as a daemon)."""
+    return subprocess.run([os.path.join(BUILD_DIR, "ferryd"), "-c", conf or fd.conf_path]
+                          + list(args), capture_output=True, text=True, timeout=60,
+                          env=fd.env(), stdin=subprocess.DEVNULL)
+
+
+def proc_ids(pid):
+    """{"Uid": [real, effective, saved, fs], "Gid": [...], "Groups": [...]}"""
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("Uid", "Gid", "Groups"):
+                out[k] = [int(x) for x in v.split()]
+    return out
+
+
+def stored_password(db_path, user):
+    db = sqlite3.connect("file:%s?mode=ro" % db_path, uri=True)
+    try:
+        return db.execute("SELECT password_enc FROM users WHERE name = ?", (user,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def set_stored_password(db_path, user, value):
+    db = sqlite3.connect(db_path)
+    try:
+        with db:
+            db.execute("UPDATE users SET password_enc = ? WHERE name = ?", (value, user))
+    finally:
+        db.close()
+
+
+def csv_with_passwords(sandbox, path, users):
+    with open(path, "w") as f:
+        f.write("user,endpoint,tls,auth,wave,password\n")
+        for u in users:
+            f.write("%s,127.0.0.1:%d,none,password,,%s\n" % (u, sandbox.port("old"), password(u)))
+    return path
+
+
+def test_root_start_drops_to_user(sandbox, run_user):
+    """As root with user = ...: socket, secrets (root-owned) and files set up
+    first, then ferryd serves as the user: API, imports, preflight (its child
+    too), SIGHUP, all with the files ferryd created handed to the user."""
+    name = "ferryd-drop"
+    state_dir = os.path.join(sandbox.root, name, "state")  # ferryd creates it
+    fd = Ferryd(sandbox, name=name, user=RUN_USER,
+                state_db=os.path.join(state_dir, "ferryd.db"),
+                secret_key_file=write_secret(os.path.join(sandbox.root, name + ".key"),
+                                             SECRET_KEY),
+                new_imap="127.0.0.1:%d" % sandbox.port("new"), new_tls="none")
+    fd.settings.pop("allow_root", None)  # user alone is enough
+    fd.write_conf()
+    fd.db_path = fd.settings["state_db"]
+    assert not os.path.exists(state_dir)
+    fd.start()
+    try:
+        ids = proc_ids(fd.pid)
+        assert ids["Uid"] == [run_user.pw_uid] * 4
+        assert ids["Gid"] == [run_user.pw_gid] * 4
+        assert 0 not in ids["Groups"]
+        started = [e for e in fd.events() if e.get("event") == "started"]
+        assert started and started[-1]["uid"] == str(run_user.pw_uid)
+
+        # serves the API and writes its database as the user
+        fd.ctl("import", csv_with_passwords(sandbox, os.path.join(fd.dir, "u.csv"), ["sec1"]))
+        assert set(fd.users()) == {"sec1"}
+        assert stored_password(fd.db_path, "sec1").startswith("v2:")
+        # a preflight: the key read as root before the drop, the child as the user
+        r = fd.ctl("preflight", "sec1", check=False, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        for p in (state_dir, fd.db_path, fd.db_path + "-wal", fd.db_path + "-shm",
+                  fd.log_path):
+            st = os.stat(p)
+            assert (p, st.st_uid, stat.S_IMODE(st.st_mode) & 0o077) == (p, run_user.pw_uid, 0)
+
+        # SIGHUP re-reads the secret files as the user: give them to it
+        for p in (fd.token_file, fd.key_file, fd.settings["secret_key_file"]):
+            os.chown(p, run_user.pw_uid, -1)
+        fd.hup()
+        wait_until(lambda: any(e.get("event") == "reloaded" for e in fd.events()), 10,
+                   "reloaded (log reopened as the user)")
+        assert fd.api("GET", "/v1/health")[0] == 200
+        assert ferryd_run(fd, "-t").returncode == 0
+    finally:
+        fd.stop()
+    assert not [e for e in fd.events() if e.get("event") == "reload-failed"]
+
+
+def test_root_without_user_refused(sandbox):
+    fd = Ferryd(sandbox, name="ferryd-root")
+    fd.settings.pop("allow_root", None)
+    fd.write_conf()
+    want = "ferryd: refusing to run as root: set user = ... in %s" % fd.conf_path
+    for args in ((), ("-t",)):
+        r = ferryd_run(fd, *args)
+        assert r.returncode == 1 and want in r.stderr, (args, r.stderr)
+    assert not os.path.exists(fd.db_path)
+    # allow_root = yes is the explicit way to run as root
+    r = ferryd_run(fd, "-t", conf=fd.write_conf(fd.path("root.conf"), allow_root="yes"))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("setting", ["api_token_file", "doveadm_api_key_file",
+                                     "secret_key_file"])
+def test_loose_secret_file_refused(sandbox, run_user, setting):
+    fd = Ferryd(sandbox, name="ferryd-mode-" + setting)
+    text = SECRET_KEY if setting == "secret_key_file" else open(
+        fd.settings[setting]).read().strip()
+    outputs = ""
+    # readable by group/other: refused at start and by -t
+    loose = write_secret(fd.path("loose"), text, mode=0o644)
+    conf = fd.write_conf(fd.path("loose.conf"), **{setting: loose})
+    for args in ((), ("-t",)):
+        r = ferryd_run(fd, *args, conf=conf)
+        outputs += r.stdout + r.stderr
+        assert r.returncode == 1
+        assert "%s: mode 0644, owner uid 0" % loose in r.stderr and "chmod 600" in r.stderr
+    # 0600 but owned by someone who is neither ferryd's user (root) nor root
+    alien = write_secret(fd.path("alien"), text, uid=run_user.pw_uid)
+    r = ferryd_run(fd, conf=fd.write_conf(fd.path("alien.conf"), **{setting: alien}))
+    outputs += r.stdout + r.stderr
+    assert r.returncode == 1
+    assert "%s: mode 0600, owner uid %d" % (alien, run_user.pw_uid) in r.stderr
+    # the same file is fine once ferryd runs as that user (checked before the drop)
+    r = ferryd_run(fd, "-t", conf=fd.write_conf(fd.path("user.conf"), user=RUN_USER,
+                                                **{setting: alien}))
+    outputs += r.stdout + r.stderr
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(fd.db_path)
+    assert text not in outputs  # the secret itself is in no message
+
+
+# ---- key rotation ---------------------------------------------------------------
+
+KEY_A = "rotation-key-A-0123456789abcdef"
+KEY_B = "rotation-key-B-fedcba9876543210"
+KEY_C = "rotation-key-C-unrelated"
+KEY_WRONG = "rotation-key-wrong"
+
+
+def key_id(material):
+    return hashlib.sha256(hashlib.sha256(material.encode()).digest()).hexdigest()[:8]
+
+
+def seal(material, plaintext, legacy=False):
+    """What ferryd stores (service/secret.h); legacy = before key ids."""
+    nonce = os.urandom(12)
+    prefix = "" if legacy else "v2:%s:" % key_id(material)
+    ct = AESGCM(hashlib.sha256(material.encode()).digest()).encrypt(
+        nonce, plaintext.encode(), prefix.encode() or None)
+    return prefix + base64.b64encode(nonce + ct).decode()
+
+
+def preflight_ok(fd, user):
+    r = fd.ctl("preflight", user, check=False, timeout=120)
+    return r.returncode == 0
+
+
+def test_rekey(sandbox):
+    fd = Ferryd(sandbox, name="ferryd-rekey",
+                new_imap="127.0.0.1:%d" % sandbox.port("new"), new_tls="none")
+    key_a = write_secret(fd.path("key-a"), KEY_A)
+    key_b = write_secret(fd.path("key-b"), KEY_B)
+    wrong = write_secret(fd.path("key-wrong"), KEY_WRONG)
+    conf_a = fd.write_conf(fd.path("a.conf"), secret_key_file=key_a)
+    conf_b = fd.write_conf(fd.path("b.conf"), secret_key_file=key_b)
+
+    def start(conf):
+        fd.conf_path = conf
+        fd.start()
+
+    # import under key A; a value from before key ids still decrypts
+    start(conf_a)
+    fd.ctl("import", csv_with_passwords(sandbox, fd.path("u.csv"), USERS))
+    fd.stop()
+    v_a = stored_password(fd.db_path, "sec1")
+    assert v_a.startswith("v2:%s:" % key_id(KEY_A))
+    set_stored_password(fd.db_path, "sec2", seal(KEY_A, password("sec2"), legacy=True))
+    start(conf_a)
+    assert preflight_ok(fd, "sec1") and preflight_ok(fd, "sec2")
+    fd.stop()
+    before = {u: stored_password(fd.db_path, u) for u in USERS}
+
+    # a wrong old key changes nothing
+    r = ferryd_run(fd, "--rekey", wrong, conf=conf_b)
+    assert r.returncode == 1, r.stdout
+    assert ("user sec1: the password was encrypted with key %s, neither the old key (%s)"
+            " nor the current one (%s); nothing changed"
+            % (key_id(KEY_A), key_id(KEY_WRONG), key_id(KEY_B))) in r.stderr
+    assert {u: stored_password(fd.db_path, u) for u in USERS} == before
+    # all or nothing: sec2 under a third key fails the run after sec1 was re-encrypted
+    set_stored_password(fd.db_path, "sec2", seal(KEY_C, password("sec2")))
+    r = ferryd_run(fd, "--rekey", key_a, conf=conf_b)
+    assert r.returncode == 1 and "user sec2:" in r.stderr and "nothing changed" in r.stderr
+    assert stored_password(fd.db_path, "sec1") == before["sec1"]
+    set_stored_password(fd.db_path, "sec2", before["sec2"])
+    # a world-readable old key file is refused like any secret file
+    loose = write_secret(fd.path("key-a-loose"), KEY_A, mode=0o640)
+    r = ferryd_run(fd, "--rekey", loose, conf=conf_b)
+    assert r.returncode == 1 and "%s: mode 0640" % loose in r.stderr
+
+    # A -> B
+    r = ferryd_run(fd, "--rekey", key_a, conf=conf_b)
+    assert r.returncode == 0, r.stderr
+    assert "2 stored passwords re-encrypted from key %s" % key_id(KEY_A) in r.stdout
+    after = {u: stored_password(fd.db_path, u) for u in USERS}
+    for u in USERS:
+        assert after[u] != before[u] and after[u].startswith("v2:%s:" % key_id(KEY_B))
+    for out in (r.stdout, r.stderr):
+        assert KEY_A not in out and KEY_B not in out
+    # again: idempotent (nothing under A left)
+    r = ferryd_run(fd, "--rekey", key_a, conf=conf_b)
+    assert r.returncode == 0 and "0 stored passwords" in r.stdout and "2 already" in r.stdout
+    assert {u: stored_password(fd.db_path, u) for u in USERS} == after
+
+    # B decrypts them; A no longer does
+    start(conf_b)
+    assert preflight_ok(fd, "sec1") and preflight_ok(fd, "sec2")
+    fd.stop()
+    start(conf_a)
+    r = fd.ctl("preflight", "sec1", check=False, timeout=120)
+    assert r.returncode != 0
+    assert "stored password does not decrypt with secret_key_file" in r.stdout + r.stderr
+    fd.stop()
+    bad = [e for e in fd.events() if e.get("event") == "password-undecryptable"]
+    assert bad and bad[-1]["user"] == "sec1"
+    assert (bad[-1]["key_id"], bad[-1]["current_key_id"]) == (key_id(KEY_B), key_id(KEY_A))
+    db = sqlite3.connect("file:%s?mode=ro" % fd.db_path, uri=True)
+    try:
+        rekeys = db.execute("SELECT messages FROM log WHERE event = 'rekey'").fetchall()
+    finally:
+        db.close()
+    assert rekeys == [(2,), (0,)]  # the failed runs left no trace

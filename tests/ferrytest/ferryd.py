@@ -69,6 +69,9 @@ class Ferryd:
             "drain_timeout": 20,
             "tick_ms": 200,
         }
+        # the suite runs as root (CI); a real install sets user = ... instead
+        if os.geteuid() == 0:
+            self.settings["allow_root"] = "yes"
         self.settings.update(settings)
         self.proc = None
         self.write_conf()
