@@ -165,9 +165,15 @@ int ferry_pull_all(struct mail_user *user, enum ferry_pull_mode mode,
 int ferry_user_check_done(struct mail_user *user, const char **error_r);
 
 /* mirror.c: presync passes */
+struct ferry_mirror_result {
+	unsigned int flag_changes, expunged;
+	/* old messages below old_uidnext with no local message of that UID */
+	unsigned int missing;
+	uint32_t first_missing_uid;
+};
 int ferry_mirror_messages(struct mailbox *box, struct mailbox *obox,
-			  uint32_t old_uidnext, unsigned int *flag_changes_r,
-			  unsigned int *expunged_r, const char **error_r);
+			  uint32_t old_uidnext, struct ferry_mirror_result *res_r,
+			  const char **error_r);
 int ferry_tree_mirror(struct mail_user *user, const char **error_r);
 int ferry_mirror_recreate(struct mail_user *user, const char *vname,
 			  const char **error_r);

@@ -14,6 +14,7 @@
 
 struct ferry_old_msg {
 	uint32_t uid;
+	bool seen_locally;
 	enum mail_flags flags;
 	const char *keywords; /* sorted, space-separated: comparable */
 };
@@ -73,17 +74,18 @@ static int ferry_old_state(struct mailbox *obox, ARRAY_TYPE(ferry_old_msg) *msgs
 }
 
 int ferry_mirror_messages(struct mailbox *box, struct mailbox *obox,
-			  uint32_t old_uidnext, unsigned int *flag_changes_r,
-			  unsigned int *expunged_r, const char **error_r)
+			  uint32_t old_uidnext, struct ferry_mirror_result *res_r,
+			  const char **error_r)
 {
 	ARRAY_TYPE(ferry_old_msg) msgs;
+	struct ferry_old_msg *omsg;
 	struct mailbox_transaction_context *t;
 	struct mail_search_args *args;
 	struct mail_search_context *search;
 	struct mail *mail;
 	int ret;
 
-	*flag_changes_r = *expunged_r = 0;
+	i_zero(res_r);
 	t_array_init(&msgs, 256);
 	if (ferry_old_state(obox, &msgs, error_r) < 0)
 		return -1;
@@ -99,16 +101,17 @@ int ferry_mirror_messages(struct mailbox *box, struct mailbox *obox,
 	search = mailbox_search_init(t, args, NULL, MAIL_FETCH_FLAGS, NULL);
 	mail_search_args_unref(&args);
 	while (mailbox_search_next(search, &mail)) {
-		const struct ferry_old_msg *msg;
+		struct ferry_old_msg *msg;
 
 		if (mail->uid >= old_uidnext)
 			continue; /* not an old message */
 		msg = array_bsearch(&msgs, &mail->uid, ferry_cmp_uid);
 		if (msg == NULL) {
 			mail_expunge(mail);
-			(*expunged_r)++;
+			res_r->expunged++;
 			continue;
 		}
+		msg->seen_locally = TRUE;
 		const char *const *kw = mail_get_keywords(mail);
 		if ((mail_get_flags(mail) & ~MAIL_RECENT) == msg->flags &&
 		    strcmp(ferry_keywords_key(kw), msg->keywords) == 0)
@@ -119,9 +122,15 @@ int ferry_mirror_messages(struct mailbox *box, struct mailbox *obox,
 			mailbox_keywords_create_valid(box, names);
 		mail_update_keywords(mail, MODIFY_REPLACE, kws);
 		mailbox_keywords_unref(&kws);
-		(*flag_changes_r)++;
+		res_r->flag_changes++;
 	}
 	ret = mailbox_search_deinit(&search);
+	array_foreach_modifiable(&msgs, omsg) {
+		if (omsg->uid >= old_uidnext || omsg->seen_locally)
+			continue;
+		if (res_r->missing++ == 0)
+			res_r->first_missing_uid = omsg->uid;
+	}
 	if (ret < 0) {
 		mailbox_transaction_rollback(&t);
 	} else {

@@ -565,16 +565,41 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 	struct mailbox_update update;
 	const char *error;
 
-	/* After an interruption the copied part is checked against the old
-	   server like a mirror pass (from imapc's index, no extra traffic):
-	   a process killed inside Dovecot's maildir save can leave a keyword
-	   unnamed ("unknown-N" was seen in the kill -9 tests). Nobody has
-	   seen the folder yet, so this changes nothing a client knows. */
-	if ((pull->mode == FERRY_PULL_MIRROR || pull->resumed) &&
-	    ferry_mirror_messages(pull->box, pull->obox, pull->ost.uidnext,
-				  &pull->flag_changes, &pull->expunged,
-				  &error) < 0)
-		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, error);
+	/* The copied part is checked against the old server like a mirror
+	   pass (from imapc's index, no extra traffic) before the folder is
+	   called complete. A process killed inside Dovecot's maildir save can
+	   leave a keyword unnamed ("unknown-N", kill -9 tests); a full disk
+	   while maildir writes dovecot-keywords leaves files whose keyword
+	   letters were never named (Dovecot ignores that write's error): a
+	   resumed copy re-reads the mail files first so the index shows what
+	   the files say. Nobody has seen the folder yet, so this changes
+	   nothing a client knows. */
+	if (pull->mode != FERRY_PULL_STRAGGLERS &&
+	    (pull->mode == FERRY_PULL_MIRROR || pull->resumed || pull->copied > 0)) {
+		struct ferry_mirror_result mres;
+
+		if (pull->resumed &&
+		    mailbox_sync(pull->box, MAILBOX_SYNC_FLAG_FORCE_RESYNC) < 0)
+			return ferry_pull_fail_local(pull, "re-reading the folder");
+		if (ferry_mirror_messages(pull->box, pull->obox, pull->ost.uidnext,
+					  &mres, &error) < 0)
+			return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, error);
+		pull->flag_changes += mres.flag_changes;
+		pull->expunged += mres.expunged;
+		/* every old message must be here under its UID (skipped ones
+		   aside): a storage that renumbered files behind our back (a
+		   full disk while dovecot-uidlist was rewritten) is caught
+		   here, not by the user's client */
+		if (pull->keep_uids && mres.missing > pull->hdr.skipped) {
+			pull->hdr.copied_upto = mres.first_missing_uid - 1;
+			(void)ferry_box_hdr_write(pull->box, &pull->hdr);
+			pull->needs_recopy = TRUE;
+			return ferry_pull_fail(pull, MAIL_ERROR_TEMP, t_strdup_printf(
+				"%u old messages have no local copy under their "
+				"UID (first: %u)", mres.missing,
+				mres.first_missing_uid));
+		}
+	}
 	/* Expunged old UIDs stay reserved: a new message may not take one. */
 	if (pull->keep_uids) {
 		i_zero(&update);

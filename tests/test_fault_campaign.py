@@ -18,13 +18,6 @@ PER_KIND = int(os.environ.get("FERRY_FAULTS_PER_KIND", "10" if ASAN else "100"))
 # Measured (see docs/faults.md, "Findings"): NEW running out of space while
 # Dovecot's maildir writes dovecot-keywords or dovecot-uidlist breaks the
 # copy. Reported to the lead; the plugin does not detect it.
-ENOSPC_BUG = ("ENOSPC on NEW: (a) dovecot-uidlist.tmp write fails at the 'raising "
-              "UIDNEXT' step -> after resume all messages of the folder have fresh UIDs "
-              "(1:12 missing, 15:26 unexpected, same UIDVALIDITY); (b) dovecot-keywords "
-              "write fails -> keyword letters in committed file names map to other "
-              "keywords ($NotJunk shown as $Forwarded)")
-
-
 def _selected_kinds(request):
     """The kinds of the tests selected in this module (`-k kill-ferryd`
     runs one kind's campaign, not all of them)."""
@@ -68,15 +61,6 @@ def campaign(request):
         assert not reports, "sanitizer reports in %s" % camp.sb.sanitizer_dir()
 
 
-def _xfail_enospc(kind):
-    # about 5 in 100 ENOSPC faults hit it (seeded: SEED=1 at 100 per kind
-    # does); a smaller run (ASan: 10) may miss it, so strict only at >= 100
-    if kind == "new-enospc":
-        return pytest.param(kind, marks=pytest.mark.xfail(strict=PER_KIND >= 100,
-                                                          reason=ENOSPC_BUG))
-    return kind
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_faults_injected(campaign, kind):
     s = campaign.results[kind]
@@ -84,7 +68,7 @@ def test_faults_injected(campaign, kind):
     assert s["injected"] >= PER_KIND, s
 
 
-@pytest.mark.parametrize("kind", [_xfail_enospc(k) for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 def test_nothing_lost_duplicated_or_changed(campaign, kind):
     s = campaign.results[kind]
     assert s["injected"] >= PER_KIND
