@@ -29,6 +29,8 @@ struct ferry_settings {
 	unsigned int big_message_size;
 	/* larger messages are not copied (0 = no limit); logged, counted */
 	uoff_t max_message_size;
+	/* an old server listing more folders is refused (0 = no limit) */
+	unsigned int max_folders;
 };
 
 /* Per-user state, attached to users being migrated. */
@@ -86,6 +88,10 @@ struct ferry_box_hdr {
 
 /* state.c */
 void ferry_box_hdr_get(struct mailbox *box, struct ferry_box_hdr *hdr_r);
+/* The stored header extension (any size) as a struct: at most its size is
+   copied, the rest zeroed. */
+void ferry_box_hdr_parse(const void *data, size_t size,
+			 struct ferry_box_hdr *hdr_r);
 void ferry_box_hdr_update(struct mailbox_transaction_context *t,
 			  const struct ferry_box_hdr *hdr);
 int ferry_box_hdr_write(struct mailbox *box, const struct ferry_box_hdr *hdr);
@@ -93,6 +99,10 @@ const char *ferry_box_state_name(enum ferry_box_state state);
 int ferry_user_state_read(struct mail_user *user, const char **error_r);
 int ferry_user_state_write(struct mail_user *user, const char **error_r);
 const char *ferry_user_index_root(struct mail_user *user);
+/* The user state file's text (tree=N, done=N lines; others ignored). A key
+   read before an invalid line keeps its value. */
+int ferry_state_parse(const char *text, time_t *tree_r, time_t *done_r,
+		      const char **error_r);
 
 /* old.c: the old server, as Dovecot's imapc storage in a second user */
 int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
@@ -114,6 +124,13 @@ void ferry_map_add(struct mail_user *user, struct mail_user *old,
 		   const char *local_vname, const char *old_vname);
 int ferry_map_write(struct mail_user *user, const char **error_r);
 void ferry_map_deinit(struct mail_user *user);
+/* One line of the map file, "local<TAB>old" tab-escaped; FALSE: not such a
+   line (skipped). The names are allocated from the data stack. */
+bool ferry_map_parse_line(const char *line, const char **local_r,
+			  const char **old_r);
+/* The map file's pairs (local, old, ...) from input, allocated from pool */
+void ferry_map_read_pairs(struct istream *input, pool_t pool,
+			  ARRAY_TYPE(const_string) *pairs);
 
 /* old-body.c: large old messages, fetched in ranges */
 void ferry_old_body_register(struct mailbox *obox);
@@ -163,6 +180,11 @@ int ferry_pull_all(struct mail_user *user, enum ferry_pull_mode mode,
 /* Marks the user done if every folder is complete (no old server access
    in later sessions). */
 int ferry_user_check_done(struct mail_user *user, const char **error_r);
+
+/* old-list.c: the old server's folder list stops counting past max
+   (0 = no bound); disarm says whether it overflowed */
+void ferry_old_list_guard_arm(struct mail_user *old, unsigned int max);
+bool ferry_old_list_guard_disarm(void);
 
 /* mirror.c: presync passes */
 struct ferry_mirror_result {

@@ -6,6 +6,7 @@
 
 #include "lib.h"
 #include "array.h"
+#include "hash.h"
 #include "ioloop.h"
 #include "file-create-locked.h"
 #include "mail-namespace.h"
@@ -56,16 +57,30 @@ static int ferry_old_folders(struct mail_user *user, struct mail_user *old,
 	struct mailbox_list_iterate_context *iter;
 	const struct mailbox_info *info;
 	enum mail_error err;
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	unsigned int max = fuser->set.max_folders;
+	bool overflow;
 
+	/* a runaway or hostile old server: stop before creating anything
+	   rather than fill the new server with folders */
+	ferry_old_list_guard_arm(old, max);
 	iter = mailbox_list_iter_init(ns->list, "*",
 				      MAILBOX_LIST_ITER_RETURN_SUBSCRIBED |
 				      MAILBOX_LIST_ITER_RETURN_SPECIALUSE);
-	while ((info = mailbox_list_iter_next(iter)) != NULL) {
+	overflow = ferry_old_list_guard_disarm();
+	while (!overflow && (info = mailbox_list_iter_next(iter)) != NULL) {
 		struct ferry_old_folder *f = array_append_space(folders);
 		f->vname = t_strdup(info->vname);
 		f->flags = info->flags;
 		f->local = ferry_local_name(user, old, f->vname,
 					    info->special_use, &f->skip_reason);
+	}
+	if (overflow) {
+		(void)mailbox_list_iter_deinit(&iter);
+		*error_r = t_strdup_printf("the old server lists more than %u "
+			"folders or subscriptions (ferry_max_folders); nothing "
+			"was created", max);
+		return -1;
 	}
 	if (mailbox_list_iter_deinit(&iter) < 0) {
 		*error_r = t_strdup_printf("LIST failed: %s",
@@ -146,19 +161,22 @@ static int ferry_tree_reconcile(struct mail_user *user, struct mail_user *old,
 				const ARRAY_TYPE(const_string) *subscribed,
 				const char **error_r);
 
+HASH_TABLE_DEFINE_TYPE(ferry_old_folder_by_name, const char *,
+		       const struct ferry_old_folder *);
+
 /* The local name of an old name (subscriptions may name folders that do
-   not exist). */
+   not exist). A hash: an old server may list thousands of folders and as
+   many subscriptions. */
 static const char *
 ferry_tree_local(struct mail_user *user, struct mail_user *old,
-		 const ARRAY_TYPE(ferry_old_folder) *folders, const char *vname)
+		 HASH_TABLE_TYPE(ferry_old_folder_by_name) by_name,
+		 const char *vname)
 {
-	const struct ferry_old_folder *f;
+	const struct ferry_old_folder *f = hash_table_lookup(by_name, vname);
 	const char *reason;
 
-	array_foreach(folders, f) {
-		if (strcmp(f->vname, vname) == 0)
-			return f->local;
-	}
+	if (f != NULL)
+		return f->local;
 	return ferry_local_name(user, old, vname, NULL, &reason);
 }
 
@@ -215,22 +233,31 @@ static int ferry_tree_copy(struct mail_user *user, bool mirror,
 	}
 	if (ferry_map_write(user, error_r) < 0)
 		return -1;
+	HASH_TABLE_TYPE(ferry_old_folder_by_name) by_name;
+	int ret = 0;
+	hash_table_create(&by_name, default_pool, array_count(&folders),
+			  str_hash, strcmp);
+	array_foreach(&folders, f)
+		hash_table_update(by_name, f->vname, f);
 	array_foreach(&subscribed, namep) {
-		const char *local = ferry_tree_local(user, old, &folders, *namep);
+		const char *local = ferry_tree_local(user, old, by_name, *namep);
 
 		if (local == NULL)
 			continue;
 		struct mailbox *box = mailbox_alloc(ns->list, local, 0);
-		int ret = mailbox_set_subscribed(box, TRUE);
+		ret = mailbox_set_subscribed(box, TRUE);
 		if (ret < 0) {
 			*error_r = t_strdup_printf("SUBSCRIBE %s: %s", local,
 				mailbox_get_last_internal_error(box, NULL));
 		}
 		mailbox_free(&box);
 		if (ret < 0)
-			return -1;
+			break;
 		subs++;
 	}
+	hash_table_destroy(&by_name);
+	if (ret < 0)
+		return -1;
 	if (!mirror) {
 		i_info(FERRY_LOG_PREFIX "event=tree folders=%u skipped=%u "
 		       "subscriptions=%u", created, skipped, subs);

@@ -2,6 +2,8 @@
 known by name in several languages), rename rules, exclusions, two old
 folders never merged, a maximum message size — skipped messages logged and
 counted, never silently dropped."""
+import os
+
 from ferrytest import corpus
 from ferrytest.snapshot import snapshot
 
@@ -28,7 +30,9 @@ plugin {
   ferry_max_message_size = 200k
 }
 """
-SANDBOX_KWARGS = {"users": (USER,), "old_extra": OLD_EXTRA, "new_extra": NEW_EXTRA}
+CAPPED = "capped"  # ferry_max_folders=3 from userdb; OLD has 5 folders
+SANDBOX_KWARGS = {"users": (USER, CAPPED), "old_extra": OLD_EXTRA, "new_extra": NEW_EXTRA,
+                  "new_userdb_extra": {CAPPED: "userdb_ferry_max_folders=3"}}
 
 # old name -> where it must end up on NEW (None: not migrated)
 EXPECTED = {
@@ -77,3 +81,24 @@ def test_folders_map_and_big_messages_are_counted(sandbox):
     assert "event=skipped: excluded by Junk*" in log
     status = sandbox.doveadm("new", "ferry", "status", "-u", USER).stdout
     assert "Archive/Projects/X" in status
+
+
+def test_more_old_folders_than_ferry_max_folders_is_refused_whole(sandbox):
+    """An old server listing more folders than ferry_max_folders: the
+    user's LIST is refused with the reason and no old folder is created."""
+    folders = [corpus.Folder(name, 7000 + i, messages=[
+        corpus.Message(corpus.simple_message(name, seed=52), frozenset(), 1600000000)])
+        for i, name in enumerate(["INBOX", "A", "B", "C", "D"])]
+    corpus.seed_old(sandbox, CAPPED, corpus.Spec(folders))
+
+    conn = sandbox.imap("new", CAPPED)
+    typ, data = conn.list()
+    conn.logout()
+    assert typ == "NO", data
+    assert b"ferry_max_folders" in data[0] and b"more than 3" in data[0], data
+    r = sandbox.doveadm("new", "ferry", "pull", "-u", CAPPED, check=False)
+    assert r.returncode != 0 and "ferry_max_folders" in r.stderr, r.stdout + r.stderr
+    maildir = os.path.join(sandbox.home("new", CAPPED), "Maildir")
+    made = [d for d in os.listdir(maildir) if d.startswith(".") and
+            os.path.isdir(os.path.join(maildir, d))] if os.path.isdir(maildir) else []
+    assert made == [], made
