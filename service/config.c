@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int fail(char **err_r, const char *fmt, ...)
+int config_fail(char **err_r, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -166,20 +166,20 @@ static int parse_line(char *line, int lineno, const char *name,
 	if (*line == '\0')
 		return 0;
 	if ((eq = strchr(line, '=')) == NULL)
-		return fail(err_r, "%s:%d: expected \"key = value\"", name, lineno);
+		return config_fail(err_r, "%s:%d: expected \"key = value\"", name, lineno);
 	*eq = '\0';
 	key = trim(line);
 	value = trim(eq + 1);
 	if (strcmp(key, "new_imap") == 0) {
 		if (parse_addr(value, &cfg->new_imap_host, &cfg->new_imap_port) < 0)
-			return fail(err_r, "%s:%d: %s: expected HOST:PORT, got \"%s\"",
+			return config_fail(err_r, "%s:%d: %s: expected HOST:PORT, got \"%s\"",
 				    name, lineno, key, value);
 		return 0;
 	}
 	if (strcmp(key, "new_tls") == 0) {
 		if (strcmp(value, "none") != 0 && strcmp(value, "imaps") != 0 &&
 		    strcmp(value, "starttls") != 0)
-			return fail(err_r, "%s:%d: new_tls: expected none, imaps or starttls, got \"%s\"",
+			return config_fail(err_r, "%s:%d: new_tls: expected none, imaps or starttls, got \"%s\"",
 				    name, lineno, value);
 		free(cfg->new_tls);
 		cfg->new_tls = strdup(value);
@@ -187,7 +187,7 @@ static int parse_line(char *line, int lineno, const char *name,
 	}
 	if (strcmp(key, "allow_root") == 0) {
 		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0)
-			return fail(err_r, "%s:%d: allow_root: expected yes or no, got \"%s\"",
+			return config_fail(err_r, "%s:%d: allow_root: expected yes or no, got \"%s\"",
 				    name, lineno, value);
 		cfg->allow_root = value[0] == 'y';
 		return 0;
@@ -198,7 +198,7 @@ static int parse_line(char *line, int lineno, const char *name,
 		errno = 0;
 		v = strtod(value, &end);
 		if (errno != 0 || end == value || *end != '\0' || !(v >= 0.0 && v <= 1.0))
-			return fail(err_r, "%s:%d: verify_sample: expected a fraction from 0 to 1,"
+			return config_fail(err_r, "%s:%d: verify_sample: expected a fraction from 0 to 1,"
 				    " got \"%s\"", name, lineno, value);
 		cfg->verify_sample = v;
 		return 0;
@@ -207,7 +207,7 @@ static int parse_line(char *line, int lineno, const char *name,
 		int is_listen = key[0] == 'l';
 		if (parse_addr(value, is_listen ? &cfg->listen_host : &cfg->doveadm_host,
 			       is_listen ? &cfg->listen_port : &cfg->doveadm_port) < 0)
-			return fail(err_r, "%s:%d: %s: expected HOST:PORT, got \"%s\"",
+			return config_fail(err_r, "%s:%d: %s: expected HOST:PORT, got \"%s\"",
 				    name, lineno, key, value);
 		return 0;
 	}
@@ -221,11 +221,11 @@ static int parse_line(char *line, int lineno, const char *name,
 			continue;
 		if (parse_int(value, int_keys[i].min, int_keys[i].max,
 			      (int *)((char *)cfg + int_keys[i].offset)) < 0)
-			return fail(err_r, "%s:%d: %s: expected a number from %d to %d, got \"%s\"",
+			return config_fail(err_r, "%s:%d: %s: expected a number from %d to %d, got \"%s\"",
 				    name, lineno, key, int_keys[i].min, int_keys[i].max, value);
 		return 0;
 	}
-	return fail(err_r, "%s:%d: unknown setting \"%s\"", name, lineno, key);
+	return config_fail(err_r, "%s:%d: unknown setting \"%s\"", name, lineno, key);
 }
 
 int config_parse(const char *text, const char *name, struct ferry_config *cfg,
@@ -253,7 +253,7 @@ int config_load(const char *path, struct ferry_config *cfg, char **err_r)
 	int ret;
 
 	if (f == NULL)
-		return fail(err_r, "%s: %s", path, strerror(errno));
+		return config_fail(err_r, "%s: %s", path, strerror(errno));
 	text = malloc(1);
 	for (;;) {
 		char buf[4096];
@@ -268,24 +268,24 @@ int config_load(const char *path, struct ferry_config *cfg, char **err_r)
 	fclose(f);
 	if (strlen(text) != len) {
 		free(text);
-		return fail(err_r, "%s: contains a NUL byte", path);
+		return config_fail(err_r, "%s: contains a NUL byte", path);
 	}
 	ret = config_parse(text, path, cfg, err_r);
 	free(text);
 	if (ret < 0)
 		return -1;
 	if (cfg->state_db == NULL || *cfg->state_db == '\0')
-		return fail(err_r, "%s: state_db is required", path);
+		return config_fail(err_r, "%s: state_db is required", path);
 	if (cfg->api_token_file == NULL || *cfg->api_token_file == '\0')
-		return fail(err_r, "%s: api_token_file is required", path);
+		return config_fail(err_r, "%s: api_token_file is required", path);
 	if (cfg->doveadm_api_key_file == NULL || *cfg->doveadm_api_key_file == '\0')
-		return fail(err_r, "%s: doveadm_api_key_file is required", path);
+		return config_fail(err_r, "%s: doveadm_api_key_file is required", path);
 	if ((cfg->old_master_user != NULL && *cfg->old_master_user != '\0') !=
 	    (cfg->old_master_password_file != NULL && *cfg->old_master_password_file != '\0'))
-		return fail(err_r, "%s: old_master_user and old_master_password_file go together", path);
+		return config_fail(err_r, "%s: old_master_user and old_master_password_file go together", path);
 	if ((cfg->new_master_user != NULL && *cfg->new_master_user != '\0') !=
 	    (cfg->new_master_password_file != NULL && *cfg->new_master_password_file != '\0'))
-		return fail(err_r, "%s: new_master_user and new_master_password_file go together", path);
+		return config_fail(err_r, "%s: new_master_user and new_master_password_file go together", path);
 	return 0;
 }
 
@@ -304,9 +304,9 @@ static int private_ok(FILE *f, const char *path, char **err_r)
 	struct stat sb;
 
 	if (fstat(fileno(f), &sb) < 0)
-		return fail(err_r, "%s: %s", path, strerror(errno));
+		return config_fail(err_r, "%s: %s", path, strerror(errno));
 	if ((sb.st_mode & 077) != 0 || (sb.st_uid != me && sb.st_uid != 0))
-		return fail(err_r, "%s: mode %04o, owner uid %u: a secret file must be"
+		return config_fail(err_r, "%s: mode %04o, owner uid %u: a secret file must be"
 			    " accessible by its owner only (chmod 600) and belong to"
 			    " ferryd's user (uid %u) or root", path,
 			    (unsigned)(sb.st_mode & 07777), (unsigned)sb.st_uid, (unsigned)me);
@@ -319,7 +319,7 @@ static char *read_first_line(const char *path, int private, char **err_r)
 	char buf[1024], *nl, *out;
 
 	if (f == NULL) {
-		fail(err_r, "%s: %s", path, strerror(errno));
+		config_fail(err_r, "%s: %s", path, strerror(errno));
 		return NULL;
 	}
 	if (private && private_ok(f, path, err_r) < 0) {
@@ -332,7 +332,7 @@ static char *read_first_line(const char *path, int private, char **err_r)
 	if ((nl = strpbrk(buf, "\r\n")) != NULL)
 		*nl = '\0';
 	if (buf[0] == '\0') {
-		fail(err_r, "%s: empty", path);
+		config_fail(err_r, "%s: empty", path);
 		return NULL;
 	}
 	out = strdup(buf);

@@ -57,5 +57,8 @@ char *config_read_private(const char *path, char **err_r);
 /* ferryd's user for config_read_private (default: the effective uid);
    set before a privilege drop, while files are still read as root. */
 void config_secret_owner(uid_t uid);
+/* *err_r = the formatted message (malloc'd); returns -1 */
+int config_fail(char **err_r, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 
 #endif

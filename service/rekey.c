@@ -2,6 +2,7 @@
    (see rekey.h). Offline by design: ferryd --rekey reads both keys from
    files, so no key crosses the admin API or a command line. */
 #include "rekey.h"
+#include "config.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -39,17 +40,6 @@ static void wipe(char *s)
 	}
 }
 
-static int fail(char **err_r, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	if (vasprintf(err_r, fmt, ap) < 0)
-		*err_r = NULL;
-	va_end(ap);
-	return -1;
-}
-
 /* the value re-encrypted under new_key into *out (NULL: already there) */
 static int rekey_one(const struct item *it, const char *old_key, const char *old_id,
 		     const char *new_key, const char *new_id, char **out, char **err_r)
@@ -60,13 +50,13 @@ static int rekey_one(const struct item *it, const char *old_key, const char *old
 	*out = NULL;
 	if (!legacy && strcmp(id, new_id) == 0) {
 		if ((pw = secret_decrypt(new_key, it->enc)) == NULL)
-			return fail(err_r, "user %s: the password is marked with the current key"
+			return config_fail(err_r, "user %s: the password is marked with the current key"
 				    " (%s) but does not decrypt with it (altered?)", it->user, new_id);
 		wipe(pw);
 		return 0;
 	}
 	if (!legacy && strcmp(id, old_id) != 0)
-		return fail(err_r, "user %s: the password was encrypted with key %s, neither the"
+		return config_fail(err_r, "user %s: the password was encrypted with key %s, neither the"
 			    " old key (%s) nor the current one (%s)", it->user, id, old_id, new_id);
 	pw = secret_decrypt(old_key, it->enc);
 	/* a value from before key identifiers may already be under the current
@@ -74,12 +64,12 @@ static int rekey_one(const struct item *it, const char *old_key, const char *old
 	if (pw == NULL && legacy)
 		pw = secret_decrypt(new_key, it->enc);
 	if (pw == NULL)
-		return fail(err_r, "user %s: the password does not decrypt with the old key (%s)%s",
+		return config_fail(err_r, "user %s: the password does not decrypt with the old key (%s)%s",
 			    it->user, old_id, legacy ? " nor with the current one" : "");
 	*out = secret_encrypt(new_key, pw);
 	wipe(pw);
 	if (*out == NULL)
-		return fail(err_r, "user %s: encryption failed", it->user);
+		return config_fail(err_r, "user %s: encryption failed", it->user);
 	return 0;
 }
 
@@ -94,12 +84,12 @@ int rekey_store(struct store *st, const char *old_key, const char *new_key,
 	secret_key_id(old_key, old_id);
 	secret_key_id(new_key, new_id);
 	if (strcmp(old_id, new_id) == 0)
-		return fail(err_r, "the old key and secret_key_file hold the same key (%s)", new_id);
+		return config_fail(err_r, "the old key and secret_key_file hold the same key (%s)", new_id);
 	/* IMMEDIATE: no import can add a value between the read and the writes */
 	if (st->begin(st) < 0)
-		return fail(err_r, "state database: %s", st->error(st));
+		return config_fail(err_r, "state database: %s", st->error(st));
 	if (st->user_password_each(st, collect, &it) < 0) {
-		fail(err_r, "state database: %s", st->error(st));
+		config_fail(err_r, "state database: %s", st->error(st));
 		goto out;
 	}
 	for (size_t i = 0; i < it.n; i++) {
@@ -115,7 +105,7 @@ int rekey_store(struct store *st, const char *old_key, const char *new_key,
 		r = st->user_password_set(st, it.v[i].user, enc);
 		free(enc);
 		if (r != 0) {
-			fail(err_r, "user %s: state database: %s", it.v[i].user,
+			config_fail(err_r, "user %s: state database: %s", it.v[i].user,
 			     r < 0 ? st->error(st) : "user vanished");
 			goto out;
 		}
@@ -123,7 +113,7 @@ int rekey_store(struct store *st, const char *old_key, const char *new_key,
 	}
 	if (store_log_event(st, "", NULL, "rekey", 0, res->rekeyed, "") < 0 ||
 	    st->commit(st) < 0) {
-		fail(err_r, "state database: %s", st->error(st));
+		config_fail(err_r, "state database: %s", st->error(st));
 		goto out;
 	}
 	ret = 0;
