@@ -42,7 +42,7 @@ struct ferry_map {
 	ARRAY(const char *) excludes;
 	ARRAY(struct ferry_rename_rule) renames;
 	/* local name -> old name, for names that are not plain translations */
-	ARRAY(const char *) pairs; /* local, old, local, old, ... */
+	ARRAY_TYPE(const_string) pairs; /* local, old, local, old, ... */
 	bool pairs_loaded;
 };
 
@@ -263,9 +263,36 @@ static const char *ferry_map_path(struct mail_user *user)
 	return root == NULL ? NULL : t_strconcat(root, "/" FERRY_MAP_FNAME, NULL);
 }
 
+bool ferry_map_parse_line(const char *line, const char **local_r,
+			  const char **old_r)
+{
+	const char *const *fields = t_strsplit_tabescaped(line);
+
+	if (str_array_length(fields) != 2)
+		return FALSE;
+	*local_r = fields[0];
+	*old_r = fields[1];
+	return TRUE;
+}
+
+void ferry_map_read_pairs(struct istream *input, pool_t pool,
+			  ARRAY_TYPE(const_string) *pairs)
+{
+	const char *line, *local, *oldname;
+
+	while ((line = i_stream_read_next_line(input)) != NULL) {
+		if (!ferry_map_parse_line(line, &local, &oldname))
+			continue;
+		local = p_strdup(pool, local);
+		oldname = p_strdup(pool, oldname);
+		array_push_back(pairs, &local);
+		array_push_back(pairs, &oldname);
+	}
+}
+
 static void ferry_map_load(struct mail_user *user, struct ferry_map *map)
 {
-	const char *path = ferry_map_path(user), *line;
+	const char *path = ferry_map_path(user);
 	struct istream *input;
 	int fd;
 
@@ -276,15 +303,7 @@ static void ferry_map_load(struct mail_user *user, struct ferry_map *map)
 		return;
 	}
 	input = i_stream_create_fd_autoclose(&fd, SIZE_MAX);
-	while ((line = i_stream_read_next_line(input)) != NULL) {
-		const char *const *fields = t_strsplit_tabescaped(line);
-		if (str_array_length(fields) != 2)
-			continue;
-		const char *local = p_strdup(user->pool, fields[0]);
-		const char *oldname = p_strdup(user->pool, fields[1]);
-		array_push_back(&map->pairs, &local);
-		array_push_back(&map->pairs, &oldname);
-	}
+	ferry_map_read_pairs(input, user->pool, &map->pairs);
 	if (input->stream_errno != 0) {
 		i_error(FERRY_LOG_PREFIX "read(%s) failed: %s", path,
 			i_stream_get_error(input));

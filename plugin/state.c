@@ -27,18 +27,26 @@ static uint32_t ferry_box_ext_id(struct mailbox *box)
 				       sizeof(struct ferry_box_hdr), 0, 0);
 }
 
+void ferry_box_hdr_parse(const void *data, size_t size,
+			 struct ferry_box_hdr *hdr_r)
+{
+	i_zero(hdr_r);
+	/* an older, shorter header (written before rolled_back_upto or
+	   skipped existed) reads with its new fields zero; a longer one (a
+	   newer version) with the fields this one knows */
+	if (size > 0)
+		memcpy(hdr_r, data, I_MIN(size, sizeof(*hdr_r)));
+}
+
 void ferry_box_hdr_get(struct mailbox *box, struct ferry_box_hdr *hdr_r)
 {
 	const void *data;
 	size_t size;
 
-	i_zero(hdr_r);
 	i_assert(box->opened);
 	mail_index_get_header_ext(box->view, ferry_box_ext_id(box),
 				  &data, &size);
-	/* an older, shorter header reads with its new fields zero */
-	if (size > 0)
-		memcpy(hdr_r, data, I_MIN(size, sizeof(*hdr_r)));
+	ferry_box_hdr_parse(data, size, hdr_r);
 }
 
 void ferry_box_hdr_update(struct mailbox_transaction_context *t,
@@ -96,10 +104,34 @@ static const char *ferry_user_state_path(struct mail_user *user)
 
 /* Format: "key=value" lines; unknown keys are ignored so that newer
    versions can add to it. */
+int ferry_state_parse(const char *text, time_t *tree_r, time_t *done_r,
+		      const char **error_r)
+{
+	*tree_r = *done_r = 0;
+	for (const char *const *line = t_strsplit(text, "\n");
+	     *line != NULL; line++) {
+		const char *value;
+		long long n;
+
+		if (str_begins(*line, "tree=")) value = *line + 5;
+		else if (str_begins(*line, "done=")) value = *line + 5;
+		else continue;
+		if (str_to_llong(value, &n) < 0 || n < 0) {
+			*error_r = t_strdup_printf("invalid line '%s'", *line);
+			return -1;
+		}
+		if (**line == 't')
+			*tree_r = (time_t)n;
+		else
+			*done_r = (time_t)n;
+	}
+	return 0;
+}
+
 int ferry_user_state_read(struct mail_user *user, const char **error_r)
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
-	const char *path = ferry_user_state_path(user);
+	const char *path = ferry_user_state_path(user), *error;
 	char buf[1024];
 	ssize_t ret;
 	int fd;
@@ -121,23 +153,10 @@ int ferry_user_state_read(struct mail_user *user, const char **error_r)
 		return -1;
 	}
 	buf[ret] = '\0';
-	for (const char *const *line = t_strsplit(buf, "\n");
-	     *line != NULL; line++) {
-		const char *value;
-		long long n;
-
-		if (str_begins(*line, "tree=")) value = *line + 5;
-		else if (str_begins(*line, "done=")) value = *line + 5;
-		else continue;
-		if (str_to_llong(value, &n) < 0 || n < 0) {
-			*error_r = t_strdup_printf("%s: invalid line '%s'",
-						   path, *line);
-			return -1;
-		}
-		if (**line == 't')
-			fuser->tree_synced = (time_t)n;
-		else
-			fuser->done = (time_t)n;
+	if (ferry_state_parse(buf, &fuser->tree_synced, &fuser->done,
+			      &error) < 0) {
+		*error_r = t_strdup_printf("%s: %s", path, error);
+		return -1;
 	}
 	return 0;
 }
