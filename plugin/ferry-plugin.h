@@ -185,6 +185,11 @@ int ferry_user_check_done(struct mail_user *user, const char **error_r);
    (0 = no bound); disarm says whether it overflowed */
 void ferry_old_list_guard_arm(struct mail_user *old, unsigned int max);
 bool ferry_old_list_guard_disarm(void);
+/* Whether the old folder's name on the wire has control characters: no
+   client can show or type it, and a server echoing CR/LF in a quoted
+   string breaks the protocol (Dovecot 2.3's imapc then asserted in its
+   command timeout: hostile-server tests). */
+bool ferry_old_name_has_controls(struct mailbox *obox);
 
 /* mirror.c: presync passes */
 struct ferry_mirror_result {

@@ -119,3 +119,15 @@ bool ferry_old_list_guard_disarm(void)
 	i_zero(g);
 	return overflow;
 }
+
+bool ferry_old_name_has_controls(struct mailbox *obox)
+{
+	const unsigned char *p = (const unsigned char *)
+		imapc_mailbox_get_remote_name(IMAPC_MAILBOX(obox));
+
+	for (; *p != '\0'; p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			return TRUE;
+	}
+	return FALSE;
+}

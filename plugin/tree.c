@@ -104,6 +104,8 @@ static int ferry_old_folders(struct mail_user *user, struct mail_user *old,
 	return 0;
 }
 
+/* Returns 0 when the folder is there, 1 when it is skipped (the reason in
+   *error_r), -1 on error. */
 static int ferry_tree_create(struct mail_user *user, struct mail_user *old,
 			     const struct ferry_old_folder *f,
 			     const char *local_vname, const char **error_r)
@@ -119,6 +121,14 @@ static int ferry_tree_create(struct mail_user *user, struct mail_user *old,
 	int ret = 0;
 
 	box = mailbox_alloc(ns->list, local_vname, 0);
+	/* a name this server refuses ("..", an empty level...): that folder
+	   is skipped like an excluded one, the others are migrated */
+	if (mailbox_verify_create_name(box) < 0) {
+		*error_r = t_strdup_printf("this server refuses the name %s: %s",
+			local_vname, mailbox_get_last_error(box, NULL));
+		mailbox_free(&box);
+		return 1;
+	}
 	/* INBOX "exists" before it is created, so ask the list itself */
 	if (mailbox_exists(box, FALSE, &existence) < 0) {
 		*error_r = t_strdup_printf("%s: %s", local_vname,
@@ -131,6 +141,16 @@ static int ferry_tree_create(struct mail_user *user, struct mail_user *old,
 		return 0;
 	}
 	obox = mailbox_alloc(old_ns->list, f->vname, MAILBOX_FLAG_READONLY);
+	if (mailbox_verify_name(obox) < 0 || ferry_old_name_has_controls(obox)) {
+		/* imapc cannot even ask for it ("." with "." as separator) */
+		*error_r = mailbox_verify_name(obox) < 0 ?
+			t_strdup_printf("the old name cannot be addressed: %s",
+				mailbox_get_last_error(obox, NULL)) :
+			"its name contains control characters";
+		mailbox_free(&obox);
+		mailbox_free(&box);
+		return 1;
+	}
 	if (mailbox_get_status(obox, STATUS_UIDVALIDITY, &status) < 0) {
 		*error_r = t_strdup_printf("STATUS %s on the old server: %s",
 			f->vname, mailbox_get_last_internal_error(obox, NULL));
@@ -224,11 +244,21 @@ static int ferry_tree_copy(struct mail_user *user, bool mirror,
 			skipped++;
 			continue;
 		}
-		ferry_map_add(user, old, local, f->vname);
-		if (strcasecmp(local, "INBOX") == 0)
+		if (strcasecmp(local, "INBOX") == 0) {
+			ferry_map_add(user, old, local, f->vname);
 			continue;
-		if (ferry_tree_create(user, old, f, local, error_r) < 0)
+		}
+		int ret = ferry_tree_create(user, old, f, local, error_r);
+		if (ret < 0)
 			return -1;
+		if (ret > 0) {
+			i_warning(FERRY_LOG_PREFIX "folder=%s event=skipped: %s",
+				  f->vname, *error_r);
+			*error_r = NULL;
+			skipped++;
+			continue;
+		}
+		ferry_map_add(user, old, local, f->vname);
 		created++;
 	}
 	if (ferry_map_write(user, error_r) < 0)
@@ -245,6 +275,10 @@ static int ferry_tree_copy(struct mail_user *user, bool mirror,
 		if (local == NULL)
 			continue;
 		struct mailbox *box = mailbox_alloc(ns->list, local, 0);
+		if (mailbox_verify_create_name(box) < 0) {
+			mailbox_free(&box); /* a skipped folder's name */
+			continue;
+		}
 		ret = mailbox_set_subscribed(box, TRUE);
 		if (ret < 0) {
 			*error_r = t_strdup_printf("SUBSCRIBE %s: %s", local,
@@ -447,6 +481,8 @@ int ferry_mirror_recreate(struct mail_user *user, const char *vname,
 		i_zero(&f);
 		f.vname = ferry_old_name(user, old, vname);
 		ret = ferry_tree_create(user, old, &f, vname, error_r);
+		if (ret > 0)
+			ret = -1; /* it was made once: its name is fine */
 	}
 	ferry_internal_end(user);
 	return ret;

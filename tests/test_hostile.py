@@ -7,7 +7,8 @@ it per user (userdb_imapc_port). For each scenario, `doveadm ferry pull`:
     symlink in the home),
   - stays under MEMORY_BOUND_MB of peak RSS (wait4 of the doveadm process),
   - ends within DEADLINE with a clear error (exit code != 0, a reason on
-    stderr),
+    stderr); for hostile folder names: those names are skipped, each with a
+    warning naming it and why, and the rest of the user is migrated,
   - does not crash (no signal, no Panic/Fatal/killed in NEW's log).
 
 The same scenarios against ferryd's own client (`ferry-imapcheck
@@ -141,6 +142,7 @@ def pulls(hostile):
         user = _user(s)
         home = sb.home("new", user)
         before = _tree(sb.root, home)
+        escapes_before = set(_escapes(sb, home))  # other scenarios' own homes
         off = sb.log_size("new")
         code, out, err, rss, secs = _popen_wait4(
             sb.doveadm_cmd("new", "ferry", "pull", "-u", user), doveadm_env(sb), DEADLINE)
@@ -153,7 +155,8 @@ def pulls(hostile):
                  if os.path.islink(os.path.join(d, n))]
         log = sb.log_text("new", off)
         results[s] = dict(code=code, out=out, err=err, rss=rss, seconds=secs,
-                          outside=new_outside, escapes=_escapes(sb, home), links=links,
+                          outside=new_outside, links=links,
+                          escapes=[p for p in _escapes(sb, home) if p not in escapes_before],
                           crash=[ln for ln in (log + err).splitlines() if CRASH.search(ln)],
                           streamed=servers[s].streamed)
         print("\n%s: exit %s in %.1fs, peak RSS %d MB, streamed %d, stderr: %s"
@@ -194,7 +197,26 @@ def test_memory_bounded(pulls, scenario):
         r["rss"], r["streamed"], STREAM_CAP)
 
 
-@pytest.mark.parametrize("scenario", [_mark(s, "error") for s in SCENARIOS])
+NAME_SCENARIOS = ("names-slash", "names-dot")
+
+
+@pytest.mark.parametrize("scenario", NAME_SCENARIOS)
+def test_bad_names_skipped_with_reason_rest_migrated(pulls, scenario):
+    """A folder name this server refuses (.., ., a leading separator, '~',
+    too long) or one with control characters is skipped with a warning
+    naming it; every other folder is migrated and the pull succeeds."""
+    r = pulls[scenario]
+    assert r["code"] == 0, r["err"]
+    tree = re.search(r"event=tree folders=(\d+) skipped=(\d+)", r["err"])
+    assert tree, r["err"]
+    made, skipped = int(tree.group(1)), int(tree.group(2))
+    assert made + skipped == len(HostileServer(scenario).folders()), r["err"]
+    assert len(re.findall(r"Warning: ferry: folder=.* event=skipped: \S", r["err"])) == skipped
+    assert "folder=INBOX event=complete" in r["err"]
+
+
+@pytest.mark.parametrize("scenario", [_mark(s, "error") for s in SCENARIOS
+                                      if s not in NAME_SCENARIOS])
 def test_clear_error(pulls, scenario):
     r = pulls[scenario]
     assert r["code"] != "timeout", "still running after %ds" % DEADLINE

@@ -134,7 +134,7 @@ class HostileServer:
                 line = f.readline(1 << 16)
                 if not line:
                     return
-                line = self._read_literals(f, line)
+                line = self._read_literals(conn, f, line)
                 parts = line.rstrip(b"\r\n").split(b" ", 3)
                 if len(parts) < 2:
                     conn.sendall(b"* BAD ferry-hostile: no command\r\n")
@@ -159,15 +159,20 @@ class HostileServer:
                 pass
 
     @staticmethod
-    def _read_literals(f, line):
-        """Client literals ({N} or {N+}): read them into the line."""
+    def _read_literals(conn, f, line):
+        """Client literals ({N} or {N+}): read them into the line; a
+        synchronizing one gets its continuation, as from a real server."""
         while True:
             s = line.rstrip(b"\r\n")
             if not s.endswith(b"}") or b"{" not in s:
                 return line
-            n = s[s.rindex(b"{") + 1:-1].rstrip(b"+")
+            n = s[s.rindex(b"{") + 1:-1]
+            sync = not n.endswith(b"+")
+            n = n.rstrip(b"+")
             if not n.isdigit() or int(n) > 1 << 20:
                 return line
+            if sync:
+                conn.sendall(b"+ go on\r\n")
             data = f.read(int(n))
             line = s + b"\r\n" + data + f.readline(1 << 16)
 
