@@ -298,20 +298,15 @@ static int recover_one(const struct user_rec *cu, void *ctx)
 {
 	struct store *st = ctx;
 	struct user_rec u = *cu;
-	struct log_rec l;
 
 	if (!u.running)
 		return 0;
 	u.running = 0;
 	if (st->user_update(st, &u) < 0)
 		return -1;
-	memset(&l, 0, sizeof(l));
-	l.time = time(NULL);
-	snprintf(l.user, sizeof(l.user), "%s", u.name);
-	snprintf(l.event, sizeof(l.event), "pull-interrupted");
-	snprintf(l.error, sizeof(l.error), "ferryd stopped during the pull; resuming");
 	evlog("warning", "pull-interrupted", "user", u.name, NULL);
-	return st->log_add(st, &l);
+	return store_log_event(st, u.name, NULL, "pull-interrupted", 0, 0,
+			       "ferryd stopped during the pull; resuming");
 }
 
 static void usage(void)

@@ -136,7 +136,7 @@ static sqlite3_stmt *prep(struct store *st, const char *sql)
 	return stmt;
 }
 
-/* binds "s" text, "i" int64, "t" text-or-NULL */
+/* binds "s" text, "i" int64, "t" text-or-NULL; one type per parameter */
 static sqlite3_stmt *prepf(struct store *st, const char *sql, const char *types, ...)
 {
 	sqlite3_stmt *stmt = prep(st, sql);
@@ -145,6 +145,14 @@ static sqlite3_stmt *prepf(struct store *st, const char *sql, const char *types,
 
 	if (stmt == NULL)
 		return NULL;
+	/* a type without its parameter would read an argument the caller
+	   never passed (valgrind: uninitialised pointer in check_put) */
+	if (sqlite3_bind_parameter_count(stmt) != (int)strlen(types)) {
+		snprintf(SQ(st)->err, sizeof(SQ(st)->err), "prepare: %d parameters, %d types",
+			 sqlite3_bind_parameter_count(stmt), (int)strlen(types));
+		sqlite3_finalize(stmt);
+		return NULL;
+	}
 	va_start(ap, types);
 	for (i = 0; types[i] != '\0'; i++) {
 		if (types[i] == 'i')
@@ -642,7 +650,7 @@ static int sq_check_put(struct store *st, const struct check_rec *c)
 				   " finished_at = excluded.finished_at, error = excluded.error,"
 				   " report_json = excluded.report_json,"
 				   " report_text = excluded.report_text",
-				   "sssiiisttts", c->kind, c->state, c->result, (int64_t)c->after_pull,
+				   "sssiiistts", c->kind, c->state, c->result, (int64_t)c->after_pull,
 				   c->requested_at, c->finished_at, c->error,
 				   c->report_json != NULL ? c->report_json : "",
 				   c->report_text != NULL ? c->report_text : "", c->user);

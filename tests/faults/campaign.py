@@ -140,8 +140,9 @@ class Campaign:
         self.results = {}
         self.global_lock = threading.Lock()
         self.tls = threading.local()
-        self.ferryd = (ferryd_kill.FerrydFaults(self, PULL_TIMEOUT) if ferryd_kill.KIND in self.kinds
-                       else None)
+        self.ferryd = None
+        if ferryd_kill.KIND in self.kinds:
+            self.ferryd = ferryd_kill.FerrydFaults(self, PULL_TIMEOUT)
 
     # ---- setup / teardown -------------------------------------------------------
     def setup(self):

@@ -2,8 +2,9 @@
 
 FERRY_VALGRIND=1 makes ferrytest.ferryd start every ferryd and ferryctl
 through prefix(): one XML report per process in FERRY_VALGRIND_DIR
-(<name>.<pid>.xml; the text commentary in <name>.<pid>.log), and deadlines
-multiplied by SLOW. After the run,
+(<name>.<pid>.xml, also for the ferry-imapcheck children ferryd starts,
+which memcheck follows; the program is read from the report), and
+deadlines multiplied by SLOW. After the run,
 
     python3 -m ferrytest.valgrind DIR
 
@@ -39,6 +40,8 @@ def prefix(name):
     return ["valgrind", "--tool=memcheck", "--error-exitcode=%d" % ERROR_EXIT,
             "--leak-check=full", "--errors-for-leak-kinds=definite",
             "--show-leak-kinds=definite", "--num-callers=30",
+            # ferryd's checks run in ferry-imapcheck children (fork + exec)
+            "--trace-children=yes",
             "--xml=yes", "--xml-file=%s.xml" % base, "--log-file=%s.log" % base]
 
 

@@ -168,3 +168,33 @@ Test(store, settings_and_folders)
 	snprintf(f.state, sizeof(f.state), "complete");
 	cr_assert_eq(st->folder_put(st, &f), 0, "%s", st->error(st));
 }
+
+Test(store, check_put_and_get_round_trip)
+{
+	struct check_rec c, got;
+
+	add_user("c1", "");
+	memset(&c, 0, sizeof(c));
+	snprintf(c.user, sizeof(c.user), "c1");
+	snprintf(c.kind, sizeof(c.kind), "verify");
+	snprintf(c.state, sizeof(c.state), "done");
+	snprintf(c.result, sizeof(c.result), "fail");
+	snprintf(c.error, sizeof(c.error), "2 differences");
+	c.after_pull = 1;
+	c.requested_at = 100;
+	c.finished_at = 200;
+	c.report_json = "{\"diffs\": 2}";
+	c.report_text = "Bulk: 2 differences";
+	cr_assert_eq(st->check_put(st, &c), 0, "%s", st->error(st));
+	memset(&got, 0, sizeof(got));
+	cr_assert_eq(st->check_get(st, "c1", "verify", &got, 1), 0, "%s", st->error(st));
+	cr_assert_str_eq(got.state, "done");
+	cr_assert_str_eq(got.result, "fail");
+	cr_assert_str_eq(got.error, "2 differences");
+	cr_assert_eq(got.after_pull, 1);
+	cr_assert_eq(got.requested_at, 100);
+	cr_assert_eq(got.finished_at, 200);
+	cr_assert_str_eq(got.report_json, "{\"diffs\": 2}");
+	cr_assert_str_eq(got.report_text, "Bulk: 2 differences");
+	check_rec_free(&got);
+}
