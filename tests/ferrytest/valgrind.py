@@ -42,6 +42,8 @@ def prefix(name):
             "--show-leak-kinds=definite", "--num-callers=30",
             # ferryd's checks run in ferry-imapcheck children (fork + exec)
             "--trace-children=yes",
+            # no gdbserver FIFOs: a process killed -9 would leave them in /tmp
+            "--vgdb=no",
             "--xml=yes", "--xml-file=%s.xml" % base, "--log-file=%s.log" % base]
 
 
