@@ -612,6 +612,9 @@ class Campaign:
             "seconds": round(elapsed, 1),
             "errors": errors,
             "examples": [r for r in results if r["diffs"] or r["lost"] or r["duplicated"]][:5],
+            # where the time went: the slowest faults, briefly
+            "slowest": [{k: r.get(k) for k in ("user", "seconds", "first", "resume", "at_byte")}
+                        for r in sorted(results, key=lambda r: -r.get("seconds", 0))[:3]],
             "first_outcomes": _outcomes(injected),
             "lmtp_redelivered": sum(r.get("redelivered", 0) for r in results),
             # kill-ferryd: faults after which ferryd's own state was wrong
@@ -692,7 +695,7 @@ def main(argv=None):
                  and not s["other_differences"] and not s["errors"] for s in rep["kinds"])
     finally:
         camp.teardown()
-        if ok and camp.sb.created_root:
+        if ok and camp.sb.created_root and not os.environ.get("FERRY_KEEP"):
             shutil.rmtree(camp.sb.root, ignore_errors=True)
         elif camp.sb.created_root:
             print("sandbox kept: %s" % camp.sb.root)
