@@ -736,27 +736,35 @@ static void h_health(struct call *c)
 
 /* ---- cut-over, rollback, routing (cutover.c) ------------------------------ */
 
-static void h_cutover_api(struct call *c)
+/* For the modules that route their own paths: "METHOD /path" and the
+   arguments, a POST's JSON body or a GET's query. */
+static json_t *call_args(struct call *c, char *path, size_t len)
 {
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(c->req);
 	int post = evhttp_request_get_command(c->req) == EVHTTP_REQ_POST;
+	struct evkeyval *kv;
+	json_t *args;
+
+	snprintf(path, len, "%s %s", post ? "POST" : "GET", evhttp_uri_get_path(uri));
+	if (post)
+		return json_incref(c->body);
+	args = json_object();
+	TAILQ_FOREACH(kv, &c->query, next)
+		json_object_set_new(args, kv->key, json_string(kv->value));
+	return args;
+}
+
+static void h_cutover_api(struct call *c)
+{
 	char path[128];
 	json_t *args, *out = NULL;
-	struct evkeyval *kv;
 	int code;
 
 	if (c->a->cutover == NULL) {
 		reply_error(c, 503, "cut-overs are not available");
 		return;
 	}
-	snprintf(path, sizeof(path), "%s %s", post ? "POST" : "GET", evhttp_uri_get_path(uri));
-	if (post)
-		args = json_incref(c->body);
-	else {
-		args = json_object();
-		TAILQ_FOREACH(kv, &c->query, next)
-			json_object_set_new(args, kv->key, json_string(kv->value));
-	}
+	args = call_args(c, path, sizeof(path));
 	code = cutover_api(c->a->cutover, path, args, &out);
 	json_decref(args);
 	if (code == 202 || code == 200)
@@ -773,25 +781,15 @@ void api_set_cutover(struct api *a, struct cutover *cutover)
 
 static void h_checks_api(struct call *c)
 {
-	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(c->req);
-	int post = evhttp_request_get_command(c->req) == EVHTTP_REQ_POST;
 	char path[128];
 	json_t *args, *out = NULL;
-	struct evkeyval *kv;
 	int code;
 
 	if (c->a->checks == NULL) {
 		reply_error(c, 503, "checks are not available");
 		return;
 	}
-	snprintf(path, sizeof(path), "%s %s", post ? "POST" : "GET", evhttp_uri_get_path(uri));
-	if (post)
-		args = json_incref(c->body);
-	else {
-		args = json_object();
-		TAILQ_FOREACH(kv, &c->query, next)
-			json_object_set_new(args, kv->key, json_string(kv->value));
-	}
+	args = call_args(c, path, sizeof(path));
 	code = checks_api(c->a->checks, path, args, &out);
 	json_decref(args);
 	if (code == 202)
