@@ -71,6 +71,8 @@ void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r)
 		ferry_setting_uint(user, "ferry_big_message_size", 1024*1024, 4096);
 	set_r->max_folders =
 		ferry_setting_uint(user, "ferry_max_folders", 10000, 0);
+	set_r->old_connect_timeout_secs =
+		ferry_setting_uint(user, "ferry_old_connect_timeout", 30, 1);
 }
 
 bool ferry_user_is_internal(struct mail_user *user)
@@ -150,7 +152,9 @@ static void ferry_mail_namespaces_created(struct mail_namespace *namespaces)
 
 static void ferry_mailbox_list_created(struct mailbox_list *list)
 {
-	if (FERRY_USER_CONTEXT(list->ns->user) != NULL)
+	if (ferry_creating_old_user)
+		ferry_old_list_created(list);
+	else if (FERRY_USER_CONTEXT(list->ns->user) != NULL)
 		ferry_lazy_mailbox_list_created(list);
 }
 

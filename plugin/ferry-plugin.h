@@ -31,6 +31,8 @@ struct ferry_settings {
 	uoff_t max_message_size;
 	/* an old server listing more folders is refused (0 = no limit) */
 	unsigned int max_folders;
+	/* connect + greeting of the old server (imapc's own is a fixed 30 s) */
+	unsigned int old_connect_timeout_secs;
 };
 
 /* Per-user state, attached to users being migrated. */
@@ -105,6 +107,8 @@ int ferry_state_parse(const char *text, time_t *tree_r, time_t *done_r,
 		      const char **error_r);
 
 /* old.c: the old server, as Dovecot's imapc storage in a second user */
+/* the mailbox_list_created hook for the old user's lists */
+void ferry_old_list_created(struct mailbox_list *list);
 int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 		       const char **error_r);
 

@@ -9,6 +9,9 @@
 #include "mail-namespace.h"
 #include "mail-storage-settings.h"
 #include "imapc-settings.h"
+#include "imapc-storage.h"
+#include "imapc-list.h"
+#include "imapc-client-private.h"
 #include "ferry-plugin.h"
 
 #define FERRY_MAX_LINE (64 * 1024 * 1024)
@@ -55,6 +58,10 @@ int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 	    imapc_set->imapc_max_line_length > FERRY_MAX_LINE)
 		imapc_set->imapc_max_line_length = FERRY_MAX_LINE;
 
+	/* Connect at the first command, not while the list is created:
+	   ferry_old_list_created() must set the connect timeout first. */
+	imapc_set->parsed_features |= IMAPC_FEATURE_DELAY_LOGIN;
+
 	ferry_creating_old_user = TRUE;
 	ret = mail_namespaces_init_location(old, "imapc:", &error);
 	ferry_creating_old_user = FALSE;
@@ -66,4 +73,19 @@ int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 	fuser->old_user = old;
 	*old_r = old;
 	return 0;
+}
+
+/* Dovecot 2.3 has no setting for imapc's connect + greeting timeout (a
+   fixed 30 s): an old server that accepts and stays silent would hold
+   every LMTP delivery and SELECT that long. Called for the old user's
+   lists as they are created, before the first connect. */
+void ferry_old_list_created(struct mailbox_list *list)
+{
+	struct ferry_settings set;
+
+	if (strcmp(list->name, MAILBOX_LIST_NAME_IMAPC) != 0)
+		return;
+	ferry_settings_read(list->ns->user, &set);
+	((struct imapc_mailbox_list *)list)->client->client->set.connect_timeout_msecs =
+		set.old_connect_timeout_secs * 1000;
 }
