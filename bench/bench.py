@@ -49,11 +49,13 @@ def log(msg):
 def sizes(a):
     if a.small:
         return dict(messages=a.messages or 300, lazy=(100, 300, 1000), lazy_repeats=2,
-                    overhead_rounds=5, overhead_logins=10, users=10, per_user=20,
+                    overhead_rounds=5, overhead_passes=1, overhead_logins=10,
+                    overhead_login_rounds=3, users=10, per_user=20,
                     delta_new=20, delta_flags=50)
     return dict(messages=a.messages or int(os.environ.get("BENCH_MESSAGES", 20000)),
                 lazy=(100, 1000, 10000), lazy_repeats=a.lazy_repeats,
-                overhead_rounds=20, overhead_logins=100, users=a.users, per_user=100,
+                overhead_rounds=15, overhead_passes=10, overhead_logins=100,
+                overhead_login_rounds=7, users=a.users, per_user=100,
                 delta_new=200, delta_flags=500)
 
 
@@ -519,15 +521,19 @@ SyncState {d}/state/
         folders = [f.name for f in self.ref.folders.values() if f.selectable]
         wires = [imapwire.mailbox_arg(f) for f in folders]
         rounds, logins = self.cfg["overhead_rounds"], self.cfg["overhead_logins"]
+        # one sample = several passes over the folders (a single pass is
+        # ~30 ms: the scheduler's noise alone moved its ratio 0.6-1.5)
+        passes = self.cfg["overhead_passes"]
 
         def loop(user):
             conn = inst[user].imap("new", "ferry")
             try:
                 t = time.monotonic()
-                for i, w in enumerate(wires):
-                    imapwire.check(conn.select(w), "SELECT")
-                    imapwire.check(conn.status(wires[(i + 1) % len(wires)],
-                                               "(MESSAGES UIDNEXT UNSEEN)"), "STATUS")
+                for _ in range(passes):
+                    for i, w in enumerate(wires):
+                        imapwire.check(conn.select(w), "SELECT")
+                        imapwire.check(conn.status(wires[(i + 1) % len(wires)],
+                                                   "(MESSAGES UIDNEXT UNSEEN)"), "STATUS")
                 return time.monotonic() - t
             finally:
                 conn.logout()
@@ -543,7 +549,8 @@ SyncState {d}/state/
 
         loop("ferry"), loop("noplug")  # warm caches
         res = {}
-        for name, fn, n in (("select_status", loop, rounds), ("login", login_loop, 3)):
+        for name, fn, n in (("select_status", loop, rounds),
+                            ("login", login_loop, self.cfg["overhead_login_rounds"])):
             a_t, b_t = [], []
             for i in range(n):  # interleaved, alternating order
                 order = [("ferry", a_t), ("noplug", b_t)]
@@ -554,7 +561,8 @@ SyncState {d}/state/
             pa, pb = statistics.median(a_t), statistics.median(b_t)
             res[name] = {"plugin_s": round(pa, 4), "no_plugin_s": round(pb, 4),
                          "ratio": round(pa / pb, 3), "repeats": n,
-                         "ops": (len(wires) * 2 if name == "select_status" else logins * 4)}
+                         "ops": (len(wires) * 2 * passes if name == "select_status"
+                                 else logins * 4)}
             log("4 %s: plugin %.4fs, no plugin %.4fs, ratio %.3f" % (name, pa, pb, pa / pb))
         with meter.Meter({"new": sb}) as m1:
             for _ in range(rounds):
@@ -565,14 +573,16 @@ SyncState {d}/state/
         res["cpu_new_plugin_s"] = m1.result()["cpu_s"]["new"]
         res["cpu_new_no_plugin_s"] = m2.result()["cpu_s"]["new"]
         res["what"] = ("%d folders of the migrated user 'ferry' (done): SELECT each + STATUS of "
-                       "the next; and LOGIN+SELECT INBOX+STATUS+LOGOUT x%d; NEW (mail_plugins = "
+                       "the next, %d passes per sample; and LOGIN+SELECT INBOX+STATUS+LOGOUT "
+                       "x%d; NEW (mail_plugins = "
                        "ferry) vs a second NEW instance with the same generated configuration "
                        "and users but no plugin (checked: lib20_ferry_plugin.so not mapped in "
                        "its sessions), holding a cp -a copy of the same Maildir; interleaved, "
-                       "alternating order, median of the repeats" % (len(wires), logins))
-        worst = max(res["select_status"]["ratio"], res["login"]["ratio"])
-        res["target"] = "ratio <= 1.05"
-        res["target_met"] = worst <= 1.05
+                       "alternating order, median of the repeats" % (len(wires), passes, logins))
+        # the target is the issue's: the SELECT+STATUS loop on migrated
+        # folders; the login loop (a process per login) is reported beside it
+        res["target"] = "SELECT+STATUS ratio <= 1.05"
+        res["target_met"] = res["select_status"]["ratio"] <= 1.05
         self.nop.stop()
         self.scen("4_overhead", res)
 
