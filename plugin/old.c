@@ -16,6 +16,10 @@
 
 #define FERRY_MAX_LINE (64 * 1024 * 1024)
 
+/* the real user's ferry_old_connect_timeout, for ferry_old_list_created()
+   while its old user is being created */
+static unsigned int ferry_old_connect_msecs;
+
 int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 		       const char **error_r)
 {
@@ -61,6 +65,7 @@ int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 	/* Connect at the first command, not while the list is created:
 	   ferry_old_list_created() must set the connect timeout first. */
 	imapc_set->parsed_features |= IMAPC_FEATURE_DELAY_LOGIN;
+	ferry_old_connect_msecs = fuser->set.old_connect_timeout_secs * 1000;
 
 	ferry_creating_old_user = TRUE;
 	ret = mail_namespaces_init_location(old, "imapc:", &error);
@@ -81,11 +86,8 @@ int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
    lists as they are created, before the first connect. */
 void ferry_old_list_created(struct mailbox_list *list)
 {
-	struct ferry_settings set;
-
 	if (strcmp(list->name, MAILBOX_LIST_NAME_IMAPC) != 0)
 		return;
-	ferry_settings_read(list->ns->user, &set);
 	((struct imapc_mailbox_list *)list)->client->client->set.connect_timeout_msecs =
-		set.old_connect_timeout_secs * 1000;
+		ferry_old_connect_msecs;
 }

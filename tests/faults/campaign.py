@@ -448,6 +448,16 @@ class Campaign:
     def reset_wait_only(self, user):
         wait_until(lambda: not self.user_procs(user), 30, "NEW processes of %s to end" % user)
 
+    def _kill_owner(self, w, res, name, user=None):
+        """kill -9 the NEW process `name` that owns the held pull."""
+        pid = self._owner(w, (name,), user)
+        if not pid:
+            res["no_target"] = True
+            return
+        res["killed"] = cmdline(pid)[:60]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not proc_alive(pid), 10, "%s %d to die" % (name, pid))
+
     def _first_attempt(self, w, kind, user, folder, path, res, rng):
         """Start the pull, act at the hold point; -> 'ok' | reason text."""
         if path == "lmtp":
@@ -463,13 +473,7 @@ class Campaign:
             wait_until(lambda: w.proxy.held.is_set() or not t.is_alive(), PULL_TIMEOUT,
                        "lmtp pull to reach the fault point")
             if w.proxy.held.is_set():
-                pid = self._owner(w, ("lmtp",))
-                if pid:
-                    res["killed"] = cmdline(pid)[:60]
-                    os.kill(pid, signal.SIGKILL)
-                    wait_until(lambda: not proc_alive(pid), 10, "lmtp %d to die" % pid)
-                else:
-                    res["no_target"] = True
+                self._kill_owner(w, res, "lmtp")
                 w.proxy.release("resume")
             t.join(PULL_TIMEOUT)
             code, text = box.get("r", (0, "no reply"))
@@ -498,13 +502,7 @@ class Campaign:
                     proc.wait(10)
                     w.proxy.release("resume")
                 elif kind == "kill-imap":
-                    pid = self._owner(w, ("imap",), user)
-                    if pid:
-                        res["killed"] = cmdline(pid)[:60]
-                        os.kill(pid, signal.SIGKILL)
-                        wait_until(lambda: not proc_alive(pid), 10, "imap %d to die" % pid)
-                    else:
-                        res["no_target"] = True
+                    self._kill_owner(w, res, "imap", user)
                     w.proxy.release("resume")
                 else:
                     inst = "old" if kind == "old-restart" else "new"
