@@ -28,6 +28,7 @@ sys.path.insert(0, HERE)
 
 from ferrytest import corpus as fc  # noqa: E402
 from ferrytest import imapwire  # noqa: E402
+from ferrytest.logs import peak_sessions  # noqa: E402
 from ferrytest.sandbox import (MASTER_PASSWORD, MASTER_USER, Sandbox, password,  # noqa: E402
                                wait_until)
 from ferrytest.snapshot import snapshot  # noqa: E402
@@ -640,7 +641,7 @@ SyncState {d}/state/
             cpu = meter.proc_cpu(fd.pid) - cpu0
             rss = meter._status_kb(fd.pid, "VmHWM") / 1024
             old_log.barrier()
-            peak = max_master_sessions(old_log.text())
+            peak = peak_sessions(old_log.text(), MASTER_USER)[0]
             st = fd.users()
             done = sum(1 for u in users if st[u]["state"] == "done")
         finally:
@@ -675,7 +676,7 @@ SyncState {d}/state/
                     self.doveadm_new("ferry", "pull", "-u", u),
                     env=self.sb.doveadm_env("new")), users))
         old_log.barrier()
-        peak = max_master_sessions(old_log.text())
+        peak = peak_sessions(old_log.text(), MASTER_USER)[0]
         r = m.result()
         r.update(users=len(users), messages=len(users) * per, bytes=nbytes,
                  users_done=sum(1 for x in rcs if x[0] == 0),
@@ -776,25 +777,6 @@ def private_build(dst):
 
 
 PRIVATE_DIRS = []  # removed at the end of the run
-
-
-LOGIN = re.compile(r"imap-login: Info: Login: user=<([^>]*)>, auth=<([^>]*)>.*session=<([^>]*)>")
-END = re.compile(r"imap\(([^)]*)\)<\d+><([^>]*)>: Info: (?:Disconnected|Connection closed)")
-
-
-def max_master_sessions(text):
-    """Most sessions logged in to OLD through the master user at once."""
-    open_, peak = set(), 0
-    for line in text.splitlines():
-        m = LOGIN.search(line)
-        if m and m.group(2) == MASTER_USER:
-            open_.add(m.group(3))
-            peak = max(peak, len(open_))
-            continue
-        m = END.search(line)
-        if m:
-            open_.discard(m.group(2))
-    return peak
 
 
 def plugin_loaded(sb, user):

@@ -12,7 +12,7 @@ import pytest
 
 from ferrytest.sandbox import ASAN, REPO
 
-BUDGET = 60
+BUDGET = 120  # small mode takes ~40 s here; the bound catches a hang or a slowdown of 3x
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_bench_small_mode_reports_every_scenario(results):
     # 4: both loops measured, ratios sane
     ov = S["4_overhead"]
     for key in ("select_status", "login"):
-        assert 0.2 < ov[key]["ratio"] < 5, ov
+        assert 0.1 < ov[key]["ratio"] < 10, ov  # sane, not a target: make bench judges that
     assert "target_met" in ov
 
     # 5: ferryd (or the pool fallback) migrated every user within the limit

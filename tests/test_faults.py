@@ -224,9 +224,12 @@ def test_old_server_silent_then_back(sandbox):
     corpus.seed_old(sandbox, "silent", spec)
     old = snapshot(sandbox, "old", "silent")
     pids = sorted(sandbox.pids("old"))
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
     try:  # (a process may end meanwhile: it was already on its way out)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
         conn = sandbox.imap("new", "silent", timeout=120)
         t0 = time.monotonic()
         typ, data = conn.select("Quiet")
@@ -240,6 +243,7 @@ def test_old_server_silent_then_back(sandbox):
                 pass
     print("\nsilent OLD: NO after %.1fs" % elapsed)
     assert typ == "NO" and data[0].startswith(b"[UNAVAILABLE]"), data
-    assert OLD_CONNECT_TIMEOUT - 0.5 < elapsed < OLD_CONNECT_TIMEOUT + 3, elapsed
+    # far below imapc's own 30 s even on a loaded machine
+    assert OLD_CONNECT_TIMEOUT - 0.5 < elapsed < OLD_CONNECT_TIMEOUT + 12, elapsed
     new = snapshot(sandbox, "new", "silent")
     assert compare(old, new) == []

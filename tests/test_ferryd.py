@@ -12,7 +12,8 @@ import pytest
 
 from ferrytest import corpus
 from ferrytest.ferryd import TOKEN, Ferryd
-from ferrytest.sandbox import BUILD_DIR, wait_until
+from ferrytest.logs import peak_sessions
+from ferrytest.sandbox import BUILD_DIR, MASTER_USER, wait_until
 from ferrytest.snapshot import compare, duplicates, snapshot
 
 BATCH = 20
@@ -28,9 +29,6 @@ SANDBOX_KWARGS = {
     "new_userdb_extra": {BAD: "userdb_imapc_master_user= userdb_imapc_password=wrong"},
 }
 
-LOGIN = re.compile(r"imap-login: Info: Login: user=<([^>]*)>, auth=<([^>]*)>.*session=<([^>]*)>")
-END = re.compile(r"imap\(([^)]*)\)<\d+><([^>]*)>: Info: (?:Disconnected|Connection closed)")
-
 
 @pytest.fixture(scope="module")
 def ferryd(sandbox):
@@ -39,43 +37,6 @@ def ferryd(sandbox):
     yield fd
     if fd.alive():
         fd.kill()
-
-
-def max_master_sessions(log_text):
-    """Most sessions logged in to OLD through the master user at once, from
-    OLD's log: +1 at each Login (auth=ferry-master), -1 at its session's end.
-    imap-login logs a Login after handing the connection over, so a short
-    session's end can come first in the log: such a session counts as open
-    at its end line and its late Login is ignored.
-    Returns (peak, the log lines of the sessions open at the peak)."""
-    open_, ended, peak, at_peak, lines = {}, set(), 0, [], {}
-
-    def see(sessions):
-        nonlocal peak, at_peak
-        if len(sessions) > peak:
-            peak, at_peak = len(sessions), list(sessions)
-
-    for line in log_text.splitlines():
-        m = LOGIN.search(line)
-        if m and m.group(2) == corpus_master():
-            lines.setdefault(m.group(3), []).append(line)
-            if m.group(3) not in ended:
-                open_[m.group(3)] = m.group(1)
-                see(open_)
-            continue
-        m = END.search(line)
-        if m:
-            lines.setdefault(m.group(2), []).append(line)
-            if m.group(2) not in open_:  # ended before its Login was logged
-                see(dict(open_, **{m.group(2): m.group(1)}))
-            open_.pop(m.group(2), None)
-            ended.add(m.group(2))
-    return peak, [l for s in at_peak for l in lines[s]]
-
-
-def corpus_master():
-    from ferrytest.sandbox import MASTER_USER
-    return MASTER_USER
 
 
 def write_csv(sandbox, name, rows):
@@ -118,7 +79,7 @@ def test_50_users_3_waves_per_host_limit_and_bad_password(sandbox, ferryd, old_l
     ferryd.ctl("start")
     wait_until(lambda: settled(ferryd, WAVE_USERS + [BAD]), 170, "every user done or failed")
     old_log.barrier()
-    peak, detail = max_master_sessions(old_log.text())
+    peak, detail = peak_sessions(old_log.text(), MASTER_USER)
     print("\nmax concurrent ferry sessions on OLD: %d (limit %d)" % (peak, PER_HOST))
     assert peak <= PER_HOST, "\n".join(detail)
     assert peak == PER_HOST  # the limit was reached: pulls did run in parallel

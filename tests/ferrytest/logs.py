@@ -10,6 +10,42 @@ from .sandbox import wait_until
 LOGIN = re.compile(r"imap-login: Info: Login: user=<([^>]*)>, auth=<([^>]*)>")
 LOGOUT = re.compile(r"imap\(([^)]*)\)<\d+><[^>]*>: Info: .*\bbody_count=(\d+)")
 LOGOUT_BYTES = re.compile(r"imap\(([^)]*)\)<\d+><[^>]*>: Info: .*\bbody_bytes=(\d+)")
+SESSION_LOGIN = re.compile(
+    r"imap-login: Info: Login: user=<([^>]*)>, auth=<([^>]*)>.*session=<([^>]*)>")
+SESSION_END = re.compile(
+    r"imap\(([^)]*)\)<\d+><([^>]*)>: Info: (?:Disconnected|Connection closed)")
+
+
+def peak_sessions(log_text, auth):
+    """Most IMAP sessions logged in with auth=<auth> open at once, from an
+    instance's log: +1 at each Login, -1 at its session's end.
+    imap-login logs a Login after handing the connection over, so a short
+    session's end can come first in the log: such a session counts as open
+    at its end line (it can only over-count) and its late Login is ignored.
+    Returns (peak, the log lines of the sessions open at the peak)."""
+    open_, ended, peak, at_peak, lines = {}, set(), 0, [], {}
+
+    def see(sessions):
+        nonlocal peak, at_peak
+        if len(sessions) > peak:
+            peak, at_peak = len(sessions), list(sessions)
+
+    for line in log_text.splitlines():
+        m = SESSION_LOGIN.search(line)
+        if m and m.group(2) == auth:
+            lines.setdefault(m.group(3), []).append(line)
+            if m.group(3) not in ended:
+                open_[m.group(3)] = m.group(1)
+                see(open_)
+            continue
+        m = SESSION_END.search(line)
+        if m:
+            lines.setdefault(m.group(2), []).append(line)
+            if m.group(2) not in open_:  # ended before its Login was logged
+                see(dict(open_, **{m.group(2): m.group(1)}))
+            open_.pop(m.group(2), None)
+            ended.add(m.group(2))
+    return peak, [l for s in at_peak for l in lines[s]]
 
 
 class LogWatch:
