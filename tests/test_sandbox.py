@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ferrytest import corpus, imapwire
+from ferrytest import corpus, imapwire, logs
 from ferrytest.sandbox import Sandbox, SandboxError, port_open, proc_alive, password
 from ferrytest.snapshot import Message, compare, duplicates, snapshot
 
@@ -143,6 +143,33 @@ def test_log_counters(sandbox, small, old_log):
     assert old_log.logins("alice", master=True) == 1
     assert old_log.logins("alice", master=False) == 2
     assert old_log.body_counts("alice") == [0, 0, 3]
+
+
+def _login(t, user, session, auth="m"):
+    return ("Nov 28 22:03:%s imap-login: Info: Login: user=<%s>, auth=<%s>, method=PLAIN, "
+            "rip=127.0.0.1, lip=127.0.0.1, session=<%s>" % (t, user, auth, session))
+
+
+def _end(t, user, session):
+    return "Nov 28 22:03:%s imap(%s)<7><%s>: Info: Disconnected: Logged out in=9" % (t, user, session)
+
+
+@pytest.mark.parametrize("lines,peak", [
+    # one after the other; the first's end filed 1 ms after the next Login
+    ([_login("01.000000", "a", "A"), _login("02.000000", "b", "B"),
+      _end("02.001000", "a", "A"), _end("03.000000", "b", "B")], 1),
+    # a real overlap of 100 ms
+    ([_login("01.000000", "a", "A"), _login("02.000000", "b", "B"),
+      _end("02.100000", "a", "A"), _end("03.000000", "b", "B")], 2),
+    # B's end filed before its own Login: B was open then
+    ([_login("01.000000", "a", "A"), _end("02.000000", "b", "B"),
+      _login("02.100000", "b", "B"), _end("03.000000", "a", "A")], 2),
+    # logins with another auth are not counted
+    ([_login("01.000000", "a", "A"), _login("01.500000", "b", "B", auth="b"),
+      _end("03.000000", "a", "A"), _end("03.000000", "b", "B")], 1),
+])
+def test_peak_sessions_counts_from_an_unordered_log(lines, peak):
+    assert logs.peak_sessions("\n".join(lines), "m")[0] == peak
 
 
 def test_stop_old_alone_and_restart(sandbox, small):

@@ -1,6 +1,7 @@
 """Counting things in a sandbox instance's log (IMAP logins per user, and the
 body_count of their logouts). Lines reach the file asynchronously through
 Dovecot's log process, so counts are taken after a barrier / settle()."""
+import datetime
 import re
 import socket
 import uuid
@@ -16,13 +17,42 @@ SESSION_END = re.compile(
     r"imap\(([^)]*)\)<\d+><([^>]*)>: Info: (?:Disconnected|Connection closed)")
 
 
+def _stamp(line):
+    """Seconds of a sandbox log line's "Mon DD HH:MM:SS.uuuuuu" prefix."""
+    try:
+        t = datetime.datetime.strptime(line[:22], "%b %d %H:%M:%S.%f")
+    except ValueError:
+        return None
+    return (t - datetime.datetime(1900, 1, 1)).total_seconds()
+
+
+# Dovecot's log process reads imap-login's and imap's pipes in turn and
+# stamps each line when it reads it, so a session's end written before the
+# next session's Login may still be filed after it, stamped within the same
+# read loop (microseconds apart). Lines this close are of uncertain order.
+SAME_READ = 0.005
+
+
 def peak_sessions(log_text, auth):
     """Most IMAP sessions logged in with auth=<auth> open at once, from an
     instance's log: +1 at each Login, -1 at its session's end.
-    imap-login logs a Login after handing the connection over, so a short
-    session's end can come first in the log: such a session counts as open
-    at its end line (it can only over-count) and its late Login is ignored.
+    The log's order is not the order of events (SAME_READ): an end filed
+    within SAME_READ after a Login is taken first; and imap-login logs a
+    Login after handing the connection over, so a short session's end can
+    come before its own Login: it counts as open at its end line (it can
+    only over-count) and its late Login is ignored.
     Returns (peak, the log lines of the sessions open at the peak)."""
+    events = []  # (stamp, is_login, session, user, line)
+    for line in log_text.splitlines():
+        m = SESSION_LOGIN.search(line)
+        if m:
+            if m.group(2) == auth:
+                events.append((_stamp(line), True, m.group(3), m.group(1), line))
+            continue
+        m = SESSION_END.search(line)
+        if m:
+            events.append((_stamp(line), False, m.group(2), m.group(1), line))
+
     open_, ended, peak, at_peak, lines = {}, set(), 0, [], {}
 
     def see(sessions):
@@ -30,21 +60,33 @@ def peak_sessions(log_text, auth):
         if len(sessions) > peak:
             peak, at_peak = len(sessions), list(sessions)
 
-    for line in log_text.splitlines():
-        m = SESSION_LOGIN.search(line)
-        if m and m.group(2) == auth:
-            lines.setdefault(m.group(3), []).append(line)
-            if m.group(3) not in ended:
-                open_[m.group(3)] = m.group(1)
-                see(open_)
+    def end(ev):
+        _, _, session, user, line = ev
+        lines.setdefault(session, []).append(line)
+        if session not in open_:  # ended before its Login was logged
+            see(dict(open_, **{session: user}))
+        open_.pop(session, None)
+        ended.add(session)
+
+    done = set()
+    for i, ev in enumerate(events):
+        if i in done:
             continue
-        m = SESSION_END.search(line)
-        if m:
-            lines.setdefault(m.group(2), []).append(line)
-            if m.group(2) not in open_:  # ended before its Login was logged
-                see(dict(open_, **{m.group(2): m.group(1)}))
-            open_.pop(m.group(2), None)
-            ended.add(m.group(2))
+        stamp, is_login, session, user, line = ev
+        if not is_login:
+            end(ev)
+            continue
+        j = i + 1
+        while (stamp is not None and j < len(events) and events[j][0] is not None
+               and events[j][0] - stamp <= SAME_READ):
+            if not events[j][1] and j not in done:
+                end(events[j])
+                done.add(j)
+            j += 1
+        lines.setdefault(session, []).append(line)
+        if session not in ended:
+            open_[session] = user
+            see(open_)
     return peak, [l for s in at_peak for l in lines[s]]
 
 
