@@ -35,6 +35,8 @@ DEB_PACKAGES = build-essential dovecot-core dovecot-imapd dovecot-pop3d \
 #   DEB_PACKAGES += Debian packages it needs
 ALL_TARGETS = plugin
 UNIT_TESTS =
+# `make` builds; the mk/*.mk files must not pick the default target
+.DEFAULT_GOAL := all
 include $(sort $(wildcard mk/*.mk))
 
 .PHONY: all plugin deps check check-asan unit demo install clean format

@@ -141,12 +141,15 @@ static int ferry_tree_create(struct mail_user *user, struct mail_user *old,
 		return 0;
 	}
 	obox = mailbox_alloc(old_ns->list, f->vname, MAILBOX_FLAG_READONLY);
-	if (mailbox_verify_name(obox) < 0 || ferry_old_name_has_controls(obox)) {
-		/* imapc cannot even ask for it ("." with "." as separator) */
-		*error_r = mailbox_verify_name(obox) < 0 ?
-			t_strdup_printf("the old name cannot be addressed: %s",
-				mailbox_get_last_error(obox, NULL)) :
-			"its name contains control characters";
+	/* imapc cannot even ask for it ("." with "." as separator) */
+	if (mailbox_verify_name(obox) < 0)
+		*error_r = t_strdup_printf("the old name cannot be addressed: %s",
+			mailbox_get_last_error(obox, NULL));
+	else if (ferry_old_name_has_controls(obox))
+		*error_r = "its name contains control characters";
+	else
+		*error_r = NULL;
+	if (*error_r != NULL) {
 		mailbox_free(&obox);
 		mailbox_free(&box);
 		return 1;

@@ -393,18 +393,17 @@ static int on_response(void *ctx, const struct imap_response *r)
 static int vsend(struct imap_client *c, const struct imap_command *spec, char *cont_data,
 		 const char *fmt, va_list ap)
 {
-	if (c->state == ST_FAILED || c->bev == NULL) {
+	struct cmd *cmd = NULL;
+	if (c->state == ST_FAILED || c->bev == NULL || (cmd = calloc(1, sizeof(*cmd))) == NULL) {
 		if (cont_data != NULL) {
 			OPENSSL_cleanse(cont_data, strlen(cont_data));
 			free(cont_data);
 		}
 		if (c->state != ST_FAILED)
-			snprintf(c->error, sizeof(c->error), "%s: not connected", c->where);
+			snprintf(c->error, sizeof(c->error), "%s: %s", c->where,
+				 c->bev == NULL ? "not connected" : "out of memory");
 		return -1;
 	}
-	struct cmd *cmd = calloc(1, sizeof(*cmd));
-	if (cmd == NULL)
-		return -1;
 	snprintf(cmd->tag, sizeof(cmd->tag), "F%u", ++c->tagseq);
 	cmd->desc = strdup(spec->desc ? spec->desc : "command");
 	cmd->mailbox = spec->mailbox ? strdup(spec->mailbox) : NULL;
@@ -811,6 +810,15 @@ struct imap_client *imap_client_new(struct event_base *base, const struct imap_c
 {
 	if (set->host == NULL || set->user == NULL || set->user[0] == '\0') {
 		snprintf(err, errlen, "IMAP client: host and user are required");
+		return NULL;
+	}
+	if (set->auth == IMAP_AUTH_XOAUTH2 && set->auth_user != NULL && set->auth_user[0] != '\0' &&
+	    strcmp(set->auth_user, set->user) != 0) {
+		/* the token itself names whose mailbox it opens */
+		snprintf(err, errlen,
+			 "IMAP client: AUTHENTICATE XOAUTH2 has no authorization identity: "
+			 "give %s's own token, not auth-user %s",
+			 set->user, set->auth_user);
 		return NULL;
 	}
 	struct imap_client *c = calloc(1, sizeof(*c));

@@ -96,3 +96,14 @@ def test_bench_small_mode_reports_every_scenario(results):
                   "imapsync"):
         assert label in md, label
     assert md in stdout  # printed at the end
+
+
+def test_plain_make_builds_and_does_not_bench():
+    """`make` with no target is the build (README); the benchmark only runs
+    when asked for."""
+    r = subprocess.run(["make", "-n", "-C", REPO], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "bench.py" not in r.stdout, r.stdout[-2000:]
+    goal = subprocess.run(["make", "-p", "-q", "-C", REPO], capture_output=True, text=True,
+                          timeout=60).stdout
+    assert ".DEFAULT_GOAL := all" in goal
