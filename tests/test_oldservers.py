@@ -1,8 +1,9 @@
 """Cyrus IMAP 3.6 (both hierarchy separators) and Courier-IMAP 5.0 as OLD
 servers: unpacked from Debian's packages (ferrytest.unpack), seeded with the
 corpus, read back through snapshots named like the Dovecot OLD's, the master
-identity logging in as the user, stop() leaving no process, and Ferry's NEW
-Dovecot migrating from them. Skips only if the packages cannot be fetched."""
+identity logging in as the user, stop() leaving no process (IMAP and POP3
+sessions open), and Ferry's NEW Dovecot migrating from them. (Their POP3
+UIDLs: test_pop3_uidl.py.) Skips only if the packages cannot be fetched."""
 import datetime
 import imaplib
 import os
@@ -125,13 +126,15 @@ def test_stop_leaves_no_process(kind):
     try:
         srv.start()
         conns = [srv.imap(USER), srv.imap(USER, master=True)]  # live sessions too
+        pop = srv.pop3(USER)  # and a POP3 one
         pids = srv.pids()
-        assert len(pids) >= 2 and port_open(srv.port())
+        assert len(pids) >= 2 and port_open(srv.port()) and port_open(srv.port("pop3"))
         srv.stop()
         assert not any(proc_alive(p) for p in pids)
-        assert not srv.pids() and not port_open(srv.port())
+        assert not srv.pids() and not port_open(srv.port()) and not port_open(srv.port("pop3"))
         for c in conns:
             c.shutdown()
+        pop.close()
     finally:
         srv.cleanup()
 

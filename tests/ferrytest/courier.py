@@ -1,5 +1,5 @@
-"""Courier-IMAP 5.0 (Debian 12's courier-imap, unpacked, never installed) as
-an OLD server on 127.0.0.1, for tests and for Ferry's imapc.
+"""Courier-IMAP 5.0 (Debian 12's courier-imap and courier-pop, unpacked, never
+installed) as an OLD server on 127.0.0.1, for tests and for Ferry's imapc.
 
     with Courier() as co:
         spec = co.seed("alice", corpus.small_spec())
@@ -7,7 +7,9 @@ an OLD server on 127.0.0.1, for tests and for Ferry's imapc.
 
 Real Courier code serves every connection: couriertcpd accepts, imaplogin
 speaks the pre-login protocol (CAPABILITY, LOGIN, AUTHENTICATE PLAIN) and
-execs imapd with the user's Maildir. What is not Courier's is the password
+execs imapd with the user's Maildir; on port("pop3") a second couriertcpd
+runs courierpop3login (USER/PASS) -> courierpop3d the same way (log
+pop3d.log). What is not Courier's is the password
 database: libcourierauth asks authdaemond over a socket whose path is
 compiled in (/run/courier/authdaemon/socket), and authdaemond itself only
 reads /etc/courier/*. Instead of touching /etc or /run of the machine:
@@ -50,7 +52,19 @@ Courier differences seed()/snapshots account for:
 - Defaults that would change mail are off: IMAP_EMPTYTRASH (Debian's
   default "Trash:7" purges Trash at login), IMAP_MOVE_EXPUNGE_TO_TRASH.
 - Keywords need IMAP_KEYWORDS=1 (stored in courierimapkeywords/).
-- INTERNALDATE is the file's mtime, returned in +0000."""
+- INTERNALDATE is the file's mtime, returned in +0000.
+
+POP3 (courierpop3d), unlike IMAP:
+- UIDL is "UID<n>-<v>" from the maildir's courierpop3dsizelist, a counter
+  of its own: n from 1 for each message a POP3 session sees first, v the
+  time the file was made; not the IMAP UID/UIDVALIDITY (courierimapuiddb).
+- Message order is the file names' (seconds, then the rest as a string:
+  unpadded microseconds "M100846" sort before "M70171"), not UID order
+  (mail APPENDed across such a rollover is listed out of UID order).
+- A client that has not sent UTF8 (RFC 6856) gets each message with UTF-8
+  headers wrapped in a "Cannot display Unicode content" notice.
+- RETR sets \\Seen (renames the file to :2,S).
+test_pop3_uidl.py checks the first two, and sends UTF8 for the third."""
 import json
 import os
 import pwd
@@ -60,10 +74,11 @@ import sys
 from . import unpack
 from .sandbox import password, wait_until
 
-DEBS = ["courier-base", "courier-imap", "courier-authlib"]
+DEBS = ["courier-base", "courier-imap", "courier-pop", "courier-authlib"]
 LIBS = ["libcourier-unicode4", "libidn12", "libgamin0", "libgdbm6", "libltdl7",
         "libgnutls30", "libpcre3", "libcrypt1"]
-NEEDED = ["usr/sbin/couriertcpd", "usr/lib/courier/courier/imaplogin", "usr/bin/imapd"]
+NEEDED = ["usr/sbin/couriertcpd", "usr/lib/courier/courier/imaplogin", "usr/bin/imapd",
+          "usr/lib/courier/courier/courierpop3login", "usr/lib/courier/courier/courierpop3d"]
 RUN_AS = "mail"
 SOCKET = "/run/courier/authdaemon/socket"  # compiled into libcourierauth
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,6 +95,10 @@ IMAPD_ENV = {
     "IMAP_USELOCKS": "1", "IMAP_ENHANCEDIDLE": "0", "IMAP_TRASHFOLDERNAME": "Trash",
     "IMAP_EMPTYTRASH": "", "IMAP_MOVE_EXPUNGE_TO_TRASH": "0",
 }
+# what /etc/courier/pop3d would set (Debian defaults): USER/PASS, no SASL
+# advertised, no TLS, no proxy
+POP3D_ENV = {"POP3AUTH": "", "POP3AUTH_TLS": "", "POP3_PROXY": "0",
+             "MIME_UNICODE_MESSAGE_TYPE": "message/global"}
 
 
 def ensure_installed():
@@ -96,8 +115,9 @@ class Courier(unpack.OldServer):
     kind = "courier"
     sep = "."
 
-    def __init__(self, root=None, users=("alice", "bob", "carol"), port=None, env=None):
-        super().__init__(root, users, port)
+    def __init__(self, root=None, users=("alice", "bob", "carol"), port=None, env=None,
+                 pop3_port=None):
+        super().__init__(root, users, port, pop3_port)
         self.env_extra = dict(env or {})
         self.log_path = self.path("imapd.log")  # couriertcpd/imaplogin/imapd stderr
         self.authdaemon_log = self.path("authdaemon.log")
@@ -166,21 +186,33 @@ class Courier(unpack.OldServer):
         return bool(dead)
 
     def _start_tcpd(self):
+        """One couriertcpd per protocol: imaplogin -> imapd on the IMAP
+        port, courierpop3login -> courierpop3d on the POP3 port (log
+        pop3d.log), as /usr/lib/courier/{imapd,pop3d} would start them."""
+        r = self.install_root
+        libexec = os.path.join(r, "usr/lib/courier/courier")
+        self._spawn_tcpd(self.port("imap"), IMAPD_ENV,
+                         [os.path.join(libexec, "imaplogin"), os.path.join(r, "usr/bin/imapd")],
+                         "imapd.log")
+        self._spawn_tcpd(self.port("pop3"), POP3D_ENV,
+                         [os.path.join(libexec, "courierpop3login"),
+                          os.path.join(libexec, "courierpop3d")], "pop3d.log")
+
+    def _spawn_tcpd(self, port, env_defaults, programs, out_name):
         r = self.install_root
         mail = pwd.getpwnam(RUN_AS)
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
                "LD_LIBRARY_PATH": unpack.lib_path(r)}
-        env.update(IMAPD_ENV)
+        env.update(env_defaults)
         env.update(self.env_extra)
         tcpd = [os.path.join(r, "usr/sbin/couriertcpd"), "-address=127.0.0.1",
                 "-maxprocs=100", "-maxperip=100", "-nodnslookup", "-noidentlookup",
-                str(self.port()), os.path.join(r, "usr/lib/courier/courier/imaplogin"),
-                os.path.join(r, "usr/bin/imapd"), "Maildir"]
+                str(port)] + programs + ["Maildir"]
         # root only for the mount; the same PID then execs couriertcpd as mail
         script = ('mount --bind "$1" /run && shift && exec setpriv --reuid=%d --regid=%d '
                   '--clear-groups -- "$@"' % (mail.pw_uid, mail.pw_gid))
         self._spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                     "sh", self.path("run")] + tcpd, env, "imapd.log")
+                     "sh", self.path("run")] + tcpd, env, out_name)
 
     def _master_login(self, user, timeout):
         from . import imapwire

@@ -1,5 +1,5 @@
-"""Cyrus IMAP 3.6 (Debian 12's cyrus-imapd, unpacked, never installed) as an
-OLD server on 127.0.0.1, for tests and for Ferry's imapc.
+"""Cyrus IMAP 3.6 (Debian 12's cyrus-imapd and cyrus-pop3d, unpacked, never
+installed) as an OLD server on 127.0.0.1, for tests and for Ferry's imapc.
 
     with Cyrus(unixhierarchysep=False) as cy:        # or True: '/' separator
         spec = cy.seed("alice", corpus.small_spec())
@@ -11,9 +11,17 @@ imapd.conf, cyrus.conf, sasldb2, conf/ (configdirectory), spool/
 
 Processes: `master -C imapd.conf -M cyrus.conf -D` runs as the `mail` user
 (Cyrus refuses uid 0; `cyrus_user: mail` so it does not look for a `cyrus`
-user); every command in cyrus.conf carries `-C imapd.conf`. imapd is spawned
-per connection by master. stop() ends master and every process under it by
-PID.
+user); every command in cyrus.conf carries `-C imapd.conf`. imapd (port()) and
+pop3d (port("pop3")) are spawned per connection by master, one of each kept
+ready (prefork=1: with pop3d at prefork=0, a connection opened and closed
+at once, like sandbox.port_open's, made master take 15 s to stop). stop()
+ends master and every process under it by PID; a master that outlives its
+children (it can spin after SIGTERM when it was starting a pop3d: see
+OldServer.stop) is SIGKILLed a second later.
+
+POP3: USER/PASS (allowplaintext; CAPA lists no SASL), same passwords;
+UIDL is "UIDVALIDITY.UID" of INBOX (imapd.conf `uidl_format: cyrus`, the
+default), i.e. Dovecot's pop3_uidl_format %v.%u (test_pop3_uidl.py).
 
 Authentication: SASL auxprop `sasldb` in <root>/sasldb2, written with the
 unpacked saslpasswd2, realm `localhost` (= `servername`), mechanisms PLAIN
@@ -57,14 +65,16 @@ from . import unpack
 from .imapwire import check
 from .sandbox import password
 
-DEBS = ["cyrus-common", "cyrus-imapd", "sasl2-bin"]  # sasl2-bin: saslpasswd2 only
+DEBS = ["cyrus-common", "cyrus-imapd", "cyrus-pop3d",
+        "sasl2-bin"]  # sasl2-bin: saslpasswd2 only
 # linked by the unpacked binaries, or dlopen()ed (SASL plugins); none conflicts
 LIBS = ["libsasl2-2", "libsasl2-modules", "libsasl2-modules-db", "libdb5.3",
         "libical3", "libxapian30", "libjansson4", "libicu72", "libpcre3",
         "libwrap0", "libcom-err2", "libxml2", "libsqlite3-0", "libpq5",
         "libldap-2.5-0", "libkrb5-3", "libssl3", "zlib1g"]
 BINDIR = "usr/lib/cyrus/bin"
-NEEDED = [BINDIR + "/master", BINDIR + "/imapd", BINDIR + "/ctl_cyrusdb", "usr/sbin/saslpasswd2"]
+NEEDED = [BINDIR + "/master", BINDIR + "/imapd", BINDIR + "/pop3d", BINDIR + "/ctl_cyrusdb",
+          "usr/sbin/saslpasswd2"]
 RUN_AS = "mail"
 REALM = "localhost"
 
@@ -84,8 +94,8 @@ class Cyrus(unpack.OldServer):
     kind = "cyrus"
 
     def __init__(self, root=None, users=("alice", "bob", "carol"), port=None,
-                 unixhierarchysep=False, extra_conf=""):
-        super().__init__(root, users, port)
+                 unixhierarchysep=False, extra_conf="", pop3_port=None):
+        super().__init__(root, users, port, pop3_port)
         self.unixhierarchysep = unixhierarchysep
         self.sep = "/" if unixhierarchysep else "."
         self.extra_conf = extra_conf
@@ -144,6 +154,7 @@ START {{
 }}
 SERVICES {{
   imap cmd="{self._bin("imapd")} -C {conf}" listen="127.0.0.1:{self.port()}" prefork=1
+  pop3 cmd="{self._bin("pop3d")} -C {conf}" listen="127.0.0.1:{self.port("pop3")}" prefork=1
 }}
 EVENTS {{
 }}

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 
 CACHE = os.environ.get("FERRY_TEST_CACHE", "/var/cache/ferry-test")
 
@@ -206,7 +207,8 @@ def syslog_shim(name):
 
 class OldServer:
     """The OLD half of Sandbox, for a non-Dovecot server (subclasses:
-    cyrus.Cyrus, courier.Courier). One IMAP port on 127.0.0.1, a temp root,
+    cyrus.Cyrus, courier.Courier). An IMAP and a POP3 port on 127.0.0.1
+    (ports["imap"], ports["pop3"]; pop3() logs in there), a temp root,
     users with sandbox.password(user), a master identity, seeding from
     corpus specs and snapshots named like Dovecot OLD's.
 
@@ -218,12 +220,13 @@ class OldServer:
     kind = None
     sep = "."
 
-    def __init__(self, root=None, users=("alice", "bob", "carol"), port=None):
+    def __init__(self, root=None, users=("alice", "bob", "carol"), port=None, pop3_port=None):
         from . import sandbox
         self.created_root = root is None
         self.root = os.path.abspath(root or tempfile.mkdtemp(prefix="ferry-%s-" % self.kind))
         self.users = list(users)
-        self.ports = {"imap": port or sandbox._free_ports(1)[0]}
+        free = sandbox._free_ports(2)
+        self.ports = {"imap": port or free[0], "pop3": pop3_port or free[1]}
         self.master_user, self.master_password = sandbox.MASTER_USER, sandbox.MASTER_PASSWORD
         self._procs = []  # Popen objects of the daemons we started, in start order
         self._known = set()  # every pid seen under them (for stop)
@@ -271,26 +274,44 @@ class OldServer:
         return p
 
     def _wait_greeting(self, timeout=20):
+        """Every port (IMAP, POP3) answers with its greeting."""
         from .sandbox import SandboxError, _greets, wait_until
-        port = self.port()
+        for proto, port in self.ports.items():
+            def up():
+                if any(p.poll() is not None for p in self._procs):
+                    raise SandboxError("%s exited during start: %s" % (self.kind,
+                                                                      self.log_tail()))
+                return _greets(port)
+            wait_until(up, timeout, "%s %s greeting on port %d" % (self.kind, proto, port))
 
-        def up():
-            if any(p.poll() is not None for p in self._procs):
-                raise SandboxError("%s exited during start: %s" % (self.kind, self.log_tail()))
-            return _greets(port)
-        wait_until(up, timeout, "%s greeting on port %d" % (self.kind, port))
-
-    def stop(self, timeout=15):
+    def stop(self, timeout=15, idle_grace=1.0):
         """SIGTERM our daemons (last started first), then any process left
-        under them; SIGKILL what outlives the deadline. Only our PIDs."""
-        from .sandbox import _kill, proc_alive, wait_until
+        under them; SIGKILL what outlives the deadline. Only our PIDs.
+        A daemon still there idle_grace seconds after its last child ended
+        is SIGKILLed too: Cyrus's master, told to stop while it is starting
+        a pop3d (a POP3 session and another connection just before stop),
+        reaps every child and then spins until the deadline."""
+        from .sandbox import _descendants, _kill, proc_alive, wait_until
         procs = self.pids()
         for p in reversed(self._procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+                childless_since = []
+
+                def done():
+                    if p.poll() is not None:
+                        return True
+                    if any(map(proc_alive, _descendants(p.pid))):
+                        childless_since.clear()
+                    elif not childless_since:
+                        childless_since.append(time.monotonic())
+                    return bool(childless_since) and \
+                        time.monotonic() - childless_since[0] > idle_grace
                 try:
-                    p.wait(timeout)
-                except subprocess.TimeoutExpired:
+                    wait_until(done, timeout, "%s pid %d to exit" % (self.kind, p.pid))
+                except TimeoutError:
+                    pass
+                if p.poll() is None:
                     p.kill()
                     p.wait(5)
         procs |= self._known
@@ -343,6 +364,19 @@ class OldServer:
         # Nagle + delayed ACK each APPEND to Cyrus/Courier waits ~40 ms
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
+
+    def pop3(self, user, timeout=60):
+        """Logged-in poplib.POP3 as `user` (USER/PASS) on the POP3 port."""
+        import poplib
+        from .sandbox import password
+        pop = poplib.POP3("127.0.0.1", self.port("pop3"), timeout=timeout)
+        try:
+            pop.user(user)
+            pop.pass_(password(user))
+        except BaseException:
+            pop.close()
+            raise
+        return pop
 
     # ---- folder names ------------------------------------------------------
     def wire_name(self, name):
