@@ -2,6 +2,8 @@
 
 A test module configures its sandbox with a module-level dict, e.g.
     SANDBOX_KWARGS = {"new_plugin": False, "batch_size": 50}
+and, when its configuration needs the sandbox's root, a function
+    def sandbox_prepare(sb): ...   (called before sb.start())
 FERRY_BUILD_DIR overrides the build directory; FERRY_KEEP=1 keeps the
 sandbox directory (it is always kept when a test of the module failed)."""
 import os
@@ -18,8 +20,11 @@ def sandbox(request):
     kwargs = dict(getattr(request.module, "SANDBOX_KWARGS", {}))
     kwargs.setdefault("build_dir", BUILD_DIR)
     sb = Sandbox(**kwargs)
+    prepare = getattr(request.module, "sandbox_prepare", None)
     failed_before = request.session.testsfailed
     try:
+        if prepare is not None:
+            prepare(sb)
         sb.start()
         yield sb
     finally:

@@ -2,14 +2,13 @@
 is complete, equal to OLD through an independent client, 0 duplicates."""
 import os
 import signal
-import smtplib
 import subprocess
 import time
 
 import pytest
 
 from ferrytest import corpus
-from ferrytest.sandbox import SandboxError, wait_until
+from ferrytest.sandbox import wait_until
 from ferrytest.snapshot import compare, duplicates, snapshot
 
 BATCH = 100

@@ -4,7 +4,6 @@ Results are checked independently: OLD's own log (sessions, bodies fetched)
 and an IMAP client on both servers (snapshot.compare)."""
 import os
 import re
-import signal
 import socket
 import subprocess
 

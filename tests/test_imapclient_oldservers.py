@@ -25,25 +25,14 @@ import threading
 
 import pytest
 
-from ferrytest import corpus, courier, cyrus, unpack
+from ferrytest import corpus, courier, oldservers
 from ferrytest.imapwire import check, mailbox_arg
 from ferrytest.sandbox import BUILD_DIR, PLUGIN, Sandbox
 
 CHECK = os.path.join(BUILD_DIR, "ferry-imapcheck")
 USER = "alice"
 SEED = 11
-KINDS = ["cyrus-dot", "cyrus-slash", "courier"]
-
-
-def make_server(kind):
-    module = cyrus if kind.startswith("cyrus") else courier
-    try:
-        module.ensure_installed()
-    except unpack.Unavailable as e:
-        pytest.skip("%s packages cannot be fetched: %s" % (kind, e))
-    if kind.startswith("cyrus"):
-        return cyrus.Cyrus(users=(USER,), unixhierarchysep=kind == "cyrus-slash")
-    return courier.Courier(users=(USER,))
+KINDS = oldservers.KINDS
 
 
 class Env:
@@ -104,7 +93,7 @@ def env(request):
     """USER seeded on the OLD server and pulled completely by NEW."""
     if not os.path.exists(CHECK) or not os.path.exists(os.path.join(BUILD_DIR, PLUGIN)):
         pytest.skip("build ferry-imapcheck and the plugin first (make)")
-    srv = make_server(request.param)
+    srv = oldservers.make(request.param, users=(USER,))
     sb = Sandbox(users=(USER,), new_extra=srv.new_extra())
     failed_before = request.session.testsfailed
     setup_failed = True  # a setup error is counted only after this fixture's teardown

@@ -20,7 +20,6 @@ import hmac
 import json
 import os
 import pwd
-import shutil
 import socket
 import subprocess
 import threading
@@ -29,7 +28,7 @@ import time
 import pytest
 
 from ferrytest import corpus
-from ferrytest.sandbox import BUILD_DIR, Sandbox, wait_until
+from ferrytest.sandbox import BUILD_DIR, wait_until
 
 CHECK = os.path.join(BUILD_DIR, "ferry-imapcheck")
 SPEC = corpus.small_spec()
@@ -86,25 +85,22 @@ def old_extra(root):
             "  args = %s\n}\n" % conf)
 
 
+pytestmark = pytest.mark.skipif(not os.path.exists(CHECK),
+                                reason="build ferry-imapcheck first (make all)")
+# NEW (without the plugin) only for preflight's login check there
+SANDBOX_KWARGS = {"users": (USER, "bob"), "new_plugin": False}
+
+
+def sandbox_prepare(sb):
+    """conftest's hook: OLD's XOAUTH2 setup needs the sandbox's root."""
+    sb.old_extra = old_extra(sb.root)
+
+
 @pytest.fixture(scope="module")
-def sandbox(request):
-    """OLD with XOAUTH2 and USER seeded; NEW (without the plugin) only for
-    preflight's login check there."""
-    if not os.path.exists(CHECK):
-        pytest.skip("build ferry-imapcheck first (make all)")
-    sb = Sandbox(users=(USER, "bob"), new_plugin=False)
-    sb.old_extra = old_extra(sb.root)  # needs the root Sandbox just made
-    failed_before = request.session.testsfailed
-    try:
-        sb.start()
-        corpus.seed_old(sb, USER, SPEC)
-        yield sb
-    finally:
-        sb.stop()
-        if request.session.testsfailed == failed_before and not os.environ.get("FERRY_KEEP"):
-            shutil.rmtree(sb.root, ignore_errors=True)
-        else:
-            print("\nsandbox kept: %s" % sb.root)
+def sandbox(sandbox):
+    """conftest's sandbox (OLD with XOAUTH2), USER seeded."""
+    corpus.seed_old(sandbox, USER, SPEC)
+    return sandbox
 
 
 class Recorder:

@@ -5,11 +5,10 @@ Every check reads both servers through an independent IMAP client."""
 import os
 import re
 import socket
-import time
 
 import pytest
 
-from ferrytest import corpus, imapwire
+from ferrytest import corpus
 from ferrytest.sandbox import password
 from ferrytest.snapshot import compare, duplicates, snapshot
 

@@ -11,31 +11,17 @@ import shutil
 
 import pytest
 
-from ferrytest import corpus, courier, cyrus, unpack
+from ferrytest import corpus, oldservers
 from ferrytest.sandbox import BUILD_DIR, PLUGIN, Sandbox, port_open, proc_alive
 from ferrytest.snapshot import compare, snapshot
 
-SERVERS = {
-    "cyrus-dot": (cyrus, lambda: cyrus.Cyrus(unixhierarchysep=False)),
-    "cyrus-slash": (cyrus, lambda: cyrus.Cyrus(unixhierarchysep=True)),
-    "courier": (courier, lambda: courier.Courier()),
-}
 USER = "alice"
 
 
-def make_server(kind):
-    module, factory = SERVERS[kind]
-    try:
-        module.ensure_installed()
-    except unpack.Unavailable as e:
-        pytest.skip("%s packages cannot be fetched: %s" % (kind, e))
-    return factory()
-
-
-@pytest.fixture(scope="module", params=sorted(SERVERS))
+@pytest.fixture(scope="module", params=sorted(oldservers.KINDS))
 def seeded(request):
     """(server, spec as the server holds it, snapshot) for a seeded USER."""
-    srv = make_server(request.param)
+    srv = oldservers.make(request.param)
     failed_before = request.session.testsfailed
     try:
         srv.start()
@@ -120,9 +106,9 @@ def test_wrong_password_refused(seeded):
         imapwire.connect("127.0.0.1", srv.port(), USER, "wrong").logout()
 
 
-@pytest.mark.parametrize("kind", sorted(SERVERS))
+@pytest.mark.parametrize("kind", sorted(oldservers.KINDS))
 def test_stop_leaves_no_process(kind):
-    srv = make_server(kind)
+    srv = oldservers.make(kind)
     try:
         srv.start()
         conns = [srv.imap(USER), srv.imap(USER, master=True)]  # live sessions too
@@ -141,11 +127,11 @@ def test_stop_leaves_no_process(kind):
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(BUILD_DIR, PLUGIN)),
                     reason="the ferry plugin is not built")
-@pytest.mark.parametrize("kind", sorted(SERVERS))
+@pytest.mark.parametrize("kind", sorted(oldservers.KINDS))
 def test_ferry_migrates_from(kind):
     """NEW Dovecot with the ferry plugin pulls USER from this OLD server;
     NEW's snapshot equals OLD's (names mapped as documented)."""
-    srv = make_server(kind)
+    srv = oldservers.make(kind)
     sb = Sandbox(users=(USER,), new_extra=srv.new_extra())
     try:
         srv.start()

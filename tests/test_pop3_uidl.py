@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from ferrytest import corpus, courier, cyrus, unpack
+from ferrytest import corpus, oldservers
 from ferrytest.sandbox import BUILD_DIR, PLUGIN, Sandbox, password
 
 USER = "alice"
@@ -35,14 +35,6 @@ SPEC = dict(name="INBOX", n=30, gaps=6)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(BUILD_DIR, PLUGIN)),
                                 reason="the ferry plugin is not built")
-
-
-def make_server(module, factory):
-    try:
-        module.ensure_installed()
-    except unpack.Unavailable as e:
-        pytest.skip("%s packages cannot be fetched: %s" % (module.__name__, e))
-    return factory()
 
 
 def pop3_listing(port, user=USER):
@@ -125,7 +117,7 @@ def migrate_by_pop3(srv, sb, seed):
 
 
 def test_cyrus_uidls_kept():
-    srv = make_server(cyrus, lambda: cyrus.Cyrus(users=(USER,)))
+    srv = oldservers.make("cyrus-dot", users=(USER,))
     with old_and_new(srv, "%v.%u") as sb:
         seen = migrate_by_pop3(srv, sb, seed=11)
     # Cyrus's UIDL is UIDVALIDITY.UID of the IMAP INBOX ...
@@ -161,7 +153,7 @@ def courier_pop3_order(names):
 
 
 def test_courier_uidls_are_not_imap_uids():
-    srv = make_server(courier, lambda: courier.Courier(users=(USER,)))
+    srv = oldservers.make("courier", users=(USER,))
     with old_and_new(srv, "UID%u-%v") as sb:
         seen = migrate_by_pop3(srv, sb, seed=12)
         pop3_head, pop3, imap_head, imap = courier_files(srv)

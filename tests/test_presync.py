@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ferrytest import corpus, courier, cyrus, imapwire, unpack
+from ferrytest import corpus, oldservers
 from ferrytest.imapwire import check, mailbox_arg
 from ferrytest.sandbox import Sandbox
 from ferrytest.snapshot import compare, duplicates, snapshot
@@ -46,13 +46,7 @@ def setup(request):
     kind = request.param
     srv = None
     if kind != "dovecot":
-        module = cyrus if kind.startswith("cyrus") else courier
-        try:
-            module.ensure_installed()
-        except unpack.Unavailable as e:
-            pytest.skip("%s packages cannot be fetched: %s" % (kind, e))
-        srv = (cyrus.Cyrus(users=(USER,), unixhierarchysep=kind == "cyrus-slash")
-               if kind.startswith("cyrus") else courier.Courier(users=(USER,)))
+        srv = oldservers.make(kind, users=(USER,))
     sb = Sandbox(users=(USER,), new_userdb_extra=PRESYNC,
                  new_extra=srv.new_extra() if srv else "")
     try:

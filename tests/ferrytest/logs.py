@@ -8,11 +8,10 @@ import uuid
 
 from .sandbox import wait_until
 
-LOGIN = re.compile(r"imap-login: Info: Login: user=<([^>]*)>, auth=<([^>]*)>")
+# user, authenticating user, session id
+LOGIN = re.compile(r"imap-login: Info: Login: user=<([^>]*)>, auth=<([^>]*)>.*session=<([^>]*)>")
 LOGOUT = re.compile(r"imap\(([^)]*)\)<\d+><[^>]*>: Info: .*\bbody_count=(\d+)")
 LOGOUT_BYTES = re.compile(r"imap\(([^)]*)\)<\d+><[^>]*>: Info: .*\bbody_bytes=(\d+)")
-SESSION_LOGIN = re.compile(
-    r"imap-login: Info: Login: user=<([^>]*)>, auth=<([^>]*)>.*session=<([^>]*)>")
 SESSION_END = re.compile(
     r"imap\(([^)]*)\)<\d+><([^>]*)>: Info: (?:Disconnected|Connection closed)")
 
@@ -44,7 +43,7 @@ def peak_sessions(log_text, auth):
     Returns (peak, the log lines of the sessions open at the peak)."""
     events = []  # (stamp, is_login, session, user, line)
     for line in log_text.splitlines():
-        m = SESSION_LOGIN.search(line)
+        m = LOGIN.search(line)
         if m:
             if m.group(2) == auth:
                 events.append((_stamp(line), True, m.group(3), m.group(1), line))
