@@ -47,7 +47,7 @@ plugin: $(PLUGIN_SO) $(DOVEADM_SO)
 unit: $(UNIT_TESTS)
 	@for t in $(UNIT_TESTS); do echo "== $$t"; $$t || exit 1; done
 
-$(BUILD)/plugin/%.o: plugin/%.c plugin/ferry-plugin.h | $(BUILD)/plugin
+$(BUILD)/plugin/%.o: plugin/%.c plugin/ferry-plugin.h include/ferry-contract.h | $(BUILD)/plugin
 	$(CC) $(PLUGIN_CFLAGS) -c -o $@ $<
 
 $(BUILD)/plugin:

@@ -2,14 +2,14 @@
 # Included by the main Makefile; builds into $(BUILD)/ and honours $(SANITIZE).
 
 FERRYD_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
-                -Wmissing-prototypes -Wpointer-arith -iquote service $(SANITIZE)
+                -Wmissing-prototypes -Wpointer-arith -iquote service -iquote include $(SANITIZE)
 FERRYD_LDFLAGS = $(SANITIZE)
 FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto
 
 FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret \
               cutover cutover_check checks rekey runas
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
-FERRYD_HDRS = $(wildcard service/*.h)
+FERRYD_HDRS = $(wildcard service/*.h include/*.h)
 
 ALL_TARGETS += $(BUILD)/ferryd $(BUILD)/ferryctl
 FERRYD_UNIT = $(BUILD)/unit/test_csv $(BUILD)/unit/test_config \

@@ -2,7 +2,7 @@
 # verify -> $(BUILD)/libferry-imap.a, the ferry-imapcheck CLI, Criterion
 # unit tests, libFuzzer targets (make fuzz FUZZ_SECONDS=600).
 
-IMAPC_CFLAGS  = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -O2 -g -Iservice \
+IMAPC_CFLAGS  = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -O2 -g -Iservice -iquote include \
                 -Wall -Wextra -Werror -Wno-unused-parameter -Wmissing-prototypes \
                 -Wno-format-truncation $(SANITIZE)
 IMAPC_LDFLAGS = $(SANITIZE)
@@ -10,7 +10,7 @@ IMAPC_LIBS    = -levent_openssl -levent -lssl -lcrypto -ljansson
 
 IMAPC_SRCS = service/imap-parser.c service/imap-utf7.c service/imap-client.c \
              service/preflight.c service/verify.c
-IMAPC_HDRS = $(IMAPC_SRCS:.c=.h)
+IMAPC_HDRS = $(IMAPC_SRCS:.c=.h) include/ferry-contract.h
 IMAPC_OBJS = $(IMAPC_SRCS:service/%.c=$(BUILD)/service/%.o)
 IMAPC_LIB  = $(BUILD)/libferry-imap.a
 IMAPCHECK  = $(BUILD)/ferry-imapcheck

@@ -10,6 +10,7 @@
 #include "mail-namespace.h"
 #include "mailbox-list-iter.h"
 #include "ferry-plugin.h"
+#include "ferry-contract.h"
 
 const char *doveadm_ferry_plugin_version = DOVECOT_ABI_VERSION;
 void doveadm_ferry_plugin_init(struct module *module);
@@ -70,7 +71,7 @@ static void ferry_pull_print(const struct ferry_pull_result *res,
 	struct doveadm_mail_cmd_context *ctx = context;
 
 	doveadm_print(res->vname);
-	doveadm_print(error != NULL ? "failed" : ferry_box_state_name(res->state));
+	doveadm_print(error != NULL ? FERRY_STATE_FAILED : ferry_box_state_name(res->state));
 	doveadm_print_num(res->copied);
 	doveadm_print_num(res->renumbered);
 	doveadm_print_num(res->flag_changes);
@@ -113,15 +114,15 @@ static int ferry_cmd_pull_run(struct doveadm_mail_cmd_context *_ctx,
 static void ferry_cmd_pull_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
 				const char *const args[] ATTR_UNUSED)
 {
-	doveadm_print_header_simple("folder");
-	doveadm_print_header_simple("state");
-	doveadm_print_header_simple("copied");
-	doveadm_print_header_simple("renumbered");
-	doveadm_print_header_simple("flag_changes");
-	doveadm_print_header_simple("expunged");
-	doveadm_print_header_simple("skipped");
-	doveadm_print_header_simple("messages");
-	doveadm_print_header_simple("error");
+	doveadm_print_header_simple(FERRY_COL_FOLDER);
+	doveadm_print_header_simple(FERRY_COL_STATE);
+	doveadm_print_header_simple(FERRY_COL_COPIED);
+	doveadm_print_header_simple(FERRY_COL_RENUMBERED);
+	doveadm_print_header_simple(FERRY_COL_FLAG_CHANGES);
+	doveadm_print_header_simple(FERRY_COL_EXPUNGED);
+	doveadm_print_header_simple(FERRY_COL_SKIPPED);
+	doveadm_print_header_simple(FERRY_COL_MESSAGES);
+	doveadm_print_header_simple(FERRY_COL_ERROR);
 }
 
 static struct doveadm_mail_cmd_context *ferry_cmd_pull_alloc(void)
@@ -189,10 +190,10 @@ static int ferry_cmd_rollback_run(struct doveadm_mail_cmd_context *_ctx,
 static void ferry_cmd_rollback_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
 				    const char *const args[] ATTR_UNUSED)
 {
-	doveadm_print_header_simple("folder");
-	doveadm_print_header_simple("appended");
-	doveadm_print_header_simple("created");
-	doveadm_print_header_simple("error");
+	doveadm_print_header_simple(FERRY_COL_FOLDER);
+	doveadm_print_header_simple(FERRY_COL_APPENDED);
+	doveadm_print_header_simple(FERRY_COL_CREATED);
+	doveadm_print_header_simple(FERRY_COL_ERROR);
 }
 
 static struct doveadm_mail_cmd_context *ferry_cmd_rollback_alloc(void)
@@ -284,14 +285,14 @@ static int ferry_cmd_status_run(struct doveadm_mail_cmd_context *_ctx,
 static void ferry_cmd_status_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
 				  const char *const args[] ATTR_UNUSED)
 {
-	doveadm_print_header_simple("folder");
-	doveadm_print_header_simple("state");
-	doveadm_print_header_simple("old");
-	doveadm_print_header_simple("local");
-	doveadm_print_header_simple("uidvalidity");
-	doveadm_print_header_simple("old_uidvalidity");
-	doveadm_print_header_simple("copied");
-	doveadm_print_header_simple("renumbered");
+	doveadm_print_header_simple(FERRY_COL_FOLDER);
+	doveadm_print_header_simple(FERRY_COL_STATE);
+	doveadm_print_header_simple(FERRY_COL_OLD);
+	doveadm_print_header_simple(FERRY_COL_LOCAL);
+	doveadm_print_header_simple(FERRY_COL_UIDVALIDITY);
+	doveadm_print_header_simple(FERRY_COL_OLD_UIDVALIDITY);
+	doveadm_print_header_simple(FERRY_COL_COPIED);
+	doveadm_print_header_simple(FERRY_COL_RENUMBERED);
 }
 
 static struct doveadm_mail_cmd_context *ferry_cmd_status_alloc(void)

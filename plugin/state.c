@@ -14,6 +14,7 @@
 #include "mail-namespace.h"
 #include "mailbox-list.h"
 #include "ferry-plugin.h"
+#include "ferry-contract.h"
 
 #include <stdio.h>
 #include <unistd.h>
@@ -70,13 +71,13 @@ const char *ferry_box_state_name(enum ferry_box_state state)
 {
 	switch (state) {
 	case FERRY_BOX_UNKNOWN:
-		return "new";
+		return FERRY_STATE_NEW;
 	case FERRY_BOX_PENDING:
-		return "partial";
+		return FERRY_STATE_PARTIAL;
 	case FERRY_BOX_COMPLETE:
-		return "complete";
+		return FERRY_STATE_COMPLETE;
 	case FERRY_BOX_LOCAL:
-		return "local";
+		return FERRY_STATE_LOCAL;
 	}
 	return "?";
 }

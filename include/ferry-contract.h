@@ -1,0 +1,55 @@
+/* The contract between the ferry plugin (plugin/) and ferryd (service/):
+   what both sides must spell the same way. Plain C, no Dovecot or libevent
+   types: it is included by both. Documented in docs/design.md ("doveadm
+   ferry") and docs/ferryd.md. */
+#ifndef FERRY_CONTRACT_H
+#define FERRY_CONTRACT_H
+
+/* doveadm ferry commands as the doveadm HTTP API names them */
+#define FERRY_CMD_PULL "ferryPull"
+#define FERRY_CMD_SYNC "ferrySync"
+#define FERRY_CMD_STATUS "ferryStatus"
+#define FERRY_CMD_ROLLBACK "ferryRollback"
+
+/* userdb field ferry_phase */
+#define FERRY_PHASE_PRESYNC "presync"
+#define FERRY_PHASE_CUTOVER "cutover"
+
+/* Folder states, as the state column of pull, sync and status prints them */
+#define FERRY_STATE_NEW "new"
+#define FERRY_STATE_PARTIAL "partial"
+#define FERRY_STATE_COMPLETE "complete"
+#define FERRY_STATE_LOCAL "local"      /* made on the new server */
+#define FERRY_STATE_FAILED "failed"    /* pull/sync: this pass failed */
+/* status only: an old folder that is not migrated (folder column empty) */
+#define FERRY_STATE_EXCLUDED "excluded" /* ferry_exclude* matched it */
+#define FERRY_STATE_SKIPPED "skipped"   /* its name cannot be made here */
+
+/* doveadm ferry status columns, in this order */
+#define FERRY_COL_FOLDER "folder"       /* the new server's name ("" for an
+					   old folder that is not migrated) */
+#define FERRY_COL_STATE "state"
+#define FERRY_COL_OLD "old"             /* messages on the old server */
+#define FERRY_COL_LOCAL "local"         /* messages here */
+#define FERRY_COL_UIDVALIDITY "uidvalidity"
+#define FERRY_COL_OLD_UIDVALIDITY "old_uidvalidity"
+#define FERRY_COL_COPIED "copied"
+#define FERRY_COL_RENUMBERED "renumbered"
+/* The old server's name of this folder exactly as its LIST shows it
+   (prefix and separator included), UTF-8; "" for a folder made here. The
+   one answer to "old folder X is new folder Y": verification uses it. */
+#define FERRY_COL_OLD_FOLDER "old_folder"
+#define FERRY_COL_REASON "reason"       /* why excluded or skipped */
+
+/* doveadm ferry pull and sync columns (folder, state as above) */
+#define FERRY_COL_FLAG_CHANGES "flag_changes"
+#define FERRY_COL_EXPUNGED "expunged"
+#define FERRY_COL_SKIPPED "skipped"
+#define FERRY_COL_MESSAGES "messages"
+#define FERRY_COL_ERROR "error"
+
+/* doveadm ferry rollback columns (folder, error as above) */
+#define FERRY_COL_APPENDED "appended"
+#define FERRY_COL_CREATED "created"
+
+#endif
