@@ -123,7 +123,12 @@ int ferry_old_body_fetch(struct mailbox *obox, uint32_t uid, uoff_t size,
 	if (fetch.fd == -1)
 		return -1;
 	ferry_body_current = &fetch;
-	while (ret == 0 && fetch.offset < size) {
+	/* Ranges are asked for until the server sends a short one (the end of
+	   the body), not until the announced RFC822.SIZE: a server that
+	   under-reports it would otherwise give a silently short copy. Past
+	   the announced size nothing more is fetched: the sizes disagree
+	   already. */
+	while (ret == 0) {
 		struct imapc_simple_context sctx;
 		struct imapc_command *cmd;
 		uoff_t start = fetch.offset;
@@ -145,13 +150,24 @@ int ferry_old_body_fetch(struct mailbox *obox, uint32_t uid, uoff_t size,
 			*error_r = t_strdup_printf("UID FETCH %u: %s", uid,
 						   fetch.error);
 			ret = -1;
-		} else if (!fetch.got_range || fetch.offset == start) {
-			/* expunged meanwhile, or shorter than RFC822.SIZE */
+		} else if (!fetch.got_range ||
+			   fetch.offset - start < FERRY_BODY_RANGE ||
+			   fetch.offset > size) {
+			/* the end of the body, expunged meanwhile, or more
+			   than announced */
 			break;
 		}
 	}
 	ferry_body_current = NULL;
 	i_free(fetch.error);
+	if (ret == 0 && fetch.offset != 0 && fetch.offset != size) {
+		/* nothing of it is saved: the folder fails naming it */
+		*error_r = t_strdup_printf("UID %u: the old server announced "
+			"RFC822.SIZE %"PRIuUOFF_T" but sent %s%"PRIuUOFF_T
+			" bytes of the body; not copied", uid, size,
+			fetch.offset > size ? "at least " : "", fetch.offset);
+		ret = -1;
+	}
 	if (ret < 0 || lseek(fetch.fd, 0, SEEK_SET) < 0) {
 		if (ret == 0)
 			*error_r = t_strdup_printf("lseek(temp file) failed: %m");

@@ -441,12 +441,17 @@ static int ferry_pull_copy_big(struct ferry_pull *pull, struct mail *mail,
 		if (mailbox_save_continue(save) < 0)
 			ret = -1;
 	}
-	if (ret == 0 && input->stream_errno != 0) {
+	if (ret == 0 && (input->stream_errno != 0 || input->v_offset != size)) {
+		/* what is saved must be all that was fetched */
+		const char *error = input->stream_errno != 0 ?
+			t_strdup(i_stream_get_error(input)) : t_strdup_printf(
+			"saved %"PRIuUOFF_T" of %"PRIuUOFF_T" bytes",
+			input->v_offset, size);
 		mailbox_save_cancel(&save);
 		i_stream_unref(&input);
 		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE,
 			t_strdup_printf("reading old UID %u: %s", mail->uid,
-					i_stream_get_error(input)));
+					error));
 	}
 	if (ret == 0 && mailbox_save_finish(&save) < 0)
 		ret = -1;

@@ -248,3 +248,36 @@ def test_ferryd_client_preflight(hostile, scenario):
         assert code != 0 and "parse error" in out + err, out + err
     if scenario == "huge-literal":  # only sizes are read: the claim is shown
         assert "1099511627776" in out, out
+
+
+# ---- a size the server under-reports ---------------------------------------------
+
+def test_under_reported_size_fails_the_folder_naming_the_message(hostile, pulls):
+    """short-size: INBOX's large message has an RFC822.SIZE smaller than the
+    body the server sends. The folder fails with an error naming the folder
+    and the UID, nothing of that message is saved, and the user's other
+    folder is migrated (a failed folder does not stop the others)."""
+    sb, _ = hostile
+    user = _user("short-size")
+    r = pulls["short-size"]
+    assert r["code"] != 0, r["out"]
+    from ferrytest.hostile import SHORT_ANNOUNCED, SHORT_BODY_SIZE
+    failed = re.search(r"ferry: folder=INBOX event=failed copied=0 error=(.*)", r["err"])
+    assert failed, r["err"]
+    assert ("UID 1: the old server announced RFC822.SIZE %d but sent at least"
+            % SHORT_ANNOUNCED) in failed.group(1), failed.group(1)
+    rows = {}
+    for line in sb.doveadm("new", "-f", "tab", "ferry", "status", "-u", user).stdout.splitlines()[1:]:
+        f = line.split("\t")
+        rows[f[0]] = f
+    assert rows["INBOX"][1] in ("new", "partial") and rows["INBOX"][3] == "0", rows
+    assert rows["Other"][1] == "complete" and rows["Other"][3] == "1", rows
+    # nothing truncated anywhere in the user's mail: no file holds its subject
+    home = sb.home("new", user)
+    for d, _, files in os.walk(home):
+        for n in files:
+            with open(os.path.join(d, n), "rb") as fh:
+                assert b"Subject: under-reported" not in fh.read(), os.path.join(d, n)
+    got = sb.doveadm("new", "fetch", "-u", user, "text", "mailbox", "Other", "all").stdout
+    assert "Message-ID: <other-1@hostile>" in got and "small body" in got, got
+    assert SHORT_BODY_SIZE > SHORT_ANNOUNCED

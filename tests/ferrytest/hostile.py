@@ -21,16 +21,35 @@ FETCH/UID FETCH, SEARCH, NOOP, CLOSE/UNSELECT, LOGOUT). Scenarios:
                 then the server falls silent
   endless-line  INBOX with one message; the FETCH response is one line that
                 never ends (STREAM_CAP bytes, then silence)
+  short-size    INBOX with one large message (SHORT_BODY_SIZE bytes) whose
+                RFC822.SIZE is under-reported (SHORT_ANNOUNCED); Other with
+                one small, truthful message. FETCH answers FLAGS,
+                INTERNALDATE, RFC822.SIZE, BODY[] and BODY[]<offset.length>
 
 Every name that would be a path escape contains ESCAPE_MARK, so a test can
 look for it anywhere on the filesystem.
 """
+import re
 import socket
 import threading
 
 ESCAPE_MARK = "ferry-escape"
 STREAM_CAP = 256 << 20  # bytes sent for the 1 TiB literal / the endless line
 TIB = 1 << 40
+# short-size: the real body and the smaller size announced for it (both
+# above ferry_big_message_size, so the body is fetched in ranges)
+SHORT_BODY_SIZE = (3 << 20) + 4321
+SHORT_ANNOUNCED = (3 << 20) // 2
+SHORT_OTHER_BODY = (b"From: a@example.com\r\nTo: b@example.com\r\n"
+                    b"Subject: truthful\r\nMessage-ID: <other-1@hostile>\r\n\r\nsmall body\r\n")
+
+
+def short_big_body():
+    head = (b"From: a@example.com\r\nTo: b@example.com\r\nSubject: under-reported\r\n"
+            b"Message-ID: <big-1@hostile>\r\n\r\n")
+    line = b"y" * 70 + b"\r\n"
+    body = head + line * ((SHORT_BODY_SIZE - len(head)) // len(line) + 1)
+    return body[:SHORT_BODY_SIZE - 2] + b"\r\n"
 CAPS = b"IMAP4rev1 LITERAL+ SASL-IR ID ENABLE NAMESPACE UIDPLUS AUTH=PLAIN"
 
 
@@ -55,7 +74,8 @@ def _names_slash():
     ]
 
 
-SCENARIOS = ("names-slash", "names-dot", "deep", "many", "huge-literal", "endless-line")
+SCENARIOS = ("names-slash", "names-dot", "deep", "many", "huge-literal", "endless-line",
+             "short-size")
 
 
 def _quote(name):
@@ -92,9 +112,13 @@ class HostileServer:
             return ["INBOX"] + ["/".join(["d"] * k) for k in range(1, 1001)]
         if self.scenario == "many":
             return ["INBOX"] + ["f%06d" % i for i in range(100000)]
+        if self.scenario == "short-size":
+            return ["INBOX", "Other"]
         return ["INBOX"]
 
     def messages(self, box):
+        if self.scenario == "short-size":
+            return 1 if box in ("INBOX", "Other") else 0
         return 1 if self.scenario in ("huge-literal", "endless-line") and box == "INBOX" else 0
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -247,6 +271,8 @@ class HostileServer:
             return True
         up = arg.upper()
         wants_body = b"BODY" in up or b"RFC822 " in up or up.endswith(b"RFC822)")
+        if self.scenario == "short-size":
+            return self._fetch_short(conn, tag, up, selected)
         if self.scenario == "huge-literal":
             if not wants_body:
                 conn.sendall(b"* 1 FETCH (UID 1 FLAGS (\\Seen) RFC822.SIZE %d "
@@ -258,6 +284,28 @@ class HostileServer:
         # endless-line: the first FETCH answer never ends its line
         conn.sendall(b'* 1 FETCH (UID 1 FLAGS (\\Seen) X-FERRY-HOSTILE "')
         return self._stream(conn, b"a" * (1 << 20))
+
+    def _fetch_short(self, conn, tag, up, selected):
+        """UID 1 of the selected folder, with the items asked for; INBOX's
+        RFC822.SIZE under-reported."""
+        body = short_big_body() if selected == "INBOX" else SHORT_OTHER_BODY
+        size = SHORT_ANNOUNCED if selected == "INBOX" else len(body)
+        out = b"* 1 FETCH (UID 1"
+        if b"FLAGS" in up:
+            out += b" FLAGS (\\Seen)"
+        if b"RFC822.SIZE" in up:
+            out += b" RFC822.SIZE %d" % size
+        if b"INTERNALDATE" in up:
+            out += b' INTERNALDATE "01-Jan-2024 00:00:00 +0000"'
+        ranged = re.search(rb"BODY(?:\.PEEK)?\[\]<(\d+)\.(\d+)>", up)
+        if ranged:
+            off, n = int(ranged.group(1)), int(ranged.group(2))
+            part = body[off:off + n]
+            out += b" BODY[]<%d> {%d}\r\n%s" % (off, len(part), part)
+        elif re.search(rb"BODY(?:\.PEEK)?\[\]|RFC822(?![.])", up):
+            out += b" BODY[] {%d}\r\n%s" % (len(body), body)
+        conn.sendall(out + b")\r\n" + tag + b" OK done\r\n")
+        return True
 
     def _stream(self, conn, chunk):
         """Send chunk until STREAM_CAP (per session), then stay silent until
