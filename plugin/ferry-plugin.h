@@ -112,6 +112,12 @@ void ferry_old_list_created(struct mailbox_list *list);
 int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 		       const char **error_r);
 
+/* old-status.c: STATUS of a folder not complete yet, from the old server.
+   1: status_r filled; 0: an item is not equal by construction (complete
+   the folder first); -1: the old server failed (error_r). */
+int ferry_old_status(struct mailbox *box, enum mailbox_status_items items,
+		     struct mailbox_status *status_r, const char **error_r);
+
 /* map.c: folder names, old <-> new (excludes, renames, special use,
    separators) */
 const char *ferry_old_name(struct mail_user *user, struct mail_user *old,

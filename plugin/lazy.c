@@ -96,12 +96,26 @@ static int ferry_box_get_status(struct mailbox *box,
 				struct mailbox_status *status_r)
 {
 	struct ferry_mailbox *fbox = FERRY_BOX_CONTEXT(box);
+	const char *error;
+	int ret;
 
-	/* counts may only be shown once they are true: open (and so pull)
-	   instead of answering from the list index */
-	if (!box->opened && ferry_lazy_active(box->storage->user) &&
-	    mailbox_open(box) < 0)
-		return -1;
+	if (!box->opened && ferry_lazy_active(box->storage->user)) {
+		/* the items equal by construction come from the old server's
+		   STATUS; the others are only shown once they are true, so
+		   the folder is completed (opened) first */
+		if (ferry_lazy_tree(box) < 0)
+			return -1;
+		ret = ferry_old_status(box, items, status_r, &error);
+		if (ret < 0) {
+			mail_storage_set_error(box->storage, MAIL_ERROR_UNAVAILABLE,
+					       ferry_user_error(box->vname, error));
+			return -1;
+		}
+		if (ret > 0)
+			return 0;
+		if (mailbox_open(box) < 0)
+			return -1;
+	}
 	return fbox->module_ctx.super.get_status(box, items, status_r);
 }
 

@@ -605,10 +605,13 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 				mres.first_missing_uid));
 		}
 	}
-	/* Expunged old UIDs stay reserved: a new message may not take one. */
+	/* Expunged old UIDs stay reserved: a new message may not take one.
+	   The copies are not \Recent: the user has seen them on the old
+	   server, and STATUS answered from there says RECENT 0. */
 	if (pull->keep_uids) {
 		i_zero(&update);
 		update.min_next_uid = pull->ost.uidnext;
+		update.min_first_recent_uid = pull->ost.uidnext;
 		if (mailbox_update(pull->box, &update) < 0)
 			return ferry_pull_fail_local(pull, "raising UIDNEXT");
 	}

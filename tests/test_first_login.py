@@ -1,0 +1,87 @@
+"""First login of a never-migrated user (issue 19): STATUS of a folder that
+is not complete is answered from OLD's STATUS for the items equal by
+construction, and what it shows never changes when the folder completes;
+any other item completes the folder first. Checked with an independent
+client (imaplib) against both servers."""
+import re
+
+from ferrytest import corpus
+from ferrytest.imapwire import check, quote
+from ferrytest.snapshot import _list
+
+SANDBOX_KWARGS = {"users": ("sweep", "modseq")}
+
+ITEMS = "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN RECENT)"
+
+
+def _status(conn, wire, items=ITEMS):
+    data = check(conn.status(quote(wire), items), "STATUS")
+    text = data[0].decode()
+    return {k: int(v) for k, v in re.findall(r"([A-Z-]+) (\d+)", text.split("(", 1)[1])}
+
+
+def _sweep(conn):
+    """What a desktop client does at login: LIST, then STATUS of every folder."""
+    return {wire: _status(conn, wire) for wire, _, selectable in _list(conn, "LIST")
+            if selectable}
+
+
+def _folder_states(sandbox, user):
+    out = sandbox.doveadm("new", "-f", "tab", "ferry", "status", "-u", user).stdout
+    rows = [l.split("\t") for l in out.splitlines()[1:] if l]
+    return {r[0]: r[1] for r in rows}
+
+
+def test_status_sweep_then_select_counts_never_change(sandbox):
+    spec = corpus.small_spec(seed=19)
+    corpus.seed_old(sandbox, "sweep", spec)
+    old = sandbox.imap("old", "sweep")
+    want = _sweep(old)
+    old.logout()
+    for st in want.values():  # NEW shows RECENT 0 once copied (the copy claims it)
+        st["RECENT"] = 0
+
+    conn = sandbox.imap("new", "sweep")
+    first = _sweep(conn)
+    assert first == {w.replace(".", "/"): v for w, v in want.items()}
+    # answered without copying: no folder is complete yet
+    states = _folder_states(sandbox, "sweep")
+    assert "complete" not in states.values(), states
+
+    typ, data = conn.select("INBOX")
+    assert typ == "OK", data
+    assert int(data[0]) == first["INBOX"]["MESSAGES"]
+    assert int(conn.untagged_responses["UIDNEXT"][0]) == first["INBOX"]["UIDNEXT"]
+    assert int(conn.untagged_responses["UIDVALIDITY"][0]) == first["INBOX"]["UIDVALIDITY"]
+    unseen = check(conn.uid("SEARCH", "UNSEEN"))[0].split()
+    assert len(unseen) == first["INBOX"]["UNSEEN"]
+    assert _states_of(sandbox, "sweep")["INBOX"] == "complete"
+    # the same sweep after INBOX completed, and after every folder did
+    assert _sweep(conn) == first
+    sandbox.doveadm("new", "ferry", "pull", "-u", "sweep")
+    assert set(_folder_states(sandbox, "sweep").values()) <= {"complete", "local"}
+    assert _sweep(conn) == first
+    conn.logout()
+    conn = sandbox.imap("new", "sweep")
+    assert _sweep(conn) == first
+    conn.logout()
+
+
+def _states_of(sandbox, user):
+    return _folder_states(sandbox, user)
+
+
+def test_status_with_highestmodseq_completes_first(sandbox):
+    spec = corpus.folder_spec("Mods", n=40, seed=20)
+    corpus.seed_old(sandbox, "modseq", spec)
+    conn = sandbox.imap("new", "modseq")
+    _list(conn, "LIST")
+    # equal by construction: answered from OLD, nothing copied
+    assert _status(conn, "Mods", "(MESSAGES UIDNEXT)")["MESSAGES"] == 40
+    assert _folder_states(sandbox, "modseq")["Mods"] != "complete"
+    st = _status(conn, "Mods", "(MESSAGES HIGHESTMODSEQ)")
+    assert _folder_states(sandbox, "modseq")["Mods"] == "complete"
+    assert st["MESSAGES"] == 40 and st["HIGHESTMODSEQ"] > 0
+    # SIZE is NEW's own number too
+    assert _status(conn, "INBOX", "(MESSAGES)")["MESSAGES"] == 0
+    conn.logout()
