@@ -86,6 +86,10 @@ struct ferry_box_hdr {
 	uint32_t rolled_back_upto;
 	/* messages not copied: over ferry_max_message_size */
 	uint32_t skipped;
+	/* rollback under way: the old folder's UIDNEXT before its first
+	   APPEND (0: none interrupted). A message whose APPEND was cut off
+	   before its answer is looked for at or above it. */
+	uint32_t rollback_old_uidnext;
 };
 
 /* state.c */

@@ -2,8 +2,9 @@
    on the new server after its folder was copied (UID at or above the old
    UIDNEXT recorded at completion), and every folder made on the new server,
    is appended to the old server through the same imapc session, with flags,
-   keywords and INTERNALDATE. The header records how far this went, so a
-   repeated rollback appends nothing twice; a folder touched here is marked
+   keywords and INTERNALDATE. The header records how far this went after
+   every APPEND, so a repeated rollback, or one re-run after it was cut
+   off, appends nothing twice; a folder touched here is marked
    so that the next presync pass copies it again from the old server, which
    is the truth again. */
 
@@ -39,8 +40,75 @@ static int ferry_rollback_open_old(struct mailbox *obox, bool *created_r,
 	return 0;
 }
 
+/* Whether the old folder already holds this message at or above
+   since_uid: its APPEND was sent by an interrupted rollback whose answer
+   never came. Same INTERNALDATE, size and Message-ID. */
+static int ferry_rollback_on_old(struct mailbox *obox, struct mail *mail,
+				 uint32_t since_uid, bool *found_r,
+				 const char **error_r)
+{
+	struct mailbox_transaction_context *ot;
+	struct mail_search_args *args;
+	struct mail_search_arg *arg;
+	struct mail_search_context *search;
+	struct mail *omail;
+	const char *msgid, *omsgid;
+	time_t date, odate;
+	uoff_t size, osize;
+	int ret = 0;
+
+	*found_r = FALSE;
+	if (mail_get_received_date(mail, &date) < 0 ||
+	    mail_get_virtual_size(mail, &size) < 0 ||
+	    mail_get_first_header(mail, "Message-ID", &msgid) < 0) {
+		*error_r = t_strdup_printf("reading UID %u: %s", mail->uid,
+			mailbox_get_last_internal_error(mail->box, NULL));
+		return -1;
+	}
+	/* the old server's view after the interrupted session */
+	if (mailbox_sync(obox, 0) < 0) {
+		*error_r = t_strdup_printf("old server: %s",
+			mailbox_get_last_internal_error(obox, NULL));
+		return -1;
+	}
+	ot = mailbox_transaction_begin(obox, 0, "ferry rollback check");
+	args = mail_search_build_init();
+	arg = mail_search_build_add(args, SEARCH_UIDSET);
+	p_array_init(&arg->value.seqset, args->pool, 1);
+	seq_range_array_add_range(&arg->value.seqset, since_uid, (uint32_t)-1);
+	search = mailbox_search_init(ot, args, NULL, MAIL_FETCH_RECEIVED_DATE |
+				     MAIL_FETCH_PHYSICAL_SIZE, NULL);
+	mail_search_args_unref(&args);
+	while (!*found_r && mailbox_search_next(search, &omail)) {
+		if (omail->uid < since_uid)
+			continue;
+		/* RFC822.SIZE counts CRLFs, as the local virtual size */
+		if (mail_get_received_date(omail, &odate) < 0 ||
+		    mail_get_physical_size(omail, &osize) < 0 ||
+		    mail_get_first_header(omail, "Message-ID", &omsgid) < 0) {
+			ret = -1;
+			break;
+		}
+		*found_r = odate == date && osize == size &&
+			null_strcmp(msgid, omsgid) == 0;
+	}
+	if (mailbox_search_deinit(&search) < 0)
+		ret = -1;
+	(void)mailbox_transaction_commit(&ot);
+	if (ret < 0) {
+		*error_r = t_strdup_printf("old server: %s",
+			mailbox_get_last_internal_error(obox, NULL));
+	}
+	return ret;
+}
+
+/* Appends the local messages from first_uid on. Progress is recorded after
+   every APPEND (imapc sends each one as it is saved, so OLD holds it from
+   then on): a rollback cut off anywhere is re-run without appending
+   anything twice. The message whose APPEND was in flight when it was cut
+   off is looked for on OLD before it is sent again. */
 static int ferry_rollback_append(struct mailbox *box, struct mailbox *obox,
-				 uint32_t first_uid, uint32_t *last_uid_r,
+				 struct ferry_box_hdr *hdr, uint32_t first_uid,
 				 unsigned int *appended_r, const char **error_r)
 {
 	struct mailbox_transaction_context *t, *ot;
@@ -48,12 +116,24 @@ static int ferry_rollback_append(struct mailbox *box, struct mailbox *obox,
 	struct mail_search_arg *arg;
 	struct mail_search_context *search;
 	struct mail_save_context *save;
+	struct mailbox_status ost;
 	struct mail *mail;
+	bool check_first = hdr->rollback_old_uidnext != 0;
 	int ret = 0;
 
+	if (!check_first) {
+		if (mailbox_get_status(obox, STATUS_UIDNEXT, &ost) < 0) {
+			*error_r = t_strdup_printf("old server: %s",
+				mailbox_get_last_internal_error(obox, NULL));
+			return -1;
+		}
+		hdr->rollback_old_uidnext = I_MAX(ost.uidnext, 1);
+		if (ferry_box_hdr_write(box, hdr) < 0) {
+			*error_r = mailbox_get_last_internal_error(box, NULL);
+			return -1;
+		}
+	}
 	t = mailbox_transaction_begin(box, 0, "ferry rollback");
-	ot = mailbox_transaction_begin(obox, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
-				       "ferry rollback");
 	args = mail_search_build_init();
 	arg = mail_search_build_add(args, SEARCH_UIDSET);
 	p_array_init(&arg->value.seqset, args->pool, 1);
@@ -64,29 +144,50 @@ static int ferry_rollback_append(struct mailbox *box, struct mailbox *obox,
 				     MAIL_FETCH_STREAM_BODY, NULL);
 	mail_search_args_unref(&args);
 	while (ret == 0 && mailbox_search_next(search, &mail)) {
-		save = mailbox_save_alloc(ot);
-		mailbox_save_copy_flags(save, mail);
-		if (mailbox_copy(&save, mail) < 0) {
-			*error_r = t_strdup_printf("APPEND of UID %u to the "
-				"old server: %s", mail->uid,
-				mailbox_get_last_internal_error(obox, NULL));
-			ret = -1;
-			break;
+		bool found = FALSE;
+
+		if (check_first) {
+			check_first = FALSE;
+			ret = ferry_rollback_on_old(obox, mail,
+				hdr->rollback_old_uidnext, &found, error_r);
+			if (ret < 0)
+				break;
+			if (found) {
+				i_info(FERRY_LOG_PREFIX "folder=%s "
+				       "event=rollback-resumed uid=%u: already "
+				       "on the old server (its APPEND was cut "
+				       "off before the answer)",
+				       mailbox_get_vname(box), mail->uid);
+			}
 		}
-		*last_uid_r = mail->uid;
-		(*appended_r)++;
+		if (!found) {
+			ot = mailbox_transaction_begin(obox,
+				MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+				"ferry rollback");
+			save = mailbox_save_alloc(ot);
+			mailbox_save_copy_flags(save, mail);
+			if (mailbox_copy(&save, mail) < 0 ||
+			    mailbox_transaction_commit(&ot) < 0) {
+				*error_r = t_strdup_printf("APPEND of UID %u to "
+					"the old server: %s", mail->uid,
+					mailbox_get_last_internal_error(obox, NULL));
+				if (ot != NULL)
+					mailbox_transaction_rollback(&ot);
+				ret = -1;
+				break;
+			}
+			(*appended_r)++;
+		}
+		hdr->rolled_back_upto = mail->uid;
+		if (ferry_box_hdr_write(box, hdr) < 0) {
+			*error_r = mailbox_get_last_internal_error(box, NULL);
+			ret = -1;
+		}
 	}
 	if (mailbox_search_deinit(&search) < 0 && ret == 0) {
 		*error_r = mailbox_get_last_internal_error(box, NULL);
 		ret = -1;
 	}
-	if (ret == 0 && mailbox_transaction_commit(&ot) < 0) {
-		*error_r = t_strdup_printf("old server: %s",
-			mailbox_get_last_internal_error(obox, NULL));
-		ret = -1;
-	}
-	if (ot != NULL)
-		mailbox_transaction_rollback(&ot);
 	mailbox_transaction_rollback(&t);
 	return ret;
 }
@@ -101,7 +202,7 @@ static int ferry_rollback_folder(struct mail_user *user, const char *vname,
 	struct mail_user *old;
 	struct mailbox *box, *obox = NULL;
 	const char *error = NULL;
-	uint32_t first, last = 0;
+	uint32_t first;
 	int ret = 0;
 
 	i_zero(&res);
@@ -146,15 +247,14 @@ static int ferry_rollback_folder(struct mail_user *user, const char *vname,
 							      &error);
 			}
 			if (ret == 0 && first != 0)
-				ret = ferry_rollback_append(box, obox, first, &last,
+				ret = ferry_rollback_append(box, obox, &hdr, first,
 							    &res.appended, &error);
 			if (ret == 0) {
-				if (last != 0)
-					hdr.rolled_back_upto = last;
 				/* the old server is the truth again: the next
 				   presync pass copies this folder anew */
 				hdr.state = FERRY_BOX_COMPLETE;
 				hdr.old_uidvalidity = 0;
+				hdr.rollback_old_uidnext = 0;
 				if (ferry_box_hdr_write(box, &hdr) < 0) {
 					error = mailbox_get_last_internal_error(box, NULL);
 					ret = -1;

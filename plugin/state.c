@@ -32,8 +32,8 @@ void ferry_box_hdr_parse(const void *data, size_t size,
 			 struct ferry_box_hdr *hdr_r)
 {
 	i_zero(hdr_r);
-	/* an older, shorter header (written before rolled_back_upto or
-	   skipped existed) reads with its new fields zero; a longer one (a
+	/* an older, shorter header (written before rolled_back_upto,
+	   skipped or rollback_old_uidnext existed) reads with its new fields zero; a longer one (a
 	   newer version) with the fields this one knows */
 	if (size > 0)
 		memcpy(hdr_r, data, I_MIN(size, sizeof(*hdr_r)));
