@@ -7,7 +7,7 @@ FERRYD_LDFLAGS = $(SANITIZE)
 FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto
 
 FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret \
-              cutover cutover_check checks rekey runas
+              cutover cutover_check checks rekey runas pathcheck
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
 FERRYD_HDRS = $(wildcard service/*.h include/*.h)
 

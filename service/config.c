@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -80,6 +81,29 @@ static int parse_int(const char *v, int min, int max, int *out)
 	return 0;
 }
 
+/* yes/no, true/false, 1/0 (any case): every boolean setting */
+static int parse_bool(const char *v, int *out)
+{
+	static const char *const t[] = { "yes", "true", "1" }, *const f[] = { "no", "false", "0" };
+
+	for (size_t i = 0; i < 3; i++) {
+		if (strcasecmp(v, t[i]) == 0 || strcasecmp(v, f[i]) == 0) {
+			*out = strcasecmp(v, t[i]) == 0;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static int *bool_key(struct ferry_config *cfg, const char *key)
+{
+	if (strcmp(key, "allow_root") == 0)
+		return &cfg->allow_root;
+	if (strcmp(key, "verify_after_pull") == 0)
+		return &cfg->verify_after_pull;
+	return NULL;
+}
+
 /* "host:port" */
 static int parse_addr(const char *v, char **host, int *port)
 {
@@ -110,7 +134,6 @@ static const struct int_key int_keys[] = {
 	IK(drain_timeout, 0, 3600),
 	IK(max_body, 1024, 1 << 30),
 	IK(tick_ms, 10, 60000),
-	IK(verify_after_pull, 0, 1),
 	IK(check_timeout, 1, 86400),
 };
 
@@ -158,6 +181,7 @@ static int parse_line(char *line, int lineno, const char *name,
 {
 	char *key, *value, *eq, *hash;
 	char **sp;
+	int *bp;
 	size_t i;
 
 	if ((hash = strchr(line, '#')) != NULL)
@@ -185,11 +209,10 @@ static int parse_line(char *line, int lineno, const char *name,
 		cfg->new_tls = strdup(value);
 		return 0;
 	}
-	if (strcmp(key, "allow_root") == 0) {
-		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0)
-			return config_fail(err_r, "%s:%d: allow_root: expected yes or no, got \"%s\"",
-				    name, lineno, value);
-		cfg->allow_root = value[0] == 'y';
+	if ((bp = bool_key(cfg, key)) != NULL) {
+		if (parse_bool(value, bp) < 0)
+			return config_fail(err_r, "%s:%d: %s: expected yes or no (true/false, 1/0),"
+				    " got \"%s\"", name, lineno, key, value);
 		return 0;
 	}
 	if (strcmp(key, "verify_sample") == 0) {
@@ -290,26 +313,35 @@ int config_load(const char *path, struct ferry_config *cfg, char **err_r)
 }
 
 static uid_t secret_owner = (uid_t)-1;
+static gid_t secret_group = (gid_t)-1;
 
-void config_secret_owner(uid_t uid)
+void config_secret_owner(uid_t uid, gid_t gid)
 {
 	secret_owner = uid;
+	secret_group = gid;
 }
 
-/* Only the owner may access it, and the owner is ferryd's user or root:
-   anyone else able to replace or read the file holds the secret. */
+/* Nobody else may access it: the owner is ferryd's user or root, and the
+   group may only read it when it is ferryd's own group (root:ferry 0640, as
+   the packages install them: ferryd reads, only root writes). Anyone else
+   able to replace or read the file holds the secret. */
 static int private_ok(FILE *f, const char *path, char **err_r)
 {
 	uid_t me = secret_owner != (uid_t)-1 ? secret_owner : geteuid();
+	gid_t my_gid = secret_group != (gid_t)-1 ? secret_group : getegid();
 	struct stat sb;
+	mode_t group;
 
 	if (fstat(fileno(f), &sb) < 0)
 		return config_fail(err_r, "%s: %s", path, strerror(errno));
-	if ((sb.st_mode & 077) != 0 || (sb.st_uid != me && sb.st_uid != 0))
-		return config_fail(err_r, "%s: mode %04o, owner uid %u: a secret file must be"
-			    " accessible by its owner only (chmod 600) and belong to"
-			    " ferryd's user (uid %u) or root", path,
-			    (unsigned)(sb.st_mode & 07777), (unsigned)sb.st_uid, (unsigned)me);
+	group = sb.st_mode & 070;
+	if ((sb.st_mode & 007) != 0 || (sb.st_uid != me && sb.st_uid != 0) ||
+	    (group != 0 && (group != 040 || sb.st_gid != my_gid || my_gid == 0)))
+		return config_fail(err_r, "%s: mode %04o, owner uid %u, group gid %u: a secret file"
+			    " must be accessible by its owner only (chmod 600) or also readable by"
+			    " ferryd's group (gid %u, chmod 640), and belong to ferryd's user"
+			    " (uid %u) or root", path, (unsigned)(sb.st_mode & 07777),
+			    (unsigned)sb.st_uid, (unsigned)sb.st_gid, (unsigned)my_gid, (unsigned)me);
 	return 0;
 }
 

@@ -51,12 +51,14 @@ void config_free(struct ferry_config *cfg);
    string without the newline. */
 char *config_read_secret(const char *path, char **err_r);
 /* The same for ferryd's own secret files: refused (naming the file, its
-   mode and owner) unless only its owner can access it and the owner is
-   ferryd's user or root. */
+   mode and owner) unless the owner is ferryd's user or root, others have
+   no access and the group none, or read only when it is ferryd's group
+   (not root's). */
 char *config_read_private(const char *path, char **err_r);
-/* ferryd's user for config_read_private (default: the effective uid);
-   set before a privilege drop, while files are still read as root. */
-void config_secret_owner(uid_t uid);
+/* ferryd's user and group for config_read_private (default: the
+   effective ids); set before a privilege drop, while files are still read
+   as root. */
+void config_secret_owner(uid_t uid, gid_t gid);
 /* *err_r = the formatted message (malloc'd); returns -1 */
 int config_fail(char **err_r, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

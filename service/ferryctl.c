@@ -36,29 +36,125 @@ static void die(const char *fmt, ...)
 	exit(1);
 }
 
+/* One entry per command: `ferryctl help CMD`, `ferryctl CMD --help` and the
+   error of a command line it does not understand print it (ferryctl(8)). */
+struct cmd_help {
+	const char *name, *synopsis, *text;
+};
+
+static const struct cmd_help cmd_helps[] = {
+	{ "import", "import FILE.csv",
+	  "Imports users from an imapsync-like CSV (checked whole: one bad line, nothing\n"
+	  "imported). Columns: docs/ferryd.md, \"The users CSV\".\n" },
+	{ "wave", "wave create NAME [--start-after TIME] [--window HH:MM-HH:MM]\n"
+		  "wave add NAME USER...",
+	  "Creates a wave (a team migrated together), optionally not before TIME and\n"
+	  "only inside a daily window; adds users to it.\n" },
+	{ "start", "start [--wave W]", "Starts the bulk copy of every wave, or of one.\n" },
+	{ "pause", "pause [USER | --wave W]",
+	  "Pauses a user, a wave or (nothing given) everything; pulls in flight finish.\n" },
+	{ "resume", "resume [USER | --wave W]", "Undoes pause.\n" },
+	{ "sync", "sync USER", "Queues a copy pass of one user now (presync refresh).\n" },
+	{ "status", "status [--wave W] [USER] [--json] [--once]",
+	  "Progress by wave and user; live on a terminal, once otherwise or with --once.\n" },
+	{ "log", "log [--user U] [--wave W] [--since TIME] [--limit N] [--json]",
+	  "The migration log (one entry per event).\n" },
+	{ "cutover", "cutover --wave W [--at TIME|+10m] [--force] [--max-age 24h] [--settle 35s] [--no-wait]",
+	  "Routes a wave's users to the new server in one transaction after its prechecks\n"
+	  "(docs/routing.md); waits for the final pass unless --no-wait.\n" },
+	{ "rollback", "rollback --wave W [--settle 35s] [--no-wait]",
+	  "Routes a cut-over wave back to the old server and appends there what arrived\n"
+	  "on the new one meanwhile.\n" },
+	{ "route", "route [USER | --wave W] [--json]\n"
+		   "route config [--new-transport T] [--endpoint HOST[:PORT] [--pop3-port N] [--transport T]]",
+	  "Shows where users are routed; `route config` sets the Postfix nexthops and\n"
+	  "the old POP3 port per old endpoint.\n" },
+	{ "preflight", "preflight USER | --wave W [--json] [--no-wait] [--show] [--timeout S]",
+	  "Checks logins and folder lists on both servers before copying.\n" },
+	{ "verify", "verify USER [--json] [--no-wait] [--show] [--timeout S]",
+	  "Compares a user's folders, UIDs, flags and (sampled) bodies on both servers.\n" },
+	{ "endpoint", "endpoint HOST[:PORT] --old-prefix PREFIX",
+	  "Sets the old server's namespace prefix for an endpoint.\n" },
+	{ "help", "help [COMMAND]", "This text, or one command's.\n" },
+};
+#define N_CMDS (sizeof(cmd_helps) / sizeof(cmd_helps[0]))
+
+static const char *cur_cmd;  /* the command being parsed (for bad()) */
+
+static const struct cmd_help *find_cmd(const char *name)
+{
+	for (size_t i = 0; i < N_CMDS; i++)
+		if (strcmp(cmd_helps[i].name, name) == 0)
+			return &cmd_helps[i];
+	return NULL;
+}
+
+/* each form of a synopsis on its own line, after lead */
+static void print_forms(FILE *out, const char *lead, const char *synopsis)
+{
+	const char *p = synopsis, *nl;
+
+	while ((nl = strchr(p, '\n')) != NULL) {
+		fprintf(out, "%s%.*s\n", lead, (int)(nl - p), p);
+		p = nl + 1;
+	}
+	fprintf(out, "%s%s\n", lead, p);
+}
+
+static void print_usage(FILE *out)
+{
+	fprintf(out, "usage: ferryctl [-c CONFIG] [--api HOST:PORT] [--token-file FILE] COMMAND\n");
+	for (size_t i = 0; i < N_CMDS; i++)
+		print_forms(out, "  ", cmd_helps[i].synopsis);
+	fprintf(out, "`ferryctl help COMMAND` or `ferryctl COMMAND --help`: one command; man ferryctl\n");
+}
+
 static void usage(void)
 {
-	fprintf(stderr,
-		"usage: ferryctl [-c CONFIG] [--api HOST:PORT] [--token-file FILE] COMMAND\n"
-		"  import FILE.csv\n"
-		"  wave create NAME [--start-after TIME] [--window HH:MM-HH:MM]\n"
-		"  wave add NAME USER...\n"
-		"  start [--wave W]\n"
-		"  pause [USER | --wave W]      (nothing: everything)\n"
-		"  resume [USER | --wave W]\n"
-		"  sync USER\n"
-		"  status [--wave W] [USER] [--json] [--once]\n"
-		"  log [--user U] [--wave W] [--since TIME] [--limit N] [--json]\n"
-		"  cutover --wave W [--at TIME|+10m] [--force] [--max-age 24h] [--settle 35s]\n"
-		"          [--no-wait]\n"
-		"  rollback --wave W [--settle 35s] [--no-wait]\n"
-		"  route [USER | --wave W] [--json]\n"
-		"  preflight USER | --wave W [--json] [--no-wait] [--show] [--timeout S]\n"
-		"  verify USER [--json] [--no-wait] [--show] [--timeout S]\n"
-		"  endpoint HOST[:PORT] --old-prefix PREFIX\n"
-		"  route config [--new-transport T] [--endpoint HOST[:PORT] [--pop3-port N]\n"
-		"               [--transport T]]\n");
+	print_usage(stderr);
 	exit(2);
+}
+
+static void print_cmd_help(FILE *out, const struct cmd_help *h)
+{
+	fprintf(out, "usage:\n");
+	print_forms(out, "  ferryctl [OPTIONS] ", h->synopsis);
+	fprintf(out, "\n%s", h->text);
+}
+
+/* A command line the command does not understand: name the word, show the
+   command's usage. */
+static void bad(const char *arg)
+{
+	const char *cmd = cur_cmd != NULL ? cur_cmd : "";
+	const struct cmd_help *h = find_cmd(cmd);
+
+	if (arg != NULL)
+		fprintf(stderr, "ferryctl %s: \"%s\": unknown option, unexpected argument or"
+			" missing value\n", cmd, arg);
+	else
+		fprintf(stderr, "ferryctl %s: missing or conflicting arguments\n", cmd);
+	if (h != NULL) {
+		fprintf(stderr, "usage:\n");
+		print_forms(stderr, "  ferryctl [OPTIONS] ", h->synopsis);
+	}
+	exit(2);
+}
+
+static void help_main(const char *name)
+{
+	const struct cmd_help *h;
+
+	if (name == NULL) {
+		print_usage(stdout);
+		exit(0);
+	}
+	if ((h = find_cmd(name)) == NULL) {
+		fprintf(stderr, "ferryctl: unknown command \"%s\"\n", name);
+		usage();
+	}
+	print_cmd_help(stdout, h);
+	exit(0);
 }
 
 /* ---- HTTP ---------------------------------------------------------------- */
@@ -99,8 +195,11 @@ static void add_query(char *path, size_t len, const char *key, const char *value
 }
 
 /* returns the JSON answer of a 2xx; dies with the server's message otherwise */
+static void setup_once(void);
+
 static json_t *call(const char *method, const char *path, json_t *body)
 {
+	setup_once();
 	struct resp r = { 0 };
 	struct evhttp_connection *evcon;
 	struct evhttp_request *req;
@@ -195,6 +294,16 @@ static void setup(const char *conf, const char *api, const char *token_file)
 	config_free(&cfg);
 }
 
+/* the configuration and token are read when the command line is understood
+   (a mistake in it is reported first) */
+static const char *opt_conf, *opt_api, *opt_token_file;
+
+static void setup_once(void)
+{
+	if (token == NULL)
+		setup(opt_conf, opt_api, opt_token_file);
+}
+
 /* ---- commands ------------------------------------------------------------ */
 
 static void cmd_import(int argc, char **argv)
@@ -207,7 +316,7 @@ static void cmd_import(int argc, char **argv)
 	json_t *body;
 
 	if (argc != 2)
-		usage();
+		bad(NULL);
 	if ((f = fopen(argv[1], "r")) == NULL)
 		die("%s: cannot open: %m", argv[1]);
 	while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
@@ -224,6 +333,7 @@ static void cmd_import(int argc, char **argv)
 	body = json_pack("{s:s}", "csv", text);
 	if (body == NULL)
 		die("%s: not UTF-8 text", argv[1]);
+	setup_once();
 	if (max_body > 0) {
 		char *dump = json_dumps(body, JSON_COMPACT);
 		size_t blen = strlen(dump);
@@ -261,7 +371,7 @@ static void cmd_wave(int argc, char **argv)
 			else if (strcmp(argv[i], "--window") == 0 && i + 1 < argc)
 				json_object_set_new(body, "window", json_string(argv[++i]));
 			else
-				usage();
+				bad(argv[i]);
 		}
 		j = call("POST", "/v1/wave/create", body);
 		printf("wave %s created\n", argv[2]);
@@ -273,7 +383,7 @@ static void cmd_wave(int argc, char **argv)
 							   "users", users));
 		printf("%d users added to wave %s\n", argc - 3, argv[2]);
 	} else
-		usage();
+		bad(NULL);
 	json_decref(j);
 }
 
@@ -288,10 +398,10 @@ static json_t *target_body(int argc, char **argv)
 		else if (argv[i][0] != '-' && json_object_get(body, "user") == NULL)
 			json_object_set_new(body, "user", json_string(argv[i]));
 		else
-			usage();
+			bad(argv[i]);
 	}
 	if (json_object_get(body, "user") != NULL && json_object_get(body, "wave") != NULL)
-		usage();
+		bad(NULL);
 	return body;
 }
 
@@ -304,9 +414,9 @@ static void cmd_simple(int argc, char **argv)
 	char path[64], scope[600];
 
 	if (strcmp(what, "start") == 0 && user != NULL)
-		usage();
+		bad(NULL);
 	if (strcmp(what, "sync") == 0 && user == NULL)
-		usage();
+		bad(NULL);
 	snprintf(scope, sizeof(scope), "%s%s", user != NULL ? "user " : wave != NULL ?
 		 "wave " : "everything", user != NULL ? user : wave != NULL ? wave : "");
 	snprintf(path, sizeof(path), "/v1/%s", what);
@@ -476,7 +586,7 @@ static void cmd_status(int argc, char **argv)
 		else if (argv[i][0] != '-' && user == NULL)
 			user = argv[i];
 		else
-			usage();
+			bad(argv[i]);
 	}
 	add_query(path, sizeof(path), "wave", wave);
 	add_query(path, sizeof(path), "user", user);
@@ -547,7 +657,7 @@ static void cmd_log(int argc, char **argv)
 		else if (strcmp(argv[k], "--json") == 0)
 			json = 1;
 		else
-			usage();
+			bad(argv[k]);
 	}
 	add_query(path, sizeof(path), "user", user);
 	add_query(path, sizeof(path), "wave", wave);
@@ -659,10 +769,10 @@ static void cmd_cutover(int argc, char **argv)
 			} else
 				json_object_set_new(body, "at", json_string(t));
 		} else
-			usage();
+			bad(argv[i]);
 	}
 	if (wave == NULL)
-		usage();
+		bad(NULL);
 	json_object_set_new(body, "wave", json_string(wave));
 	j = call("POST", rollback ? "/v1/rollback" : "/v1/cutover", body);
 	if (strcmp(jstr(j, "state"), "scheduled") == 0) {
@@ -696,7 +806,7 @@ static void cmd_route(int argc, char **argv)
 		json_t *body = json_object();
 		for (int k = 2; k < argc; k++) {
 			if (k + 1 >= argc)
-				usage();
+				bad(argv[k]);
 			if (strcmp(argv[k], "--new-transport") == 0)
 				json_object_set_new(body, "new_transport", json_string(argv[++k]));
 			else if (strcmp(argv[k], "--endpoint") == 0)
@@ -706,7 +816,7 @@ static void cmd_route(int argc, char **argv)
 			else if (strcmp(argv[k], "--pop3-port") == 0)
 				json_object_set_new(body, "pop3_port", json_integer(atoi(argv[++k])));
 			else
-				usage();
+				bad(argv[k]);
 		}
 		json_decref(call("POST", "/v1/route/config", body));
 		printf("routing configured\n");
@@ -720,7 +830,7 @@ static void cmd_route(int argc, char **argv)
 		else if (argv[k][0] != '-')
 			add_query(path, sizeof(path), "user", argv[k]);
 		else
-			usage();
+			bad(argv[k]);
 	}
 	j = call("GET", path, NULL);
 	if (json) {
@@ -800,14 +910,14 @@ static void cmd_check(int argc, char **argv)
 		else if (argv[k][0] != '-' && user == NULL)
 			user = argv[k];
 		else
-			usage();
+			bad(argv[k]);
 	}
 	if ((user == NULL) == (wave == NULL))
-		usage();
+		bad(NULL);
 	if (show) {  /* the stored report, without running again */
 		char path[600] = "/v1/check";
 		if (user == NULL)
-			usage();
+			bad(NULL);
 		add_query(path, sizeof(path), "user", user);
 		add_query(path, sizeof(path), "kind", kind);
 		j = call("GET", path, NULL);
@@ -847,7 +957,7 @@ static void cmd_endpoint(int argc, char **argv)
 	json_t *body = json_object();
 
 	if (argc != 4 || strcmp(argv[2], "--old-prefix") != 0)
-		usage();
+		bad(NULL);
 	json_object_set_new(body, "endpoint", json_string(argv[1]));
 	json_object_set_new(body, "old_prefix", json_string(argv[3]));
 	json_decref(call("POST", "/v1/endpoint", body));
@@ -866,13 +976,31 @@ int main(int argc, char **argv)
 			api = argv[++i];
 		else if (strcmp(argv[i], "--token-file") == 0 && i + 1 < argc)
 			token_file = argv[++i];
-		else
+		else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+			help_main(NULL);
+		else {
+			fprintf(stderr, "ferryctl: \"%s\": unknown option or missing value\n",
+				argv[i]);
 			usage();
+		}
 	}
 	if (i >= argc)
 		usage();
+	/* help needs neither the configuration nor the token */
+	if (strcmp(argv[i], "help") == 0)
+		help_main(i + 1 < argc ? argv[i + 1] : NULL);
+	if (find_cmd(argv[i]) == NULL) {
+		fprintf(stderr, "ferryctl: unknown command \"%s\"\n", argv[i]);
+		usage();
+	}
+	cur_cmd = argv[i];
+	for (int k = i + 1; k < argc; k++)
+		if (strcmp(argv[k], "--help") == 0 || strcmp(argv[k], "-h") == 0)
+			help_main(argv[i]);
 	signal(SIGPIPE, SIG_IGN);
-	setup(conf, api, token_file);
+	opt_conf = conf;
+	opt_api = api;
+	opt_token_file = token_file;
 	argc -= i;
 	argv += i;
 	if (strcmp(argv[0], "import") == 0)
@@ -896,7 +1024,8 @@ int main(int argc, char **argv)
 		cmd_endpoint(argc, argv);
 	else
 		usage();
-	explicit_bzero(token, strlen(token));
+	if (token != NULL)
+		explicit_bzero(token, strlen(token));
 	free(token);
 	return 0;
 }

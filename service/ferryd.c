@@ -9,6 +9,7 @@
    in flight, exit. SIGHUP: reload the configuration. Started as root it
    drops to `user` once the socket and files are open (runas.h). */
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/event.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -27,6 +28,7 @@
 #include "dispatch.h"
 #include "doveadm.h"
 #include "evlog.h"
+#include "pathcheck.h"
 #include "rekey.h"
 #include "runas.h"
 #include "scheduler.h"
@@ -285,7 +287,8 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	d->cfg.tick_ms = nc.tick_ms;
 	config_free(&nc);
 	if (evlog_open(d->cfg.log_file) < 0)
-		evlog("error", "reload", "error", "cannot open log_file", NULL);
+		evlog("error", "reload", "error", "cannot open log_file", "reason", strerror(errno),
+		      NULL);
 	api_reconfigure(d->api, &d->cfg);
 	tv.tv_sec = d->cfg.tick_ms / 1000;
 	tv.tv_usec = (d->cfg.tick_ms % 1000) * 1000;
@@ -358,18 +361,33 @@ static void keep_store_files(struct runas *ra, const char *db)
 	runas_keep(ra, path, 0);
 }
 
-/* state_db's directory, created if missing (mode 0700: umask 077) */
+/* state_db's directory and file, created if missing: 2770 and 0660, the
+   group of ferryd's user. Dovecot's auth and Postfix read the routing views
+   as members of that group, and SQLite in WAL mode needs them to create and
+   write the -shm file (SQLite gives -wal/-shm the database's mode). */
 static int make_db_dir(const char *db, char **err_r)
 {
 	char *copy = strdup(db), *dir = dirname(copy);
-	int ret = 0;
+	int ret = 0, fd;
 
-	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+	if (mkdir(dir, 0770) == 0)
+		ret = chmod(dir, 02770);
+	else if (errno != EEXIST)
+		ret = -1;
+	if (ret < 0) {
 		if (asprintf(err_r, "state_db directory %s: %s", dir, strerror(errno)) < 0)
 			*err_r = NULL;
-		ret = -1;
+		free(copy);
+		return -1;
 	}
 	free(copy);
+	if ((fd = open(db, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0660)) >= 0) {
+		ret = fchmod(fd, 0660);
+		close(fd);
+	} else if (errno != EEXIST)
+		ret = -1;
+	if (ret < 0 && asprintf(err_r, "state_db %s: %s", db, strerror(errno)) < 0)
+		*err_r = NULL;
 	return ret;
 }
 
@@ -457,9 +475,10 @@ int main(int argc, char **argv)
 
 	memset(&d, 0, sizeof(d));
 	memset(&ra, 0, sizeof(ra));
-	/* the store, its WAL and the log hold the migration's state and
-	   encrypted passwords: owner only, whatever the caller's umask */
-	umask(077);
+	/* the log and whatever else ferryd creates: its user writes, its
+	   group reads, nobody else, whatever the caller's umask (the state
+	   database's own modes: make_db_dir) */
+	umask(027);
 	while ((opt = getopt_long(argc, argv, "c:th", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c': d.conf_path = optarg; break;
@@ -487,7 +506,7 @@ int main(int argc, char **argv)
 	}
 	/* files read as root before the drop may belong to the user already */
 	if (ra.drop)
-		config_secret_owner(ra.uid);
+		config_secret_owner(ra.uid, ra.gid);
 	if (rekey_file != NULL) {
 		ret = rekey_main(d.conf_path, &d.cfg, &ra, rekey_file);
 		runas_free(&ra);
@@ -503,6 +522,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (test) {
+		if (pathcheck_run(&d.cfg, &ra, stderr) > 0) {
+			fprintf(stderr, "ferryd: configuration %s: the files above are not usable by"
+				" ferryd's user\n", d.conf_path);
+			runas_free(&ra);
+			config_free(&d.cfg);
+			return 1;
+		}
 		printf("ferryd: configuration %s is valid\n", d.conf_path);
 		runas_free(&ra);
 		config_free(&d.cfg);
@@ -510,7 +536,8 @@ int main(int argc, char **argv)
 	}
 	runas_keep(&ra, d.cfg.log_file, 0);
 	if (evlog_open(d.cfg.log_file) < 0) {
-		fprintf(stderr, "ferryd: cannot open log_file %s\n", d.cfg.log_file);
+		fprintf(stderr, "ferryd: cannot open log_file %s: %s\n", d.cfg.log_file,
+			strerror(errno));
 		runas_free(&ra);
 		config_free(&d.cfg);
 		return 1;

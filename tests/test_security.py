@@ -133,13 +133,17 @@ def test_no_secret_in_logs_outputs_or_answers(sandbox, run):
 
 
 def test_files_created_by_ferryd_are_private(run):
+    """Nothing for others. The state database and its -wal/-shm: 0660 (the
+    routing readers, members of ferryd's group, write -shm); the rest: 0640
+    at most (umask 027)."""
     fd = run["fd"]
     mine = {fd.token_file, fd.key_file, fd.conf_path, fd.out_path, fd.path("secret.key")}
     created = [p for p in glob.glob(os.path.join(fd.dir, "*")) if p not in mine]
     assert fd.db_path in created and fd.log_path in created
-    loose = {p: oct(stat.S_IMODE(os.stat(p).st_mode)) for p in created
-             if stat.S_IMODE(os.stat(p).st_mode) & 0o077}
-    assert loose == {}
+    modes = {p: stat.S_IMODE(os.stat(p).st_mode) for p in created}
+    db = {p for p in created if p.startswith(fd.db_path)}
+    assert {p: oct(m) for p, m in modes.items() if p in db and m != 0o660} == {}
+    assert {p: oct(m) for p, m in modes.items() if p not in db and m & 0o027} == {}
 
 
 def test_admin_api_refuses_wrong_or_missing_token(run):
@@ -276,14 +280,18 @@ def test_root_start_drops_to_user(sandbox, run_user):
         # a preflight: the key read as root before the drop, the child as the user
         r = fd.ctl("preflight", "sec1", check=False, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
-        for p in (state_dir, fd.db_path, fd.db_path + "-wal", fd.db_path + "-shm",
-                  fd.log_path):
+        for p, mode in ((state_dir, 0o2770), (fd.db_path, 0o660),
+                        (fd.db_path + "-wal", 0o660), (fd.db_path + "-shm", 0o660),
+                        (fd.log_path, 0o640)):
             st = os.stat(p)
-            assert (p, st.st_uid, stat.S_IMODE(st.st_mode) & 0o077) == (p, run_user.pw_uid, 0)
+            assert ((p, st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode))) ==
+                    (p, run_user.pw_uid, run_user.pw_gid, oct(mode)))
 
-        # SIGHUP re-reads the secret files as the user: give them to it
+        # SIGHUP re-reads the secret files as the user: the packages' layout,
+        # root-owned and readable by ferryd's group (root:ferry 0640)
         for p in (fd.token_file, fd.key_file, fd.settings["secret_key_file"]):
-            os.chown(p, run_user.pw_uid, -1)
+            os.chown(p, 0, run_user.pw_gid)
+            os.chmod(p, 0o640)
         fd.hup()
         wait_until(lambda: any(e.get("event") == "reloaded" for e in fd.events()), 10,
                    "reloaded (log reopened as the user)")
@@ -329,13 +337,48 @@ def test_loose_secret_file_refused(sandbox, run_user, setting):
     outputs += r.stdout + r.stderr
     assert r.returncode == 1
     assert "%s: mode 0600, owner uid %d" % (alien, run_user.pw_uid) in r.stderr
-    # the same file is fine once ferryd runs as that user (checked before the drop)
+    # the same file is fine once ferryd runs as that user (checked before the
+    # drop; the state directory does not exist yet: ferryd would create it)
     r = ferryd_run(fd, "-t", conf=fd.write_conf(fd.path("user.conf"), user=RUN_USER,
+                                                state_db=fd.path("state-u/ferryd.db"),
                                                 **{setting: alien}))
     outputs += r.stdout + r.stderr
     assert r.returncode == 0, r.stderr
     assert not os.path.exists(fd.db_path)
     assert text not in outputs  # the secret itself is in no message
+
+
+def test_config_check_names_paths_the_user_cannot_use(sandbox, run_user):
+    """ferryd -t checks as ferryd's user what a start and a SIGHUP need: the
+    log and state paths writable, the secret files readable, and says why."""
+    fd = Ferryd(sandbox, name="ferryd-pathcheck")
+    locked = fd.path("locked")  # root's, 0700: the user cannot enter it
+    os.makedirs(locked, mode=0o700, exist_ok=True)
+    open(os.path.join(locked, "ferryd.log"), "a").close()
+    conf = fd.write_conf(fd.path("pc.conf"), user=RUN_USER,
+                         log_file=os.path.join(locked, "ferryd.log"),
+                         state_db=os.path.join(locked, "state.db"))
+    r = ferryd_run(fd, "-t", conf=conf)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "is valid" not in r.stdout
+    assert ("error: log_file %s/ferryd.log: not accessible by user %s: "
+            "Permission denied" % (locked, RUN_USER)) in r.stderr, r.stderr
+    assert ("error: state_db directory %s: not writable by user %s: Permission denied"
+            % (locked, RUN_USER)) in r.stderr, r.stderr
+    # root-only secrets: a start works (read before the drop), a reload would not
+    assert "warning: api_token_file %s: not readable by user %s" % (
+        fd.token_file, RUN_USER) in r.stderr and "SIGHUP reload will fail" in r.stderr
+    # the same files given to the user's group: valid, no warning
+    os.chown(locked, 0, run_user.pw_gid)
+    os.chmod(locked, 0o770)
+    os.chmod(os.path.join(locked, "ferryd.log"), 0o660)
+    os.chown(os.path.join(locked, "ferryd.log"), 0, run_user.pw_gid)
+    for p in (fd.token_file, fd.key_file):
+        os.chown(p, 0, run_user.pw_gid)
+        os.chmod(p, 0o640)
+    r = ferryd_run(fd, "-t", conf=conf)
+    assert r.returncode == 0 and "is valid" in r.stdout, r.stdout + r.stderr
+    assert "warning" not in r.stderr, r.stderr
 
 
 # ---- key rotation ---------------------------------------------------------------

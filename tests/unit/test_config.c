@@ -67,3 +67,28 @@ Test(config, load_requires_files)
 	free(err);
 	config_free(&c);
 }
+
+Test(config, booleans_take_yes_no_true_false_1_0)
+{
+	static const struct { const char *v; int want; } cases[] = {
+		{ "yes", 1 }, { "no", 0 }, { "true", 1 }, { "false", 0 }, { "1", 1 },
+		{ "0", 0 }, { "Yes", 1 }, { "FALSE", 0 },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct ferry_config c;
+		char *err = NULL, text[128];
+
+		config_defaults(&c);
+		c.verify_after_pull = c.allow_root = !cases[i].want;
+		snprintf(text, sizeof(text), "verify_after_pull = %s\nallow_root = %s\n",
+			 cases[i].v, cases[i].v);
+		cr_assert_eq(config_parse(text, "t", &c, &err), 0, "%s: %s", cases[i].v, err);
+		cr_assert_eq(c.verify_after_pull, cases[i].want, "verify_after_pull = %s", cases[i].v);
+		cr_assert_eq(c.allow_root, cases[i].want, "allow_root = %s", cases[i].v);
+		config_free(&c);
+	}
+	expect_error("verify_after_pull = maybe\n",
+		     "ferryd.conf:1: verify_after_pull: expected yes or no (true/false, 1/0), got \"maybe\"");
+	expect_error("allow_root = 2\n", "allow_root: expected yes or no");
+}
