@@ -9,7 +9,8 @@ IMAPC_LDFLAGS = $(SANITIZE)
 IMAPC_LIBS    = -levent_openssl -levent -lssl -lcrypto -ljansson
 
 IMAPC_SRCS = service/imap-parser.c service/imap-utf7.c service/imap-client.c \
-             service/preflight.c service/verify.c
+             service/preflight.c service/verify.c \
+             service/managesieve.c service/sieve.c
 IMAPC_HDRS = $(IMAPC_SRCS:.c=.h) include/ferry-contract.h
 IMAPC_OBJS = $(IMAPC_SRCS:service/%.c=$(BUILD)/service/%.o)
 IMAPC_LIB  = $(BUILD)/libferry-imap.a

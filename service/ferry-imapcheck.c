@@ -1,6 +1,10 @@
 /* ferry-imapcheck: preflight and verification from the command line, for
  * tests and admins until ferryd/ferryctl drive them.
  *
+ *   ferry-imapcheck sieve --user U --old-host H --old-port 4190 --new-host H
+ *       --new-port 4190 [--map FILE] [--old-prefix P] [--keep-new] (same options)
+ *   ferry-imapcheck sieve-activate --user U --old-host H --old-port P --name S
+ *       (rollback: S becomes the old server's active script; "" for none)
  *   ferry-imapcheck preflight|verify --user U --old-host H --old-port P
  *       [--new-host H --new-port P] [--{old,new}-tls none|imaps|starttls]
  *       [--{old,new}-ca-file F] [--{old,new}-tls-name N] [--{old,new}-tls-insecure]
@@ -20,6 +24,7 @@
 #include <openssl/crypto.h>
 
 #include "preflight.h"
+#include "sieve.h"
 #include "verify.h"
 
 static void usage(void)
@@ -33,6 +38,8 @@ static void usage(void)
 		"  --timeout-ms N  --sample FRACTION  --sample-seed N  --folder NAME\n"
 		"  --old-prefix P  (verify: strip the old server's folder prefix, e.g. INBOX.)\n"
 		"  --text (text report instead of JSON)  --json FILE (also write JSON there)\n"
+		"  sieve: --map FILE (lines OLD<TAB>NEW: folder names, from doveadm ferry\n"
+		"       status) --keep-new; sieve-activate: --name SCRIPT\n"
 		"  credentials file lines: old=SECRET new=SECRET\n");
 	exit(2);
 }
@@ -98,6 +105,43 @@ static char *read_secrets(const char *path, char **old_secret, char **new_secret
 	return buf;
 }
 
+/* OLD<TAB>NEW per line (UTF-8 folder names); kept for the process's life */
+static int read_map(const char *path, struct sieve_folder_map *map)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL) {
+		fprintf(stderr, "ferry-imapcheck: cannot open folder map %s\n", path);
+		return -1;
+	}
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	unsigned lineno = 0;
+	while ((n = getline(&line, &cap, f)) >= 0) {
+		lineno++;
+		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+			line[--n] = '\0';
+		if (n == 0)
+			continue;
+		char *tab = strchr(line, '\t');
+		if (tab == NULL) {
+			fprintf(stderr, "ferry-imapcheck: %s:%u: expected OLD<TAB>NEW\n", path, lineno);
+			fclose(f);
+			free(line);
+			return -1;
+		}
+		*tab = '\0';
+		map->old_names = realloc(map->old_names, (map->n + 1) * sizeof(char *));
+		map->new_names = realloc(map->new_names, (map->n + 1) * sizeof(char *));
+		map->old_names[map->n] = strdup(line);
+		map->new_names[map->n] = strdup(tab + 1);
+		map->n++;
+	}
+	free(line);
+	fclose(f);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct imap_client_settings old = {.label = "old", .log = log_cb},
@@ -109,13 +153,20 @@ int main(int argc, char **argv)
 	if (argc < 2)
 		usage();
 	const char *mode = argv[1];
-	if (strcmp(mode, "preflight") != 0 && strcmp(mode, "verify") != 0)
+	if (strcmp(mode, "preflight") != 0 && strcmp(mode, "verify") != 0 &&
+	    strcmp(mode, "sieve") != 0 && strcmp(mode, "sieve-activate") != 0)
 		usage();
+	const char *map_path = NULL, *script_name = NULL;
+	struct sieve_migrate_options sopt = {0};
 	for (int i = 2; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (strcmp(a, "--text") == 0) {
 			text = 1;
+			continue;
+		}
+		if (strcmp(a, "--keep-new") == 0) {
+			sopt.keep_new = 1;
 			continue;
 		}
 		if (strcmp(a, "--old-tls-insecure") == 0 || strcmp(a, "--new-tls-insecure") == 0) {
@@ -139,6 +190,10 @@ int main(int argc, char **argv)
 			vopt.sample_seed = (unsigned)atoi(v);
 		else if (strcmp(a, "--folder") == 0)
 			vopt.only_folder = v;
+		else if (strcmp(a, "--map") == 0)
+			map_path = v;
+		else if (strcmp(a, "--name") == 0)
+			script_name = v;
 		else if (strcmp(a, "--old-prefix") == 0)
 			vopt.old_prefix = v;
 		else if (strncmp(a, "--old-", 6) == 0 && set_side(&old, a + 6, v) == 0)
@@ -151,7 +206,8 @@ int main(int argc, char **argv)
 		}
 	}
 	if (user == NULL || old.host == NULL || cred == NULL ||
-	    (strcmp(mode, "verify") == 0 && new.host == NULL))
+	    ((strcmp(mode, "verify") == 0 || strcmp(mode, "sieve") == 0) && new.host == NULL) ||
+	    (strcmp(mode, "sieve-activate") == 0 && script_name == NULL))
 		usage();
 	char *old_secret = NULL, *new_secret = NULL;
 	char *secrets = read_secrets(cred, &old_secret, &new_secret);
@@ -170,9 +226,24 @@ int main(int argc, char **argv)
 	char err[2048] = "";
 	json_t *report;
 	int passed;
+	if (strcmp(mode, "sieve-activate") == 0) {
+		int r = ferry_sieve_set_active(&old, script_name, err, sizeof(err));
+		OPENSSL_cleanse(secrets, 8192);
+		if (r < 0) {
+			fprintf(stderr, "ferry-imapcheck: sieve-activate: %s\n", err);
+			return 2;
+		}
+		return 0;
+	}
 	if (strcmp(mode, "preflight") == 0) {
 		report = ferry_preflight(&old, new.host ? &new : NULL, NULL, err, sizeof(err));
 		passed = report && ferry_preflight_passed(report);
+	} else if (strcmp(mode, "sieve") == 0) {
+		struct sieve_folder_map map = {.old_prefix = vopt.old_prefix};
+		if (map_path != NULL && read_map(map_path, &map) < 0)
+			return 2;
+		report = ferry_sieve_migrate(&old, &new, &map, &sopt, err, sizeof(err));
+		passed = report && ferry_sieve_passed(report);
 	} else {
 		report = ferry_verify(&old, &new, &vopt, err, sizeof(err));
 		passed = report && ferry_verify_passed(report);
@@ -188,6 +259,7 @@ int main(int argc, char **argv)
 	}
 	if (text) {
 		char *t = strcmp(mode, "preflight") == 0 ? ferry_preflight_text(report)
+			  : strcmp(mode, "sieve") == 0   ? ferry_sieve_text(report)
 							 : ferry_verify_text(report);
 		fputs(t ? t : "", stdout);
 		free(t);

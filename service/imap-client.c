@@ -77,6 +77,7 @@ struct imap_client {
 };
 
 static void next_login_step(struct imap_client *c);
+static void flatten_code(const struct imap_node *code, char *out, size_t cap);
 static void on_read(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 
@@ -283,11 +284,115 @@ static void flatten_code(const struct imap_node *code, char *out, size_t cap)
 	}
 }
 
+/* The final response of cmd (already unlinked from the queue). */
+static int finish_cmd(struct imap_client *c, struct cmd *cmd, const struct imap_response *r)
+{
+	c->npending--;
+	char err[1024], code[200];
+	const char *errp = NULL;
+	if (r->status != IMAP_STATUS_OK) {
+		flatten_code(r->code, code, sizeof(code));
+		snprintf(err, sizeof(err), "%s: %s%s%s%s: %s %s%s%s%s", c->where, cmd->desc,
+			 cmd->mailbox ? " \"" : "", cmd->mailbox ? cmd->mailbox : "",
+			 cmd->mailbox ? "\"" : "", imap_status_name(r->status),
+			 code[0] ? (c->set.managesieve ? "(" : "[") : "", code,
+			 code[0] ? (c->set.managesieve ? ") " : "] ") : "", r->text);
+		snprintf(c->error, sizeof(c->error), "%s", err);
+		errp = err;
+	}
+	rearm_command_timer(c);
+	if (cmd->done != NULL)
+		cmd->done(cmd->done_ctx, r, errp);
+	free_cmd(cmd);
+	return c->state == ST_FAILED || c->stop_parser;
+}
+
+/* ManageSieve: a line is data (capabilities, LISTSCRIPTS, GETSCRIPT's
+ * literal), or OK/NO/BYE [(CODE)] [text] ending the oldest command (the
+ * protocol has no tags; answers come in order). */
+static int on_managesieve_line(struct imap_client *c, const struct imap_response *line)
+{
+	const struct imap_node *first = imap_node_child(line->data, 0);
+	struct imap_response r = *line;
+	r.status = imap_node_is_atom(first, "OK")    ? IMAP_STATUS_OK
+		   : imap_node_is_atom(first, "NO")  ? IMAP_STATUS_NO
+		   : imap_node_is_atom(first, "BYE") ? IMAP_STATUS_BYE
+						      : IMAP_STATUS_NONE;
+	if (r.status == IMAP_STATUS_NONE) {
+		if (c->state == ST_GREETING || (c->head != NULL && c->head->want != NULL &&
+						strcmp(c->head->want, "CAPABILITY") == 0)) {
+			/* "SASL" "PLAIN LOGIN" -> AUTH=PLAIN AUTH=LOGIN; "STARTTLS" */
+			const char *k = imap_node_text(first), *v = imap_node_text(first ? first->next : NULL);
+			size_t len = strlen(c->caps);
+			if (k == NULL || len + strlen(k) + (v ? 6 * strlen(v) : 0) + 8 >= sizeof(c->caps))
+				return 0;
+			if (strcasecmp(k, "SASL") == 0 && v != NULL) {
+				char tmp[512];
+				snprintf(tmp, sizeof(tmp), "%s", v);
+				for (char *save, *w = strtok_r(tmp, " ", &save); w; w = strtok_r(NULL, " ", &save))
+					len += (size_t)sprintf(c->caps + len, "AUTH=%s ", w);
+			} else {
+				len += (size_t)sprintf(c->caps + len, "%s ", k);
+			}
+			for (char *p = c->caps; *p; p++)
+				*p = (char)toupper((unsigned char)*p);
+			return 0;
+		}
+		if (c->head != NULL && c->head->cont_data != NULL) {
+			/* a SASL challenge after the initial response: XOAUTH2's
+			 * error; answer empty to get the NO */
+			bufferevent_write(c->bev, "\"\"\r\n", 4);
+			return 0;
+		}
+		if (c->head != NULL && c->head->untagged != NULL)
+			c->head->untagged(c->head->ctx, &r);
+		return c->state == ST_FAILED;
+	}
+	r.kind = IMAP_RESP_TAGGED;
+	r.code = NULL;
+	r.text = "";
+	for (const struct imap_node *n = first->next; n != NULL; n = n->next) {
+		if (n->type == IMAP_NODE_LIST && r.code == NULL && r.text[0] == '\0')
+			r.code = n;
+		else if (imap_node_text(n) != NULL)
+			r.text = imap_node_text(n);
+	}
+	if (c->state == ST_GREETING) {
+		if (r.status != IMAP_STATUS_OK) {
+			fail_all(c, "server refused the connection: %s %s", imap_status_name(r.status),
+				 r.text);
+			return 1;
+		}
+		c->have_caps = 1;
+		c->state = ST_LOGIN;
+		evtimer_del(c->timer);
+		next_login_step(c);
+		return c->state == ST_FAILED;
+	}
+	if (r.status == IMAP_STATUS_BYE && c->head == NULL) {
+		snprintf(c->bye, sizeof(c->bye), "%s", r.text);
+		return 0;
+	}
+	struct cmd *cmd = c->head;
+	if (cmd == NULL) {
+		fail_all(c, "response without a command: %s %s", imap_status_name(r.status), r.text);
+		return 1;
+	}
+	c->head = cmd->next;
+	if (c->tail == cmd)
+		c->tail = NULL;
+	if (r.status == IMAP_STATUS_BYE) /* LOGOUT's answer, or the server leaving */
+		r.status = strcmp(cmd->desc, "LOGOUT") == 0 ? IMAP_STATUS_OK : IMAP_STATUS_BYE;
+	return finish_cmd(c, cmd, &r);
+}
+
 static int on_response(void *ctx, const struct imap_response *r)
 {
 	struct imap_client *c = ctx;
 	if (c->state == ST_FAILED)
 		return 1;
+	if (c->set.managesieve)
+		return on_managesieve_line(c, r);
 	if (r->code != NULL && imap_node_is_atom(imap_node_child(r->code, 0), "CAPABILITY"))
 		set_caps(c, r->code->children->next);
 
@@ -366,23 +471,7 @@ static int on_response(void *ctx, const struct imap_response *r)
 			fail_all(c, "tagged response for unknown tag %s", r->tag);
 			return 1;
 		}
-		c->npending--;
-		char err[1024], code[200];
-		const char *errp = NULL;
-		if (r->status != IMAP_STATUS_OK) {
-			flatten_code(r->code, code, sizeof(code));
-			snprintf(err, sizeof(err), "%s: %s%s%s%s: %s %s%s%s%s", c->where, cmd->desc,
-				 cmd->mailbox ? " \"" : "", cmd->mailbox ? cmd->mailbox : "",
-				 cmd->mailbox ? "\"" : "", imap_status_name(r->status), code[0] ? "[" : "",
-				 code, code[0] ? "] " : "", r->text);
-			snprintf(c->error, sizeof(c->error), "%s", err);
-			errp = err;
-		}
-		rearm_command_timer(c);
-		if (cmd->done != NULL)
-			cmd->done(cmd->done_ctx, r, errp);
-		free_cmd(cmd);
-		return c->state == ST_FAILED || c->stop_parser;
+		return finish_cmd(c, cmd, r);
 	}
 	}
 	return 0;
@@ -414,7 +503,8 @@ static int vsend(struct imap_client *c, const struct imap_command *spec, char *c
 	cmd->hash_bodies = spec->hash_bodies;
 	cmd->cont_data = cont_data;
 	struct evbuffer *out = bufferevent_get_output(c->bev);
-	evbuffer_add_printf(out, "%s ", cmd->tag);
+	if (!c->set.managesieve)
+		evbuffer_add_printf(out, "%s ", cmd->tag);
 	evbuffer_add_vprintf(out, fmt, ap);
 	evbuffer_add(out, "\r\n", 2);
 	if (c->tail)
@@ -576,6 +666,12 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			if (c->set.tls == IMAP_TLS_IMAPS) {
 				c->state = ST_GREETING;
 				arm(c, c->set.greeting_timeout_ms);
+			} else if (c->set.managesieve) {
+				/* RFC 5804 2.2: the server sends its capabilities again */
+				c->have_caps = 0;
+				strcpy(c->caps, " ");
+				c->state = ST_GREETING;
+				arm(c, c->set.greeting_timeout_ms);
 			} else {
 				/* RFC 3501 6.2.1: forget what was learned in plaintext */
 				c->have_caps = 0;
@@ -655,7 +751,8 @@ static void login_done(void *ctx, const struct imap_response *r, const char *err
 	if (err == NULL) {
 		c->logged_in = 1;
 		/* a [CAPABILITY] in the OK already reset caps; else ask again */
-		if (!(r->code && imap_node_is_atom(imap_node_child(r->code, 0), "CAPABILITY")))
+		if (!c->set.managesieve &&
+		    !(r->code && imap_node_is_atom(imap_node_child(r->code, 0), "CAPABILITY")))
 			c->have_caps = 0;
 	}
 	login_step_done(ctx, r, err);
@@ -679,7 +776,7 @@ static void send_login(struct imap_client *c)
 {
 	struct imap_command spec = {.desc = NULL, .done = login_done, .ctx = c};
 	const char *user = c->set.user, *secret = c->set.secret ? c->set.secret : "";
-	if (c->set.auth == IMAP_AUTH_LOGIN) {
+	if (c->set.auth == IMAP_AUTH_LOGIN && !c->set.managesieve) {
 		spec.desc = "LOGIN";
 		if (imap_client_has_cap(c, "LOGINDISABLED")) {
 			fail_all(c, "LOGIN: the server disables LOGIN on this connection "
@@ -710,8 +807,10 @@ static void send_login(struct imap_client *c)
 		}
 		return;
 	}
-	/* SASL: PLAIN (RFC 4616) with an authorization identity, or XOAUTH2 */
-	const char *mech = c->set.auth == IMAP_AUTH_PLAIN ? "PLAIN" : "XOAUTH2";
+	/* SASL: PLAIN (RFC 4616) with an authorization identity, or XOAUTH2;
+	 * ManageSieve has no LOGIN command: PLAIN, its mandatory mechanism */
+	enum imap_auth_mech auth = c->set.auth == IMAP_AUTH_LOGIN ? IMAP_AUTH_PLAIN : c->set.auth;
+	const char *mech = auth == IMAP_AUTH_PLAIN ? "PLAIN" : "XOAUTH2";
 	char cap[32];
 	snprintf(cap, sizeof(cap), "AUTH=%s", mech);
 	if (!imap_client_has_cap(c, cap)) {
@@ -724,7 +823,7 @@ static void send_login(struct imap_client *c)
 	size_t rlen;
 	if (raw == NULL)
 		return;
-	if (c->set.auth == IMAP_AUTH_PLAIN) {
+	if (auth == IMAP_AUTH_PLAIN) {
 		/* authzid NUL authcid NUL passwd */
 		if (impersonating(c))
 			rlen = (size_t)sprintf(raw, "%s%c%s%c", user, 0, c->set.auth_user, 0);
@@ -744,8 +843,13 @@ static void send_login(struct imap_client *c)
 	free(raw);
 	if (enc == NULL)
 		return;
-	spec.desc = c->set.auth == IMAP_AUTH_PLAIN ? "AUTHENTICATE PLAIN" : "AUTHENTICATE XOAUTH2";
-	if (imap_client_has_cap(c, "SASL-IR")) {
+	spec.desc = auth == IMAP_AUTH_PLAIN ? "AUTHENTICATE PLAIN" : "AUTHENTICATE XOAUTH2";
+	if (c->set.managesieve) {
+		/* RFC 5804 2.1: the initial response is a string argument */
+		send_internal(c, &spec, strdup(""), "AUTHENTICATE \"%s\" \"%s\"", mech, enc);
+		OPENSSL_cleanse(enc, strlen(enc));
+		free(enc);
+	} else if (imap_client_has_cap(c, "SASL-IR")) {
 		/* empty cont_data: answers a later "+" (XOAUTH2 error) with an empty line */
 		send_internal(c, &spec, strdup(""), "AUTHENTICATE %s %s", mech, enc);
 		OPENSSL_cleanse(enc, strlen(enc));
@@ -835,7 +939,7 @@ struct imap_client *imap_client_new(struct event_base *base, const struct imap_c
 	c->set.secret = keep(c, 6, set->secret);
 	c->set.master_separator = keep(c, 7, set->master_separator);
 	if (!c->set.port)
-		c->set.port = set->tls == IMAP_TLS_IMAPS ? 993 : 143;
+		c->set.port = set->managesieve ? 4190 : set->tls == IMAP_TLS_IMAPS ? 993 : 143;
 	if (!c->set.connect_timeout_ms)
 		c->set.connect_timeout_ms = 10000;
 	if (!c->set.greeting_timeout_ms)
@@ -885,6 +989,10 @@ int imap_client_connect(struct imap_client *c, imap_ready_cb *cb, void *ctx)
 {
 	c->ready_cb = cb;
 	c->ready_ctx = ctx;
+	if (c->set.managesieve) {
+		imap_parser_set_lines(c->parser, 1);
+		strcpy(c->caps, " "); /* filled from the greeting's lines */
+	}
 	if (c->set.tls != IMAP_TLS_NONE && c->set.tls_insecure)
 		logf_(c, IMAP_LOG_WARN,
 		      "%s: TLS certificate verification is DISABLED by configuration "
@@ -1146,7 +1254,8 @@ struct imap_client *imap_sync_connect(const struct imap_client_settings *set,
 	if (id == NULL)
 		id = &local;
 	memset(id, 0, sizeof(*id));
-	if (impersonating(c)) {
+	/* ManageSieve has no mailbox to fingerprint: see managesieve.h */
+	if (impersonating(c) && !c->set.managesieve) {
 		if (imap_identity_check(c, id, err, errlen) < 0) {
 			imap_sync_close(c);
 			return NULL;

@@ -52,6 +52,9 @@ struct imap_client_settings {
 	void (*log)(void *ctx, enum imap_log_level level, const char *msg);
 	void *log_ctx;
 	struct imap_parser_limits limits; /* max_line 0: defaults */
+	/* speak ManageSieve (RFC 5804, port 4190) instead of IMAP: the same
+	 * connection, TLS, deadlines and SASL PLAIN; see managesieve.h */
+	int managesieve;
 };
 
 struct imap_client;

@@ -60,6 +60,7 @@ struct imap_parser {
 	size_t line_bytes;
 	unsigned bracket;
 	int in_resp;
+	int lines; /* ManageSieve: every line is data, no tag */
 
 	struct imap_response resp;
 	struct frame *stack;
@@ -572,6 +573,11 @@ static int step(struct imap_parser *p, unsigned char c)
 	case PH_TAG:
 		if (!p->in_resp && begin_response(p) < 0)
 			return -1;
+		if (p->lines) {
+			p->resp.kind = IMAP_RESP_UNTAGGED;
+			p->phase = PH_DATA;
+			return step_data(p, c);
+		}
 		if (c == ' ' || c == '\r') {
 			const char *t = buf_str(p);
 			if (p->buflen == 0)
@@ -693,6 +699,11 @@ ssize_t imap_parser_feed(struct imap_parser *p, const void *data, size_t len)
 			return (ssize_t)i;
 	}
 	return (ssize_t)i;
+}
+
+void imap_parser_set_lines(struct imap_parser *p, int on)
+{
+	p->lines = on;
 }
 
 int imap_parser_idle(const struct imap_parser *p)

@@ -100,6 +100,10 @@ ssize_t imap_parser_feed(struct imap_parser *p, const void *buf, size_t len);
 /* End of input: -1 with an error if a response was left unfinished. */
 int imap_parser_finish(struct imap_parser *p);
 const char *imap_parser_error(const struct imap_parser *p);
+/* ManageSieve (RFC 5804) has no tags and no "*": with on, every line is
+ * handed over as an untagged response whose items are all in data
+ * (OK/NO/BYE included: the caller reads them). */
+void imap_parser_set_lines(struct imap_parser *p, int on);
 /* Between responses (nothing half-read)? */
 int imap_parser_idle(const struct imap_parser *p);
 /* Forget a half-read response and any error (new connection / after TLS). */

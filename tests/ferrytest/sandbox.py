@@ -133,7 +133,8 @@ def _greets(port):
     """The service answers with a greeting line (its login process is up)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            return s.makefile("rb").readline().startswith((b"* OK", b"+OK", b"220"))
+            return s.makefile("rb").readline().startswith((b"* OK", b"+OK", b"220",
+                                                           b'"IMPLEMENTATION"'))
     except OSError:
         return False
 
@@ -160,7 +161,7 @@ class Sandbox:
     def __init__(self, root=None, build_dir=BUILD_DIR, conf_snippet=CONF_SNIPPET,
                  users=("alice", "bob", "carol"), new_plugin=True, batch_size=None,
                  old_extra="", new_extra="", new_userdb_extra=None, ports=None,
-                 doveadm_http=False, tls=False, new_sql_conf=None):
+                 doveadm_http=False, tls=False, new_sql_conf=None, sieve=False):
         self.created_root = root is None
         self.root = os.path.abspath(root or tempfile.mkdtemp(prefix="ferry-"))
         self.build_dir = os.path.abspath(build_dir)
@@ -174,7 +175,16 @@ class Sandbox:
             p = _free_ports(5)
             ports = {"old": {"imap": p[0], "pop3": p[1]},
                      "new": {"imap": p[2], "pop3": p[3], "lmtp": p[4]}}
+            if sieve:
+                q = _free_ports(3)
+                ports["old"]["sieve"], ports["new"]["sieve"] = q[0], q[1]
+                ports["smtp_sink"] = q[2]
         self.ports = ports
+        # sieve: Pigeonhole on both (ManageSieve on ports[inst]["sieve"],
+        # scripts in ~/sieve, ~/.dovecot.sieve the active one); NEW's LMTP
+        # runs Sieve and sends vacation replies and redirects to
+        # 127.0.0.1:ports["smtp_sink"] (a test's SMTP sink)
+        self.sieve = sieve
         # doveadm_http: True (pick a free port) or a port number; NEW then
         # serves the doveadm HTTP API on 127.0.0.1 with DOVEADM_API_KEY
         if doveadm_http is True:
@@ -238,6 +248,8 @@ class Sandbox:
         listeners = []
         for proto, port in ports.items():
             svc = proto if proto == "lmtp" else proto + "-login"
+            if proto == "sieve":
+                svc = "managesieve-login"
             chroot = "" if proto == "lmtp" else "  chroot =\n"
             listeners.append("service %s {\n%s  inet_listener %s {\n"
                              "    address = 127.0.0.1\n    port = %d\n  }\n}\n"
@@ -293,10 +305,12 @@ service anvil {{
 """ + "".join(listeners)
         if inst == "old" and self.tls:
             text += self._tls_conf()
+        if self.sieve:
+            text += self._sieve_conf(inst)
         if inst == "old":
             # seeding speed; OLD is never crashed mid-write by the tests
             return text + "mail_fsync = never\n" + self.old_extra + "\n"
-        text += "mail_plugin_dir = %s\n" % self.build_dir
+        text += "mail_plugin_dir = %s\n" % self._plugin_dir()
         if self.new_plugin:
             text += "!include %s\n" % self.conf_snippet
         text += f"""imapc_host = 127.0.0.1
@@ -315,6 +329,33 @@ imapc_cmd_timeout = 5s
         if ASAN:
             text += self._asan_conf()
         return text + self.new_extra + "\n"
+
+    def _plugin_dir(self):
+        """The build dir; with sieve, a dir of links to the build's plugins
+        and Pigeonhole's (mail_plugin_dir is one directory)."""
+        if not self.sieve:
+            return self.build_dir
+        d = os.path.join(self.root, "plugins")
+        os.makedirs(d, exist_ok=True)
+        links = {n: os.path.join(self.build_dir, n) for n in os.listdir(self.build_dir)
+                 if n.endswith(".so")}
+        links["lib90_sieve_plugin.so"] = "/usr/lib/dovecot/modules/lib90_sieve_plugin.so"
+        for name, src in links.items():
+            dst = os.path.join(d, name)
+            if os.path.islink(dst):
+                os.unlink(dst)
+            os.symlink(src, dst)
+        return d
+
+    def _sieve_conf(self, inst):
+        text = ("plugin {\n  sieve = file:~/sieve;active=~/.dovecot.sieve\n}\n"
+                "protocol sieve {\n  mail_max_userip_connections = 100\n}\n")
+        if inst == "new":
+            text += ("protocol lmtp {\n  mail_plugins = $mail_plugins sieve\n}\n"
+                     "submission_host = 127.0.0.1:%d\n"
+                     "postmaster_address = postmaster@example.org\n"
+                     "hostname = new.example.org\n" % self.ports["smtp_sink"])
+        return text
 
     def _sql_passdb(self, inst):
         if inst != "new" or not self.new_sql_conf:
@@ -547,7 +588,7 @@ imapc_cmd_timeout = 5s
         state = {k: getattr(self, k) for k in (
             "build_dir", "conf_snippet", "users", "new_plugin", "batch_size",
             "old_extra", "new_extra", "new_userdb_extra", "ports", "doveadm_http",
-            "tls", "new_sql_conf")}
+            "tls", "new_sql_conf", "sieve")}
         with open(os.path.join(self.root, self.STATE), "w") as f:
             json.dump(state, f, indent=1)
 
