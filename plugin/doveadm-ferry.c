@@ -210,7 +210,7 @@ static void ferry_status_folder(struct mail_user *user, const char *vname)
 	struct mailbox_status st, ost;
 	struct mail_user *old;
 	struct mailbox *box, *obox;
-	const char *error, *old_count = "";
+	const char *error, *old_count = "", *old_name = "";
 
 	ferry_internal_begin(user);
 	box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_READONLY |
@@ -222,6 +222,11 @@ static void ferry_status_folder(struct mail_user *user, const char *vname)
 		(void)mailbox_get_status(box, STATUS_MESSAGES |
 					 STATUS_UIDVALIDITY, &st);
 	}
+	/* the plugin's own mapping (rename rules, special use, separators):
+	   ferryd rewrites Sieve fileinto targets with it */
+	if (hdr.state != FERRY_BOX_LOCAL &&
+	    ferry_old_user_get(user, &old, &error) == 0)
+		old_name = ferry_old_name(user, old, vname);
 	if (hdr.state == FERRY_BOX_COMPLETE)
 		old_count = dec2str(hdr.old_messages);
 	else if (hdr.state != FERRY_BOX_LOCAL) {
@@ -249,6 +254,7 @@ static void ferry_status_folder(struct mail_user *user, const char *vname)
 	doveadm_print_num(hdr.old_uidvalidity);
 	doveadm_print_num(hdr.copied);
 	doveadm_print_num(hdr.renumbered);
+	doveadm_print(old_name);
 }
 
 static int ferry_cmd_status_run(struct doveadm_mail_cmd_context *_ctx,
@@ -293,6 +299,7 @@ static void ferry_cmd_status_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUS
 	doveadm_print_header_simple(FERRY_COL_OLD_UIDVALIDITY);
 	doveadm_print_header_simple(FERRY_COL_COPIED);
 	doveadm_print_header_simple(FERRY_COL_RENUMBERED);
+	doveadm_print_header_simple(FERRY_COL_OLD_FOLDER);
 }
 
 static struct doveadm_mail_cmd_context *ferry_cmd_status_alloc(void)

@@ -1,0 +1,165 @@
+"""Sieve filters and vacation replies move with the mail (issue 18).
+
+OLD runs Pigeonhole's ManageSieve; each user has two scripts, one active,
+with a fileinto into a folder the plugin renames (rename rule) and a
+vacation rule. After `doveadm ferry pull` and the Sieve step, NEW has both
+scripts, the same one active, the fileinto target rewritten to the new
+name (taken from `doveadm ferry status`'s old_name column: the plugin's
+own mapping), and a message delivered through NEW's LMTP is filed there
+and answered by the vacation rule (the reply caught by an SMTP sink on
+loopback). bob's active script needs an extension NEW does not enable:
+it is kept on NEW commented out, not activated, and reported."""
+import email
+import os
+import subprocess
+
+import pytest
+
+from ferrytest.managesieve import ManageSieve
+from ferrytest.sandbox import BUILD_DIR, MASTER_PASSWORD, MASTER_USER, wait_until
+from ferrytest.smtpsink import SmtpSink
+
+IMAPCHECK = os.path.join(BUILD_DIR, "ferry-imapcheck")
+
+# OLD compiles editheader (off by default in Pigeonhole); NEW does not
+OLD_EXTRA = "plugin {\n  sieve_extensions = +editheader\n}\n"
+NEW_EXTRA = "plugin {\n  ferry_rename = ^Projects/(.*)$ => Work/\\1\n}\n"
+SANDBOX_KWARGS = {"users": ("alice", "bob"), "sieve": True,
+                  "old_extra": OLD_EXTRA, "new_extra": NEW_EXTRA}
+
+MAIN = """require ["fileinto", "vacation"];
+# filed by subject
+if header :contains "subject" "report" {
+  fileinto "Projects.2024";
+}
+vacation :days 1 :addresses ["alice@example.org"] :subject "Away" "I am away until Monday.";
+"""
+SPARE = """require ["fileinto"];
+if address :is "from" "boss@example.org" { fileinto "INBOX"; stop; }
+"""
+BOB_ACTIVE = """require ["editheader", "fileinto"];
+addheader "X-Filtered" "yes";
+fileinto "Projects.2024";
+"""
+BOB_SPARE = 'require "vacation";\nvacation "gone";\n'
+
+
+def old_sieve(sb, user):
+    return ManageSieve("127.0.0.1", sb.port("old", "sieve"), MASTER_USER, MASTER_PASSWORD,
+                       authz=user)
+
+
+def folder_map(sb, user):
+    """old name -> new name, as the plugin reports them"""
+    out = sb.doveadm("new", "-f", "tab", "ferry", "status", "-u", user).stdout.splitlines()
+    head = out[0].split("\t")
+    rows = [dict(zip(head, line.split("\t"))) for line in out[1:]]
+    return {r["old_folder"]: r["folder"] for r in rows if r.get("old_folder")}
+
+
+def migrate(sb, user):
+    """ferry-imapcheck sieve: (exit code, JSON report text)"""
+    with open(os.path.join(sb.root, "map-" + user), "w") as f:
+        for old, new in folder_map(sb, user).items():
+            f.write("%s\t%s\n" % (old, new))
+    args = [IMAPCHECK, "sieve", "--user", user, "--timeout-ms", "20000",
+            "--map", os.path.join(sb.root, "map-" + user), "--credentials", "-"]
+    for side in ("old", "new"):
+        args += ["--%s-host" % side, "127.0.0.1", "--%s-port" % side,
+                 str(sb.port(side, "sieve")), "--%s-auth" % side, "plain",
+                 "--%s-auth-user" % side, MASTER_USER]
+    r = subprocess.run(args, input="old=%s\nnew=%s\n" % (MASTER_PASSWORD, MASTER_PASSWORD),
+                       capture_output=True, text=True, timeout=120)
+    assert MASTER_PASSWORD not in r.stdout + r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def migrated(sandbox):
+    sink = SmtpSink(sandbox.ports["smtp_sink"])
+    try:
+        for user, scripts, active in (("alice", {"main": MAIN, "spare": SPARE}, "main"),
+                                      ("bob", {"strict": BOB_ACTIVE, "away": BOB_SPARE},
+                                       "strict")):
+            c = sandbox.imap("old", user)
+            c.create("Projects.2024")
+            c.logout()
+            ms = old_sieve(sandbox, user)
+            for name, text in scripts.items():
+                ms.put(name, text)
+            ms.activate(active)
+            assert ms.list()[active]
+            ms.close()
+            sandbox.doveadm("new", "ferry", "pull", "-u", user)
+        reports = {u: migrate(sandbox, u) for u in ("alice", "bob")}
+        yield sandbox, sink, reports
+    finally:
+        sink.close()
+
+
+def new_scripts(sb, user):
+    d = os.path.join(sb.home("new", user), "sieve")
+    return {n[:-6]: open(os.path.join(d, n)).read() for n in os.listdir(d) if n.endswith(".sieve")}
+
+
+def new_active(sb, user):
+    link = os.path.join(sb.home("new", user), ".dovecot.sieve")
+    return os.path.basename(os.readlink(link))[:-6] if os.path.islink(link) else None
+
+
+def test_scripts_and_active_one_moved_with_fileinto_mapped(migrated):
+    sb, _, reports = migrated
+    assert folder_map(sb, "alice")["Projects.2024"] == "Work/2024"
+    r = reports["alice"]
+    assert r.returncode == 0, r.stderr + r.stdout
+    scripts = new_scripts(sb, "alice")
+    assert set(scripts) == {"main", "spare"}
+    assert new_active(sb, "alice") == "main"
+    assert scripts["main"] == MAIN.replace('"Projects.2024"', '"Work/2024"')
+    assert scripts["spare"] == SPARE  # fileinto "INBOX" is INBOX everywhere
+
+
+def test_delivery_is_filed_and_answered_by_vacation(migrated):
+    sb, sink, _ = migrated
+    msg = ("From: Carol <carol@example.net>\r\nTo: alice@example.org\r\n"
+           "Subject: quarterly report\r\nMessage-ID: <sieve-1@example.net>\r\n"
+           "Date: Fri, 04 Dec 2026 10:00:00 +0000\r\n\r\nnumbers\r\n")
+    code, text = sb.lmtp_deliver("alice", msg, sender="carol@example.net")
+    assert code == 250, text
+    c = sb.imap("new", "alice")
+    try:
+        typ, data = c.select('"Work/2024"', readonly=True)
+        assert typ == "OK" and int(data[0]) == 1
+        typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        assert b"sieve-1@example.net" in data[0][1]
+        typ, data = c.select("INBOX", readonly=True)
+        assert int(data[0]) == 0
+    finally:
+        c.logout()
+    replies = wait_until(lambda: sink.received(), 30, "the vacation reply at the SMTP sink")
+    sender, rcpts, raw = replies[0]
+    reply = email.message_from_bytes(raw)
+    assert rcpts == ["carol@example.net"]
+    assert reply["Subject"] == "Away"
+    assert reply["In-Reply-To"] == "<sieve-1@example.net>"
+    assert "I am away until Monday." in reply.get_payload(decode=True).decode()
+
+
+def test_script_new_cannot_compile_is_kept_inactive_and_reported(migrated):
+    sb, _, reports = migrated
+    r = reports["bob"]
+    assert r.returncode == 1, r.stderr + r.stdout  # reported as a failure
+    import json
+    rep = json.loads(r.stdout)
+    strict = [s for s in rep["scripts"] if s["name"] == "strict"][0]
+    assert strict["result"] == "kept-inactive"
+    assert "editheader" in strict["error"]
+    assert rep["old_active"] == "strict" and rep["new_active"] is None
+    assert "did not compile" in rep["activate_error"]
+    scripts = new_scripts(sb, "bob")
+    assert set(scripts) == {"strict", "away"}
+    assert new_active(sb, "bob") is None
+    # the original text is all there, commented out
+    kept = [ln[2:] for ln in scripts["strict"].splitlines(True) if ln.startswith("# ")]
+    assert "".join(kept).endswith(BOB_ACTIVE)
+    assert scripts["away"] == BOB_SPARE
