@@ -6,7 +6,7 @@ FERRYD_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
 FERRYD_LDFLAGS = $(SANITIZE)
 FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto
 
-FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret \
+FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret userstate \
               cutover cutover_check checks rekey runas pathcheck
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
 FERRYD_HDRS = $(wildcard service/*.h include/*.h)

@@ -24,6 +24,7 @@
 #include "evlog.h"
 #include "scheduler.h"
 #include "secret.h"
+#include "userstate.h"
 
 struct api {
 	struct event_base *base;
@@ -299,7 +300,6 @@ static void h_wave_add(struct call *c)
 	const char *wave = body_str(c, "wave");
 	json_t *list = json_object_get(c->body, "users"), *v;
 	struct wave_rec w;
-	struct user_rec u;
 	size_t i;
 	int ret;
 
@@ -320,14 +320,13 @@ static void h_wave_add(struct call *c)
 	}
 	json_array_foreach(list, i, v) {
 		const char *name = json_string_value(v);
-		if (name == NULL || (ret = st->user_get(st, name, &u)) == STORE_NOTFOUND) {
+		if (name == NULL || (ret = userstate_set_wave(st, name, wave)) == STORE_NOTFOUND) {
 			st->rollback(st);
 			reply_error(c, 404, "unknown user \"%s\"; nothing changed",
 				    name != NULL ? name : "?");
 			return;
 		}
-		snprintf(u.wave, sizeof(u.wave), "%s", wave);
-		if (ret < 0 || st->user_update(st, &u) < 0) {
+		if (ret < 0) {
 			st->rollback(st);
 			reply_store_error(c);
 			return;
@@ -353,30 +352,22 @@ struct bulk {
 static int start_one(const struct user_rec *cu, void *ctx)
 {
 	struct bulk *b = ctx;
-	struct user_rec u = *cu;
+	int ret = userstate_start(b->st, cu->name);
 
-	if (u.state != US_PENDING && u.state != US_FAILED)
-		return 0;
-	u.state = US_PRESYNC;
-	u.attempts = 0;
-	u.next_attempt = 0;
-	u.finished_at = 0;
-	if (b->st->user_update(b->st, &u) < 0)
+	if (ret < 0)
 		return -1;
-	b->changed++;
+	b->changed += ret;
 	return 0;
 }
 
 static int pause_one(const struct user_rec *cu, void *ctx)
 {
 	struct bulk *b = ctx;
-	struct user_rec u = *cu;
 	int pause = strcmp(b->action, "pause") == 0;
 
-	if (u.paused == pause)
+	if (cu->paused == pause)
 		return 0;
-	u.paused = pause;
-	if (b->st->user_update(b->st, &u) < 0)
+	if (userstate_set_paused(b->st, cu->name, pause) < 0)
 		return -1;
 	b->changed++;
 	return 0;
@@ -425,20 +416,14 @@ static void pause_resume(struct call *c, const char *action)
 	int pause = strcmp(action, "pause") == 0;
 	const char *user = body_str(c, "user"), *wave;
 	struct wave_rec w;
-	struct user_rec u;
 	int ret;
 
 	if (user != NULL) {
-		if ((ret = st->user_get(st, user, &u)) != 0) {
+		if ((ret = userstate_set_paused(st, user, pause)) != 0) {
 			if (ret == STORE_NOTFOUND)
 				reply_error(c, 404, "unknown user \"%s\"", user);
 			else
 				reply_store_error(c);
-			return;
-		}
-		u.paused = pause;
-		if (st->user_update(st, &u) < 0) {
-			reply_store_error(c);
 			return;
 		}
 		evlog("info", action, "user", user, NULL);
@@ -485,44 +470,24 @@ static void h_sync(struct call *c)
 {
 	struct store *st = c->a->st;
 	const char *user = body_str(c, "user");
-	struct user_rec u;
-	char buf[32];
-	long long seq = 0;
-	int ret;
+	int ret, running = 0;
 
 	if (user == NULL) {
 		reply_error(c, 400, "sync needs {\"user\": USER}");
 		return;
 	}
-	if ((ret = st->user_get(st, user, &u)) != 0) {
+	if ((ret = userstate_request_sync(st, user, &running)) != 0) {
 		if (ret == STORE_NOTFOUND)
 			reply_error(c, 404, "unknown user \"%s\"", user);
 		else
 			reply_store_error(c);
 		return;
 	}
-	if (st->begin(st) < 0) {
-		reply_store_error(c);
-		return;
-	}
-	if (st->setting_get(st, "sync_seq", buf, sizeof(buf)) == 0)
-		seq = atoll(buf);
-	snprintf(buf, sizeof(buf), "%lld", seq + 1);
-	if (u.state != US_CUTOVER)
-		u.state = US_PRESYNC;
-	u.paused = 0;
-	u.attempts = 0;
-	u.next_attempt = 0;
-	u.sync_seq = seq + 1;
-	if (st->setting_set(st, "sync_seq", buf) < 0 || st->user_update(st, &u) < 0 ||
-	    st->commit(st) < 0) {
-		st->rollback(st);
-		reply_store_error(c);
-		return;
-	}
-	evlog("info", "sync-now", "user", user, NULL);
+	/* running: a job holds the user; the sync stays queued behind it */
+	evlog("info", "sync-now", "user", user, "queued_behind_job", running ? "yes" : "no", NULL);
 	c->a->kick(c->a->ctx);
-	reply(c, 200, json_pack("{s:s, s:b}", "sync", user, "running", u.running));
+	reply(c, 200, json_pack("{s:s, s:b, s:b}", "sync", user, "running", running,
+				"queued", running));
 }
 
 /* ---- status ------------------------------------------------------------- */

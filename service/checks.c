@@ -24,6 +24,7 @@
 #include "evlog.h"
 #include "preflight.h"
 #include "secret.h"
+#include "userstate.h"
 #include "verify.h"
 
 #define MAX_REPORT (64 * 1024 * 1024)
@@ -518,51 +519,20 @@ static void verify_diffs(struct run *r, json_t *rep, char *summary, size_t slen)
 static void user_after(struct run *r, const char *result, const char *error)
 {
 	struct checks *ch = r->ch;
-	struct user_rec u;
-	time_t now = time(NULL);
-	int changed = 0;
+	struct userstate_retry retry = { ch->cfg->retry_limit, ch->cfg->retry_base,
+					 ch->cfg->retry_max_delay };
+	int failed = 0;
 
-	if (ch->st->user_get(ch->st, r->user, &u) != 0)
-		return;
-	if (r->after_pull) {
-		u.running = 0;
-		changed = 1;
-		if (result != NULL && strcmp(result, "pass") == 0) {
-			u.state = US_VERIFIED;
-			u.attempts = 0;
-			u.next_attempt = 0;
-			u.last_error[0] = '\0';
-			u.finished_at = now;
-		} else if (result != NULL) {
-			u.state = US_FAILED;
-			u.finished_at = now;
-			snprintf(u.last_error, sizeof(u.last_error), "%s", error);
-		} else {
-			u.attempts++;
-			snprintf(u.last_error, sizeof(u.last_error), "verification: %s", error);
-			if (u.attempts >= ch->cfg->retry_limit) {
-				u.state = US_FAILED;
-				u.finished_at = now;
-				log_event(ch, r->user, NULL, "user-failed", 0, u.last_error);
-				evlog("error", "user-failed", "user", r->user, "error", u.last_error, NULL);
-			} else
-				u.next_attempt = now + sched_backoff(u.attempts, ch->cfg->retry_base,
-								     ch->cfg->retry_max_delay);
-		}
-	} else if (result != NULL && !u.running &&
-		   (u.state == US_DONE || u.state == US_VERIFIED || u.state == US_FAILED)) {
-		changed = 1;
-		if (strcmp(result, "pass") == 0) {
-			u.state = US_VERIFIED;
-			u.last_error[0] = '\0';
-		} else {
-			u.state = US_FAILED;
-			snprintf(u.last_error, sizeof(u.last_error), "%s", error);
-		}
-		u.finished_at = now;
-	}
-	if (changed && ch->st->user_update(ch->st, &u) < 0)
+	if (userstate_verified(ch->st, r->user, r->after_pull, result, error, &retry,
+			       &failed) < 0)
 		evlog("error", "store-error", "user", r->user, "error", ch->st->error(ch->st), NULL);
+	if (r->after_pull && result != NULL && strcmp(result, "pass") == 0)
+		/* the copy pass is complete and checked: what cut-over prechecks read */
+		log_event(ch, r->user, NULL, "user-done", 0, NULL);
+	else if (r->after_pull && failed && result == NULL) {
+		log_event(ch, r->user, NULL, "user-failed", 0, error);
+		evlog("error", "user-failed", "user", r->user, "error", error, NULL);
+	}
 }
 
 static void finish(struct run *r, json_t *rep, const char *error)
@@ -753,13 +723,10 @@ int checks_running(const struct checks *ch)
 static void drop(struct run *r, const char *why)
 {
 	struct checks *ch = r->ch;
-	struct user_rec u;
 
 	put_check(r, "error", NULL, why, NULL, NULL);
-	if (r->after_pull && ch->st->user_get(ch->st, r->user, &u) == 0) {
-		u.running = 0;
-		ch->st->user_update(ch->st, &u);
-	}
+	if (r->after_pull && userstate_release(ch->st, r->user) < 0)
+		evlog("error", "store-error", "user", r->user, "error", ch->st->error(ch->st), NULL);
 	run_unlink(r);
 	run_free(r);
 }

@@ -11,14 +11,18 @@
 
 #include "api.h"
 #include "evlog.h"
+#include "userstate.h"
 
 enum op_kind { OP_CUTOVER, OP_ROLLBACK };
-enum op_stage { ST_FINAL_SYNC, ST_STRAGGLERS, ST_ROLLBACK, ST_DONE };
+enum op_stage { ST_CLAIM, ST_FINAL_SYNC, ST_STRAGGLERS, ST_ROLLBACK, ST_DONE };
 
 struct member {
-	char name[256], login[256];
+	char name[256], login[256], host[256];
 	enum user_state state;
+	int claimed;       /* the operation holds the user (userstate_claim) */
+	int waited;        /* "waiting" logged */
 	int skip;          /* nothing to do in this stage */
+	int sent, done;    /* this stage's request */
 	int failed;
 	int64_t appended;
 	char error[512];
@@ -31,10 +35,12 @@ struct op {
 	enum op_stage stage;
 	struct cutover_rec rec;
 	struct member *m;
-	size_t n, next_m;
+	size_t n;
 	int in_flight;
 	int stage_failed;
 	int settle;             /* seconds between the flip and the next stage */
+	int settling;
+	char waiting[300];      /* why the operation waits, "" if it does not */
 	struct event *timer;
 };
 
@@ -44,6 +50,8 @@ struct cutover {
 	struct doveadm_client *dc;
 	const struct ferry_config *cfg;
 	cutover_kick_cb *kick;
+	cutover_slot_take_cb *slot_take;
+	cutover_slot_release_cb *slot_release;
 	void *ctx;
 	struct op *ops;
 };
@@ -65,10 +73,13 @@ static int interrupted_cb(const struct cutover_rec *r, void *ctx)
 
 struct cutover *cutover_new(struct event_base *base, struct store *st,
 			    struct doveadm_client *dc, const struct ferry_config *cfg,
-			    cutover_kick_cb *kick, void *ctx)
+			    cutover_kick_cb *kick, cutover_slot_take_cb *slot_take,
+			    cutover_slot_release_cb *slot_release, void *ctx)
 {
 	struct cutover *c = calloc(1, sizeof(*c));
 
+	c->slot_take = slot_take;
+	c->slot_release = slot_release;
 	c->base = base;
 	c->st = st;
 	c->dc = dc;
@@ -144,6 +155,7 @@ static int member_cb(const struct user_rec *u, void *ctx)
 	memset(m, 0, sizeof(*m));
 	snprintf(m->name, sizeof(m->name), "%s", u->name);
 	snprintf(m->login, sizeof(m->login), "%s", u->new_login);
+	snprintf(m->host, sizeof(m->host), "%s", u->ep.host);
 	m->state = u->state;
 	return 0;
 }
@@ -227,6 +239,18 @@ static int precheck_wave(struct cutover *c, const char *wave, int64_t max_age,
 
 static void op_pump(struct op *o);
 
+/* gives back what the operation holds for a member: its old-host slot
+   and its claim on the user */
+static void member_release(struct op *o, struct member *m)
+{
+	if (m->claimed) {
+		if (userstate_release(o->c->st, m->name) < 0)
+			evlog("error", "store-error", "user", m->name, "error",
+			      o->c->st->error(o->c->st), NULL);
+		m->claimed = 0;
+	}
+}
+
 static void op_free(struct op *o)
 {
 	struct op **p;
@@ -237,6 +261,8 @@ static void op_free(struct op *o)
 			break;
 		}
 	}
+	for (size_t i = 0; i < o->n; i++)
+		member_release(o, &o->m[i]);
 	if (o->timer != NULL)
 		event_free(o->timer);
 	free(o->m);
@@ -245,9 +271,12 @@ static void op_free(struct op *o)
 
 static void on_settled(evutil_socket_t fd, short what, void *arg)
 {
+	struct op *o = arg;
+
 	(void)fd;
 	(void)what;
-	op_pump(arg);
+	o->settling = 0;
+	op_pump(o);
 }
 
 /* the next stage starts after the settle delay: mail already routed the
@@ -260,61 +289,41 @@ static void stage_after_settle(struct op *o)
 		op_pump(o);
 		return;
 	}
-	o->timer = evtimer_new(o->c->base, on_settled, o);
+	o->settling = 1;
+	if (o->timer == NULL)
+		o->timer = evtimer_new(o->c->base, on_settled, o);
 	evtimer_add(o->timer, &tv);
-}
-
-static int64_t next_sync_seq(struct store *st)
-{
-	char buf[32];
-	long long seq = 0;
-
-	if (st->setting_get(st, "sync_seq", buf, sizeof(buf)) == 0)
-		seq = atoll(buf);
-	snprintf(buf, sizeof(buf), "%lld", seq + 1);
-	if (st->setting_set(st, "sync_seq", buf) < 0)
-		return -1;
-	return seq + 1;
 }
 
 /* The routing of every member in one transaction, with the users' states
    and the log. target "new": cut-over (queued for a pull at sync-now
-   priority); "old": rollback. */
+   priority, claims released); "old": rollback (claims kept for the
+   appends back to OLD). */
 static int flip(struct op *o, const char *target)
 {
 	struct store *st = o->c->st;
 	int64_t now = time(NULL);
-	int changed = 0;
+	int changed = 0, to_new = strcmp(target, "new") == 0;
 
 	if (st->begin(st) < 0)
 		return -1;
 	if (st->route_set_wave(st, o->rec.wave, target, now, &changed) < 0)
 		goto fail;
 	for (size_t i = 0; i < o->n; i++) {
-		struct user_rec u;
-		if (st->user_get(st, o->m[i].name, &u) != 0)
-			goto fail;
-		u.attempts = 0;
-		u.next_attempt = 0;
-		if (strcmp(target, "new") == 0) {
-			int64_t seq = next_sync_seq(st);
-			if (seq < 0)
+		if (to_new) {
+			int64_t seq = userstate_next_seq(st);
+			if (seq < 0 || userstate_cut_over(st, o->m[i].name, seq) != 0)
 				goto fail;
-			u.state = US_CUTOVER;
-			u.paused = 0;
-			u.sync_seq = seq;
-			u.finished_at = 0;
-		} else {
-			u.state = US_PRESYNC;
-			u.sync_seq = 0;
-		}
-		if (st->user_update(st, &u) < 0)
+		} else if (userstate_roll_back(st, o->m[i].name) != 0)
 			goto fail;
-		log_user(st, u.name, NULL, strcmp(target, "new") == 0 ? "cutover" : "rollback", 0,
-			 o->rec.forced && strcmp(target, "new") == 0 ? "forced" : NULL);
+		log_user(st, o->m[i].name, NULL, to_new ? "cutover" : "rollback", 0,
+			 o->rec.forced && to_new ? "forced" : NULL);
 	}
 	if (st->commit(st) < 0)
 		goto fail;
+	if (to_new)
+		for (size_t i = 0; i < o->n; i++)
+			o->m[i].claimed = 0;  /* userstate_cut_over released them */
 	return changed;
 fail:
 	evlog("error", "store-error", "wave", o->rec.wave, "error", st->error(st), NULL);
@@ -325,11 +334,12 @@ fail:
 static void op_finish(struct op *o, const char *state, const char *error)
 {
 	char users[16], ok[16], failed[16];
+	struct cutover *c = o->c;
 
 	snprintf(o->rec.state, sizeof(o->rec.state), "%s", state);
 	snprintf(o->rec.error, sizeof(o->rec.error), "%s", error != NULL ? error : "");
 	o->rec.finished_at = time(NULL);
-	rec_save(o->c, &o->rec);
+	rec_save(c, &o->rec);
 	snprintf(users, sizeof(users), "%d", o->rec.users);
 	snprintf(ok, sizeof(ok), "%d", o->rec.ok);
 	snprintf(failed, sizeof(failed), "%d", o->rec.failed);
@@ -338,15 +348,18 @@ static void op_finish(struct op *o, const char *state, const char *error)
 	      "wave", o->rec.wave, "state", state, "users", users, "ok", ok,
 	      "failed", failed, "error", error, NULL);
 	op_free(o);
+	c->kick(c->ctx);  /* claims released; a draining ferryd may be done */
 }
 
 static void stage_begin(struct op *o, enum op_stage stage)
 {
 	o->stage = stage;
-	o->next_m = 0;
 	o->stage_failed = 0;
+	o->waiting[0] = '\0';
 	for (size_t i = 0; i < o->n; i++) {
 		o->m[i].failed = 0;
+		o->m[i].sent = 0;
+		o->m[i].done = 0;
 		o->m[i].error[0] = '\0';
 		/* a user never copied has no final pass to make (pure lazy) */
 		o->m[i].skip = stage == ST_FINAL_SYNC && o->m[i].state == US_PENDING;
@@ -362,6 +375,20 @@ static void stage_end(struct op *o)
 	int changed;
 
 	switch (o->stage) {
+	case ST_CLAIM:
+		if (o->kind == OP_ROLLBACK) {
+			if (flip(o, "old") < 0) {
+				op_finish(o, "failed", "state database error: routing unchanged");
+				return;
+			}
+			o->c->kick(o->c->ctx);
+			stage_begin(o, ST_ROLLBACK);
+			stage_after_settle(o);
+			return;
+		}
+		stage_begin(o, ST_FINAL_SYNC);
+		op_pump(o);
+		return;
 	case ST_FINAL_SYNC:
 		if (o->stage_failed > 0 && !o->rec.forced) {
 			pos = (size_t)snprintf(msg, sizeof(msg), "final presync pass failed for %d "
@@ -442,6 +469,8 @@ static void on_reply(const struct doveadm_reply *r, void *ctx)
 
 	free(cc);
 	o->in_flight--;
+	m->done = 1;
+	o->c->slot_release(m->host, o->c->ctx);
 	if (!r->ok) {
 		m->failed = 1;
 		o->stage_failed++;
@@ -472,7 +501,9 @@ static void on_reply(const struct doveadm_reply *r, void *ctx)
 		snprintf(n, sizeof(n), "%lld", (long long)m->appended);
 		evlog(r->ok ? "info" : "error", r->ok ? "rollback-done" : "rollback-failed",
 		      "user", m->name, "appended", n, "error", r->ok ? NULL : m->error, NULL);
+		member_release(o, m);  /* its presync passes may go on */
 		break;
+	case ST_CLAIM:
 	case ST_DONE:
 		break;
 	}
@@ -484,33 +515,109 @@ static const char *stage_command(enum op_stage s)
 	return s == ST_ROLLBACK ? "ferryRollback" : "ferrySync";
 }
 
-/* keeps up to max_concurrent requests in flight; ends the stage */
+/* ST_CLAIM: takes each member's claim; a member whose pull (or another
+   job) is running is waited for, never run over */
+static void pump_claims(struct op *o)
+{
+	size_t busy = 0;
+	const char *first = NULL;
+
+	for (size_t i = 0; i < o->n; i++) {
+		struct member *m = &o->m[i];
+		struct user_rec u;
+		int ret;
+
+		if (m->claimed)
+			continue;
+		ret = userstate_claim(o->c->st, m->name, &u);
+		if (ret == 0) {
+			m->claimed = 1;
+			m->state = u.state;
+			continue;
+		}
+		if (ret != USERSTATE_BUSY) {
+			/* nothing to hold: a store error or a member removed */
+			evlog("error", "store-error", "user", m->name, "error",
+			      o->c->st->error(o->c->st), NULL);
+			m->claimed = 0;
+			continue;
+		}
+		if (!m->waited) {
+			m->waited = 1;
+			log_user(o->c->st, m->name, NULL,
+				 o->kind == OP_CUTOVER ? "cutover-waiting" : "rollback-waiting", 0,
+				 "a copy pass or verification of the user is running; the "
+				 "operation goes on when it ends");
+			evlog("info", o->kind == OP_CUTOVER ? "cutover-waiting" : "rollback-waiting",
+			      "wave", o->rec.wave, "user", m->name, "reason", "job running", NULL);
+		}
+		if (busy++ == 0)
+			first = m->name;
+	}
+	if (busy > 0) {
+		snprintf(o->waiting, sizeof(o->waiting), "waiting for %zu running job%s (%.200s%s)"
+			 " to end", busy, busy > 1 ? "s" : "", first, busy > 1 ? ", ..." : "");
+		return;
+	}
+	o->waiting[0] = '\0';
+	stage_end(o);
+}
+
+/* sends the stage's requests, each within the old host's slots shared
+   with pulls and checks; ends the stage when all have answered */
 static void op_pump(struct op *o)
 {
-	int limit = o->c->cfg->max_concurrent > 0 ? o->c->cfg->max_concurrent : 4;
+	size_t open = 0;
 
-	while (o->in_flight < limit && o->next_m < o->n) {
-		size_t i = o->next_m++;
+	if (o->settling)
+		return;
+	if (o->stage == ST_CLAIM) {
+		pump_claims(o);
+		return;
+	}
+	for (size_t i = 0; i < o->n; i++) {
+		struct member *m = &o->m[i];
 		struct call_ctx *cc;
 
-		if (o->m[i].skip)
+		if (m->skip || m->done)
 			continue;
+		open++;
+		if (m->sent)
+			continue;
+		if (!o->c->slot_take(m->host, o->c->ctx))
+			continue;  /* the slot's release pumps again */
 		cc = calloc(1, sizeof(*cc));
 		cc->o = o;
 		cc->i = i;
+		m->sent = 1;
 		o->in_flight++;
 		if (doveadm_call(o->c->dc, stage_command(o->stage),
-				 json_pack("{s:s}", "user", o->m[i].login), on_reply, cc) == NULL) {
+				 json_pack("{s:s}", "user", m->login), on_reply, cc) == NULL) {
 			free(cc);
 			o->in_flight--;
-			o->m[i].failed = 1;
+			o->c->slot_release(m->host, o->c->ctx);
+			m->done = 1;
+			m->failed = 1;
 			o->stage_failed++;
-			snprintf(o->m[i].error, sizeof(o->m[i].error),
-				 "could not send a request to doveadm");
+			snprintf(m->error, sizeof(m->error), "could not send a request to doveadm");
+			if (o->stage == ST_ROLLBACK)
+				member_release(o, m);
+			open--;
 		}
 	}
-	if (o->in_flight == 0 && o->next_m >= o->n)
+	if (open == 0)
 		stage_end(o);
+}
+
+void cutover_pump(struct cutover *c)
+{
+	struct op *o, *next;
+
+	/* op_pump may finish (and free) an operation */
+	for (o = c->ops; o != NULL; o = next) {
+		next = o->next;
+		op_pump(o);
+	}
 }
 
 /* takes over rec (state running); 0 or HTTP error with *reply_r */
@@ -543,20 +650,8 @@ static int op_start(struct cutover *c, enum op_kind kind, struct cutover_rec *re
 	c->ops = o;
 	evlog("info", kind == OP_CUTOVER ? "cutover-start" : "rollback-start",
 	      "wave", o->rec.wave, "forced", o->rec.forced ? "yes" : "no", NULL);
-	if (kind == OP_ROLLBACK) {
-		if (flip(o, "old") < 0) {
-			*reply_r = json_pack("{s:s}", "error", c->st->error(c->st));
-			op_finish(o, "failed", "state database error: routing unchanged");
-			return 500;
-		}
-		c->kick(c->ctx);
-		stage_begin(o, ST_ROLLBACK);
-		*reply_r = rec_json(&o->rec);
-		stage_after_settle(o);
-		return 0;
-	}
-	stage_begin(o, ST_FINAL_SYNC);
 	*reply_r = rec_json(&o->rec);
+	stage_begin(o, ST_CLAIM);
 	op_pump(o);  /* may finish (and free) o at once */
 	return 0;
 }
@@ -814,6 +909,11 @@ static int h_cutover_show(struct cutover *c, json_t *args, json_t **reply_r)
 	if (ret < 0)
 		return error_reply(reply_r, 500, "state database error: %s", c->st->error(c->st));
 	*reply_r = rec_json(&rec);
+	{
+		struct op *o = op_find(c, w.name);
+		if (o != NULL && o->waiting[0] != '\0')
+			json_object_set_new(*reply_r, "waiting", json_string(o->waiting));
+	}
 	return 200;
 }
 

@@ -1,5 +1,8 @@
 /* Phased cut-over of waves (docs/routing.md, docs/runbook.md).
 
+   Both first take every member's claim (userstate.h): a member whose pull
+   or verification is running is waited for ("cutover-waiting"), so no two
+   jobs ever act on one user; each doveadm call holds an old-host slot.
    cutover WAVE:  prechecks (every member had a successful copy pass, the
                   newest at most max_age old; none failed), then a final
                   presync pass (ferrySync, userdb still says presync) per
@@ -38,10 +41,18 @@
 struct event_base;
 struct cutover;
 typedef void cutover_kick_cb(void *ctx);  /* users became runnable */
+/* The old-host slots every job kind shares (ferryd's accounting): take one
+   for a doveadm call that reaches HOST (1 = taken, 0 = none free: wait
+   for cutover_pump), release it when the call answered. */
+typedef int cutover_slot_take_cb(const char *host, void *ctx);
+typedef void cutover_slot_release_cb(const char *host, void *ctx);
 
 struct cutover *cutover_new(struct event_base *base, struct store *st,
 			    struct doveadm_client *dc, const struct ferry_config *cfg,
-			    cutover_kick_cb *kick, void *ctx);
+			    cutover_kick_cb *kick, cutover_slot_take_cb *slot_take,
+			    cutover_slot_release_cb *slot_release, void *ctx);
+/* Moves operations waiting for a member's running job or for a slot on. */
+void cutover_pump(struct cutover *c);
 void cutover_free(struct cutover *c);
 
 /* The admin API's cut-over endpoints (api.c routes them here):

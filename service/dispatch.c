@@ -16,6 +16,7 @@
 
 #include "evlog.h"
 #include "scheduler.h"
+#include "userstate.h"
 
 enum phase { P_STATUS0, P_TREE, P_STATUS1, P_FOLDER, P_FINAL, P_LOGERR };
 
@@ -34,6 +35,7 @@ struct job {
 	struct job_folder *folders;
 	size_t nfolders, cur;
 	time_t started;
+	int64_t seq;  /* the "sync now" request this pass carries out */
 	int64_t copied;
 	char error[1024];
 	int permanent;
@@ -216,61 +218,53 @@ static void record_pull(struct job *j, json_t *rows)
 static void job_finish(struct job *j, int ok)
 {
 	struct dispatch *d = j->d;
-	struct user_rec u;
+	struct userstate_retry retry = { d->cfg->retry_limit, d->cfg->retry_base,
+					 d->cfg->retry_max_delay };
 	char host[256], user[256], n1[32], n2[32];
-	time_t now = time(NULL);
+	int ret;
 
-	if (d->st->user_get(d->st, j->user, &u) != 0) {
-		evlog("error", "store-error", "user", j->user, "error", d->st->error(d->st), NULL);
-	} else {
-		u.running = 0;
-		u.sync_seq = 0;
-		if (ok) {
-			int64_t total = 0;
-			for (size_t i = 0; i < j->nfolders; i++)
-				total += j->folders[i].old_messages > 0 ? j->folders[i].old_messages : 0;
-			u.next_attempt = 0;
-			snprintf(n1, sizeof(n1), "%lld", (long long)j->copied);
-			snprintf(n2, sizeof(n2), "%lld", (long long)total);
-			if (d->complete_cb != NULL && d->complete_cb(&u, d->complete_ctx)) {
-				/* verification queued: still running until it ends */
-				u.running = 1;
-				log_event(d, j->user, NULL, "pulls-complete", j->copied, total, NULL);
-				evlog("info", "pulls-complete", "user", j->user, "copied", n1,
-				      "messages", n2, "next", "verify", NULL);
-			} else {
-				u.state = US_DONE;
-				u.attempts = 0;
-				u.last_error[0] = '\0';
-				u.finished_at = now;
-				log_event(d, j->user, NULL, "user-done", j->copied, total, NULL);
-				evlog("info", "user-done", "user", j->user, "copied", n1, "messages", n2,
-				      NULL);
-			}
+	if (ok) {
+		struct user_rec u;
+		int64_t total = 0;
+		int verify = 0;
+
+		for (size_t i = 0; i < j->nfolders; i++)
+			total += j->folders[i].old_messages > 0 ? j->folders[i].old_messages : 0;
+		snprintf(n1, sizeof(n1), "%lld", (long long)j->copied);
+		snprintf(n2, sizeof(n2), "%lld", (long long)total);
+		if (d->complete_cb != NULL && d->st->user_get(d->st, j->user, &u) == 0)
+			verify = d->complete_cb(&u, d->complete_ctx);
+		ret = userstate_pass_ok(d->st, j->user, j->seq, verify);
+		if (verify) {
+			/* verification queued: the claim is held until it ends */
+			log_event(d, j->user, NULL, "pulls-complete", j->copied, total, NULL);
+			evlog("info", "pulls-complete", "user", j->user, "copied", n1,
+			      "messages", n2, "next", "verify", NULL);
 		} else {
-			u.attempts++;
-			snprintf(u.last_error, sizeof(u.last_error), "%s", j->error);
-			if (j->permanent || u.attempts >= d->cfg->retry_limit) {
-				u.state = US_FAILED;
-				u.finished_at = now;
-				log_event(d, j->user, NULL, "user-failed", j->copied, 0, j->error);
-				snprintf(n1, sizeof(n1), "%d", u.attempts);
-				evlog("error", "user-failed", "user", j->user, "attempts", n1,
-				      "error", j->error, NULL);
-			} else {
-				int64_t delay = sched_backoff(u.attempts, d->cfg->retry_base,
-							      d->cfg->retry_max_delay);
-				u.next_attempt = now + delay;
-				log_event(d, j->user, NULL, "pull-failed", j->copied, 0, j->error);
-				snprintf(n1, sizeof(n1), "%d", u.attempts);
-				snprintf(n2, sizeof(n2), "%lld", (long long)delay);
-				evlog("warning", "pull-failed", "user", j->user, "attempts", n1,
-				      "retry_in", n2, "error", j->error, NULL);
-			}
+			log_event(d, j->user, NULL, "user-done", j->copied, total, NULL);
+			evlog("info", "user-done", "user", j->user, "copied", n1, "messages", n2,
+			      NULL);
 		}
-		if (d->st->user_update(d->st, &u) < 0)
-			evlog("error", "store-error", "user", j->user, "error", d->st->error(d->st), NULL);
+	} else {
+		int failed, attempts;
+		int64_t delay;
+
+		ret = userstate_pass_failed(d->st, j->user, j->seq, j->error, j->permanent,
+					    &retry, &failed, &delay, &attempts);
+		snprintf(n1, sizeof(n1), "%d", attempts);
+		if (failed) {
+			log_event(d, j->user, NULL, "user-failed", j->copied, 0, j->error);
+			evlog("error", "user-failed", "user", j->user, "attempts", n1,
+			      "error", j->error, NULL);
+		} else {
+			log_event(d, j->user, NULL, "pull-failed", j->copied, 0, j->error);
+			snprintf(n2, sizeof(n2), "%lld", (long long)delay);
+			evlog("warning", "pull-failed", "user", j->user, "attempts", n1,
+			      "retry_in", n2, "error", j->error, NULL);
+		}
 	}
+	if (ret != 0)
+		evlog("error", "store-error", "user", j->user, "error", d->st->error(d->st), NULL);
 	snprintf(host, sizeof(host), "%s", j->host);
 	snprintf(user, sizeof(user), "%s", j->user);
 	job_free(j);
@@ -430,29 +424,31 @@ static void job_step(struct job *j)
 
 int dispatch_start(struct dispatch *d, const struct user_rec *u)
 {
-	struct job *j = calloc(1, sizeof(*j));
-	struct user_rec cur = *u;
+	struct job *j;
+	struct user_rec cur;
+	int ret;
 
-	j->d = d;
-	snprintf(j->user, sizeof(j->user), "%s", u->name);
-	snprintf(j->login, sizeof(j->login), "%s", u->new_login);
-	snprintf(j->host, sizeof(j->host), "%s", u->ep.host);
-	j->started = time(NULL);
-	j->phase = P_STATUS0;
-	cur.running = 1;
-	if (cur.started_at == 0)
-		cur.started_at = j->started;
-	if (d->st->user_update(d->st, &cur) < 0) {
+	/* the claim: no other job (cut-over, rollback, pull) holds the user */
+	if ((ret = userstate_claim(d->st, u->name, &cur)) != 0) {
+		if (ret == USERSTATE_BUSY)
+			return -1;
 		evlog("error", "store-error", "user", u->name, "error", d->st->error(d->st), NULL);
-		free(j);
 		return -1;
 	}
+	j = calloc(1, sizeof(*j));
+	j->d = d;
+	snprintf(j->user, sizeof(j->user), "%s", cur.name);
+	snprintf(j->login, sizeof(j->login), "%s", cur.new_login);
+	snprintf(j->host, sizeof(j->host), "%s", cur.ep.host);
+	j->started = time(NULL);
+	j->seq = cur.sync_seq;
+	j->phase = P_STATUS0;
 	j->next = d->jobs;
 	d->jobs = j;
 	d->n++;
 	log_event(d, j->user, NULL, "pull-start", 0, 0, NULL);
 	evlog("info", "pull-start", "user", j->user, "host", j->host,
-	      "sync_now", u->sync_seq > 0 ? "yes" : "no", NULL);
+	      "sync_now", cur.sync_seq > 0 ? "yes" : "no", NULL);
 	job_step(j);
 	return 0;
 }
@@ -461,14 +457,12 @@ void dispatch_cancel_all(struct dispatch *d)
 {
 	while (d->jobs != NULL) {
 		struct job *j = d->jobs;
-		struct user_rec u;
 
 		if (j->req != NULL)
 			doveadm_cancel(j->req);
-		if (d->st->user_get(d->st, j->user, &u) == 0) {
-			u.running = 0;
-			d->st->user_update(d->st, &u);
-		}
+		if (userstate_release(d->st, j->user) < 0)
+			evlog("error", "store-error", "user", j->user, "error",
+			      d->st->error(d->st), NULL);
 		log_event(d, j->user, NULL, "pull-abandoned", j->copied, 0,
 			  "ferryd stopped before the pull answered");
 		evlog("warning", "pull-abandoned", "user", j->user, NULL);

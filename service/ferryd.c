@@ -34,6 +34,7 @@
 #include "scheduler.h"
 #include "secret.h"
 #include "store.h"
+#include "userstate.h"
 
 struct daemon {
 	const char *conf_path;
@@ -127,15 +128,45 @@ out:
 	free(s.waves);
 }
 
+static int in_flight(struct daemon *d);
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
 
 	(void)fd;
 	(void)what;
-	if (!d->draining)
-		cutover_tick(d->cut, time(NULL));
+	/* cut-overs in flight go on while draining: shutdown waits for them */
+	cutover_pump(d->cut);
+	if (d->draining) {
+		if (in_flight(d) == 0) {
+			evlog("info", "drained", NULL);
+			event_base_loopexit(d->base, NULL);
+		}
+		return;
+	}
+	cutover_tick(d->cut, time(NULL));
 	schedule(d);
+}
+
+/* the one slot accounting per old host: pulls (schedule), checks and the
+   cut-over's and rollback's doveadm calls all count in d->run */
+static int slot_take(const char *host, void *arg)
+{
+	struct daemon *d = arg;
+
+	if (d->run.total >= d->cfg.max_concurrent ||
+	    sched_running_count(&d->run, host) >= d->cfg.max_per_host)
+		return 0;
+	sched_running_add(&d->run, host);
+	return 1;
+}
+
+static void on_check_done(const char *host, void *arg);
+
+static void slot_release(const char *host, void *arg)
+{
+	on_check_done(host, arg);
 }
 
 static void kick(void *arg)
@@ -147,7 +178,8 @@ static void kick(void *arg)
 
 static int in_flight(struct daemon *d)
 {
-	return dispatch_in_flight(d->disp) + checks_running(d->checks);
+	return dispatch_in_flight(d->disp) + checks_running(d->checks) +
+		(d->cut != NULL ? cutover_in_flight(d->cut) : 0);
 }
 
 static int on_pulls_complete(const struct user_rec *u, void *arg)
@@ -158,8 +190,6 @@ static int on_pulls_complete(const struct user_rec *u, void *arg)
 		return 0;
 	return checks_queue(d->checks, u, "verify", 1) == 0;
 }
-
-static void on_check_done(const char *host, void *arg);
 
 static void on_job_done(const char *user, const char *host, void *arg)
 {
@@ -174,13 +204,6 @@ static void on_check_done(const char *host, void *arg)
 	struct daemon *d = arg;
 
 	sched_running_remove(&d->run, host);
-	if (d->draining) {
-		if (in_flight(d) == 0) {
-			evlog("info", "drained", NULL);
-			event_base_loopexit(d->base, NULL);
-		}
-		return;
-	}
 	kick(d);
 }
 
@@ -195,6 +218,7 @@ static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 	evlog("warning", "drain-timeout", "abandoned", n, NULL);
 	dispatch_cancel_all(d->disp);
 	checks_cancel_all(d->checks);
+	/* cut-overs in flight: cutover_free records them as failed */
 	event_base_loopexit(d->base, NULL);
 }
 
@@ -297,18 +321,16 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	kick(d);
 }
 
-static int recover_one(const struct user_rec *cu, void *ctx)
+static int recover_one(const struct user_rec *u, void *ctx)
 {
 	struct store *st = ctx;
-	struct user_rec u = *cu;
 
-	if (!u.running)
+	if (!u->running)
 		return 0;
-	u.running = 0;
-	if (st->user_update(st, &u) < 0)
+	if (userstate_release(st, u->name) < 0)
 		return -1;
-	evlog("warning", "pull-interrupted", "user", u.name, NULL);
-	return store_log_event(st, u.name, NULL, "pull-interrupted", 0, 0,
+	evlog("warning", "pull-interrupted", "user", u->name, NULL);
+	return store_log_event(st, u->name, NULL, "pull-interrupted", 0, 0,
 			       "ferryd stopped during the pull; resuming");
 }
 
@@ -594,7 +616,7 @@ int main(int argc, char **argv)
 	api_set_checks(d.api, d.checks);
 	if (d.st->check_abort_all(d.st, "ferryd stopped before the run ended") < 0)
 		evlog("error", "store-error", "error", d.st->error(d.st), NULL);
-	d.cut = cutover_new(d.base, d.st, d.dc, &d.cfg, kick, &d);
+	d.cut = cutover_new(d.base, d.st, d.dc, &d.cfg, kick, slot_take, slot_release, &d);
 	api_set_cutover(d.api, d.cut);
 	d.tick = event_new(d.base, -1, EV_PERSIST, on_tick, &d);
 	d.kick = event_new(d.base, -1, 0, on_tick, &d);

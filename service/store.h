@@ -162,6 +162,11 @@ struct store {
 	int (*user_get)(struct store *st, const char *name, struct user_rec *u);
 	/* writes every mutable field (wave by name, state, flags, times) */
 	int (*user_update)(struct store *st, const struct user_rec *u);
+	/* the same, only if the row still has expect's state, running,
+	   sync_seq and paused (compare-and-set; userstate.c is its one
+	   caller): NOTFOUND if it changed meanwhile */
+	int (*user_update_if)(struct store *st, const struct user_rec *u,
+			      const struct user_rec *expect);
 	/* wave NULL = every user; in id order */
 	int (*user_each)(struct store *st, const char *wave,
 			 int (*cb)(const struct user_rec *u, void *ctx), void *ctx);

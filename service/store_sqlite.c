@@ -466,6 +466,24 @@ static int sq_user_update(struct store *st, const struct user_rec *u)
 			     (int64_t)time(NULL), u->id), "user_update");
 }
 
+static int sq_user_update_if(struct store *st, const struct user_rec *u,
+			     const struct user_rec *expect)
+{
+	if (run(st, prepf(st, "UPDATE users SET wave_id = (SELECT id FROM waves WHERE"
+			  " name = ?), state = ?, paused = ?, running = ?, attempts = ?,"
+			  " next_attempt = ?, sync_seq = ?, last_error = ?, started_at = ?,"
+			  " finished_at = ?, updated_at = ? WHERE id = ? AND state = ? AND"
+			  " running = ? AND sync_seq = ? AND paused = ?", "tsiiiiisiiiisiii",
+			  u->wave, user_state_name(u->state), (int64_t)u->paused,
+			  (int64_t)u->running, (int64_t)u->attempts, u->next_attempt,
+			  u->sync_seq, u->last_error, u->started_at, u->finished_at,
+			  (int64_t)time(NULL), u->id, user_state_name(expect->state),
+			  (int64_t)expect->running, expect->sync_seq, (int64_t)expect->paused),
+		"user_update_if") < 0)
+		return -1;
+	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
+}
+
 static int sq_user_each(struct store *st, const char *wave,
 			int (*cb)(const struct user_rec *, void *), void *ctx)
 {
@@ -856,6 +874,7 @@ struct store *store_sqlite_new(void)
 	st->user_add = sq_user_add;
 	st->user_get = sq_user_get;
 	st->user_update = sq_user_update;
+	st->user_update_if = sq_user_update_if;
 	st->user_each = sq_user_each;
 	st->folder_put = sq_folder_put;
 	st->folder_each = sq_folder_each;
