@@ -73,6 +73,8 @@ void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r)
 		ferry_setting_uint(user, "ferry_max_folders", 10000, 0);
 	set_r->old_connect_timeout_secs =
 		ferry_setting_uint(user, "ferry_old_connect_timeout", 30, 1);
+	set_r->background_idle_msecs =
+		ferry_setting_uint(user, "ferry_background_idle_msecs", 300, 0);
 }
 
 bool ferry_user_is_internal(struct mail_user *user)
@@ -101,6 +103,7 @@ static void ferry_user_deinit(struct mail_user *user)
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
 
+	ferry_bg_deinit(user);
 	if (fuser->old_user != NULL)
 		mail_user_deinit(&fuser->old_user);
 	ferry_map_deinit(user);
@@ -148,6 +151,10 @@ static void ferry_mail_namespaces_created(struct mail_namespace *namespaces)
 	/* A missing or unreadable state file only means "not done yet". */
 	if (ferry_user_state_read(user, &error) < 0)
 		i_error(FERRY_LOG_PREFIX "%s", error);
+	/* a login of a user not done yet: the rest follows in the
+	   background (imap only) */
+	if (!fuser->set.presync)
+		ferry_bg_start(user);
 }
 
 static void ferry_mailbox_list_created(struct mailbox_list *list)

@@ -33,6 +33,9 @@ struct ferry_settings {
 	unsigned int max_folders;
 	/* connect + greeting of the old server (imapc's own is a fixed 30 s) */
 	unsigned int old_connect_timeout_secs;
+	/* imap: the client is idle after this long without a command; then
+	   the rest of the user is completed in the background (0 = never) */
+	unsigned int background_idle_msecs;
 };
 
 /* Per-user state, attached to users being migrated. */
@@ -51,6 +54,8 @@ struct ferry_user {
 	/* Nesting depth of Ferry's own storage calls: our hooks stand aside
 	   while Ferry itself creates, opens or lists. */
 	unsigned int internal;
+	/* background.c: completion while the client is idle (imap) */
+	struct ferry_background *bg;
 };
 
 #define FERRY_USER_CONTEXT(obj) \
@@ -177,12 +182,21 @@ struct ferry_pull_result {
 	unsigned int flag_changes, expunged, skipped;
 	/* the old server gave the folder a new UIDVALIDITY (mirror mode) */
 	bool uidvalidity_changed;
+	/* a background step found the folder locked by another writer */
+	bool busy;
 	uint32_t old_messages, local_messages;
 };
 int ferry_pull_folder(struct mail_user *user, const char *vname,
 		      enum ferry_pull_mode mode,
 		      struct ferry_pull_result *result_r,
 		      enum mail_error *error_code_r, const char **error_r);
+/* A lazy pull of at most max_batches batches (the folder stays partial if
+   more remain), without progress lines, that leaves a folder locked by
+   another writer alone (result_r->busy): background.c's step. */
+int ferry_pull_folder_step(struct mail_user *user, const char *vname,
+			   unsigned int max_batches,
+			   struct ferry_pull_result *result_r,
+			   enum mail_error *error_code_r, const char **error_r);
 int ferry_each_folder(struct mail_user *user,
 		      int (*func)(struct mail_user *user, const char *vname,
 				  void *context),
@@ -230,6 +244,13 @@ int ferry_rollback_user(struct mail_user *user,
 			void (*callback)(const struct ferry_rollback_result *res,
 					 const char *error, void *context),
 			void *context, const char **error_r);
+
+/* background.c: the rest of the user, completed by the imap process
+   while the client is idle */
+void ferry_bg_start(struct mail_user *user);
+/* a client's storage call: the client is not idle */
+void ferry_bg_activity(struct mail_user *user);
+void ferry_bg_deinit(struct mail_user *user);
 
 /* lazy.c: the storage overrides */
 void ferry_lazy_mailbox_allocated(struct mailbox *box);

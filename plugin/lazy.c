@@ -168,6 +168,8 @@ void ferry_lazy_mailbox_allocated(struct mailbox *box)
 	if (box->list->ns->type != MAIL_NAMESPACE_TYPE_PRIVATE ||
 	    box->list->ns->owner != box->storage->user)
 		return;
+	if (!ferry_user_is_internal(box->storage->user))
+		ferry_bg_activity(box->storage->user);
 
 	fbox = p_new(box->pool, struct ferry_mailbox, 1);
 	fbox->module_ctx.super = *v;
@@ -189,6 +191,8 @@ ferry_list_iter_init(struct mailbox_list *list, const char *const *patterns,
 	struct mailbox_list_iterate_context *ctx;
 	const char *error = NULL;
 
+	if (!ferry_user_is_internal(user))
+		ferry_bg_activity(user);
 	if (ferry_lazy_active(user) && ferry_tree_sync(user, &error) < 0)
 		i_error(FERRY_LOG_PREFIX "event=tree-failed error=%s", error);
 	ctx = flist->module_ctx.super.iter_init(list, patterns, flags);

@@ -46,6 +46,13 @@ struct ferry_pull {
 	enum fsync_mode saved_fsync_mode;
 	/* a copy that was interrupted before (crash, kill, lost server) */
 	bool resumed;
+	/* a background step (background.c): at most max_batches batches, no
+	   progress lines, a folder locked by another writer is left to it */
+	bool background;
+	unsigned int max_batches;
+	/* the step ended before the last batch: the folder stays partial */
+	bool stopped;
+	bool busy;
 	/* the interrupted copy cannot be trusted: copy the folder again */
 	bool needs_recopy;
 	/* the highest old UID looked at, skipped ones included */
@@ -94,7 +101,7 @@ static void ferry_pull_notify(struct ferry_pull *pull)
 	struct mail_storage *storage = pull->box->storage;
 	time_t now = time(NULL);
 
-	if (storage->callbacks.notify_ok == NULL ||
+	if (storage->callbacks.notify_ok == NULL || pull->background ||
 	    now - pull->last_notify < (time_t)pull->fuser->set.progress_interval_secs)
 		return;
 	pull->last_notify = now;
@@ -553,6 +560,10 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 	pull->saved_fsync_mode = mail_set->parsed_fsync_mode;
 	mail_set->parsed_fsync_mode = FSYNC_MODE_NEVER;
 	for (i = 0; ret == 0 && i < count; i += n) {
+		if (pull->max_batches > 0 && i / batch >= pull->max_batches) {
+			pull->stopped = TRUE;
+			break;
+		}
 		n = I_MIN(batch, count - i);
 		T_BEGIN {
 			ret = ferry_pull_batch(pull, ot, items + i, n);
@@ -701,7 +712,7 @@ static int ferry_pull_locked(struct ferry_pull *pull)
 	}
 	if (ferry_pull_messages(pull, start) < 0)
 		return -1;
-	return ferry_pull_complete(pull);
+	return pull->stopped ? 0 : ferry_pull_complete(pull);
 }
 
 static bool ferry_box_is_done(const struct ferry_box_hdr *hdr)
@@ -735,9 +746,15 @@ static int ferry_pull_run(struct ferry_pull *pull)
 	if (ferry_pull_is_done(pull))
 		return 0;
 
+	/* a background step never waits: the other writer completes it */
 	ret = mailbox_lock_file_create(pull->box, FERRY_BOX_LOCK_FNAME,
+				       pull->background ? 0 :
 				       pull->fuser->set.lock_timeout_secs,
 				       &lock, &error);
+	if (ret == 0 && pull->background) {
+		pull->busy = TRUE;
+		return 0;
+	}
 	if (ret <= 0) {
 		return ferry_pull_fail(pull, ret == 0 ? MAIL_ERROR_INUSE :
 				       MAIL_ERROR_UNAVAILABLE,
@@ -864,10 +881,12 @@ out:
 	return ret;
 }
 
-int ferry_pull_folder(struct mail_user *user, const char *vname,
-		      enum ferry_pull_mode mode,
-		      struct ferry_pull_result *result_r,
-		      enum mail_error *error_code_r, const char **error_r)
+static int ferry_pull_folder_full(struct mail_user *user, const char *vname,
+				  enum ferry_pull_mode mode,
+				  unsigned int max_batches,
+				  struct ferry_pull_result *result_r,
+				  enum mail_error *error_code_r,
+				  const char **error_r)
 {
 	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
 	struct ferry_pull pull;
@@ -879,6 +898,8 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	pull.fuser = FERRY_USER_CONTEXT(user);
 	pull.vname = vname;
 	pull.mode = mode;
+	pull.background = max_batches > 0;
+	pull.max_batches = max_batches;
 	pull.pool = pool_alloconly_create("ferry pull", 1024);
 	ferry_internal_begin(user);
 	pull.box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
@@ -922,6 +943,7 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	result_r->skipped = pull.skipped;
 	result_r->uidvalidity_changed = pull.uidvalidity_changed;
 	result_r->old_messages = pull.ost.messages;
+	result_r->busy = pull.busy;
 	if (pull.box->opened && mailbox_sync(pull.box, 0) == 0 &&
 	    mailbox_get_status(pull.box, STATUS_MESSAGES, &status) == 0)
 		result_r->local_messages = status.messages;
@@ -937,6 +959,25 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 	pool_unref(&pull.pool);
 	ferry_internal_end(user);
 	return ret;
+}
+
+int ferry_pull_folder(struct mail_user *user, const char *vname,
+		      enum ferry_pull_mode mode,
+		      struct ferry_pull_result *result_r,
+		      enum mail_error *error_code_r, const char **error_r)
+{
+	return ferry_pull_folder_full(user, vname, mode, 0, result_r,
+				      error_code_r, error_r);
+}
+
+int ferry_pull_folder_step(struct mail_user *user, const char *vname,
+			   unsigned int max_batches,
+			   struct ferry_pull_result *result_r,
+			   enum mail_error *error_code_r, const char **error_r)
+{
+	i_assert(max_batches > 0);
+	return ferry_pull_folder_full(user, vname, FERRY_PULL_LAZY, max_batches,
+				      result_r, error_code_r, error_r);
 }
 
 int ferry_each_folder(struct mail_user *user,

@@ -7,9 +7,16 @@ import re
 
 from ferrytest import corpus
 from ferrytest.imapwire import check, quote
-from ferrytest.snapshot import _list
+from ferrytest.sandbox import wait_until
+from ferrytest.snapshot import _list, compare, duplicates, snapshot
 
-SANDBOX_KWARGS = {"users": ("sweep", "modseq")}
+SANDBOX_KWARGS = {"users": ("sweep", "modseq", "idler"),
+                  # several batches per folder: the background goes batch by batch
+                  "batch_size": 20,
+                  # these two look at folders before and after their copy:
+                  # no background completion in between
+                  "new_userdb_extra": {u: "userdb_ferry_background_idle_msecs=0"
+                                       for u in ("sweep", "modseq")}}
 
 ITEMS = "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN RECENT)"
 
@@ -69,6 +76,28 @@ def test_status_sweep_then_select_counts_never_change(sandbox):
 
 def _states_of(sandbox, user):
     return _folder_states(sandbox, user)
+
+
+def test_idle_session_completes_the_rest_without_ferryd(sandbox, new_log):
+    """No ferryd: the imap process completes every folder while its client
+    is idle, and the user is done (later sessions never contact OLD)."""
+    spec = corpus.small_spec(seed=21)
+    corpus.seed_old(sandbox, "idler", spec)
+    old = snapshot(sandbox, "old", "idler")
+    conn = sandbox.imap("new", "idler")
+    first = _sweep(conn)
+    check(conn.select("INBOX"), "SELECT")
+    # the client stays logged in and says nothing
+    wait_until(lambda: set(_folder_states(sandbox, "idler").values()) <= {"complete", "local"},
+               120, "every folder complete while the client is idle")
+    wait_until(lambda: "event=user-done" in new_log.text(), 30, "user done")
+    assert "event=background folders=" in new_log.text()
+    # still the same numbers, and the session is still usable
+    assert _sweep(conn) == first
+    conn.logout()
+    new = snapshot(sandbox, "new", "idler")
+    assert compare(old, new) == []
+    assert duplicates(new, old) == {}
 
 
 def test_status_with_highestmodseq_completes_first(sandbox):
