@@ -7,14 +7,15 @@ FERRYD_LDFLAGS = $(SANITIZE)
 FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto
 
 FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret userstate \
-              cutover cutover_check checks rekey runas pathcheck
+              cutover cutover_check checks rekey runas pathcheck metrics
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
 FERRYD_HDRS = $(wildcard service/*.h include/*.h)
 
 ALL_TARGETS += $(BUILD)/ferryd $(BUILD)/ferryctl
 FERRYD_UNIT = $(BUILD)/unit/test_csv $(BUILD)/unit/test_config \
               $(BUILD)/unit/test_store $(BUILD)/unit/test_sched \
-              $(BUILD)/unit/test_doveadm $(BUILD)/unit/test_cutover
+              $(BUILD)/unit/test_doveadm $(BUILD)/unit/test_cutover \
+              $(BUILD)/unit/test_metrics
 UNIT_TESTS += $(FERRYD_UNIT)
 DEB_PACKAGES += libevent-dev libsqlite3-dev libjansson-dev libcriterion-dev \
                 libssl-dev pkg-config

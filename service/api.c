@@ -22,6 +22,7 @@
 #include "csv.h"
 #include "cutover.h"
 #include "evlog.h"
+#include "metrics.h"
 #include "scheduler.h"
 #include "secret.h"
 #include "userstate.h"
@@ -31,6 +32,8 @@ struct api {
 	struct evhttp *http;
 	struct store *st;
 	unsigned char token_hash[SHA256_DIGEST_LENGTH];
+	unsigned char viewer_hash[SHA256_DIGEST_LENGTH]; /* GET only (dashboard) */
+	int has_viewer;
 	char *secret;          /* key material for CSV passwords, or NULL */
 	api_kick_cb *kick;
 	void *ctx;
@@ -795,7 +798,9 @@ static const struct route {
 	{ EVHTTP_REQ_POST, "/v1/endpoint", h_checks_api },
 };
 
-static int token_ok(struct api *a, struct evhttp_request *req, const char **why)
+enum role { ROLE_NONE, ROLE_VIEWER, ROLE_ADMIN };
+
+static enum role token_role(struct api *a, struct evhttp_request *req, const char **why)
 {
 	const char *h = evhttp_find_header(evhttp_request_get_input_headers(req),
 					   "Authorization");
@@ -803,15 +808,16 @@ static int token_ok(struct api *a, struct evhttp_request *req, const char **why)
 
 	if (h == NULL || strncmp(h, "Bearer ", 7) != 0) {
 		*why = "missing API token (send \"Authorization: Bearer TOKEN\")";
-		return 0;
+		return ROLE_NONE;
 	}
 	h += 7;
 	SHA256((const unsigned char *)h, strlen(h), hash);
-	if (CRYPTO_memcmp(hash, a->token_hash, sizeof(hash)) != 0) {
-		*why = "wrong API token";
-		return 0;
-	}
-	return 1;
+	if (CRYPTO_memcmp(hash, a->token_hash, sizeof(hash)) == 0)
+		return ROLE_ADMIN;
+	if (a->has_viewer && CRYPTO_memcmp(hash, a->viewer_hash, sizeof(hash)) == 0)
+		return ROLE_VIEWER;
+	*why = "wrong API token";
+	return ROLE_NONE;
 }
 
 static void handle(struct evhttp_request *req, void *arg)
@@ -823,9 +829,12 @@ static void handle(struct evhttp_request *req, void *arg)
 	const struct route *r = NULL;
 	const char *why;
 	int path_known = 0;
+	enum role role;
 
 	TAILQ_INIT(&c.query);
-	if (!token_ok(c.a, req, &why)) {
+	if (metrics_serve(req, path))
+		return;
+	if ((role = token_role(c.a, req, &why)) == ROLE_NONE) {
 		evlog("warning", "api-denied", "path", path, "reason", why, NULL);
 		reply_error(&c, 401, "%s", why);
 		return;
@@ -842,6 +851,11 @@ static void handle(struct evhttp_request *req, void *arg)
 			reply_error(&c, 405, "method not allowed for %s", path);
 		else
 			reply_error(&c, 404, "unknown endpoint %s", path != NULL ? path : "?");
+		return;
+	}
+	if (role == ROLE_VIEWER && method != EVHTTP_REQ_GET) {
+		reply_error(&c, 403, "the viewer token only reads (GET); %s needs the admin token",
+			    path);
 		return;
 	}
 	if (query != NULL && evhttp_parse_query_str(query, &c.query) < 0) {
@@ -884,6 +898,23 @@ int api_load_secrets(struct api *a, const struct ferry_config *cfg, char **err_r
 		free(token);
 		return -1;
 	}
+	if (cfg->viewer_token_file != NULL && *cfg->viewer_token_file != '\0') {
+		char *viewer = config_read_private(cfg->viewer_token_file, err_r);
+		if (viewer == NULL) {
+			explicit_bzero(token, strlen(token));
+			free(token);
+			if (secret != NULL) {
+				explicit_bzero(secret, strlen(secret));
+				free(secret);
+			}
+			return -1;
+		}
+		SHA256((const unsigned char *)viewer, strlen(viewer), a->viewer_hash);
+		explicit_bzero(viewer, strlen(viewer));
+		free(viewer);
+		a->has_viewer = 1;
+	} else
+		a->has_viewer = 0;
 	SHA256((const unsigned char *)token, strlen(token), a->token_hash);
 	explicit_bzero(token, strlen(token));
 	free(token);

@@ -52,6 +52,7 @@ void config_free(struct ferry_config *cfg)
 {
 	free(cfg->listen_host);
 	free(cfg->api_token_file);
+	free(cfg->viewer_token_file);
 	free(cfg->state_db);
 	free(cfg->doveadm_host);
 	free(cfg->doveadm_api_key_file);
@@ -141,6 +142,8 @@ static char **str_key(struct ferry_config *cfg, const char *key)
 {
 	if (strcmp(key, "api_token_file") == 0)
 		return &cfg->api_token_file;
+	if (strcmp(key, "viewer_token_file") == 0)
+		return &cfg->viewer_token_file;
 	if (strcmp(key, "state_db") == 0)
 		return &cfg->state_db;
 	if (strcmp(key, "doveadm_api_key_file") == 0)

@@ -8,6 +8,7 @@ struct ferry_config {
 	char *listen_host;        /* admin API address (default 127.0.0.1) */
 	int listen_port;          /* default 8025 */
 	char *api_token_file;     /* admin token (required) */
+	char *viewer_token_file;  /* read-only token (dashboard); optional */
 	char *state_db;           /* SQLite file (required) */
 	char *doveadm_host;       /* NEW's doveadm HTTP API */
 	int doveadm_port;

@@ -8,6 +8,14 @@
 #include <time.h>
 
 static FILE *log_fp;
+static evlog_observer_fn *observer;
+
+#define EVLOG_MAX_PAIRS 32
+
+void evlog_set_observer(evlog_observer_fn *fn)
+{
+	observer = fn;
+}
 
 int evlog_open(const char *path)
 {
@@ -79,7 +87,8 @@ void evlog(const char *level, const char *event, ...)
 	struct tm tm;
 	size_t pos = 0;
 	va_list ap;
-	const char *k, *v;
+	const char *k, *v, *kv[EVLOG_MAX_PAIRS * 2];
+	size_t n = 0;
 
 	gettimeofday(&tv, NULL);
 	gmtime_r(&tv.tv_sec, &tm);
@@ -91,9 +100,17 @@ void evlog(const char *level, const char *event, ...)
 	va_start(ap, event);
 	while ((k = va_arg(ap, const char *)) != NULL) {
 		v = va_arg(ap, const char *);
-		if (v != NULL)
-			pos = evlog_format_kv(line, sizeof(line), pos, k, v);
+		if (v == NULL)
+			continue;
+		pos = evlog_format_kv(line, sizeof(line), pos, k, v);
+		if (n < EVLOG_MAX_PAIRS) {
+			kv[2 * n] = k;
+			kv[2 * n + 1] = v;
+			n++;
+		}
 	}
 	va_end(ap);
 	fprintf(log_fp != NULL ? log_fp : stderr, "%s\n", line);
+	if (observer != NULL)
+		observer(level, event, kv, n);
 }

@@ -13,5 +13,11 @@ void evlog_close(void);
 void evlog(const char *level, const char *event, ...);
 /* appends key=value (quoted as needed) to buf; returns the new length */
 size_t evlog_format_kv(char *buf, size_t len, size_t pos, const char *key, const char *value);
+/* Sees every event after it is written (metrics.c counts from them, so an
+   event is counted exactly where it is logged): kv holds n key/value
+   pairs (NULL values skipped). */
+typedef void evlog_observer_fn(const char *level, const char *event,
+			       const char *const *kv, size_t n);
+void evlog_set_observer(evlog_observer_fn *fn);
 
 #endif

@@ -28,6 +28,7 @@
 #include "dispatch.h"
 #include "doveadm.h"
 #include "evlog.h"
+#include "metrics.h"
 #include "pathcheck.h"
 #include "rekey.h"
 #include "runas.h"
@@ -286,6 +287,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	SWAP_STR(doveadm_host);
 	SWAP_STR(doveadm_api_key_file);
 	SWAP_STR(api_token_file);
+	SWAP_STR(viewer_token_file);
 	SWAP_STR(secret_key_file);
 	SWAP_STR(log_file);
 	SWAP_STR(new_imap_host);
@@ -352,7 +354,8 @@ static int set(const char *s)
 /* every secret file ferryd reads at start, with config_read_private's checks */
 static int check_secret_files(const struct ferry_config *cfg, char **err_r)
 {
-	const char *files[] = { cfg->api_token_file, cfg->doveadm_api_key_file,
+	const char *files[] = { cfg->api_token_file, cfg->viewer_token_file,
+				cfg->doveadm_api_key_file,
 				cfg->secret_key_file, cfg->old_master_password_file,
 				cfg->new_master_password_file };
 
@@ -565,6 +568,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	metrics_init();
 	keep_store_files(&ra, d.cfg.state_db);
 	if (make_db_dir(d.cfg.state_db, &err) < 0) {
 		fprintf(stderr, "ferryd: %s\n", err);
@@ -578,6 +582,7 @@ int main(int argc, char **argv)
 		evlog("error", "store-open-failed", "db", d.cfg.state_db, "error", d.st->error(d.st), NULL);
 		goto out;
 	}
+	metrics_set_sources(d.st, &d.run, &d.draining);
 	if (d.st->user_each(d.st, NULL, recover_one, d.st) < 0) {
 		fprintf(stderr, "ferryd: recovery: %s\n", d.st->error(d.st));
 		goto out;

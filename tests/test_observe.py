@@ -1,0 +1,179 @@
+"""Watching a migration (issue 17): ferryd's /metrics, /healthz and
+/readyz, the plugin's lazy-pull events counted by NEW's own Dovecot stats,
+the dashboard page in a real headless Chromium, and the per-wave report.
+
+One sandbox, one ferryd: wave w1 migrates first (one user's old-server
+login is refused), /metrics is scraped while w2 still waits, then w2
+runs. Counters are checked against what happened: messages copied equal
+the messages an independent IMAP client finds on NEW, the failing user is
+counted with its reason."""
+import os
+import subprocess
+
+import pytest
+
+from ferrytest import corpus
+from ferrytest.ferryd import TOKEN, Ferryd
+from ferrytest.promtext import parse, total, value
+from ferrytest.sandbox import MASTER_PASSWORD, MASTER_USER, password, wait_until
+from ferrytest.snapshot import snapshot
+
+W1 = ["a1", "a2", "a3", "a4"]
+W2 = ["b1", "b2", "b3", "b4"]
+BAD = "badpw"      # NEW's imapc logs in to OLD with a wrong password for this one
+PWUSER = "a1"      # imported with its CSV password (must never be served)
+LAZY = "lazy1"     # not in ferryd: migrated by its own IMAP session
+VIEWER_TOKEN = "ferry-viewer-token-for-tests"
+SECRET_KEY = "ferry-secret-key-material-for-tests-0123456789"
+SANDBOX_KWARGS = {
+    "users": W1 + W2 + [BAD, LAZY],
+    "batch_size": 10,
+    "doveadm_http": True,
+    "new_userdb_extra": {BAD: "userdb_imapc_master_user= userdb_imapc_password=wrong"},
+    # the plugin's lazy-pull events, counted by NEW's stats (docs/ferryd.md)
+    "new_extra": """
+metric ferry_pull {
+  filter = event=ferry_pull_finished
+  fields = messages bytes waited_usecs
+}
+metric ferry_pull_failed {
+  filter = event=ferry_pull_finished AND error=*
+}
+""",
+}
+
+
+def secret_file(sandbox, name, text):
+    path = os.path.join(sandbox.root, name)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ferryd(sandbox):
+    master = secret_file(sandbox, "master.pw", MASTER_PASSWORD)
+    fd = Ferryd(sandbox, max_per_host=2, max_concurrent=2, retry_limit=2,
+                viewer_token_file=secret_file(sandbox, "viewer.token", VIEWER_TOKEN),
+                secret_key_file=secret_file(sandbox, "secret.key", SECRET_KEY),
+                old_master_user=MASTER_USER, old_master_password_file=master,
+                new_master_user=MASTER_USER, new_master_password_file=master,
+                new_imap="127.0.0.1:%d" % sandbox.port("new"), check_timeout=60)
+    fd.start()
+    yield fd
+    if fd.alive():
+        assert fd.stop() == 0
+
+
+def secrets(sandbox):
+    """Every secret ferryd knows: none may appear in what it serves."""
+    return [TOKEN, VIEWER_TOKEN, SECRET_KEY, MASTER_PASSWORD, sandbox.doveadm_api_key,
+            password(PWUSER)]
+
+
+def assert_no_secret(sandbox, what, text):
+    for s in secrets(sandbox):
+        assert s not in text, "%s shows a secret" % what
+
+
+def scrape(fd):
+    code, text = fd.api("GET", "/metrics", token=None)
+    assert code == 200, text
+    return text
+
+
+def settled(fd, users):
+    states = fd.users()
+    return all(states[u]["state"] in ("verified", "done", "failed") and not states[u]["running"]
+               for u in users)
+
+
+def seed_and_import(sandbox, fd):
+    for i, user in enumerate(W1 + W2 + [BAD, LAZY]):
+        corpus.seed_old(sandbox, user, corpus.folder_spec("Bulk", n=12 + i, seed=i, gaps=2))
+    path = os.path.join(sandbox.root, "users.csv")
+    with open(path, "w") as f:
+        f.write("user,endpoint,tls,wave,auth,password\n")
+        for user in W1 + [BAD] + W2:
+            wave = "w2" if user in W2 else "w1"
+            pw = password(user) if user == PWUSER else ""
+            f.write("%s,127.0.0.1:%d,none,%s,%s,%s\n" % (user, sandbox.port("old"), wave,
+                                                    "password" if pw else "master", pw))
+    fd.ctl("import", path)
+
+
+def test_health_and_ready_without_token(sandbox, ferryd):
+    for path in ("/healthz", "/readyz"):
+        code, text = ferryd.api("GET", path, token=None)
+        assert code == 200, (path, text)
+    # the admin API still needs its token
+    assert ferryd.api("GET", "/v1/status", token=None)[0] == 401
+    # the viewer token reads, never writes
+    assert ferryd.api("GET", "/v1/status", token=VIEWER_TOKEN)[0] == 200
+    code, j = ferryd.api("POST", "/v1/pause", {}, token=VIEWER_TOKEN)
+    assert code == 403, j
+
+
+def test_metrics_count_what_happened(sandbox, ferryd):
+    seed_and_import(sandbox, ferryd)
+    first = parse(scrape(ferryd))
+    assert value(first, "ferry_users", wave="w2", state="pending") == len(W2)
+    assert value(first, "ferry_messages_copied_total") == 0
+
+    ferryd.ctl("start", "--wave", "w1")
+    wait_until(lambda: settled(ferryd, W1 + [BAD]), 120, "wave w1 verified or failed")
+    # mid-migration: w1 finished, w2 not started
+    text = scrape(ferryd)
+    mid = parse(text)
+    assert value(mid, "ferry_users", wave="w1", state="verified") == len(W1)
+    assert value(mid, "ferry_users", wave="w1", state="failed") == 1
+    assert value(mid, "ferry_users", wave="w2", state="pending") == len(W2)
+    assert value(mid, "ferry_users_failed_total", reason="auth") == 1
+    assert value(mid, "ferry_pull_failures_total", reason="auth") == 2  # retry_limit
+    assert value(mid, "ferry_pulls_total", result="retry") == 1
+    assert value(mid, "ferry_pulls_total", result="failed") == 1
+    assert value(mid, "ferry_verifications_total", result="pass") == len(W1)
+    assert value(mid, "ferry_verify_duration_seconds_count") == len(W1)
+
+    ferryd.ctl("start", "--wave", "w2")
+    wait_until(lambda: settled(ferryd, W2), 120, "wave w2 verified")
+    text = scrape(ferryd)
+    end = parse(text)
+    on_new = sum(len(f.messages) for u in W1 + W2
+                 for f in snapshot(sandbox, "new", u).folders.values() if f.selectable)
+    assert on_new > 0
+    assert value(end, "ferry_messages_copied_total") == on_new
+    assert value(end, "ferry_folder_messages", server="new") == on_new
+    started = value(end, "ferry_pulls_started_total")
+    assert started == len(W1 + W2) + 2
+    assert value(end, "ferry_pull_duration_seconds_count") == started
+    assert total(end, "ferry_pulls_total") == started
+    assert value(end, "ferry_pulls_total", result="ok") == len(W1 + W2)
+    assert value(end, "ferry_verifications_total", result="pass") == len(W1 + W2)
+    assert total(end, "ferry_users", state="verified") == len(W1 + W2)
+    assert value(end, "ferry_queue_users") == 0
+    assert value(end, "ferry_store_up") == 1
+    assert value(end, "process_resident_memory_bytes") > 0
+    # bounded labels: no user's name is a label value anywhere
+    for (name, labels), _ in end.items():
+        for k, v in labels:
+            assert v not in W1 + W2 + [BAD], (name, labels)
+    assert_no_secret(sandbox, "/metrics", text)
+
+    # Prometheus' own checker accepts the exposition
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    # every ferryd series the Grafana dashboard queries exists
+    import json
+    import re
+    with open(os.path.join(os.path.dirname(__file__), "..", "conf", "grafana-ferry.json")) as f:
+        exprs = [t["expr"] for p in json.load(f)["panels"] for t in p["targets"]]
+    names = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+        names |= {name + s for s in (("", "_bucket", "_sum", "_count") if kind == "histogram"
+                                     else ("",))}
+    used = {n for e in exprs for n in re.findall(r"\b((?:ferry|process)_[a-z_]+)", e)}
+    assert used and used <= names, used - names
