@@ -45,7 +45,7 @@ from ferrytest.snapshot import compare, duplicates, snapshot  # noqa: E402
 
 KINDS = ("proxy-cut", "proxy-stall", "proxy-truncate", "proxy-truncate-literal",
          "old-no-mid-fetch", "old-bye-mid-fetch", "kill-doveadm", "kill-imap",
-         "kill-lmtp", ferryd_kill.KIND, "new-enospc", "old-restart", "new-restart")
+         "kill-background", "kill-lmtp", ferryd_kill.KIND, "new-enospc", "old-restart", "new-restart")
 DESCRIPTION = {
     "proxy-cut": "proxy resets both TCP connections at a random byte of OLD's stream",
     "proxy-stall": "proxy stops forwarding at a random byte: 0.05-0.6 s (pull goes on), "
@@ -57,6 +57,8 @@ DESCRIPTION = {
     "old-bye-mid-fetch": "untagged BYE between two FETCH responses, then close",
     "kill-doveadm": "kill -9 of `doveadm ferry pull` while OLD's stream is held at a random byte",
     "kill-imap": "kill -9 of the imap process doing a lazy pull (SELECT), same points",
+    "kill-background": "kill -9 of an idle session's imap process completing the user in "
+                       "the background, same points",
     "kill-lmtp": "kill -9 of the lmtp process pulling INBOX before a delivery; "
                  "the delivery is retried",
     ferryd_kill.KIND: ferryd_kill.DESCRIPTION,
@@ -250,6 +252,12 @@ class Campaign:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def start_select(self, user, folder="Bulk"):
+        s, f = self.start_login(user)
+        f.write(b"s SELECT %s\r\n" % folder.encode())
+        f.flush()
+        return (s, f)
+
+    def start_login(self, user):
         s = socket.create_connection(("127.0.0.1", self.sb.port("new")), timeout=PULL_TIMEOUT)
         f = s.makefile("rwb")
         f.readline()
@@ -263,8 +271,6 @@ class Campaign:
                 if not line.startswith(b"a OK"):
                     raise CampaignError("LOGIN: %r" % line)
                 break
-        f.write(b"s SELECT %s\r\n" % folder.encode())
-        f.flush()
         return (s, f)
 
     @staticmethod
@@ -375,7 +381,7 @@ class Campaign:
         total = w.stream[user]
         at = rng.randrange(0, max(1, int(total * 0.95)))
         path = {"kill-doveadm": "doveadm", "kill-imap": "imap", "new-restart": "imap",
-                "kill-lmtp": "lmtp"}.get(kind) or rng.choice(("doveadm", "imap"))
+                "kill-lmtp": "lmtp", "kill-background": "background"}.get(kind) or rng.choice(("doveadm", "imap"))
         res = {"kind": kind, "user": user, "at_byte": at, "path": path, "injected": False}
         fault = None
         ballast = None
@@ -393,7 +399,8 @@ class Campaign:
             fault = Fault("no", at_byte=at)
         elif kind == "old-bye-mid-fetch":
             fault = Fault("bye", at_byte=at)
-        elif kind in ("kill-doveadm", "kill-imap", "kill-lmtp", "old-restart", "new-restart"):
+        elif kind in ("kill-doveadm", "kill-imap", "kill-background", "kill-lmtp",
+                      "old-restart", "new-restart"):
             fault = Fault("hold", at_byte=at)
         elif kind == "new-enospc":
             free = rng.randrange(0, max(1, w.need))
@@ -483,6 +490,8 @@ class Campaign:
                 res["delivered_first"] = True
                 return "ok"
             return "%s %s" % (code, text[:80])
+        if path == "background":
+            return self._background_attempt(w, user, res)
         if path == "doveadm":
             proc = self.start_doveadm(user, folder)
             done = lambda: proc.poll() is not None  # noqa: E731
@@ -530,6 +539,30 @@ class Campaign:
         if reply.startswith(b"s OK"):
             return "ok"
         return reply.decode(errors="replace")[:120] or "connection closed"
+
+    def _user_done(self, user):
+        path = os.path.join(self.sb.home("new", user), "Maildir", "dovecot-ferry.state")
+        try:
+            with open(path) as f:
+                return "done=" in f.read()
+        except OSError:
+            return False
+
+    def _background_attempt(self, w, user, res):
+        """A session that logs in and stays idle: its imap process pulls the
+        user in the background; kill -9 of it at the hold point."""
+        s, f = self.start_login(user)
+        try:
+            wait_until(lambda: w.proxy.held.is_set() or self._user_done(user), PULL_TIMEOUT,
+                       "background pull to reach the fault point")
+            if not w.proxy.held.is_set():
+                return "ok"
+            self._kill_owner(w, res, "imap", user)
+            w.proxy.release("resume")
+            return "killed"
+        finally:
+            f.close()
+            s.close()
 
     def _owner(self, w, names, user=None):
         def find():
