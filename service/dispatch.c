@@ -3,6 +3,9 @@
      ferryPull -m INBOX     only if empty: copies the folder tree and INBOX
      ferryStatus            the folders and their old-server counts
      ferryPull -m FOLDER    for each folder not complete yet (progress per folder)
+     ferrySync              presync users only: the mirror pass (new, changed
+                            and expunged old messages of complete folders too,
+                            folders created, renamed, deleted on OLD)
      ferryStatus            final counts; every folder complete -> done
    A failed request ends the job: doveadm's HTTP answer carries only an exit
    code, so the reason is read back with logErrors (Dovecot's own error
@@ -15,10 +18,11 @@
 #include <time.h>
 
 #include "evlog.h"
+#include "ferry-contract.h"
 #include "scheduler.h"
 #include "userstate.h"
 
-enum phase { P_STATUS0, P_TREE, P_STATUS1, P_FOLDER, P_FINAL, P_LOGERR };
+enum phase { P_STATUS0, P_TREE, P_STATUS1, P_FOLDER, P_SYNC, P_FINAL, P_LOGERR };
 
 struct job_folder {
 	char *name;
@@ -36,6 +40,7 @@ struct job {
 	size_t nfolders, cur;
 	time_t started;
 	int64_t seq;  /* the "sync now" request this pass carries out */
+	int presync;  /* still on OLD: end with a mirror pass */
 	int64_t copied;
 	char error[1024];
 	int permanent;
@@ -293,6 +298,8 @@ static void on_log_errors(const struct doveadm_reply *r, void *ctx)
 				found = t + 12;
 			else if (strncmp(t, "ferry status: ", 14) == 0)
 				found = t + 14;
+			else if (strncmp(t, "ferry sync: ", 12) == 0)
+				found = t + 12;
 		}
 	}
 	if (found == NULL)
@@ -337,6 +344,8 @@ static void on_reply(const struct doveadm_reply *r, void *ctx)
 		record_status(j, r->rows, &all_complete);
 		if (j->nfolders == 0)
 			j->phase = P_TREE;
+		else if (all_complete && j->presync)
+			j->phase = P_SYNC;
 		else if (all_complete) {
 			job_finish(j, 1);
 			return;
@@ -364,6 +373,10 @@ static void on_reply(const struct doveadm_reply *r, void *ctx)
 	case P_FOLDER:
 		record_pull(j, r->rows);
 		j->cur++;
+		break;
+	case P_SYNC:
+		record_pull(j, r->rows);
+		j->phase = P_FINAL;
 		break;
 	case P_FINAL:
 		record_status(j, r->rows, &all_complete);
@@ -401,21 +414,26 @@ static void job_step(struct job *j)
 	case P_STATUS0:
 	case P_STATUS1:
 	case P_FINAL:
-		job_call(j, "ferryStatus", NULL);
+		job_call(j, FERRY_CMD_STATUS, NULL);
 		break;
 	case P_TREE:
-		job_call(j, "ferryPull", "INBOX");
+		job_call(j, FERRY_CMD_PULL, "INBOX");
 		break;
 	case P_FOLDER:
 		/* skip folders already complete or created locally */
 		while (j->cur < j->nfolders && !j->folders[j->cur].todo)
 			j->cur++;
 		if (j->cur >= j->nfolders) {
-			j->phase = P_FINAL;
+			j->phase = j->presync ? P_SYNC : P_FINAL;
 			job_step(j);
 			return;
 		}
-		job_call(j, "ferryPull", j->folders[j->cur].name);
+		job_call(j, FERRY_CMD_PULL, j->folders[j->cur].name);
+		break;
+	case P_SYNC:
+		/* a complete folder is not left alone while the user works on
+		   OLD: the presync refresh brings what changed there */
+		job_call(j, FERRY_CMD_SYNC, NULL);
 		break;
 	case P_LOGERR:
 		break;
@@ -442,6 +460,7 @@ int dispatch_start(struct dispatch *d, const struct user_rec *u)
 	snprintf(j->host, sizeof(j->host), "%s", cur.ep.host);
 	j->started = time(NULL);
 	j->seq = cur.sync_seq;
+	j->presync = cur.state == US_PRESYNC;
 	j->phase = P_STATUS0;
 	j->next = d->jobs;
 	d->jobs = j;
