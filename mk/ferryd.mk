@@ -4,10 +4,10 @@
 FERRYD_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
                 -Wmissing-prototypes -Wpointer-arith -iquote service -iquote include $(SANITIZE)
 FERRYD_LDFLAGS = $(SANITIZE)
-FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto
+FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto -lresolv
 
 FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret userstate \
-              cutover cutover_check checks rekey runas pathcheck metrics
+              cutover cutover_check checks rekey runas pathcheck metrics dns
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
 FERRYD_HDRS = $(wildcard service/*.h include/*.h)
 

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "checks.h"
+#include "dns.h"
 #include "csv.h"
 #include "cutover.h"
 #include "evlog.h"
@@ -39,6 +40,7 @@ struct api {
 	void *ctx;
 	struct cutover *cutover; /* cut-over, rollback and routing endpoints */
 	struct checks *checks;   /* preflight and verification */
+	struct dns *dns;         /* DNS readiness and DNSBL checks */
 };
 
 struct call {
@@ -770,6 +772,29 @@ void api_set_checks(struct api *a, struct checks *checks)
 	a->checks = checks;
 }
 
+/* ---- DNS checks (dns.c) ------------------------------------------------- */
+
+static void h_dns_api(struct call *c)
+{
+	char path[128];
+	json_t *args, *out = NULL;
+	int code;
+
+	if (c->a->dns == NULL) {
+		reply_error(c, 503, "DNS checks are not available");
+		return;
+	}
+	args = call_args(c, path, sizeof(path));
+	code = dns_api(c->a->dns, path, args, &out);
+	json_decref(args);
+	reply(c, code, out != NULL ? out : json_object());
+}
+
+void api_set_dns(struct api *a, struct dns *dns)
+{
+	a->dns = dns;
+}
+
 /* ---- routing ------------------------------------------------------------ */
 
 static const struct route {
@@ -796,6 +821,8 @@ static const struct route {
 	{ EVHTTP_REQ_POST, "/v1/verify", h_checks_api },
 	{ EVHTTP_REQ_GET, "/v1/check", h_checks_api },
 	{ EVHTTP_REQ_POST, "/v1/endpoint", h_checks_api },
+	{ EVHTTP_REQ_POST, "/v1/dns", h_dns_api },
+	{ EVHTTP_REQ_GET, "/v1/dns", h_dns_api },
 };
 
 enum role { ROLE_NONE, ROLE_VIEWER, ROLE_ADMIN };

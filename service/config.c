@@ -46,6 +46,9 @@ void config_defaults(struct ferry_config *cfg)
 	cfg->verify_sample = 1.0;
 	cfg->verify_after_pull = 1;
 	cfg->check_timeout = 600;
+	cfg->dns_max_ttl = 3600;
+	cfg->dns_timeout_ms = 3000;
+	cfg->dns_interval = 300;
 }
 
 void config_free(struct ferry_config *cfg)
@@ -66,6 +69,13 @@ void config_free(struct ferry_config *cfg)
 	free(cfg->new_master_user);
 	free(cfg->new_master_password_file);
 	free(cfg->user);
+	free(cfg->dns_resolver);
+	free(cfg->dns_domains);
+	free(cfg->dns_hosts);
+	free(cfg->dns_old_ips);
+	free(cfg->dns_new_ips);
+	free(cfg->dnsbl_zones);
+	free(cfg->dkim_selectors);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -136,6 +146,9 @@ static const struct int_key int_keys[] = {
 	IK(max_body, 1024, 1 << 30),
 	IK(tick_ms, 10, 60000),
 	IK(check_timeout, 1, 86400),
+	IK(dns_max_ttl, 0, 604800),
+	IK(dns_timeout_ms, 100, 60000),
+	IK(dns_interval, 0, 86400),
 };
 
 static char **str_key(struct ferry_config *cfg, const char *key)
@@ -164,6 +177,20 @@ static char **str_key(struct ferry_config *cfg, const char *key)
 		return &cfg->new_master_password_file;
 	if (strcmp(key, "user") == 0)
 		return &cfg->user;
+	if (strcmp(key, "dns_resolver") == 0)
+		return &cfg->dns_resolver;
+	if (strcmp(key, "dns_domains") == 0)
+		return &cfg->dns_domains;
+	if (strcmp(key, "dns_hosts") == 0)
+		return &cfg->dns_hosts;
+	if (strcmp(key, "dns_old_ips") == 0)
+		return &cfg->dns_old_ips;
+	if (strcmp(key, "dns_new_ips") == 0)
+		return &cfg->dns_new_ips;
+	if (strcmp(key, "dnsbl_zones") == 0)
+		return &cfg->dnsbl_zones;
+	if (strcmp(key, "dkim_selectors") == 0)
+		return &cfg->dkim_selectors;
 	return NULL;
 }
 

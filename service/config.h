@@ -36,6 +36,18 @@ struct ferry_config {
 	double verify_sample;     /* fraction of bodies hashed (1 = all) */
 	int verify_after_pull;    /* verify a user when the pulls complete */
 	int check_timeout;        /* seconds one preflight/verify may take */
+	/* DNS readiness and blacklists (service/dns.c); lists are
+	   space-separated */
+	char *dns_resolver;       /* "IP[:PORT]" ("" = first nameserver of resolv.conf) */
+	char *dns_domains;        /* mail domains: MX, SPF, DMARC, DKIM */
+	char *dns_hosts;          /* client-facing names (IMAP, POP3, submission) */
+	char *dns_old_ips;        /* the old server's addresses */
+	char *dns_new_ips;        /* NEW's public addresses (also checked on DNSBLs) */
+	char *dnsbl_zones;        /* e.g. "zen.spamhaus.org bl.example" */
+	char *dkim_selectors;     /* SELECTOR._domainkey.DOMAIN TXT is reported */
+	int dns_max_ttl;          /* cut-over precheck: TTLs at most this (0 = no check) */
+	int dns_timeout_ms;       /* per attempt; 2 attempts */
+	int dns_interval;         /* seconds between automatic checks (0 = on demand) */
 	/* privileges (service/runas.c) */
 	char *user;               /* started as root: serve as this user ("" = none) */
 	int allow_root;           /* started as root without user: run anyway */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "dns.h"
 #include "evlog.h"
 #include "userstate.h"
 
@@ -213,6 +214,10 @@ static int precheck_wave(struct cutover *c, const char *wave, int64_t max_age,
 	}
 	if (json_array_size(p.refused) == 0) {
 		json_decref(p.refused);
+		if (dns_cutover_precheck(msg, sizeof(msg)) != NULL) {
+			*reply_r = json_pack("{s:s+}", "error", msg, "; --force overrides");
+			return 409;
+		}
 		return 0;
 	}
 	pos = (size_t)snprintf(msg, sizeof(msg), "cut-over of wave %s refused: %zu of %d "

@@ -75,6 +75,11 @@ static const struct cmd_help cmd_helps[] = {
 	  "Compares a user's folders, UIDs, flags and (sampled) bodies on both servers.\n" },
 	{ "endpoint", "endpoint HOST[:PORT] --old-prefix PREFIX",
 	  "Sets the old server's namespace prefix for an endpoint.\n" },
+	{ "dns", "dns [--last] [--json] [--timeout S]",
+	  "Checks DNS now (or shows the last check): MX, the client names and where they\n"
+	  "point (old or new server), TTLs against dns_max_ttl, SPF/DMARC/DKIM, and the\n"
+	  "new server's addresses on the DNSBLs. Exit 1 when a TTL is too high, a\n"
+	  "lookup failed or an address is listed.\n" },
 	{ "help", "help [COMMAND]", "This text, or one command's.\n" },
 };
 #define N_CMDS (sizeof(cmd_helps) / sizeof(cmd_helps[0]))
@@ -952,6 +957,59 @@ static void cmd_check(int argc, char **argv)
 	}
 }
 
+static void cmd_dns(int argc, char **argv)
+{
+	int json = 0, last = 0, timeout = 120, listed = 0;
+	json_t *j;
+	long long started = 0;
+
+	for (int k = 1; k < argc; k++) {
+		if (strcmp(argv[k], "--json") == 0)
+			json = 1;
+		else if (strcmp(argv[k], "--last") == 0)
+			last = 1;
+		else if (strcmp(argv[k], "--timeout") == 0 && k + 1 < argc)
+			timeout = (int)parse_duration(argv[++k]);
+		else
+			bad(argv[k]);
+	}
+	if (!last) {
+		j = call("POST", "/v1/dns", json_object());
+		started = jint(j, "started");
+		json_decref(j);
+	}
+	time_t end = time(NULL) + timeout;
+	for (;;) {
+		j = call("GET", "/v1/dns", NULL);
+		json_t *rep = json_object_get(j, "report");
+		if (strcmp(jstr(j, "state"), "none") == 0 && last)
+			die("no DNS check yet (ferryctl dns)");
+		if (strcmp(jstr(j, "state"), "running") != 0 && rep != NULL &&
+		    jint(rep, "started") >= started)
+			break;
+		json_decref(j);
+		if (time(NULL) > end)
+			die("DNS check: no result within %d s", timeout);
+		usleep(100 * 1000);
+	}
+	json_t *rep = json_object_get(j, "report"), *v;
+	size_t i;
+	json_array_foreach(json_object_get(rep, "dnsbl"), i, v)
+		listed |= json_is_true(json_object_get(v, "listed"));
+	if (json) {
+		char *text = json_dumps(rep, JSON_INDENT(1));
+		printf("%s\n", text);
+		free(text);
+	} else {
+		fputs(jstr(j, "text"), stdout);
+	}
+	int rc = json_is_true(json_object_get(rep, "ttl_ok")) && !listed ? 0 : 1;
+	json_decref(j);
+	if (token != NULL)
+		explicit_bzero(token, strlen(token));
+	exit(rc);
+}
+
 static void cmd_endpoint(int argc, char **argv)
 {
 	json_t *body = json_object();
@@ -1022,6 +1080,8 @@ int main(int argc, char **argv)
 		cmd_check(argc, argv);
 	else if (strcmp(argv[0], "endpoint") == 0)
 		cmd_endpoint(argc, argv);
+	else if (strcmp(argv[0], "dns") == 0)
+		cmd_dns(argc, argv);
 	else
 		usage();
 	if (token != NULL)

@@ -23,6 +23,7 @@
 
 #include "api.h"
 #include "checks.h"
+#include "dns.h"
 #include "config.h"
 #include "cutover.h"
 #include "dispatch.h"
@@ -47,6 +48,7 @@ struct daemon {
 	struct dispatch *disp;
 	struct cutover *cut;
 	struct checks *checks;
+	struct dns *dns;
 	struct sched_running run;
 	struct event *tick, *kick, *drain_timer;
 	int draining;
@@ -147,6 +149,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	cutover_tick(d->cut, time(NULL));
+	dns_tick(d->dns, time(NULL));
 	schedule(d);
 }
 
@@ -610,6 +613,12 @@ int main(int argc, char **argv)
 		free(err);
 		goto out;
 	}
+	if ((d.dns = dns_new(d.base, d.st, &d.cfg, &err)) == NULL) {
+		fprintf(stderr, "ferryd: invalid configuration: %s\n", err);
+		evlog("error", "start-failed", "error", err, NULL);
+		free(err);
+		goto out;
+	}
 	/* the socket is bound and every secret read: root is no longer needed */
 	if (runas_drop(&ra, &err) < 0) {
 		fprintf(stderr, "ferryd: %s\n", err);
@@ -619,6 +628,7 @@ int main(int argc, char **argv)
 	}
 	dispatch_set_complete_cb(d.disp, on_pulls_complete, &d);
 	api_set_checks(d.api, d.checks);
+	api_set_dns(d.api, d.dns);
 	if (d.st->check_abort_all(d.st, "ferryd stopped before the run ended") < 0)
 		evlog("error", "store-error", "error", d.st->error(d.st), NULL);
 	d.cut = cutover_new(d.base, d.st, d.dc, &d.cfg, kick, slot_take, slot_release, &d);
@@ -653,6 +663,9 @@ int main(int argc, char **argv)
 	d.checks = NULL;
 	api_set_cutover(d.api, NULL);
 	cutover_free(d.cut);
+	api_set_dns(d.api, NULL);
+	dns_free(d.dns);
+	d.dns = NULL;
 	event_free(ev_term);
 	event_free(ev_int);
 	event_free(ev_hup);
@@ -664,6 +677,7 @@ out:
 	/* set up but never run (a start that failed): no runs, no callbacks */
 	dispatch_free(d.disp);
 	checks_free(d.checks);
+	dns_free(d.dns);
 	api_free(d.api);
 	doveadm_client_free(d.dc);
 	if (d.base != NULL)
