@@ -178,6 +178,7 @@ struct ferry_pull_result {
 	/* this call made the folder complete (or local) */
 	bool completed;
 	unsigned int copied;
+	uoff_t bytes; /* of the messages copied (their RFC822.SIZE) */
 	unsigned int renumbered;
 	unsigned int flag_changes, expunged, skipped;
 	/* the old server gave the folder a new UIDVALIDITY (mirror mode) */

@@ -6,6 +6,7 @@
    entirely: no check, no connection. */
 
 #include "lib.h"
+#include "time-util.h"
 #include "mail-namespace.h"
 #include "mailbox-list-private.h"
 #include "ferry-plugin.h"
@@ -52,17 +53,62 @@ static int ferry_lazy_tree(struct mailbox *box)
 	return -1;
 }
 
+static struct event_category event_category_ferry = {
+	.name = "ferry",
+};
+
+/* What a lazy pull cost the user, for Dovecot's stats (a metric with
+   filter event=ferry_pull_finished, docs/settings.md): created before the
+   pull so the event's own duration is the time the command waited. */
+static void ferry_lazy_pull_event(struct event *event,
+				  const struct ferry_pull_result *res,
+				  const char *error)
+{
+	struct timeval created, now;
+
+	event_get_create_time(event, &created);
+	i_gettimeofday(&now);
+	event_add_int(event, "waited_usecs", timeval_diff_usecs(&now, &created));
+	event_add_int(event, "messages", res->copied);
+	event_add_int(event, "bytes", res->bytes);
+	event_add_int(event, "old_messages", res->old_messages);
+	event_add_str(event, "completed", res->completed ? "yes" : "no");
+	if (error != NULL)
+		event_add_str(event, "error", error);
+	e_debug(event, FERRY_LOG_PREFIX "event=pull-finished folder=%s "
+		"messages=%u bytes=%"PRIuUOFF_T"%s%s", res->vname, res->copied,
+		res->bytes, error != NULL ? " error=" : "",
+		error != NULL ? error : "");
+}
+
 static int ferry_lazy_pull(struct mailbox *box)
 {
 	struct mail_user *user = box->storage->user;
 	struct ferry_pull_result res;
 	enum mail_error code;
-	const char *error;
+	const char *error = NULL;
+	struct event *event;
+	int ret;
 
-	if (ferry_lazy_tree(box) < 0)
+	event = event_create(box->event);
+	event_add_category(event, &event_category_ferry);
+	event_set_name(event, "ferry_pull_finished");
+	if (ferry_lazy_tree(box) < 0) {
+		i_zero(&res);
+		res.vname = box->vname;
+		ferry_lazy_pull_event(event, &res,
+			mail_storage_get_last_error(box->storage, NULL));
+		event_unref(&event);
 		return -1;
-	if (ferry_pull_folder(user, box->vname, FERRY_PULL_LAZY, &res, &code,
-			      &error) < 0) {
+	}
+	ret = ferry_pull_folder(user, box->vname, FERRY_PULL_LAZY, &res, &code,
+				&error);
+	/* only pulls that copied, completed or failed: opening a folder
+	   that was already complete cost the user nothing */
+	if (ret < 0 || res.copied > 0 || res.completed)
+		ferry_lazy_pull_event(event, &res, ret < 0 ? error : NULL);
+	event_unref(&event);
+	if (ret < 0) {
 		mail_storage_set_error(box->storage, code,
 				       ferry_user_error(box->vname, error));
 		return -1;

@@ -62,6 +62,7 @@ struct ferry_pull {
 	ARRAY_TYPE(seq_range) batch_uids;
 	unsigned int batch_count;
 	unsigned int copied, renumbered, total;
+	uoff_t bytes;  /* RFC822.SIZE of the messages copied */
 	time_t last_notify;
 
 	enum mail_error error_code;
@@ -318,15 +319,18 @@ static void ferry_pull_begin(struct ferry_pull *pull)
 	}
 }
 
-static void ferry_pull_saved(struct ferry_pull *pull, uint32_t uid)
+static void ferry_pull_saved(struct ferry_pull *pull, uint32_t uid,
+			     uoff_t size)
 {
+	pull->bytes += size;
 	seq_range_array_add(&pull->batch_uids, uid);
 	pull->batch_count++;
 	pull->copied++;
 	pull->hdr.copied++;
 }
 
-static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail)
+static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail,
+			       uoff_t size)
 {
 	struct mail_save_context *save;
 	time_t save_date;
@@ -344,7 +348,7 @@ static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail)
 		return ferry_pull_fail_local(pull, t_strdup_printf(
 			"copying old UID %u", mail->uid));
 	}
-	ferry_pull_saved(pull, mail->uid);
+	ferry_pull_saved(pull, mail->uid, size);
 	return 0;
 }
 
@@ -468,7 +472,7 @@ static int ferry_pull_copy_big(struct ferry_pull *pull, struct mail *mail,
 	if (ret < 0)
 		return ferry_pull_fail_local(pull, t_strdup_printf(
 			"saving old UID %u", mail->uid));
-	ferry_pull_saved(pull, mail->uid);
+	ferry_pull_saved(pull, mail->uid, size);
 	return 0;
 }
 
@@ -498,7 +502,7 @@ static int ferry_pull_run_of(struct ferry_pull *pull,
 		T_BEGIN {
 			ret = big && i < count ?
 				ferry_pull_copy_big(pull, mail, items[i].size) :
-				ferry_pull_copy_one(pull, mail);
+				ferry_pull_copy_one(pull, mail, items[i].size);
 		} T_END;
 		if (ret == 0) {
 			pull->hdr.copied_upto = mail->uid;
@@ -937,6 +941,7 @@ static int ferry_pull_folder_full(struct mail_user *user, const char *vname,
 	result_r->state = pull.hdr.state;
 	result_r->completed = pull.completed;
 	result_r->copied = pull.copied;
+	result_r->bytes = pull.bytes;
 	result_r->renumbered = pull.renumbered;
 	result_r->flag_changes = pull.flag_changes;
 	result_r->expunged = pull.expunged;

@@ -7,15 +7,18 @@ login is refused), /metrics is scraped while w2 still waits, then w2
 runs. Counters are checked against what happened: messages copied equal
 the messages an independent IMAP client finds on NEW, the failing user is
 counted with its reason."""
+import json
 import os
+import re
 import subprocess
+import urllib.request
 
 import pytest
 
 from ferrytest import corpus
 from ferrytest.ferryd import TOKEN, Ferryd
 from ferrytest.promtext import parse, total, value
-from ferrytest.sandbox import MASTER_PASSWORD, MASTER_USER, password, wait_until
+from ferrytest.sandbox import MASTER_PASSWORD, MASTER_USER, _free_ports, password, wait_until
 from ferrytest.snapshot import snapshot
 
 W1 = ["a1", "a2", "a3", "a4"]
@@ -25,13 +28,24 @@ PWUSER = "a1"      # imported with its CSV password (must never be served)
 LAZY = "lazy1"     # not in ferryd: migrated by its own IMAP session
 VIEWER_TOKEN = "ferry-viewer-token-for-tests"
 SECRET_KEY = "ferry-secret-key-material-for-tests-0123456789"
+STATS_PORT = _free_ports(1)[0]  # NEW's OpenMetrics exporter
 SANDBOX_KWARGS = {
     "users": W1 + W2 + [BAD, LAZY],
     "batch_size": 10,
     "doveadm_http": True,
-    "new_userdb_extra": {BAD: "userdb_imapc_master_user= userdb_imapc_password=wrong"},
+    "new_userdb_extra": {
+        BAD: "userdb_imapc_master_user= userdb_imapc_password=wrong",
+        # every folder of this one is pulled by its own commands
+        LAZY: "userdb_ferry_background_idle_msecs=0",
+    },
     # the plugin's lazy-pull events, counted by NEW's stats (docs/ferryd.md)
     "new_extra": """
+service stats {
+  inet_listener http {
+    address = 127.0.0.1
+    port = %d
+  }
+}
 metric ferry_pull {
   filter = event=ferry_pull_finished
   fields = messages bytes waited_usecs
@@ -39,7 +53,7 @@ metric ferry_pull {
 metric ferry_pull_failed {
   filter = event=ferry_pull_finished AND error=*
 }
-""",
+""" % STATS_PORT,
 }
 
 
@@ -89,8 +103,13 @@ def settled(fd, users):
                for u in users)
 
 
+def grafana_exprs():
+    with open(os.path.join(os.path.dirname(__file__), "..", "conf", "grafana-ferry.json")) as f:
+        return [t["expr"] for p in json.load(f)["panels"] for t in p["targets"]]
+
+
 def seed_and_import(sandbox, fd):
-    for i, user in enumerate(W1 + W2 + [BAD, LAZY]):
+    for i, user in enumerate(W1 + W2 + [BAD]):
         corpus.seed_old(sandbox, user, corpus.folder_spec("Bulk", n=12 + i, seed=i, gaps=2))
     path = os.path.join(sandbox.root, "users.csv")
     with open(path, "w") as f:
@@ -167,13 +186,58 @@ def test_metrics_count_what_happened(sandbox, ferryd):
     assert r.returncode == 0, r.stdout + r.stderr
 
     # every ferryd series the Grafana dashboard queries exists
-    import json
-    import re
-    with open(os.path.join(os.path.dirname(__file__), "..", "conf", "grafana-ferry.json")) as f:
-        exprs = [t["expr"] for p in json.load(f)["panels"] for t in p["targets"]]
+    exprs = grafana_exprs()
     names = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
         names |= {name + s for s in (("", "_bucket", "_sum", "_count") if kind == "histogram"
                                      else ("",))}
     used = {n for e in exprs for n in re.findall(r"\b((?:ferry|process)_[a-z_]+)", e)}
     assert used and used <= names, used - names
+
+
+def stats_dump(sandbox):
+    """doveadm stats dump on NEW -> {metric: {column: value}} (count and
+    the sum of each field)."""
+    out = sandbox.doveadm("new", "stats", "dump", "-f", "count sum").stdout
+    rows = [l.split("\t") for l in out.splitlines() if l.strip()]
+    head = rows[0]
+    res = {}
+    for r in rows[1:]:
+        d = dict(zip(head, r))
+        res.setdefault(d["metric_name"], {})[d["field"]] = d
+    return res
+
+
+def test_lazy_pulls_counted_by_dovecot_stats(sandbox):
+    corpus.seed_old(sandbox, LAZY, corpus.folder_spec("Bulk", n=25, seed=99, gaps=2))
+    # the first EXAMINE of each folder pulls it while the command waits
+    new = snapshot(sandbox, "new", LAZY)
+    msgs = [m for f in new.folders.values() if f.selectable for m in f.messages.values()]
+    assert len(msgs) == 25
+    stats = stats_dump(sandbox)
+    pull = stats["ferry_pull"]
+    assert int(pull["messages"]["sum"]) == len(msgs)
+    assert int(pull["bytes"]["sum"]) == sum(m.size for m in msgs)
+    assert int(pull["waited_usecs"]["count"]) >= 1
+    assert int(pull["waited_usecs"]["sum"]) > 0
+    assert "ferry_pull_failed" not in stats or int(stats["ferry_pull_failed"]["duration"]["count"]) == 0
+
+    # a lazy pull that fails (NEW's imapc login to OLD is refused) is counted
+    conn = sandbox.imap("new", BAD)
+    try:
+        typ, _ = conn.select("Bulk")
+        assert typ == "NO"
+    finally:
+        conn.logout()
+    failed = stats_dump(sandbox)["ferry_pull_failed"]
+    assert int(list(failed.values())[0]["count"]) >= 1
+
+    # Dovecot's own exporter publishes them under the names Grafana queries
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % STATS_PORT, timeout=30) as r:
+        exported = parse("\n".join(l for l in r.read().decode().splitlines()
+                                    if l != "# EOF"))
+    assert value(exported, "dovecot_ferry_pull_total") == \
+        int(stats_dump(sandbox)["ferry_pull"]["duration"]["count"])
+    assert value(exported, "dovecot_ferry_pull_failed_total") >= 1
+    used = {n for e in grafana_exprs() for n in re.findall(r"\b(dovecot_[a-z_]+)", e)}
+    assert used and used <= {n for (n, _) in exported}, used
