@@ -51,6 +51,8 @@ def _size_plan(rng, kind):
         return 3000, int(HUGE_WIRE * 0.74)
     if kind == "text":
         return _loguniform(rng, 2000, 20000), 0
+    if kind == "small":  # many-message folders of the big first-login user
+        return _loguniform(rng, 500, 2000), 0
     if rng.random() < ATTACH_P:
         return _loguniform(rng, 1000, 8000), int(_loguniform(rng, 100000, 2000000) * 0.74)
     return _loguniform(rng, 2000, 20000), 0

@@ -4,7 +4,7 @@ on one seeded corpus, in one run, on two real Dovecot servers on 127.0.0.1.
     python3 bench/bench.py [--messages N] [--small] [--out DIR] [--only 1,3]
 
 Scenarios (docs/bench.md): 1 full bulk pass, 2 delta pass, 3 lazy latency,
-4 plugin overhead, 5 many users. Writes DIR/latest.json and DIR/latest.md
+4 plugin overhead, 5 many users, 6 first login of a big mailbox. Writes DIR/latest.json and DIR/latest.md
 (default bench/results/) and prints the table."""
 import argparse
 import concurrent.futures
@@ -49,6 +49,7 @@ def log(msg):
 def sizes(a):
     if a.small:
         return dict(messages=a.messages or 300, lazy=(100, 300, 1000), lazy_repeats=2,
+                    first_big=3000,
                     overhead_rounds=5, overhead_passes=1, overhead_logins=10,
                     overhead_login_rounds=3, users=10, per_user=20,
                     delta_new=20, delta_flags=50)
@@ -56,6 +57,7 @@ def sizes(a):
                 lazy=(100, 1000, 10000), lazy_repeats=a.lazy_repeats,
                 overhead_rounds=15, overhead_passes=10, overhead_logins=100,
                 overhead_login_rounds=7, users=a.users, per_user=100,
+                first_big=a.first_big,
                 delta_new=200, delta_flags=500)
 
 
@@ -184,15 +186,18 @@ class Bench:
         self.lazy_users = ["lz%02d" % r for r in range(1, n["lazy_repeats"] + 1)]
         self.many = ["m%03d" % i for i in range(1, n["users"] + 1)]
         # prof1..3: spare NEW users reading src, for profiling a kept sandbox
-        users = (["src", "lazysrc", "ferry", "dsync", "mbsync", "prof1", "prof2", "prof3"]
+        users = (["src", "lazysrc", "ferry", "dsync", "mbsync", "prof1", "prof2", "prof3",
+                  "first", "firstref", "bigsrc", "firstbig"]
                  + self.lazy_users + self.many)
         extra = {"src": "userdb_ferry=no", "lazysrc": "userdb_ferry=no",
                  # presync: the delta pass (scenario 2) is a mirror pass
                  "ferry": "userdb_imapc_user=src userdb_ferry_phase=presync",
                  "dsync": "userdb_ferry=no userdb_imapc_user=src",
                  "mbsync": "userdb_ferry=no"}
-        for u in ("prof1", "prof2", "prof3"):
+        for u in ("prof1", "prof2", "prof3", "first", "firstref"):
             extra[u] = "userdb_imapc_user=src"
+        extra["bigsrc"] = "userdb_ferry=no"
+        extra["firstbig"] = "userdb_imapc_user=bigsrc"
         for u in self.lazy_users:
             extra[u] = "userdb_imapc_user=lazysrc"
         self.build = private_build(os.path.join(self.root, "build"))
@@ -691,6 +696,104 @@ SyncState {d}/state/
         r["target_met"] = peak <= limit and r["users_done"] == len(users)
         return r
 
+    # ---- scenario 6
+    def first_login(self, user, old_user, wait_done):
+        """A desktop client's first login: LOGIN, LIST, STATUS of every
+        folder, SELECT INBOX; then idle until the user is done (the imap
+        process completes it in the background), and STATUS again."""
+        items = "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN)"
+
+        def sweep(conn):
+            out = {}
+            for item in imapwire.check(conn.list('""', "*"), "LIST"):
+                flags, _, wire = imapwire.parse_list(item)
+                if {"\\noselect", "\\nonexistent"} & {f.lower() for f in flags}:
+                    continue
+                data = imapwire.check(conn.status(imapwire.quote(wire), items), "STATUS")
+                out[wire.replace(".", "/")] = data[0].decode().split("(", 1)[1]
+            return out
+        old = self.sb.imap("old", old_user, master=True, timeout=600)
+        try:
+            want = sweep(old)
+        finally:
+            old.logout()
+        state = os.path.join(self.sb.home("new", user), "Maildir", "dovecot-ferry.state")
+
+        def done():
+            try:
+                with open(state) as f:
+                    return "done=" in f.read()
+            except OSError:
+                return False
+        t0 = time.monotonic()
+        conn = self.sb.imap("new", user, timeout=600)
+        try:
+            got = sweep(conn)
+            t_status = time.monotonic() - t0
+            typ, data = conn.select("INBOX")
+            t_inbox = time.monotonic() - t0
+            if typ != "OK":
+                raise AssertionError("SELECT INBOX: %s %s" % (typ, data))
+            r = {"folders": len(got), "status_s": round(t_status, 3),
+                 "inbox_selected_s": round(t_inbox, 3), "inbox_messages": int(data[0]),
+                 "status_equal_old": got == want}
+            if wait_done:
+                wait_until(done, 3600, "%s done in the background" % user, interval=0.05)
+                r["complete_s"] = round(time.monotonic() - t0, 3)
+                r["status_equal_after"] = sweep(conn) == got
+        finally:
+            conn.logout()
+        return r
+
+    def s6(self):
+        rows = {}
+        # the bulk-copy time of the same user (scenario 1's, or measured here)
+        bulk = self.results["scenarios"].get("1_full", {}).get("ferry", {}).get("wall_s")
+        if not bulk:
+            r, out, err = self.measured(self.doveadm_new("ferry", "pull", "-u", "firstref"))
+            if r.get("rc") != 0:
+                raise AssertionError("reference pull: %s" % r.get("error"))
+            bulk = r["wall_s"]
+        with meter.Meter(self.sb) as m:
+            r = self.first_login("first", "src", wait_done=True)
+        r["resources"] = m.result()
+        r["messages"] = self.corpus["messages"]
+        r["bulk_copy_s"] = bulk
+        r["target"] = "INBOX selected <= 2 s; STATUS = OLD's = after; complete <= bulk copy"
+        r["target_met"] = bool(r["inbox_selected_s"] <= 2.0 and r["status_equal_old"]
+                               and r["status_equal_after"] and r["complete_s"] <= bulk)
+        rows["first"] = r
+        log("6 first login, %d messages: INBOX selected %.2fs (STATUS sweep %.2fs), "
+            "STATUS = OLD %s, complete after %.1fs (bulk copy %.1fs), STATUS unchanged %s" % (
+                r["messages"], r["inbox_selected_s"], r["status_s"], r["status_equal_old"],
+                r["complete_s"], bulk, r["status_equal_after"]))
+        # the big user: INBOX as above, the rest in small messages
+        n = self.cfg["first_big"]
+        t = time.monotonic()
+        plan = bcorpus.plan(self.corpus["messages"], seed=self.a.seed)
+        inbox = [p for p in plan if p[0] == "INBOX"][0]
+        rest = [p for p in plan if p[0] != "INBOX"]
+        per = max(1, (n - inbox[1]) // len(rest))
+
+        def big_folders():
+            yield bcorpus.make_folder(self.a.seed, *inbox[:5], huge=inbox[5])
+            for name, _, profile, sub, uv, _ in rest:
+                yield bcorpus.make_folder(self.a.seed, name, per, profile, sub, uv, mix="small")
+        _, nbytes, nmsgs = seedfast.seed_user(self.sb, "bigsrc", big_folders())
+        log("6 seeded bigsrc: %d messages, %.1f MB (%.1fs)" % (nmsgs, nbytes / MB,
+                                                              time.monotonic() - t))
+        with meter.Meter(self.sb) as m:
+            r = self.first_login("firstbig", "bigsrc", wait_done=False)
+        r["resources"] = m.result()
+        r["messages"], r["bytes"] = nmsgs, nbytes
+        r["target"] = "INBOX selected <= 2.5 s; STATUS = OLD's"
+        r["target_met"] = bool(r["inbox_selected_s"] <= 2.5 and r["status_equal_old"])
+        rows["big"] = r
+        log("6 first login, %d messages: INBOX selected %.2fs (STATUS sweep %.2fs), "
+            "STATUS = OLD %s" % (nmsgs, r["inbox_selected_s"], r["status_s"],
+                                 r["status_equal_old"]))
+        self.scen("6_first_login", rows)
+
     def check_sample(self, users):
         bad = 0
         sample = users[:: max(1, len(users) // 5)][:5]
@@ -712,11 +815,11 @@ SyncState {d}/state/
                                            per_host_limit=self.a.per_host,
                                            new_mail_fsync=mail_fsync(self.sb)),
             small=self.a.small)
-        only = set(self.a.only.split(",")) if self.a.only else set("12345")
+        only = set(self.a.only.split(",")) if self.a.only else set("123456")
         try:
             self.setup()
             steps = [("1", self.s1), ("2", self.s2), ("3", self.s3), ("4", self.s4),
-                     ("5", self.s5)]
+                     ("5", self.s5), ("6", self.s6)]
             for key, fn in steps:
                 if key in only and (key != "2" or "1" in only):
                     t = time.monotonic()
@@ -727,7 +830,8 @@ SyncState {d}/state/
                         traceback.print_exc()
                         self.results["scenarios"].setdefault(
                             {"1": "1_full", "2": "2_delta", "3": "3_lazy", "4": "4_overhead",
-                             "5": "5_many_users"}[key], {"error": repr(e)[-800:]})
+                             "5": "5_many_users", "6": "6_first_login"}[key],
+                            {"error": repr(e)[-800:]})
                     log("scenario %s took %.1fs" % (key, time.monotonic() - t))
         finally:
             if self.nop:
@@ -886,6 +990,8 @@ def main(argv=None):
     ap.add_argument("--users", type=int, default=int(os.environ.get("BENCH_USERS", 200)))
     ap.add_argument("--lazy-repeats", type=int, default=int(os.environ.get("BENCH_LAZY_REPEATS", 5)))
     ap.add_argument("--per-host", type=int, default=4, help="ferryd max_per_host")
+    ap.add_argument("--first-big", type=int, default=200000,
+                    help="scenario 6: messages of the big first-login user")
     ap.add_argument("--set", action="append", default=[],
                     help="ferry plugin setting for NEW, e.g. ferry_batch_size=1000")
     ap.add_argument("--perf", action="store_true", help="perf record -g the Ferry full pass")
