@@ -53,6 +53,8 @@ struct ferry_pull {
 	/* the step ended before the last batch: the folder stays partial */
 	bool stopped;
 	bool busy;
+	/* a stragglers pass over a folder complete before it */
+	bool stragglers;
 	/* the interrupted copy cannot be trusted: copy the folder again */
 	bool needs_recopy;
 	/* the highest old UID looked at, skipped ones included */
@@ -594,7 +596,7 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 	   resumed copy re-reads the mail files first so the index shows what
 	   the files say. Nobody has seen the folder yet, so this changes
 	   nothing a client knows. */
-	if (pull->mode != FERRY_PULL_STRAGGLERS &&
+	if (!pull->stragglers &&
 	    (pull->mode == FERRY_PULL_MIRROR || pull->resumed || pull->copied > 0)) {
 		struct ferry_mirror_result mres;
 
@@ -648,7 +650,7 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 	i_info(FERRY_LOG_PREFIX "folder=%s event=%s copied=%u renumbered=%u "
 	       "flag_changes=%u expunged=%u skipped=%u old_messages=%u "
 	       "uidvalidity=%u uidnext=%u", pull->vname,
-	       pull->mode == FERRY_PULL_STRAGGLERS ? "stragglers" :
+	       pull->stragglers ? "stragglers" :
 	       was_complete ? "mirrored" : "complete",
 	       pull->copied, pull->renumbered, pull->flag_changes,
 	       pull->expunged, pull->skipped, pull->ost.messages, pull->ost.uidvalidity,
@@ -705,9 +707,13 @@ static int ferry_pull_locked(struct ferry_pull *pull)
 					pull->ost.uidvalidity));
 	}
 	pull->resumed = pull->hdr.state == FERRY_BOX_PENDING;
+	bool was_complete = pull->hdr.state == FERRY_BOX_COMPLETE;
 	if (ferry_pull_prepare(pull, &start) < 0)
 		return -1;
-	if (pull->mode == FERRY_PULL_STRAGGLERS) {
+	/* a folder never completed is copied with its old UIDs even in a
+	   stragglers pass: STATUS may already have shown its old numbers */
+	pull->stragglers = pull->mode == FERRY_PULL_STRAGGLERS && was_complete;
+	if (pull->stragglers) {
 		/* the new folder is the truth: what the old one still gets is
 		   appended above everything, with fresh UIDs */
 		pull->keep_uids = FALSE;
