@@ -19,7 +19,7 @@ PLUGIN_CFLAGS = -std=gnu11 -O2 -g -fPIC -DHAVE_CONFIG_H -I$(DOVECOT_INC) \
 PLUGIN_LDFLAGS = -shared -L$(DOVECOT_LIB) -Wl,-rpath,$(DOVECOT_LIB) $(SANITIZE)
 
 PLUGIN_SRCS = plugin/ferry-plugin.c plugin/state.c plugin/old.c plugin/old-body.c plugin/old-list.c plugin/old-status.c plugin/map.c \
-              plugin/tree.c plugin/pull.c plugin/mirror.c plugin/rollback.c plugin/lazy.c plugin/background.c
+              plugin/tree.c plugin/pull.c plugin/mirror.c plugin/rollback.c plugin/lazy.c plugin/background.c plugin/ferryd-notify.c
 DOVEADM_SRCS = plugin/doveadm-ferry.c
 PLUGIN_OBJS  = $(PLUGIN_SRCS:plugin/%.c=$(BUILD)/plugin/%.o)
 DOVEADM_OBJS = $(DOVEADM_SRCS:plugin/%.c=$(BUILD)/plugin/%.o)

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -721,8 +722,8 @@ SyncState {d}/state/
 
         def done():
             try:
-                with open(state) as f:
-                    return "done=" in f.read()
+                with open(state) as f:  # done=0 until every folder is complete
+                    return re.search(r"^done=[1-9]", f.read(), re.M) is not None
             except OSError:
                 return False
         t0 = time.monotonic()

@@ -104,6 +104,7 @@ static void ferry_user_deinit(struct mail_user *user)
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
 
 	ferry_bg_deinit(user);
+	ferry_notify_deinit(user);
 	if (fuser->old_user != NULL)
 		mail_user_deinit(&fuser->old_user);
 	ferry_map_deinit(user);
@@ -153,8 +154,10 @@ static void ferry_mail_namespaces_created(struct mail_namespace *namespaces)
 		i_error(FERRY_LOG_PREFIX "%s", error);
 	/* a login of a user not done yet: the rest follows in the
 	   background (imap only) */
-	if (!fuser->set.presync)
+	if (!fuser->set.presync) {
 		ferry_bg_start(user);
+		ferry_notify_login(user);
+	}
 }
 
 static void ferry_mailbox_list_created(struct mailbox_list *list)

@@ -56,6 +56,8 @@ struct ferry_user {
 	unsigned int internal;
 	/* background.c: completion while the client is idle (imap) */
 	struct ferry_background *bg;
+	/* ferryd-notify.c: the login told to ferryd */
+	struct ferry_notify *notify;
 };
 
 #define FERRY_USER_CONTEXT(obj) \
@@ -252,6 +254,11 @@ void ferry_bg_start(struct mail_user *user);
 /* a client's storage call: the client is not idle */
 void ferry_bg_activity(struct mail_user *user);
 void ferry_bg_deinit(struct mail_user *user);
+
+/* ferryd-notify.c: a login of a user not done yet, told to ferryd (when
+   ferry_ferryd_url is set): the user goes ahead of every other */
+void ferry_notify_login(struct mail_user *user);
+void ferry_notify_deinit(struct mail_user *user);
 
 /* lazy.c: the storage overrides */
 void ferry_lazy_mailbox_allocated(struct mailbox *box);

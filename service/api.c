@@ -474,14 +474,18 @@ static void h_resume(struct call *c)
 static void h_sync(struct call *c)
 {
 	struct store *st = c->a->st;
-	const char *user = body_str(c, "user");
-	int ret, running = 0;
+	const char *user = body_str(c, "user"), *reason = body_str(c, "reason");
+	int ret, running = 0, login = reason != NULL && strcmp(reason, "login") == 0;
 
 	if (user == NULL) {
 		reply_error(c, 400, "sync needs {\"user\": USER}");
 		return;
 	}
-	if ((ret = userstate_request_sync(st, user, &running)) != 0) {
+	if (reason != NULL && !login) {
+		reply_error(c, 400, "sync: unknown reason \"%s\" (want \"login\")", reason);
+		return;
+	}
+	if ((ret = userstate_request_sync(st, user, login, &running)) != 0) {
 		if (ret == STORE_NOTFOUND)
 			reply_error(c, 404, "unknown user \"%s\"", user);
 		else
@@ -489,7 +493,8 @@ static void h_sync(struct call *c)
 		return;
 	}
 	/* running: a job holds the user; the sync stays queued behind it */
-	evlog("info", "sync-now", "user", user, "queued_behind_job", running ? "yes" : "no", NULL);
+	evlog("info", login ? "sync-login" : "sync-now", "user", user, "queued_behind_job",
+	      running ? "yes" : "no", NULL);
 	c->a->kick(c->a->ctx);
 	reply(c, 200, json_pack("{s:s, s:b, s:b}", "sync", user, "running", running,
 				"queued", running));
@@ -545,6 +550,7 @@ static int status_user(const struct user_rec *u, void *ctx)
 	json_object_set_new(j, "started_at", json_integer(u->started_at));
 	json_object_set_new(j, "finished_at", json_integer(u->finished_at));
 	json_object_set_new(j, "sync_now", json_boolean(u->sync_seq > 0));
+	json_object_set_new(j, "login_at", json_integer(u->login_at));
 	json_object_set_new(j, "folders", folders);
 	{
 		struct check_rec cr;

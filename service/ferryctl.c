@@ -526,9 +526,10 @@ static void print_status(FILE *out, json_t *j, const char *user, int tty, const 
 		char msgs[48], state[32];
 		long long old = jint(u, "old_messages"), have = jint(u, "messages");
 		snprintf(msgs, sizeof(msgs), "%lld/%lld", have, old);
-		snprintf(state, sizeof(state), "%s%s%s", jstr(u, "state"),
+		snprintf(state, sizeof(state), "%s%s%s%s", jstr(u, "state"),
 			 json_is_true(json_object_get(u, "paused")) ? ",paused" : "",
-			 json_is_true(json_object_get(u, "running")) ? ",busy" : "");
+			 json_is_true(json_object_get(u, "running")) ? ",busy" : "",
+			 jint(u, "login_at") > 0 ? ",login" : "");
 		fprintf(out, "%-16s %-10s %-9s %-7lld %-15s ", jstr(u, "name"),
 			*jstr(u, "wave") ? jstr(u, "wave") : "-", state, jint(u, "attempts"), msgs);
 		if (tty && *jstr(u, "error") == '\0') {

@@ -95,6 +95,9 @@ int sched_cmp(const struct sched_cand *a, const struct sched_cand *b)
 
 	if ((ua->sync_seq > 0) != (ub->sync_seq > 0))
 		return ua->sync_seq > 0 ? -1 : 1;
+	/* a user waiting at a mail client first */
+	if (ua->sync_seq > 0 && (ua->login_at > 0) != (ub->login_at > 0))
+		return ua->login_at > 0 ? -1 : 1;
 	if (ua->sync_seq > 0 && (r = cmp64(ua->sync_seq, ub->sync_seq)) != 0)
 		return r;
 	if ((ua->state == US_CUTOVER) != (ub->state == US_CUTOVER))

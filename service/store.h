@@ -55,6 +55,8 @@ struct user_rec {
 	int attempts;           /* failed attempts since the last success */
 	int64_t next_attempt;   /* not before (epoch seconds) */
 	int64_t sync_seq;       /* > 0: "sync now" requested, in this order */
+	int64_t login_at;       /* > 0: the last pull asked for by the user's
+				   login (the plugin), ahead of every other */
 	char last_error[1024];
 	int64_t started_at, finished_at, updated_at;
 	char *password_enc;     /* encrypted, base64; NULL = none (user_add) */

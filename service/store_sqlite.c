@@ -91,6 +91,8 @@ static const char *const migrations[] = {
 	" requested_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,"
 	" error TEXT NOT NULL, report_json TEXT, report_text TEXT,"
 	" PRIMARY KEY (user_id, kind));",
+	/* 4 -> 5: pulls asked for by a user's login (the plugin) */
+	"ALTER TABLE users ADD COLUMN login_at INTEGER NOT NULL DEFAULT 0;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -392,7 +394,7 @@ static int sq_wave_each(struct store *st, int (*cb)(const struct wave_rec *, voi
 #define USER_COLS "u.id, u.name, u.old_login, u.new_login, u.endpoint_id, e.host," \
 	" e.port, e.tls, e.auth, COALESCE(w.name, ''), COALESCE(u.wave_id, 0), u.state," \
 	" u.paused, u.running, u.attempts, u.next_attempt, u.sync_seq, u.last_error," \
-	" u.started_at, u.finished_at, u.updated_at, e.old_prefix"
+	" u.started_at, u.finished_at, u.updated_at, e.old_prefix, u.login_at"
 #define USER_FROM " FROM users u JOIN endpoints e ON e.id = u.endpoint_id" \
 	" LEFT JOIN waves w ON w.id = u.wave_id"
 
@@ -425,6 +427,7 @@ static void user_row(sqlite3_stmt *stmt, struct user_rec *u)
 	u->started_at = sqlite3_column_int64(stmt, 18);
 	u->finished_at = sqlite3_column_int64(stmt, 19);
 	u->updated_at = sqlite3_column_int64(stmt, 20);
+	u->login_at = sqlite3_column_int64(stmt, 22);
 }
 
 static int sq_user_add(struct store *st, struct user_rec *u)
@@ -459,11 +462,12 @@ static int sq_user_update(struct store *st, const struct user_rec *u)
 	return run(st, prepf(st, "UPDATE users SET wave_id = (SELECT id FROM waves WHERE"
 			     " name = ?), state = ?, paused = ?, running = ?, attempts = ?,"
 			     " next_attempt = ?, sync_seq = ?, last_error = ?, started_at = ?,"
-			     " finished_at = ?, updated_at = ? WHERE id = ?", "tsiiiiisiiii",
+			     " finished_at = ?, updated_at = ?, login_at = ? WHERE id = ?",
+			     "tsiiiiisiiiii",
 			     u->wave, user_state_name(u->state), (int64_t)u->paused,
 			     (int64_t)u->running, (int64_t)u->attempts, u->next_attempt,
 			     u->sync_seq, u->last_error, u->started_at, u->finished_at,
-			     (int64_t)time(NULL), u->id), "user_update");
+			     (int64_t)time(NULL), u->login_at, u->id), "user_update");
 }
 
 static int sq_user_update_if(struct store *st, const struct user_rec *u,
@@ -472,12 +476,13 @@ static int sq_user_update_if(struct store *st, const struct user_rec *u,
 	if (run(st, prepf(st, "UPDATE users SET wave_id = (SELECT id FROM waves WHERE"
 			  " name = ?), state = ?, paused = ?, running = ?, attempts = ?,"
 			  " next_attempt = ?, sync_seq = ?, last_error = ?, started_at = ?,"
-			  " finished_at = ?, updated_at = ? WHERE id = ? AND state = ? AND"
-			  " running = ? AND sync_seq = ? AND paused = ?", "tsiiiiisiiiisiii",
+			  " finished_at = ?, updated_at = ?, login_at = ? WHERE id = ? AND"
+			  " state = ? AND running = ? AND sync_seq = ? AND paused = ?",
+			  "tsiiiiisiiiiisiii",
 			  u->wave, user_state_name(u->state), (int64_t)u->paused,
 			  (int64_t)u->running, (int64_t)u->attempts, u->next_attempt,
 			  u->sync_seq, u->last_error, u->started_at, u->finished_at,
-			  (int64_t)time(NULL), u->id, user_state_name(expect->state),
+			  (int64_t)time(NULL), u->login_at, u->id, user_state_name(expect->state),
 			  (int64_t)expect->running, expect->sync_seq, (int64_t)expect->paused),
 		"user_update_if") < 0)
 		return -1;

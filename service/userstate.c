@@ -104,6 +104,7 @@ int64_t userstate_next_seq(struct store *st)
 struct sync_ctx {
 	int64_t seq;
 	int cut_over;
+	int login;
 };
 
 static int m_sync(struct user_rec *u, void *ctx)
@@ -116,12 +117,15 @@ static int m_sync(struct user_rec *u, void *ctx)
 	u->attempts = 0;
 	u->next_attempt = 0;
 	u->sync_seq = s->seq;
+	if (s->login)
+		u->login_at = time(NULL);
 	return 0;
 }
 
-int userstate_request_sync(struct store *st, const char *user, int *running_r)
+int userstate_request_sync(struct store *st, const char *user, int login,
+			   int *running_r)
 {
-	struct sync_ctx s = { 0, 0 };
+	struct sync_ctx s = { 0, 0, login };
 	struct route_rec r;
 	struct user_rec u;
 	int ret;

@@ -28,8 +28,11 @@ int userstate_set_paused(struct store *st, const char *user, int paused);
 int userstate_set_wave(struct store *st, const char *user, const char *wave);
 /* "sync now": queued with the next sequence number; a finished user goes
    back to presync (cut-over users stay cutover). *running_r: a job holds
-   the user now (the sync follows it). 0, STORE_NOTFOUND or -1. */
-int userstate_request_sync(struct store *st, const char *user, int *running_r);
+   the user now (the sync follows it). login: asked for by the user's
+   login (the plugin): recorded (login_at) and pulled ahead of every other
+   user. 0, STORE_NOTFOUND or -1. */
+int userstate_request_sync(struct store *st, const char *user, int login,
+			   int *running_r);
 
 /* Takes the user's claim (running 0 -> 1). *u_r: the user as claimed (its
    sync_seq is what this job carries out). 0, USERSTATE_BUSY, STORE_NOTFOUND

@@ -3,20 +3,49 @@ is not complete is answered from OLD's STATUS for the items equal by
 construction, and what it shows never changes when the folder completes;
 any other item completes the folder first. Checked with an independent
 client (imaplib) against both servers."""
+import os
 import re
 
+import pytest
+
 from ferrytest import corpus
+from ferrytest.ferryd import TOKEN, Ferryd
 from ferrytest.imapwire import check, quote
-from ferrytest.sandbox import wait_until
+from ferrytest.sandbox import _free_ports, wait_until
 from ferrytest.snapshot import _list, compare, duplicates, snapshot
 
-SANDBOX_KWARGS = {"users": ("sweep", "modseq", "idler"),
+SANDBOX_KWARGS = {"users": ("sweep", "modseq", "idler", "loginner"),
                   # several batches per folder: the background goes batch by batch
                   "batch_size": 20,
-                  # these two look at folders before and after their copy:
-                  # no background completion in between
-                  "new_userdb_extra": {u: "userdb_ferry_background_idle_msecs=0"
-                                       for u in ("sweep", "modseq")}}
+                  "doveadm_http": True}
+FERRYD = {}
+
+
+def _notify(port):
+    return ("userdb_ferry_ferryd_url=http://127.0.0.1:%d/ userdb_ferry_ferryd_token=%s"
+            % (port, TOKEN))
+
+
+def sandbox_prepare(sb):
+    fd = FERRYD["fd"] = Ferryd(sb, tick_ms=100)
+    down = _free_ports(1)[0]  # nothing listens there: ferryd is down
+    sb.new_userdb_extra = {
+        # these two look at folders before and after their copy: no
+        # background completion in between
+        "sweep": "userdb_ferry_background_idle_msecs=0",
+        "modseq": "userdb_ferry_background_idle_msecs=0",
+        "idler": _notify(down),
+        # ferryd alone completes this one (the session's background is off)
+        "loginner": _notify(fd.port) + " userdb_ferry_background_idle_msecs=0"}
+
+
+@pytest.fixture(scope="module")
+def ferryd(sandbox):
+    fd = FERRYD["fd"]
+    fd.start()
+    yield fd
+    if fd.alive():
+        fd.stop()
 
 ITEMS = "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN RECENT)"
 
@@ -80,9 +109,10 @@ def _states_of(sandbox, user):
     return _folder_states(sandbox, user)
 
 
-def test_idle_session_completes_the_rest_without_ferryd(sandbox, new_log):
-    """No ferryd: the imap process completes every folder while its client
-    is idle, and the user is done (later sessions never contact OLD)."""
+def test_idle_session_completes_the_rest_with_ferryd_down(sandbox, new_log):
+    """ferryd configured but down: the login's request fails (logged), and
+    the imap process completes every folder while its client is idle; the
+    user is done (later sessions never contact OLD)."""
     spec = corpus.small_spec(seed=21)
     corpus.seed_old(sandbox, "idler", spec)
     old = snapshot(sandbox, "old", "idler")
@@ -94,6 +124,8 @@ def test_idle_session_completes_the_rest_without_ferryd(sandbox, new_log):
                120, "every folder complete while the client is idle")
     wait_until(lambda: "event=user-done" in new_log.text(), 30, "user done")
     assert "event=background folders=" in new_log.text()
+    assert re.search(r"idler.*event=ferryd-unreachable", new_log.text())
+    assert TOKEN not in new_log.text()
     # still the same numbers, and the session is still usable
     assert _sweep(conn) == first
     conn.logout()
@@ -116,3 +148,36 @@ def test_status_with_highestmodseq_completes_first(sandbox):
     # SIZE is NEW's own number too
     assert _status(conn, "INBOX", "(MESSAGES)")["MESSAGES"] == 0
     conn.logout()
+
+
+def test_login_puts_the_user_first_in_ferryd(sandbox, ferryd, new_log):
+    """A login of a user not done yet asks ferryd to pull the user ahead of
+    the others; ferryd's status shows the pull was triggered by a login,
+    and ferryd completes the user after the session has ended."""
+    spec = corpus.small_spec(seed=22)
+    corpus.seed_old(sandbox, "loginner", spec)
+    old = snapshot(sandbox, "old", "loginner")
+    csv = os.path.join(sandbox.root, "login.csv")
+    with open(csv, "w") as f:
+        f.write("user,old_login,new_login,endpoint,wave\n")
+        f.write("loginner,loginner,loginner,127.0.0.1:%d,later\n" % sandbox.port("old"))
+    ferryd.ctl("wave", "create", "later")
+    ferryd.ctl("import", csv)  # imported, its wave never started
+    assert ferryd.users()["loginner"]["login_at"] == 0
+
+    conn = sandbox.imap("new", "loginner")
+    first = _sweep(conn)
+    conn.logout()
+    wait_until(lambda: ferryd.users()["loginner"]["state"] == "done", 120,
+               "ferryd to complete the user after the login")
+    assert ferryd.users()["loginner"]["login_at"] > 0
+    assert ",login" in ferryd.ctl("status").stdout
+    assert "event=ferryd-login" in new_log.text()
+    assert any(e.get("event") == "sync-login" and e.get("user") == "loginner"
+               for e in ferryd.events())
+    conn = sandbox.imap("new", "loginner")
+    assert _sweep(conn) == first
+    conn.logout()
+    new = snapshot(sandbox, "new", "loginner")
+    assert compare(old, new) == []
+    assert duplicates(new, old) == {}

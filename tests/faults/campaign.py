@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import smtplib
@@ -543,8 +544,8 @@ class Campaign:
     def _user_done(self, user):
         path = os.path.join(self.sb.home("new", user), "Maildir", "dovecot-ferry.state")
         try:
-            with open(path) as f:
-                return "done=" in f.read()
+            with open(path) as f:  # done=0 until every folder is complete
+                return re.search(r"^done=[1-9]", f.read(), re.M) is not None
         except OSError:
             return False
 

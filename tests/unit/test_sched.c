@@ -90,6 +90,13 @@ Test(sched, priorities)
 	cr_assert_str_eq(c[out[2]].user->name, "u1");  /* wave 1 */
 	cr_assert_str_eq(c[out[3]].user->name, "u2");  /* wave 2 */
 	cr_assert_str_eq(c[out[4]].user->name, "u5");  /* no wave */
+
+	/* a sync asked for by a login goes ahead of an earlier sync now */
+	nw.sync_seq = 9;
+	nw.login_at = 1000;
+	cr_assert_eq(sched_pick(&lim, c, 5, &run, 0, 1000, 0, out, 5), 5);
+	cr_assert_str_eq(c[out[0]].user->name, "u5");  /* login */
+	cr_assert_str_eq(c[out[1]].user->name, "u4");  /* sync now */
 }
 
 Test(sched, eligibility)
