@@ -20,6 +20,7 @@
 
 #include "checks.h"
 #include "dns.h"
+#include "sieve_step.h"
 #include "csv.h"
 #include "cutover.h"
 #include "evlog.h"
@@ -41,6 +42,7 @@ struct api {
 	struct cutover *cutover; /* cut-over, rollback and routing endpoints */
 	struct checks *checks;   /* preflight and verification */
 	struct dns *dns;         /* DNS readiness and DNSBL checks */
+	struct sieve_step *sieve; /* Sieve scripts */
 };
 
 struct call {
@@ -801,6 +803,27 @@ void api_set_dns(struct api *a, struct dns *dns)
 	a->dns = dns;
 }
 
+static void h_sieve_api(struct call *c)
+{
+	char path[128];
+	json_t *args, *out = NULL;
+	int code;
+
+	if (c->a->sieve == NULL) {
+		reply_error(c, 503, "Sieve runs are not available");
+		return;
+	}
+	args = call_args(c, path, sizeof(path));
+	code = sieve_step_api(c->a->sieve, path, args, &out);
+	json_decref(args);
+	reply(c, code, out != NULL ? out : json_object());
+}
+
+void api_set_sieve(struct api *a, struct sieve_step *sieve)
+{
+	a->sieve = sieve;
+}
+
 /* ---- routing ------------------------------------------------------------ */
 
 static const struct route {
@@ -829,6 +852,7 @@ static const struct route {
 	{ EVHTTP_REQ_POST, "/v1/endpoint", h_checks_api },
 	{ EVHTTP_REQ_POST, "/v1/dns", h_dns_api },
 	{ EVHTTP_REQ_GET, "/v1/dns", h_dns_api },
+	{ EVHTTP_REQ_POST, "/v1/sieve", h_sieve_api },
 };
 
 enum role { ROLE_NONE, ROLE_VIEWER, ROLE_ADMIN };

@@ -24,6 +24,7 @@
 #include "evlog.h"
 #include "preflight.h"
 #include "secret.h"
+#include "sieve.h"
 #include "userstate.h"
 #include "verify.h"
 
@@ -34,6 +35,8 @@ struct run {
 	struct run *next;
 	char user[256], kind[16], host[256];
 	int after_pull, started, timed_out, too_big;
+	int hold;            /* sieve: waits for its folder map (checks_release) */
+	char map[PATH_MAX];  /* sieve: old<TAB>new folder names */
 	int64_t requested_at;
 	pid_t pid;
 	struct bufferevent *out, *err;
@@ -211,7 +214,7 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 {
 	struct checks *ch = r->ch;
 	const struct ferry_config *cfg = ch->cfg;
-	int verify = strcmp(r->kind, "verify") == 0;
+	int verify = strcmp(r->kind, "verify") == 0, sieve = strcmp(r->kind, "sieve") == 0;
 	char *pw = csv_password(ch, u->name), *old_secret = NULL, *new_secret = NULL;
 	enum how oh = old_how(ch, u, pw != NULL), nh = new_how(ch, pw != NULL);
 	int ret = -1;
@@ -223,9 +226,10 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 	arg(a, "--old-host");
 	arg(a, u->ep.host);
 	arg(a, "--old-port");
-	arg(a, num(a, "%.0f", u->ep.port));
+	arg(a, num(a, "%.0f", sieve ? cfg->old_sieve_port : u->ep.port));
 	arg(a, "--old-tls");
-	arg(a, u->ep.tls);
+	/* ManageSieve has no implicit TLS: STARTTLS on its own port */
+	arg(a, sieve && strcmp(u->ep.tls, "imaps") == 0 ? "starttls" : u->ep.tls);
 	if (oh == HOW_NONE && pw == NULL && has_password(ch, u->name)) {
 		snprintf(why, wl, "the user's stored password does not decrypt with"
 			 " secret_key_file (a key changed without ferryd --rekey?)");
@@ -248,18 +252,19 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 		arg(a, cfg->old_master_user);
 	} else
 		old_secret = strdup(pw);
-	if (nh == HOW_NONE && verify) {
+	if (nh == HOW_NONE && (verify || sieve)) {
 		snprintf(why, wl, "no credentials for the new server (set new_master_user and"
 			 " new_master_password_file)");
 		goto out;
 	}
 	if (nh != HOW_NONE) {
 		arg(a, "--new-host");
-		arg(a, cfg->new_imap_host);
+		arg(a, sieve ? cfg->new_sieve_host : cfg->new_imap_host);
 		arg(a, "--new-port");
-		arg(a, num(a, "%.0f", cfg->new_imap_port));
+		arg(a, num(a, "%.0f", sieve ? cfg->new_sieve_port : cfg->new_imap_port));
 		arg(a, "--new-tls");
-		arg(a, set(cfg->new_tls) ? cfg->new_tls : "none");
+		arg(a, !set(cfg->new_tls) ? "none"
+		       : sieve && strcmp(cfg->new_tls, "imaps") == 0 ? "starttls" : cfg->new_tls);
 		arg(a, "--new-user");
 		arg(a, u->new_login);
 		if (nh == HOW_MASTER) {
@@ -283,6 +288,16 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 	}
 	arg(a, "--timeout-ms");
 	arg(a, num(a, "%.0f", cfg->check_timeout > 120 ? 120000.0 : cfg->check_timeout * 1000.0));
+	if (sieve) {
+		arg(a, "--map");
+		arg(a, r->map);
+		if (!u->running && u->state == US_CUTOVER)
+			arg(a, "--keep-new"); /* NEW is the truth: the user may edit there */
+	}
+	if (sieve && u->ep.old_prefix[0] != '\0') {
+		arg(a, "--old-prefix");
+		arg(a, u->ep.old_prefix);
+	}
 	if (verify) {
 		arg(a, "--sample");
 		arg(a, num(a, "%.6f", cfg->verify_sample));
@@ -535,19 +550,47 @@ static void user_after(struct run *r, const char *result, const char *error)
 	}
 }
 
+/* the migration log: one line per script, where it went */
+static void sieve_log(struct run *r, json_t *rep, char *summary, size_t slen)
+{
+	size_t i;
+	json_t *s;
+	int failed = 0;
+
+	json_array_foreach(json_object_get(rep, "scripts"), i, s) {
+		const char *name = json_string_value(json_object_get(s, "name"));
+		const char *res = json_string_value(json_object_get(s, "result"));
+		const char *err = json_string_value(json_object_get(s, "error"));
+		char line[1200];
+		snprintf(line, sizeof(line), "result=%s%s%s%s", res ? res : "?",
+			 json_is_true(json_object_get(s, "active_on_old")) ? " active-on-old" : "",
+			 err ? " error=" : "", err ? err : "");
+		log_event(r->ch, r->user, name, "sieve-script", 0, line);
+		failed += err != NULL;
+	}
+	snprintf(summary, slen, "sieve: %zu scripts, %d not compiled by the new server; active: %s"
+		 " (ferryctl sieve %s --show)", json_array_size(json_object_get(rep, "scripts")), failed,
+		 json_string_value(json_object_get(rep, "new_active"))
+		 ? json_string_value(json_object_get(rep, "new_active")) : "none", r->user);
+}
+
 static void finish(struct run *r, json_t *rep, const char *error)
 {
-	int verify = strcmp(r->kind, "verify") == 0;
+	int verify = strcmp(r->kind, "verify") == 0, sieve = strcmp(r->kind, "sieve") == 0;
 	const char *result = NULL;
 	char summary[1024] = "";
 	char *json = NULL, *text = NULL;
 
 	if (rep != NULL) {
-		result = (verify ? ferry_verify_passed(rep) : ferry_preflight_passed(rep)) ? "pass"
-											  : "fail";
+		result = (verify ? ferry_verify_passed(rep)
+			  : sieve ? ferry_sieve_passed(rep) : ferry_preflight_passed(rep)) ? "pass"
+											   : "fail";
 		json = json_dumps(rep, JSON_COMPACT);
-		text = verify ? ferry_verify_text(rep) : ferry_preflight_text(rep);
-		if (verify && strcmp(result, "fail") == 0)
+		text = verify ? ferry_verify_text(rep) : sieve ? ferry_sieve_text(rep)
+							       : ferry_preflight_text(rep);
+		if (sieve)
+			sieve_log(r, rep, summary, sizeof(summary));
+		else if (verify && strcmp(result, "fail") == 0)
 			verify_diffs(r, rep, summary, sizeof(summary));
 		else if (!verify && strcmp(result, "fail") == 0)
 			snprintf(summary, sizeof(summary), "preflight failed (ferryctl preflight %s)",
@@ -695,7 +738,7 @@ void checks_start_queued(struct checks *ch, const struct sched_limits *lim,
 	for (; r != NULL; r = next) {
 		char why[1024];
 		next = r->next;
-		if (r->started)
+		if (r->started || r->hold)
 			continue;
 		if (run->total >= lim->max_concurrent)
 			break;
@@ -713,6 +756,33 @@ void checks_start_queued(struct checks *ch, const struct sched_limits *lim,
 		put_check(r, "running", NULL, NULL, NULL, NULL);
 		evlog("info", "check-start", "user", r->user, "kind", r->kind, "host", r->host, NULL);
 	}
+}
+
+int checks_queue_held(struct checks *ch, const struct user_rec *u, const char *kind)
+{
+	if (find(ch, u->name, kind) != NULL)
+		return 1; /* one at a time */
+	if (checks_queue(ch, u, kind, 0) < 0)
+		return -1;
+	find(ch, u->name, kind)->hold = 1;
+	return 0;
+}
+
+void checks_release(struct checks *ch, const char *user, const char *kind, const char *map,
+		    const char *error)
+{
+	struct run *r = find(ch, user, kind);
+
+	if (r == NULL || !r->hold)
+		return;
+	if (error != NULL) {
+		finish(r, NULL, error);
+		run_unlink(r);
+		run_free(r);
+		return;
+	}
+	snprintf(r->map, sizeof(r->map), "%s", map);
+	r->hold = 0;
 }
 
 int checks_running(const struct checks *ch)
@@ -909,8 +979,10 @@ static int api_check(struct checks *ch, json_t *args, json_t **out)
 
 	if (kind == NULL)
 		kind = "verify";
-	if (name == NULL || (strcmp(kind, "verify") != 0 && strcmp(kind, "preflight") != 0))
-		return api_error(out, 400, "user and kind (verify or preflight) are required%s", "");
+	if (name == NULL || (strcmp(kind, "verify") != 0 && strcmp(kind, "preflight") != 0 &&
+			     strcmp(kind, "sieve") != 0))
+		return api_error(out, 400, "user and kind (verify, preflight or sieve) are"
+				 " required%s", "");
 	if ((rc = ch->st->check_get(ch->st, name, kind, &c, 1)) != 0)
 		return rc == STORE_NOTFOUND
 			? api_error(out, 404, "no stored report for \"%.200s\"", name)

@@ -37,6 +37,12 @@ int checks_queue(struct checks *ch, const struct user_rec *u, const char *kind, 
 void checks_start_queued(struct checks *ch, const struct sched_limits *lim,
 			 struct sched_running *run);
 int checks_running(const struct checks *ch);
+/* A run that waits before it may start (a sieve run waits for its folder
+   map): 0 queued, 1 one is already queued or running, -1 error.
+   checks_release() lets it start with map, or ends it with error. */
+int checks_queue_held(struct checks *ch, const struct user_rec *u, const char *kind);
+void checks_release(struct checks *ch, const char *user, const char *kind, const char *map,
+		    const char *error);
 /* Drops queued runs (draining): users verifying after their pulls are
    pulled and verified again at the next start. */
 void checks_drop_queued(struct checks *ch);

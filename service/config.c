@@ -46,6 +46,9 @@ void config_defaults(struct ferry_config *cfg)
 	cfg->verify_sample = 1.0;
 	cfg->verify_after_pull = 1;
 	cfg->check_timeout = 600;
+	cfg->new_sieve_host = strdup("127.0.0.1");
+	cfg->new_sieve_port = 4190;
+	cfg->old_sieve_port = 4190;
 	cfg->dns_max_ttl = 3600;
 	cfg->dns_timeout_ms = 3000;
 	cfg->dns_interval = 300;
@@ -69,6 +72,7 @@ void config_free(struct ferry_config *cfg)
 	free(cfg->new_master_user);
 	free(cfg->new_master_password_file);
 	free(cfg->user);
+	free(cfg->new_sieve_host);
 	free(cfg->dns_resolver);
 	free(cfg->dns_domains);
 	free(cfg->dns_hosts);
@@ -112,6 +116,8 @@ static int *bool_key(struct ferry_config *cfg, const char *key)
 		return &cfg->allow_root;
 	if (strcmp(key, "verify_after_pull") == 0)
 		return &cfg->verify_after_pull;
+	if (strcmp(key, "sieve_after_pull") == 0)
+		return &cfg->sieve_after_pull;
 	return NULL;
 }
 
@@ -146,6 +152,7 @@ static const struct int_key int_keys[] = {
 	IK(max_body, 1024, 1 << 30),
 	IK(tick_ms, 10, 60000),
 	IK(check_timeout, 1, 86400),
+	IK(old_sieve_port, 1, 65535),
 	IK(dns_max_ttl, 0, 604800),
 	IK(dns_timeout_ms, 100, 60000),
 	IK(dns_interval, 0, 86400),
@@ -226,6 +233,12 @@ static int parse_line(char *line, int lineno, const char *name,
 	value = trim(eq + 1);
 	if (strcmp(key, "new_imap") == 0) {
 		if (parse_addr(value, &cfg->new_imap_host, &cfg->new_imap_port) < 0)
+			return config_fail(err_r, "%s:%d: %s: expected HOST:PORT, got \"%s\"",
+				    name, lineno, key, value);
+		return 0;
+	}
+	if (strcmp(key, "new_sieve") == 0) {
+		if (parse_addr(value, &cfg->new_sieve_host, &cfg->new_sieve_port) < 0)
 			return config_fail(err_r, "%s:%d: %s: expected HOST:PORT, got \"%s\"",
 				    name, lineno, key, value);
 		return 0;

@@ -36,6 +36,11 @@ struct ferry_config {
 	double verify_sample;     /* fraction of bodies hashed (1 = all) */
 	int verify_after_pull;    /* verify a user when the pulls complete */
 	int check_timeout;        /* seconds one preflight/verify may take */
+	/* Sieve scripts (service/sieve_step.c): ManageSieve on both servers */
+	char *new_sieve_host;     /* NEW's ManageSieve (default 127.0.0.1:4190) */
+	int new_sieve_port;
+	int old_sieve_port;       /* on each old endpoint's host (default 4190) */
+	int sieve_after_pull;     /* move a user's scripts when its pulls complete */
 	/* DNS readiness and blacklists (service/dns.c); lists are
 	   space-separated */
 	char *dns_resolver;       /* "IP[:PORT]" ("" = first nameserver of resolv.conf) */

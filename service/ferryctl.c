@@ -75,6 +75,11 @@ static const struct cmd_help cmd_helps[] = {
 	  "Compares a user's folders, UIDs, flags and (sampled) bodies on both servers.\n" },
 	{ "endpoint", "endpoint HOST[:PORT] --old-prefix PREFIX",
 	  "Sets the old server's namespace prefix for an endpoint.\n" },
+	{ "sieve", "sieve USER [--json] [--no-wait] [--show] [--timeout S]",
+	  "Moves a user's Sieve scripts (filters, vacation) from the old server's\n"
+	  "ManageSieve to the new one's: fileinto folders follow the folder mapping, a\n"
+	  "script the new server cannot compile is kept there inactive and reported,\n"
+	  "the old server's active script becomes the active one.\n" },
 	{ "dns", "dns [--last] [--json] [--timeout S]",
 	  "Checks DNS now (or shows the last check): MX, the client names and where they\n"
 	  "point (old or new server), TTLs against dns_max_ttl, SPF/DMARC/DKIM, and the\n"
@@ -932,7 +937,9 @@ static void cmd_check(int argc, char **argv)
 		exit(rc);
 	}
 	json_object_set_new(body, user != NULL ? "user" : "wave", json_string(user ? user : wave));
-	j = call("POST", kind[0] == 'p' ? "/v1/preflight" : "/v1/verify", body);
+	char post[64];
+	snprintf(post, sizeof(post), "/v1/%s", kind);
+	j = call("POST", post, body);
 	if (nowait) {
 		printf("%s queued for %zu users (ferryctl %s USER --show)\n", kind,
 		       json_array_size(json_object_get(j, "users")), kind);
@@ -1077,7 +1084,8 @@ int main(int argc, char **argv)
 		cmd_cutover(argc, argv);
 	else if (strcmp(argv[0], "route") == 0)
 		cmd_route(argc, argv);
-	else if (strcmp(argv[0], "preflight") == 0 || strcmp(argv[0], "verify") == 0)
+	else if (strcmp(argv[0], "preflight") == 0 || strcmp(argv[0], "verify") == 0 ||
+		 strcmp(argv[0], "sieve") == 0)
 		cmd_check(argc, argv);
 	else if (strcmp(argv[0], "endpoint") == 0)
 		cmd_endpoint(argc, argv);

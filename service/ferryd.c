@@ -24,6 +24,7 @@
 #include "api.h"
 #include "checks.h"
 #include "dns.h"
+#include "sieve_step.h"
 #include "config.h"
 #include "cutover.h"
 #include "dispatch.h"
@@ -49,6 +50,7 @@ struct daemon {
 	struct cutover *cut;
 	struct checks *checks;
 	struct dns *dns;
+	struct sieve_step *sieve;
 	struct sched_running run;
 	struct event *tick, *kick, *drain_timer;
 	int draining;
@@ -190,6 +192,11 @@ static int on_pulls_complete(const struct user_rec *u, void *arg)
 {
 	struct daemon *d = arg;
 
+	if (d->cfg.sieve_after_pull && !d->draining) {
+		char why[600];
+		if (sieve_step_user(d->sieve, u, why, sizeof(why)) < 0)
+			evlog("warning", "sieve-skipped", "user", u->name, "error", why, NULL);
+	}
 	if (!d->cfg.verify_after_pull || d->draining || !checks_can_verify(d->checks, u))
 		return 0;
 	return checks_queue(d->checks, u, "verify", 1) == 0;
@@ -629,6 +636,8 @@ int main(int argc, char **argv)
 	dispatch_set_complete_cb(d.disp, on_pulls_complete, &d);
 	api_set_checks(d.api, d.checks);
 	api_set_dns(d.api, d.dns);
+	d.sieve = sieve_step_new(d.st, d.dc, d.checks, &d.cfg, kick, &d);
+	api_set_sieve(d.api, d.sieve);
 	if (d.st->check_abort_all(d.st, "ferryd stopped before the run ended") < 0)
 		evlog("error", "store-error", "error", d.st->error(d.st), NULL);
 	d.cut = cutover_new(d.base, d.st, d.dc, &d.cfg, kick, slot_take, slot_release, &d);
@@ -666,6 +675,9 @@ int main(int argc, char **argv)
 	api_set_dns(d.api, NULL);
 	dns_free(d.dns);
 	d.dns = NULL;
+	api_set_sieve(d.api, NULL);
+	sieve_step_free(d.sieve);
+	d.sieve = NULL;
 	event_free(ev_term);
 	event_free(ev_int);
 	event_free(ev_hup);
@@ -676,6 +688,7 @@ int main(int argc, char **argv)
 out:
 	/* set up but never run (a start that failed): no runs, no callbacks */
 	dispatch_free(d.disp);
+	sieve_step_free(d.sieve);
 	checks_free(d.checks);
 	dns_free(d.dns);
 	api_free(d.api);

@@ -10,11 +10,13 @@ and answered by the vacation rule (the reply caught by an SMTP sink on
 loopback). bob's active script needs an extension NEW does not enable:
 it is kept on NEW commented out, not activated, and reported."""
 import email
+import json
 import os
 import subprocess
 
 import pytest
 
+from ferrytest.ferryd import Ferryd
 from ferrytest.managesieve import ManageSieve
 from ferrytest.sandbox import BUILD_DIR, MASTER_PASSWORD, MASTER_USER, wait_until
 from ferrytest.smtpsink import SmtpSink
@@ -24,7 +26,7 @@ IMAPCHECK = os.path.join(BUILD_DIR, "ferry-imapcheck")
 # OLD compiles editheader (off by default in Pigeonhole); NEW does not
 OLD_EXTRA = "plugin {\n  sieve_extensions = +editheader\n}\n"
 NEW_EXTRA = "plugin {\n  ferry_rename = ^Projects/(.*)$ => Work/\\1\n}\n"
-SANDBOX_KWARGS = {"users": ("alice", "bob"), "sieve": True,
+SANDBOX_KWARGS = {"users": ("alice", "bob", "erin"), "sieve": True, "doveadm_http": True,
                   "old_extra": OLD_EXTRA, "new_extra": NEW_EXTRA}
 
 MAIN = """require ["fileinto", "vacation"];
@@ -42,6 +44,18 @@ addheader "X-Filtered" "yes";
 fileinto "Projects.2024";
 """
 BOB_SPARE = 'require "vacation";\nvacation "gone";\n'
+
+
+def seed_old(sb, user, scripts, active):
+    c = sb.imap("old", user)
+    c.create("Projects.2024")
+    c.logout()
+    ms = old_sieve(sb, user)
+    for name, text in scripts.items():
+        ms.put(name, text)
+    ms.activate(active)
+    assert ms.list()[active]
+    ms.close()
 
 
 def old_sieve(sb, user):
@@ -81,15 +95,7 @@ def migrated(sandbox):
         for user, scripts, active in (("alice", {"main": MAIN, "spare": SPARE}, "main"),
                                       ("bob", {"strict": BOB_ACTIVE, "away": BOB_SPARE},
                                        "strict")):
-            c = sandbox.imap("old", user)
-            c.create("Projects.2024")
-            c.logout()
-            ms = old_sieve(sandbox, user)
-            for name, text in scripts.items():
-                ms.put(name, text)
-            ms.activate(active)
-            assert ms.list()[active]
-            ms.close()
+            seed_old(sandbox, user, scripts, active)
             sandbox.doveadm("new", "ferry", "pull", "-u", user)
         reports = {u: migrate(sandbox, u) for u in ("alice", "bob")}
         yield sandbox, sink, reports
@@ -149,7 +155,6 @@ def test_script_new_cannot_compile_is_kept_inactive_and_reported(migrated):
     sb, _, reports = migrated
     r = reports["bob"]
     assert r.returncode == 1, r.stderr + r.stdout  # reported as a failure
-    import json
     rep = json.loads(r.stdout)
     strict = [s for s in rep["scripts"] if s["name"] == "strict"][0]
     assert strict["result"] == "kept-inactive"
@@ -163,3 +168,47 @@ def test_script_new_cannot_compile_is_kept_inactive_and_reported(migrated):
     kept = [ln[2:] for ln in scripts["strict"].splitlines(True) if ln.startswith("# ")]
     assert "".join(kept).endswith(BOB_ACTIVE)
     assert scripts["away"] == BOB_SPARE
+
+
+def test_ferryd_moves_scripts_after_the_copy_and_on_request(migrated):
+    """ferryd's Sieve step: after erin's pulls complete (sieve_after_pull),
+    and again with ferryctl sieve erin; the report and the migration log
+    say what happened to each script."""
+    sb = migrated[0]
+    seed_old(sb, "erin", {"main": MAIN, "spare": SPARE}, "main")
+    secret = os.path.join(sb.root, "master.pw")
+    with open(secret, "w") as f:
+        f.write(MASTER_PASSWORD + "\n")
+    os.chmod(secret, 0o600)
+    fd = Ferryd(sb, old_master_user=MASTER_USER, old_master_password_file=secret,
+                new_master_user=MASTER_USER, new_master_password_file=secret,
+                new_imap="127.0.0.1:%d" % sb.port("new"), check_timeout=60,
+                new_sieve="127.0.0.1:%d" % sb.port("new", "sieve"),
+                old_sieve_port=sb.port("old", "sieve"), sieve_after_pull="yes")
+    fd.start()
+    try:
+        path = os.path.join(sb.root, "users.csv")
+        with open(path, "w") as f:
+            f.write("user,endpoint,tls\nerin,127.0.0.1:%d,none\n" % sb.port("old"))
+        fd.ctl("import", path)
+        fd.ctl("start")
+
+        def sieve_done():
+            code, j = fd.api("GET", "/v1/check?user=erin&kind=sieve")
+            return code == 200 and j["state"] in ("done", "error") and j
+        j = wait_until(sieve_done, 120, "erin's Sieve run after the copy")
+        assert j["state"] == "done" and j["result"] == "pass", j
+        assert new_active(sb, "erin") == "main"
+        scripts = new_scripts(sb, "erin")
+        assert scripts["main"] == MAIN.replace('"Projects.2024"', '"Work/2024"')
+        assert scripts["spare"] == SPARE
+        logged = {e["folder"]: e["error"] for e in fd.log(user="erin")
+                  if e["event"] == "sieve-script"}
+        assert logged == {"main": "result=stored active-on-old", "spare": "result=stored"}
+        r = fd.ctl("sieve", "erin", timeout=120)
+        assert 'fileinto "Projects.2024" -> "Work/2024"' in r.stdout, r.stdout
+        assert "active on old: main, active on new: main" in r.stdout
+        text = fd.output() + open(fd.log_path).read()
+        assert MASTER_PASSWORD not in text
+    finally:
+        fd.stop()
