@@ -94,15 +94,15 @@ static const char *const migrations[] = {
 	/* 4 -> 5: pulls asked for by a user's login (the plugin) */
 	"ALTER TABLE users ADD COLUMN login_at INTEGER NOT NULL DEFAULT 0;",
 	/* 5 -> 6: Sieve runs are stored like checks (docs/ferryd.md, "Sieve") */
-	"CREATE TABLE checks5 (user_id INTEGER NOT NULL REFERENCES users(id),"
+	"CREATE TABLE checks6 (user_id INTEGER NOT NULL REFERENCES users(id),"
 	" kind TEXT NOT NULL CHECK (kind IN ('preflight', 'verify', 'sieve')),"
 	" state TEXT NOT NULL, result TEXT NOT NULL, after_pull INTEGER NOT NULL,"
 	" requested_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,"
 	" error TEXT NOT NULL, report_json TEXT, report_text TEXT,"
 	" PRIMARY KEY (user_id, kind));"
-	"INSERT INTO checks5 SELECT * FROM checks;"
+	"INSERT INTO checks6 SELECT * FROM checks;"
 	"DROP TABLE checks;"
-	"ALTER TABLE checks5 RENAME TO checks;",
+	"ALTER TABLE checks6 RENAME TO checks;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
