@@ -4,3 +4,10 @@
 # Tests: OLD and NEW with Pigeonhole (ManageSieve, LMTP sieve), nsd as the
 # authoritative DNS server on loopback.
 DEB_PACKAGES += dovecot-managesieved dovecot-sieve nsd
+
+SIEVE_UNIT = $(BUILD)/unit/test_sieve_dns
+UNIT_TESTS += $(SIEVE_UNIT)
+
+$(SIEVE_UNIT): tests/unit/test_sieve_dns.c $(FERRYD_CORE_OBJS) $(BUILD)/libferry-imap.a | $(BUILD)/unit
+	$(CC) $(FERRYD_CFLAGS) -Wno-missing-prototypes -o $@ $< $(FERRYD_CORE_OBJS) \
+	    $(BUILD)/libferry-imap.a -lcriterion $(FERRYD_LIBS) $(IMAPC_LIBS)

@@ -133,7 +133,13 @@ static const char *map_lookup(const struct sieve_folder_map *map, const char *na
 	if (strcasecmp(name, "INBOX") == 0)
 		return "INBOX";
 	if (map->old_prefix != NULL && map->old_prefix[0] != '\0') {
+		/* the script names "INBOX.Work", the map "Work" (or the other way) */
 		size_t pl = strlen(map->old_prefix);
+		if (strncmp(name, map->old_prefix, pl) == 0 && name[pl] != '\0') {
+			const char *to = map_lookup(map, name + pl);
+			if (to != NULL)
+				return to;
+		}
 		for (size_t i = 0; i < map->n; i++)
 			if (strncmp(map->old_names[i], map->old_prefix, pl) == 0 &&
 			    strcmp(map->old_names[i] + pl, name) == 0)

@@ -12,16 +12,14 @@ it is kept on NEW commented out, not activated, and reported."""
 import email
 import json
 import os
-import subprocess
 
 import pytest
 
 from ferrytest.ferryd import Ferryd
 from ferrytest.managesieve import ManageSieve
-from ferrytest.sandbox import BUILD_DIR, MASTER_PASSWORD, MASTER_USER, wait_until
+from ferrytest.sandbox import MASTER_PASSWORD, MASTER_USER, wait_until
+from ferrytest.sieve import folder_map, migrate, new_active, new_scripts
 from ferrytest.smtpsink import SmtpSink
-
-IMAPCHECK = os.path.join(BUILD_DIR, "ferry-imapcheck")
 
 # OLD compiles editheader (off by default in Pigeonhole); NEW does not
 OLD_EXTRA = "plugin {\n  sieve_extensions = +editheader\n}\n"
@@ -63,31 +61,6 @@ def old_sieve(sb, user):
                        authz=user)
 
 
-def folder_map(sb, user):
-    """old name -> new name, as the plugin reports them"""
-    out = sb.doveadm("new", "-f", "tab", "ferry", "status", "-u", user).stdout.splitlines()
-    head = out[0].split("\t")
-    rows = [dict(zip(head, line.split("\t"))) for line in out[1:]]
-    return {r["old_folder"]: r["folder"] for r in rows if r.get("old_folder")}
-
-
-def migrate(sb, user):
-    """ferry-imapcheck sieve: (exit code, JSON report text)"""
-    with open(os.path.join(sb.root, "map-" + user), "w") as f:
-        for old, new in folder_map(sb, user).items():
-            f.write("%s\t%s\n" % (old, new))
-    args = [IMAPCHECK, "sieve", "--user", user, "--timeout-ms", "20000",
-            "--map", os.path.join(sb.root, "map-" + user), "--credentials", "-"]
-    for side in ("old", "new"):
-        args += ["--%s-host" % side, "127.0.0.1", "--%s-port" % side,
-                 str(sb.port(side, "sieve")), "--%s-auth" % side, "plain",
-                 "--%s-auth-user" % side, MASTER_USER]
-    r = subprocess.run(args, input="old=%s\nnew=%s\n" % (MASTER_PASSWORD, MASTER_PASSWORD),
-                       capture_output=True, text=True, timeout=120)
-    assert MASTER_PASSWORD not in r.stdout + r.stderr
-    return r
-
-
 @pytest.fixture(scope="module")
 def migrated(sandbox):
     sink = SmtpSink(sandbox.ports["smtp_sink"])
@@ -101,16 +74,6 @@ def migrated(sandbox):
         yield sandbox, sink, reports
     finally:
         sink.close()
-
-
-def new_scripts(sb, user):
-    d = os.path.join(sb.home("new", user), "sieve")
-    return {n[:-6]: open(os.path.join(d, n)).read() for n in os.listdir(d) if n.endswith(".sieve")}
-
-
-def new_active(sb, user):
-    link = os.path.join(sb.home("new", user), ".dovecot.sieve")
-    return os.path.basename(os.readlink(link))[:-6] if os.path.islink(link) else None
 
 
 def test_scripts_and_active_one_moved_with_fileinto_mapped(migrated):
