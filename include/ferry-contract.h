@@ -15,6 +15,14 @@
 #define FERRY_PHASE_PRESYNC "presync"
 #define FERRY_PHASE_CUTOVER "cutover"
 
+/* Routing views in ferryd's state database, read natively by Dovecot's
+   passdb and userdb (driver sql: conf/dovecot-sql.conf.ext, which names them
+   in its queries) and Postfix's transport_maps (conf/postfix/); the userdb
+   view's column is the ferry_phase field above. docs/routing.md */
+#define FERRY_VIEW_PASSDB "ferry_passdb"
+#define FERRY_VIEW_USERDB "ferry_userdb"
+#define FERRY_VIEW_TRANSPORT "ferry_transport"
+
 /* Folder states, as the state column of pull, sync and status prints them */
 #define FERRY_STATE_NEW "new"
 #define FERRY_STATE_PARTIAL "partial"

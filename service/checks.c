@@ -37,6 +37,7 @@ struct run {
 	int after_pull, started, timed_out, too_big;
 	int hold;            /* sieve: waits for its folder map (checks_release) */
 	char map[PATH_MAX];  /* sieve: old<TAB>new folder names */
+	int identity_login;  /* preflight: the identity check's own login too */
 	int64_t requested_at;
 	pid_t pid;
 	struct bufferevent *out, *err;
@@ -285,6 +286,16 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 		arg(a, cfg->imap_ca_file);
 		arg(a, "--new-ca-file");
 		arg(a, cfg->imap_ca_file);
+	}
+	/* no login meant to fail on either server (a brute-force ban would
+	   lock the migration out), unless the admin asked for the full
+	   identity check (ferryctl preflight --identity-login); nothing read on
+	   NEW after its login: LIST or STATUS there would make the plugin copy */
+	arg(a, "--old-identity");
+	arg(a, r->identity_login ? "full" : "no-own-login");
+	if (nh != HOW_NONE) {
+		arg(a, "--new-identity");
+		arg(a, verify ? "no-own-login" : "none");
 	}
 	arg(a, "--timeout-ms");
 	arg(a, num(a, "%.0f", cfg->check_timeout > 120 ? 120000.0 : cfg->check_timeout * 1000.0));
@@ -927,6 +938,7 @@ static int collect_user(const struct user_rec *u, void *ctx)
 static int api_preflight(struct checks *ch, json_t *args, json_t **out)
 {
 	const char *name = arg_str(args, "user"), *wave = arg_str(args, "wave");
+	int identity_login = json_is_true(json_object_get(args, "identity_login"));
 	struct collect c = { NULL, 0 };
 	struct wave_rec w;
 	json_t *users;
@@ -962,7 +974,10 @@ static int api_preflight(struct checks *ch, json_t *args, json_t **out)
 	}
 	users = json_array();
 	for (size_t i = 0; i < c.n; i++) {
+		struct run *r;
 		checks_queue(ch, &c.v[i], "preflight", 0);
+		if (identity_login && (r = find(ch, c.v[i].name, "preflight")) != NULL)
+			r->identity_login = 1;
 		json_array_append_new(users, json_string(c.v[i].name));
 	}
 	free(c.v);

@@ -12,6 +12,7 @@
 #include "api.h"
 #include "dns.h"
 #include "evlog.h"
+#include "ferry-contract.h"
 #include "userstate.h"
 
 enum op_kind { OP_CUTOVER, OP_ROLLBACK };
@@ -493,9 +494,9 @@ static void on_reply(const struct doveadm_reply *r, void *ctx)
 	case ST_ROLLBACK:
 		if (r->ok) {
 			json_array_foreach(r->rows, k, row) {
-				const char *folder = json_string_value(json_object_get(row, "folder"));
-				const char *err = json_string_value(json_object_get(row, "error"));
-				int64_t a = row_num(row, "appended");
+				const char *folder = json_string_value(json_object_get(row, FERRY_COL_FOLDER));
+				const char *err = json_string_value(json_object_get(row, FERRY_COL_ERROR));
+				int64_t a = row_num(row, FERRY_COL_APPENDED);
 				m->appended += a;
 				if (a > 0 || (err != NULL && *err != '\0'))
 					log_user(st, m->name, folder, "rollback-appended", a, err);
@@ -517,7 +518,7 @@ static void on_reply(const struct doveadm_reply *r, void *ctx)
 
 static const char *stage_command(enum op_stage s)
 {
-	return s == ST_ROLLBACK ? "ferryRollback" : "ferrySync";
+	return s == ST_ROLLBACK ? FERRY_CMD_ROLLBACK : FERRY_CMD_SYNC;
 }
 
 /* ST_CLAIM: takes each member's claim; a member whose pull (or another
@@ -807,7 +808,7 @@ static int route_user_json(const struct user_rec *u, void *ctx)
 		return -1;
 	json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:I}",
 		"user", u->name, "login", u->new_login, "wave", u->wave,
-		"route", r.target, "phase", strcmp(r.target, "new") == 0 ? "cutover" : "presync",
+		"route", r.target, "phase", strcmp(r.target, "new") == 0 ? FERRY_PHASE_CUTOVER : FERRY_PHASE_PRESYNC,
 		"changed_at", (json_int_t)r.changed_at));
 	return 0;
 }

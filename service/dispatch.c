@@ -153,19 +153,24 @@ static void record_status(struct job *j, json_t *rows, int *all_complete_r)
 	j->folders = calloc(json_array_size(rows) + 1, sizeof(*j->folders));
 	json_array_foreach(rows, i, row) {
 		struct folder_rec f;
-		const char *state = jstr(row, "state");
+		const char *state = jstr(row, FERRY_COL_STATE);
 
+		/* an old folder that is not migrated (excluded, or a name this
+		   server cannot have): nothing to pull, verification reads it */
+		if (strcmp(state, FERRY_STATE_EXCLUDED) == 0 ||
+		    strcmp(state, FERRY_STATE_SKIPPED) == 0 || *jstr(row, FERRY_COL_FOLDER) == '\0')
+			continue;
 		memset(&f, 0, sizeof(f));
 		snprintf(f.user, sizeof(f.user), "%s", j->user);
-		snprintf(f.name, sizeof(f.name), "%s", jstr(row, "folder"));
+		snprintf(f.name, sizeof(f.name), "%s", jstr(row, FERRY_COL_FOLDER));
 		snprintf(f.state, sizeof(f.state), "%s", state);
-		f.old_messages = jnum(row, "old");
-		f.messages = jnum(row, "local");
-		f.copied = jnum(row, "copied");
-		f.renumbered = jnum(row, "renumbered");
+		f.old_messages = jnum(row, FERRY_COL_OLD);
+		f.messages = jnum(row, FERRY_COL_LOCAL);
+		f.copied = jnum(row, FERRY_COL_COPIED);
+		f.renumbered = jnum(row, FERRY_COL_RENUMBERED);
 		f.bytes = -1;
 		f.updated_at = time(NULL);
-		if (f.old_messages < 0 && strcmp(state, "complete") == 0)
+		if (f.old_messages < 0 && strcmp(state, FERRY_STATE_COMPLETE) == 0)
 			f.old_messages = f.messages;
 		if (d->st->folder_put(d->st, &f) < 0)
 			evlog("error", "store-error", "user", j->user, "folder", f.name,
@@ -173,8 +178,8 @@ static void record_status(struct job *j, json_t *rows, int *all_complete_r)
 		j->folders[j->nfolders].name = strdup(f.name);
 		j->folders[j->nfolders].old_messages = f.old_messages;
 		j->folders[j->nfolders].copied = f.copied < 0 ? 0 : f.copied;
-		j->folders[j->nfolders].todo = strcmp(state, "complete") != 0 &&
-			strcmp(state, "local") != 0;
+		j->folders[j->nfolders].todo = strcmp(state, FERRY_STATE_COMPLETE) != 0 &&
+			strcmp(state, FERRY_STATE_LOCAL) != 0;
 		if (j->folders[j->nfolders].todo)
 			all = 0;
 		j->nfolders++;
@@ -192,18 +197,18 @@ static void record_pull(struct job *j, json_t *rows)
 
 	json_array_foreach(rows, i, row) {
 		struct folder_rec f;
-		struct job_folder *jf = job_folder(j, jstr(row, "folder"));
-		int64_t c = jnum(row, "copied");
+		struct job_folder *jf = job_folder(j, jstr(row, FERRY_COL_FOLDER));
+		int64_t c = jnum(row, FERRY_COL_COPIED);
 
 		memset(&f, 0, sizeof(f));
 		snprintf(f.user, sizeof(f.user), "%s", j->user);
-		snprintf(f.name, sizeof(f.name), "%s", jstr(row, "folder"));
-		snprintf(f.state, sizeof(f.state), "%s", jstr(row, "state"));
-		f.messages = jnum(row, "messages");
+		snprintf(f.name, sizeof(f.name), "%s", jstr(row, FERRY_COL_FOLDER));
+		snprintf(f.state, sizeof(f.state), "%s", jstr(row, FERRY_COL_STATE));
+		f.messages = jnum(row, FERRY_COL_MESSAGES);
 		f.copied = (jf != NULL ? jf->copied : 0) + (c > 0 ? c : 0);
-		f.renumbered = jnum(row, "renumbered");
+		f.renumbered = jnum(row, FERRY_COL_RENUMBERED);
 		f.old_messages = jf != NULL ? jf->old_messages : -1;
-		if (strcmp(f.state, "complete") == 0)
+		if (strcmp(f.state, FERRY_STATE_COMPLETE) == 0)
 			f.old_messages = f.messages;  /* complete: every old message is here */
 		f.bytes = -1;
 		f.updated_at = time(NULL);

@@ -10,6 +10,7 @@
  *       [--{old,new}-ca-file F] [--{old,new}-tls-name N] [--{old,new}-tls-insecure]
  *       [--{old,new}-auth login|plain|xoauth2] [--{old,new}-auth-user MASTER]
  *       [--{old,new}-master-separator S] [--{old,new}-user LOGIN] [--timeout-ms N]
+ *       [--{old,new}-identity full|no-own-login|none]
  *       [--sample F] [--sample-seed N] [--folder NAME] [--old-prefix P]
  *       [--text] [--json FILE]
  *       --credentials FILE|-
@@ -35,6 +36,8 @@ static void usage(void)
 		"  per server (--old-X / --new-X): host port tls(none|imaps|starttls) ca-file\n"
 		"       tls-name tls-insecure auth(login|plain|xoauth2) auth-user master-separator\n"
 		"       user (the login there when it is not --user)\n"
+		"       identity (after an impersonated login: full (default) | no-own-login\n"
+		"       (no login as the master alone, which fails by design) | none)\n"
 		"  --timeout-ms N  --sample FRACTION  --sample-seed N  --folder NAME\n"
 		"  --old-prefix P  (verify: strip the old server's folder prefix, e.g. INBOX.)\n"
 		"  --text (text report instead of JSON)  --json FILE (also write JSON there)\n"
@@ -76,6 +79,11 @@ static int set_side(struct imap_client_settings *s, const char *key, const char 
 		s->master_separator = val;
 	else if (strcmp(key, "user") == 0)
 		s->user = val;
+	else if (strcmp(key, "identity") == 0)
+		s->identity = strcmp(val, "full") == 0           ? IMAP_IDENTITY_FULL
+			      : strcmp(val, "no-own-login") == 0 ? IMAP_IDENTITY_NO_OWN_LOGIN
+			      : strcmp(val, "none") == 0         ? IMAP_IDENTITY_NONE
+								 : (usage(), IMAP_IDENTITY_FULL);
 	else
 		return -1;
 	return 0;

@@ -69,8 +69,10 @@ static const struct cmd_help cmd_helps[] = {
 		   "route config [--new-transport T] [--endpoint HOST[:PORT] [--pop3-port N] [--transport T]]",
 	  "Shows where users are routed; `route config` sets the Postfix nexthops and\n"
 	  "the old POP3 port per old endpoint.\n" },
-	{ "preflight", "preflight USER | --wave W [--json] [--no-wait] [--show] [--timeout S]",
-	  "Checks logins and folder lists on both servers before copying.\n" },
+	{ "preflight", "preflight USER | --wave W [--identity-login] [--json] [--no-wait] [--show] [--timeout S]",
+	  "Checks logins and folder lists on both servers before copying; reads only,\n"
+	  "copies nothing, and makes no login meant to fail unless --identity-login (the\n"
+	  "master user also logs in alone on OLD to compare mailboxes: docs/ferryd.md).\n" },
 	{ "verify", "verify USER [--json] [--no-wait] [--show] [--timeout S]",
 	  "Compares a user's folders, UIDs, flags and (sampled) bodies on both servers.\n" },
 	{ "endpoint", "endpoint HOST[:PORT] --old-prefix PREFIX",
@@ -903,7 +905,7 @@ static int show_check(json_t *j, int json)
 static void cmd_check(int argc, char **argv)
 {
 	const char *kind = argv[0], *user = NULL, *wave = NULL;
-	int json = 0, nowait = 0, show = 0, timeout = 900, rc = 0;
+	int json = 0, nowait = 0, show = 0, timeout = 900, rc = 0, identity_login = 0;
 	json_t *body = json_object(), *j, *u;
 	size_t i;
 
@@ -918,6 +920,8 @@ static void cmd_check(int argc, char **argv)
 			timeout = atoi(argv[++k]);
 		else if (strcmp(argv[k], "--wave") == 0 && k + 1 < argc && kind[0] == 'p')
 			wave = argv[++k];
+		else if (strcmp(argv[k], "--identity-login") == 0 && kind[0] == 'p')
+			identity_login = 1;
 		else if (argv[k][0] != '-' && user == NULL)
 			user = argv[k];
 		else
@@ -938,6 +942,8 @@ static void cmd_check(int argc, char **argv)
 	}
 	json_object_set_new(body, user != NULL ? "user" : "wave", json_string(user ? user : wave));
 	char post[64];
+	if (identity_login)
+		json_object_set_new(body, "identity_login", json_true());
 	snprintf(post, sizeof(post), "/v1/%s", kind);
 	j = call("POST", post, body);
 	if (nowait) {

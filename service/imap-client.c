@@ -1255,7 +1255,7 @@ struct imap_client *imap_sync_connect(const struct imap_client_settings *set,
 		id = &local;
 	memset(id, 0, sizeof(*id));
 	/* ManageSieve has no mailbox to fingerprint: see managesieve.h */
-	if (impersonating(c) && !c->set.managesieve) {
+	if (impersonating(c) && !c->set.managesieve && c->set.identity != IMAP_IDENTITY_NONE) {
 		if (imap_identity_check(c, id, err, errlen) < 0) {
 			imap_sync_close(c);
 			return NULL;
@@ -1749,6 +1749,11 @@ int imap_identity_check(struct imap_client *session, struct imap_identity *id, c
 			 "earlier sessions; refusing to continue", set->user, mine.inbox.uidvalidity,
 			 set->expect_inbox_uidvalidity);
 		return -1;
+	}
+	if (set->identity == IMAP_IDENTITY_NO_OWN_LOGIN) {
+		id->result = "not compared with the authenticating identity's own mailbox "
+			     "(no login meant to fail)";
+		return 0;
 	}
 	/* the authenticating identity on its own */
 	struct imap_client_settings own = *set;

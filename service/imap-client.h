@@ -48,6 +48,19 @@ struct imap_client_settings {
 	/* identity check (impersonated logins): expected INBOX UIDVALIDITY
 	 * from an earlier session, 0 = unknown */
 	uint32_t expect_inbox_uidvalidity;
+	/* identity check after an impersonated login (imap_identity_check) */
+	enum imap_identity_mode {
+		/* fingerprint, then the authenticating identity logs in alone to
+		 * compare: where it has no mailbox (Dovecot master users) that
+		 * login fails by design, and brute-force protection counts it */
+		IMAP_IDENTITY_FULL = 0,
+		/* fingerprint only (INBOX, expected UIDVALIDITY): no login that
+		 * is meant to fail */
+		IMAP_IDENTITY_NO_OWN_LOGIN,
+		/* nothing read after the login: a server of ours (NEW), where
+		 * LIST or STATUS would make the ferry plugin copy the mailbox */
+		IMAP_IDENTITY_NONE,
+	} identity;
 
 	void (*log)(void *ctx, enum imap_log_level level, const char *msg);
 	void *log_ctx;

@@ -1,5 +1,6 @@
 /* The SQLite store: one file, WAL, schema versioned by PRAGMA user_version
    and brought up to date by the migrations below at open. */
+#include "ferry-contract.h"
 #include "store.h"
 
 #include <sqlite3.h>
@@ -69,15 +70,16 @@ static const char *const migrations[] = {
 	" ELSE 110 END AS pop3_port, e.tls AS tls, e.transport AS transport"
 	" FROM users u JOIN endpoints e ON e.id = u.endpoint_id"
 	" LEFT JOIN routes r ON r.user_id = u.id;"
-	"CREATE VIEW ferry_passdb AS SELECT login, old_login AS destuser, host,"
+	"CREATE VIEW " FERRY_VIEW_PASSDB " AS SELECT login, old_login AS destuser, host,"
 	" imap_port, pop3_port,"
 	" CASE WHEN tls = 'imaps' THEN 'yes' END AS ssl,"
 	" CASE WHEN tls = 'starttls' THEN 'yes' END AS starttls"
 	" FROM ferry_route WHERE target = 'old';"
-	"CREATE VIEW ferry_userdb AS SELECT login,"
-	" CASE WHEN target = 'new' THEN 'cutover' ELSE 'presync' END AS ferry_phase"
+	"CREATE VIEW " FERRY_VIEW_USERDB " AS SELECT login,"
+	" CASE WHEN target = 'new' THEN '" FERRY_PHASE_CUTOVER "' ELSE '" FERRY_PHASE_PRESYNC "'"
+	" END AS ferry_phase"
 	" FROM ferry_route;"
-	"CREATE VIEW ferry_transport AS SELECT login AS address,"
+	"CREATE VIEW " FERRY_VIEW_TRANSPORT " AS SELECT login AS address,"
 	" CASE WHEN target = 'new' THEN COALESCE((SELECT value FROM settings"
 	" WHERE key = 'route_new_transport'), 'lmtp:unix:private/dovecot-lmtp')"
 	" WHEN transport <> '' THEN transport"
