@@ -338,6 +338,9 @@ static int m_roll_back(struct user_rec *u, void *ctx)
 {
 	(void)ctx;
 	u->state = US_PRESYNC;
+	/* no copy pass while NEW holds mail OLD may not have yet (a rollback
+	   that failed half-way): the admin resumes the wave when it is over */
+	u->paused = 1;
 	u->attempts = 0;
 	u->next_attempt = 0;
 	u->sync_seq = 0;

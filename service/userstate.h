@@ -61,8 +61,8 @@ int userstate_verified(struct store *st, const char *user, int after_pull,
 /* Inside the cut-over's transaction: the member is routed to NEW, queued
    for a pull at sync-now priority (seq), claim released. */
 int userstate_cut_over(struct store *st, const char *user, int64_t seq);
-/* Inside the rollback's transaction: back to presync, the claim kept for
-   the appends back to OLD. */
+/* Inside the rollback's transaction: back to presync and paused (no copy
+   pass until ferryctl resume), the claim kept for the appends back to OLD. */
 int userstate_roll_back(struct store *st, const char *user);
 
 /* The next "sync now" sequence number (a setting in the store). */
