@@ -7,7 +7,8 @@ FERRYD_LDFLAGS = $(SANITIZE)
 FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto -lresolv
 
 FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret userstate \
-              cutover cutover_check checks rekey runas pathcheck metrics dns sieve_step
+              cutover cutover_check checks rekey runas pathcheck metrics dns sieve_step \
+              report dashboard
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
 FERRYD_HDRS = $(wildcard service/*.h include/*.h)
 

@@ -25,6 +25,8 @@
 #include "cutover.h"
 #include "evlog.h"
 #include "metrics.h"
+#include "dashboard.h"
+#include "report.h"
 #include "scheduler.h"
 #include "secret.h"
 #include "userstate.h"
@@ -824,6 +826,59 @@ void api_set_sieve(struct api *a, struct sieve_step *sieve)
 	a->sieve = sieve;
 }
 
+/* ---- reports (report.c) ---------------------------------------------------- */
+
+static void h_report(struct call *c)
+{
+	const char *wave = query_str(c, "wave"), *format = query_str(c, "format");
+	struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
+	struct evbuffer *out;
+	char err[512], disp[200];
+	json_t *rep;
+	char *text;
+	int code;
+
+	if (format != NULL && strcmp(format, "csv") != 0 && strcmp(format, "json") != 0) {
+		reply_error(c, 400, "format: csv or json");
+		return;
+	}
+	if ((rep = report_json(c->a->st, wave, &code, err, sizeof(err))) == NULL) {
+		reply_error(c, code, "%s", err);
+		return;
+	}
+	snprintf(disp, sizeof(disp), "attachment; filename=\"ferry-report-%s.%s\"",
+		 wave != NULL ? wave : "all", format != NULL ? format : "json");
+	evhttp_add_header(h, "Content-Disposition", disp);
+	if (format == NULL || strcmp(format, "json") == 0) {
+		reply(c, 200, rep);
+		return;
+	}
+	text = report_csv(rep);
+	json_decref(rep);
+	if (text == NULL) {
+		reply_error(c, 500, "out of memory");
+		return;
+	}
+	out = evbuffer_new();
+	evbuffer_add(out, text, strlen(text));
+	evhttp_add_header(h, "Content-Type", "text/csv; charset=utf-8");
+	evhttp_send_reply(c->req, 200, NULL, out);
+	evbuffer_free(out);
+	free(text);
+}
+
+static void h_report_api(struct call *c)
+{
+	char path[128];
+	json_t *args, *out = NULL;
+	int code;
+
+	args = call_args(c, path, sizeof(path));
+	code = report_api(c->a->st, path, args, &out);
+	json_decref(args);
+	reply(c, code, out != NULL ? out : json_object());
+}
+
 /* ---- routing ------------------------------------------------------------ */
 
 static const struct route {
@@ -841,6 +896,9 @@ static const struct route {
 	{ EVHTTP_REQ_POST, "/v1/sync", h_sync },
 	{ EVHTTP_REQ_GET, "/v1/status", h_status },
 	{ EVHTTP_REQ_GET, "/v1/log", h_log },
+	{ EVHTTP_REQ_GET, "/v1/report", h_report },
+	{ EVHTTP_REQ_POST, "/v1/report/dns", h_report_api },
+	{ EVHTTP_REQ_GET, "/v1/throughput", h_report_api },
 	{ EVHTTP_REQ_POST, "/v1/cutover", h_cutover_api },
 	{ EVHTTP_REQ_GET, "/v1/cutover", h_cutover_api },
 	{ EVHTTP_REQ_POST, "/v1/rollback", h_cutover_api },
@@ -889,7 +947,7 @@ static void handle(struct evhttp_request *req, void *arg)
 	enum role role;
 
 	TAILQ_INIT(&c.query);
-	if (metrics_serve(req, path))
+	if (metrics_serve(req, path) || dashboard_serve(req, path))
 		return;
 	if ((role = token_role(c.a, req, &why)) == ROLE_NONE) {
 		evlog("warning", "api-denied", "path", path, "reason", why, NULL);

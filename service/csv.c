@@ -354,3 +354,24 @@ int csv_parse_users(const char *text, size_t len, struct csv_users *out, char **
 		csv_users_free(out);
 	return ret;
 }
+
+void csv_write_field(FILE *fp, const char *s, int last)
+{
+	int quote;
+
+	if (s == NULL)
+		s = "";
+	quote = strpbrk(s, ",;\"\r\n") != NULL;
+	if (quote)
+		fputc('"', fp);
+	if (*s == '=' || *s == '+' || *s == '@' || *s == '\t')
+		fputc('\'', fp);
+	for (; *s != '\0'; s++) {
+		if (*s == '"')
+			fputc('"', fp);
+		fputc(*s, fp);
+	}
+	if (quote)
+		fputc('"', fp);
+	fputs(last ? "\r\n" : ",", fp);
+}

@@ -3,6 +3,7 @@
 #define FERRY_CSV_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 struct csv_user {
 	int line;           /* where the record starts, 1-based */
@@ -25,6 +26,12 @@ struct csv_users {
 /* 0, or -1 with *err_r = "line N: ..." (malloc'd) and nothing in *out. */
 int csv_parse_users(const char *text, size_t len, struct csv_users *out, char **err_r);
 void csv_users_free(struct csv_users *u);
+
+/* Writes one RFC 4180 field ("..." with "" when it needs quoting) and
+   the separator after it (',' or, for the last one, CRLF). A field that
+   a spreadsheet would run as a formula (leading = + @ or a tab) gets a
+   leading ' so the report opens as text. */
+void csv_write_field(FILE *fp, const char *s, int last);
 
 /* Validators shared with the API */
 int csv_valid_name(const char *s);   /* user/login: printable, no spaces */

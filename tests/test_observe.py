@@ -15,10 +15,11 @@ import urllib.request
 
 import pytest
 
-from ferrytest import corpus
+from ferrytest import chromium, corpus
 from ferrytest.ferryd import TOKEN, Ferryd
 from ferrytest.promtext import parse, total, value
-from ferrytest.sandbox import MASTER_PASSWORD, MASTER_USER, _free_ports, password, wait_until
+from ferrytest.sandbox import (ASAN, BUILD_DIR, MASTER_PASSWORD, MASTER_USER, _free_ports,
+                               password, wait_until)
 from ferrytest.snapshot import snapshot
 
 W1 = ["a1", "a2", "a3", "a4"]
@@ -30,7 +31,7 @@ VIEWER_TOKEN = "ferry-viewer-token-for-tests"
 SECRET_KEY = "ferry-secret-key-material-for-tests-0123456789"
 STATS_PORT = _free_ports(1)[0]  # NEW's OpenMetrics exporter
 SANDBOX_KWARGS = {
-    "users": W1 + W2 + [BAD, LAZY],
+    "users": W1 + W2 + [BAD, LAZY] + ["c1", "c2", "c3"],
     "batch_size": 10,
     "doveadm_http": True,
     "new_userdb_extra": {
@@ -241,3 +242,102 @@ def test_lazy_pulls_counted_by_dovecot_stats(sandbox):
     assert value(exported, "dovecot_ferry_pull_failed_total") >= 1
     used = {n for e in grafana_exprs() for n in re.findall(r"\b(dovecot_[a-z_]+)", e)}
     assert used and used <= {n for (n, _) in exported}, used
+
+
+W3 = ["c1", "c2", "c3"]
+ARTIFACTS = os.environ.get("FERRY_ARTIFACTS") or os.path.join(BUILD_DIR, "artifacts", "dashboard")
+
+
+@pytest.mark.skipif(ASAN, reason="exercises no plugin or ferryd code under the sanitizer")
+@pytest.mark.skipif(not chromium.available(), reason="Debian's chromium is not installed")
+def test_dashboard_in_a_browser(sandbox, ferryd):
+    """Runs after the migration of w1 and w2 above: a third wave is
+    migrated while the page is open."""
+    for i, user in enumerate(W3):
+        corpus.seed_old(sandbox, user, corpus.folder_spec("Bulk", n=15, seed=50 + i, gaps=1))
+    path = os.path.join(sandbox.root, "w3.csv")
+    with open(path, "w") as f:
+        f.write("user,endpoint,tls,wave\n")
+        for user in W3:
+            f.write("%s,127.0.0.1:%d,none,w3\n" % (user, sandbox.port("old")))
+    ferryd.ctl("import", path)
+    code, j = ferryd.api("POST", "/v1/report/dns", {"wave": "w1", "at": "2026-11-28T16:00",
+                                                    "note": "MX of example.com to NEW"})
+    assert code == 200, j
+    shots = []
+
+    def shot(b, name):
+        shots.append(b.screenshot(os.path.join(ARTIFACTS, name + ".png")))
+
+    with chromium.Chromium(os.path.join(sandbox.root, "chromium")) as b:
+        b.goto("http://127.0.0.1:%d/dashboard?refresh=300#token=%s" % (ferryd.port, VIEWER_TOKEN))
+        pct = 'document.querySelector(\'[data-wave-progress="w3"]\')?.dataset.pct'
+        assert b.wait_js(pct + ' === "0"', 30, "wave w3 at 0% on the page")
+        # the token left the address bar at once
+        assert VIEWER_TOKEN not in b.js("location.href")
+        shot(b, "1-before")
+
+        ferryd.ctl("start", "--wave", "w3")
+        seen = [0]
+
+        def progressed():
+            v = int(b.js(pct))
+            if v != seen[-1]:
+                seen.append(v)
+            return v == 100
+        wait_until(progressed, 120, "wave w3 at 100% on the page", interval=0.1)
+        assert seen == sorted(seen) and seen[0] == 0 and seen[-1] == 100, seen
+        b.wait_js("document.querySelector('#chart svg')?.dataset.points > 0", 30,
+                  "the throughput chart")
+        b.wait_js("document.querySelector('[data-eta=\"w3\"]').textContent === 'finished'", 30,
+                  "w3's ETA")
+        shot(b, "2-migrated")
+
+        # failed users only, then the one failed user's page
+        b.js("(() => { const s = document.getElementById('state-filter'); s.value = 'failed';"
+             " s.dispatchEvent(new Event('input')); })()")
+        rows = b.wait_js("(() => { const r = [...document.querySelectorAll('#users tbody tr')]"
+                         ".map(t => t.dataset.user); return r.length === 1 && r; })()",
+                         30, "the failed users")
+        assert rows == [BAD]
+        shot(b, "3-failed-users")
+        b.js("document.querySelector('#users tr[data-user=\"%s\"]').click()" % BAD)
+        b.wait_js("document.getElementById('user-name').textContent === '%s'" % BAD, 30,
+                  "the user's page")
+        err = b.wait_js("document.getElementById('user-error').textContent", 30, "its error")
+        assert "Authentication failed" in err
+        assert b.js("document.querySelectorAll('#user-log tbody tr').length") >= 2
+        shot(b, "4-user")
+        page_html = b.js("document.documentElement.outerHTML")
+
+        # the report of w1, downloaded by the page
+        b.js("location.hash = ''")
+        b.wait_js("document.querySelector('a.report-csv[data-wave=\"w1\"]') !== null", 30,
+                  "the report link")
+        b.js("document.querySelector('a.report-csv[data-wave=\"w1\"]').click()")
+        csv_path = wait_until(lambda: b.downloaded("ferry-report-w1.csv"), 30, "the report")
+        page_html += b.js("document.documentElement.outerHTML")
+
+    import csv
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    users = {r["user"]: r for r in rows if r["record"] == "user"}
+    assert set(users) == set(W1 + [BAD])
+    assert users[BAD]["state"] == "failed" and "Authentication failed" in users[BAD]["last_error"]
+    assert int(users[BAD]["errors"]) == 2
+    for u in W1:
+        assert users[u]["state"] == "verified" and users[u]["verify"] == "pass"
+        assert users[u]["messages"] == users[u]["old_messages"] != "0"
+    dns = [r for r in rows if r["record"] == "dns-change"]
+    assert len(dns) == 1 and "MX of example.com to NEW" in dns[0]["detail"]
+    print("\nscreenshots: " + ", ".join(shots))
+
+    # nothing the dashboard is served shows a secret
+    assert_no_secret(sandbox, "the dashboard page", page_html)
+    for path in ("/dashboard", "/dashboard.js", "/dashboard.css", "/v1/status",
+                 "/v1/status?user=" + PWUSER, "/v1/log", "/v1/report?wave=w1&format=csv",
+                 "/v1/report?wave=w1", "/v1/report", "/v1/throughput",
+                 "/v1/check?user=%s&kind=verify" % PWUSER):
+        code, body = ferryd.api("GET", path, token=VIEWER_TOKEN)
+        assert code == 200, (path, body)
+        assert_no_secret(sandbox, path, body if isinstance(body, str) else json.dumps(body))
