@@ -4,10 +4,11 @@
      0  the per-user state file dovecot-ferry.state (ferry_state_parse):
         fails with "invalid line '...'" or gives times >= 0; what
         ferry_user_state_write writes for them parses back to them;
-     1  the folder-name map dovecot-ferry.map, read from an istream as
-        ferry_map_load reads the file (ferry_map_read_pairs, which calls
-        ferry_map_parse_line): pairs of C strings; each pair written as
-        ferry_map_write writes it parses back to itself;
+     1  the folder map dovecot-ferry.map, read from an istream as
+        ferry_map_load reads the file (ferry_map_read_entries, which calls
+        ferry_map_parse_line): entries of C strings; each entry written as
+        ferry_map_write writes it (ferry_map_format_line) parses back to
+        itself;
      2  the per-folder index header extension (ferry_box_hdr_parse) of any
         size: at most the stored size is read (ASan sees the input's exact
         size), the rest of the struct is zero. */
@@ -53,30 +54,28 @@ static void fuzz_state(const unsigned char *data, size_t size)
 static void fuzz_map(const unsigned char *data, size_t size)
 {
 	pool_t pool = pool_alloconly_create("fuzz map", 1024);
-	ARRAY_TYPE(const_string) pairs;
+	ARRAY_TYPE(ferry_map_entry) entries;
+	const struct ferry_map_entry *e;
+	struct ferry_map_entry back;
 	struct istream *input;
-	const char *const *names, *local, *oldname;
-	unsigned int i, count;
 	string_t *line = t_str_new(128);
 
-	p_array_init(&pairs, pool, 8);
+	p_array_init(&entries, pool, 8);
 	input = i_stream_create_from_data(data, size);
-	ferry_map_read_pairs(input, pool, &pairs);
+	ferry_map_read_entries(input, pool, &entries);
 	i_assert(input->stream_errno == 0);
 	i_stream_unref(&input);
 
-	names = array_get(&pairs, &count);
-	i_assert(count % 2 == 0);
-	for (i = 0; i < count; i += 2) {
-		/* ferry_map_write's format */
+	array_foreach(&entries, e) {
 		str_truncate(line, 0);
-		str_append_tabescaped(line, names[i]);
-		str_append_c(line, '\t');
-		str_append_tabescaped(line, names[i + 1]);
+		ferry_map_format_line(line, e);
 		i_assert(strchr(str_c(line), '\n') == NULL);
-		i_assert(ferry_map_parse_line(str_c(line), &local, &oldname));
-		i_assert(strcmp(local, names[i]) == 0);
-		i_assert(strcmp(oldname, names[i + 1]) == 0);
+		i_assert(ferry_map_parse_line(str_c(line), &back));
+		i_assert(strcmp(back.local, e->local) == 0);
+		i_assert(strcmp(back.old, e->old) == 0);
+		i_assert(strcmp(back.remote, e->remote) == 0);
+		i_assert(strcmp(back.state, e->state) == 0);
+		i_assert(strcmp(back.reason, e->reason) == 0);
 	}
 	pool_unref(&pool);
 }

@@ -201,6 +201,31 @@ static struct doveadm_mail_cmd_context *ferry_cmd_rollback_alloc(void)
 	return ferry_cmd_alloc(FALSE, ferry_cmd_rollback_init, ferry_cmd_rollback_run);
 }
 
+/* The old server's LIST name of a local folder: the tree copy's record
+   (no old-server access); for a folder of an older map file that lacks it,
+   the old session is asked. "" for a folder made here. */
+static const char *
+ferry_status_old_folder(struct mail_user *user, const char *vname,
+			const struct ferry_box_hdr *hdr)
+{
+	struct mail_user *old;
+	struct mailbox *obox;
+	const char *remote, *error;
+
+	if (hdr->state == FERRY_BOX_LOCAL)
+		return "";
+	if ((remote = ferry_map_remote_name(user, vname)) != NULL)
+		return remote;
+	if (ferry_old_user_get(user, &old, &error) < 0)
+		return "";
+	obox = mailbox_alloc(mail_namespace_find_inbox(old->namespaces)->list,
+			     ferry_old_name(user, old, vname),
+			     MAILBOX_FLAG_READONLY);
+	remote = ferry_old_remote_name(obox);
+	mailbox_free(&obox);
+	return remote;
+}
+
 /* status: local facts from the folder headers; the old server is asked
    only about folders that are not complete. */
 static void ferry_status_folder(struct mail_user *user, const char *vname)
@@ -210,7 +235,7 @@ static void ferry_status_folder(struct mail_user *user, const char *vname)
 	struct mailbox_status st, ost;
 	struct mail_user *old;
 	struct mailbox *box, *obox;
-	const char *error, *old_count = "", *old_name = "";
+	const char *error, *old_count = "", *old_folder;
 
 	ferry_internal_begin(user);
 	box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_READONLY |
@@ -222,11 +247,7 @@ static void ferry_status_folder(struct mail_user *user, const char *vname)
 		(void)mailbox_get_status(box, STATUS_MESSAGES |
 					 STATUS_UIDVALIDITY, &st);
 	}
-	/* the plugin's own mapping (rename rules, special use, separators):
-	   ferryd rewrites Sieve fileinto targets with it */
-	if (hdr.state != FERRY_BOX_LOCAL &&
-	    ferry_old_user_get(user, &old, &error) == 0)
-		old_name = ferry_old_name(user, old, vname);
+	old_folder = ferry_status_old_folder(user, vname, &hdr);
 	if (hdr.state == FERRY_BOX_COMPLETE)
 		old_count = dec2str(hdr.old_messages);
 	else if (hdr.state != FERRY_BOX_LOCAL) {
@@ -254,7 +275,28 @@ static void ferry_status_folder(struct mail_user *user, const char *vname)
 	doveadm_print_num(hdr.old_uidvalidity);
 	doveadm_print_num(hdr.copied);
 	doveadm_print_num(hdr.renumbered);
-	doveadm_print(old_name);
+	doveadm_print(old_folder);
+	doveadm_print("");
+}
+
+/* Old folders the tree copy did not migrate: excluded by the admin's
+   rules, or skipped (a name this server cannot hold), with the reason. */
+static void ferry_status_not_migrated(struct mail_user *user)
+{
+	const struct ferry_map_entry *e;
+	unsigned int i, count;
+
+	e = ferry_map_entries(user, &count);
+	for (i = 0; i < count; i++) {
+		if (*e[i].state == '\0')
+			continue;
+		doveadm_print("");
+		doveadm_print(e[i].state);
+		for (unsigned int col = 0; col < 6; col++)
+			doveadm_print("");
+		doveadm_print(*e[i].remote != '\0' ? e[i].remote : e[i].old);
+		doveadm_print(e[i].reason);
+	}
 }
 
 static int ferry_cmd_status_run(struct doveadm_mail_cmd_context *_ctx,
@@ -285,6 +327,7 @@ static int ferry_cmd_status_run(struct doveadm_mail_cmd_context *_ctx,
 		doveadm_mail_failed_error(_ctx, err);
 		return -1;
 	}
+	ferry_status_not_migrated(user);
 	return 0;
 }
 
@@ -300,6 +343,7 @@ static void ferry_cmd_status_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUS
 	doveadm_print_header_simple(FERRY_COL_COPIED);
 	doveadm_print_header_simple(FERRY_COL_RENUMBERED);
 	doveadm_print_header_simple(FERRY_COL_OLD_FOLDER);
+	doveadm_print_header_simple(FERRY_COL_REASON);
 }
 
 static struct doveadm_mail_cmd_context *ferry_cmd_status_alloc(void)

@@ -140,18 +140,38 @@ const char *ferry_local_name(struct mail_user *user, struct mail_user *old,
 /* the name by separator translation alone */
 const char *ferry_plain_name(struct mail_user *user, struct mail_user *old,
 			     const char *old_vname);
+/* One old folder as the last tree copy saw it (the user's map file). */
+struct ferry_map_entry {
+	const char *local;	/* its name here; "" when not migrated */
+	const char *old;	/* its name in the old session's namespace */
+	/* its name as the old server's LIST shows it (prefix, separator),
+	   UTF-8; "" when not known (a map file of an older version) */
+	const char *remote;
+	const char *state;	/* "" migrated, else excluded / skipped */
+	const char *reason;	/* why not migrated */
+};
+ARRAY_DEFINE_TYPE(ferry_map_entry, struct ferry_map_entry);
+
 void ferry_map_reset(struct mail_user *user);
-void ferry_map_add(struct mail_user *user, struct mail_user *old,
-		   const char *local_vname, const char *old_vname);
+/* local_vname NULL: not migrated (state, reason say why) */
+void ferry_map_add(struct mail_user *user, const char *local_vname,
+		   const char *old_vname, const char *remote,
+		   const char *state, const char *reason);
 int ferry_map_write(struct mail_user *user, const char **error_r);
 void ferry_map_deinit(struct mail_user *user);
-/* One line of the map file, "local<TAB>old" tab-escaped; FALSE: not such a
-   line (skipped). The names are allocated from the data stack. */
-bool ferry_map_parse_line(const char *line, const char **local_r,
-			  const char **old_r);
-/* The map file's pairs (local, old, ...) from input, allocated from pool */
-void ferry_map_read_pairs(struct istream *input, pool_t pool,
-			  ARRAY_TYPE(const_string) *pairs);
+const struct ferry_map_entry *
+ferry_map_entries(struct mail_user *user, unsigned int *count_r);
+/* The old server's LIST name of a local folder, NULL if not recorded. */
+const char *ferry_map_remote_name(struct mail_user *user,
+				  const char *local_vname);
+/* One map file line into entry_r (strings from the data stack); FALSE:
+   not such a line (skipped). */
+bool ferry_map_parse_line(const char *line, struct ferry_map_entry *entry_r);
+/* The line ferry_map_write writes for e (no newline). */
+void ferry_map_format_line(string_t *dest, const struct ferry_map_entry *e);
+/* The map file's entries from input, allocated from pool */
+void ferry_map_read_entries(struct istream *input, pool_t pool,
+			    ARRAY_TYPE(ferry_map_entry) *entries);
 
 /* old-body.c: large old messages, fetched in ranges */
 void ferry_old_body_register(struct mailbox *obox);
@@ -221,6 +241,9 @@ bool ferry_old_list_guard_disarm(void);
    string breaks the protocol (Dovecot 2.3's imapc then asserted in its
    command timeout: hostile-server tests). */
 bool ferry_old_name_has_controls(struct mailbox *obox);
+/* The old folder's name as the old server's LIST shows it (its list
+   prefix and separator), modified UTF-7 decoded to UTF-8. */
+const char *ferry_old_remote_name(struct mailbox *obox);
 
 /* mirror.c: presync passes */
 struct ferry_mirror_result {

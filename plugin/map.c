@@ -9,9 +9,12 @@
       becomes the new server's folder with that special use, if the new
       namespace configures one;
    4. hierarchy separators translated level by level.
-   Names that differ from plain translation are written to the user's map
-   file at tree-copy time, so later sessions find a folder's old name
-   without asking the old server. */
+   Every old folder seen by the last tree copy is written to the user's map
+   file with its fate: its name here (or excluded/skipped, and why) and its
+   name exactly as the old server lists it. Later sessions find a folder's
+   old name without asking the old server, and `doveadm ferry status`
+   answers "which new folder did old folder X become" from it (ferryd's
+   verification uses that answer instead of translating names itself). */
 
 #include "lib.h"
 #include "array.h"
@@ -41,9 +44,8 @@ struct ferry_rename_rule {
 struct ferry_map {
 	ARRAY(const char *) excludes;
 	ARRAY(struct ferry_rename_rule) renames;
-	/* local name -> old name, for names that are not plain translations */
-	ARRAY_TYPE(const_string) pairs; /* local, old, local, old, ... */
-	bool pairs_loaded;
+	ARRAY_TYPE(ferry_map_entry) entries;
+	bool entries_loaded;
 };
 
 static const struct {
@@ -83,7 +85,7 @@ static struct ferry_map *ferry_map_get(struct mail_user *user)
 	map = fuser->map = p_new(user->pool, struct ferry_map, 1);
 	p_array_init(&map->excludes, user->pool, 4);
 	p_array_init(&map->renames, user->pool, 4);
-	p_array_init(&map->pairs, user->pool, 8);
+	p_array_init(&map->entries, user->pool, 8);
 	for (unsigned int i = 1; i <= FERRY_MAX_RULES; i++) {
 		name = i == 1 ? "ferry_exclude" :
 			t_strdup_printf("ferry_exclude%u", i);
@@ -263,30 +265,61 @@ static const char *ferry_map_path(struct mail_user *user)
 	return root == NULL ? NULL : t_strconcat(root, "/" FERRY_MAP_FNAME, NULL);
 }
 
-bool ferry_map_parse_line(const char *line, const char **local_r,
-			  const char **old_r)
+/* Lines, tab-escaped fields:
+     local, old                      (older files: a mapped name only)
+     local, old, remote              a migrated folder
+     "", old, remote, state, reason  an old folder not migrated */
+bool ferry_map_parse_line(const char *line, struct ferry_map_entry *entry_r)
 {
 	const char *const *fields = t_strsplit_tabescaped(line);
+	unsigned int n = str_array_length(fields);
 
-	if (str_array_length(fields) != 2)
+	if (n != 2 && n != 3 && n != 5)
 		return FALSE;
-	*local_r = fields[0];
-	*old_r = fields[1];
+	i_zero(entry_r);
+	entry_r->local = fields[0];
+	entry_r->old = fields[1];
+	entry_r->remote = n > 2 ? fields[2] : "";
+	entry_r->state = n > 3 ? fields[3] : "";
+	entry_r->reason = n > 3 ? fields[4] : "";
 	return TRUE;
 }
 
-void ferry_map_read_pairs(struct istream *input, pool_t pool,
-			  ARRAY_TYPE(const_string) *pairs)
+void ferry_map_format_line(string_t *dest, const struct ferry_map_entry *e)
 {
-	const char *line, *local, *oldname;
+	str_append_tabescaped(dest, e->local);
+	str_append_c(dest, '\t');
+	str_append_tabescaped(dest, e->old);
+	str_append_c(dest, '\t');
+	str_append_tabescaped(dest, e->remote);
+	if (*e->state != '\0' || *e->reason != '\0') {
+		str_append_c(dest, '\t');
+		str_append_tabescaped(dest, e->state);
+		str_append_c(dest, '\t');
+		str_append_tabescaped(dest, e->reason);
+	}
+}
+
+static void ferry_map_entry_dup(pool_t pool, struct ferry_map_entry *e)
+{
+	e->local = p_strdup(pool, e->local);
+	e->old = p_strdup(pool, e->old);
+	e->remote = p_strdup(pool, e->remote);
+	e->state = p_strdup(pool, e->state);
+	e->reason = p_strdup(pool, e->reason);
+}
+
+void ferry_map_read_entries(struct istream *input, pool_t pool,
+			    ARRAY_TYPE(ferry_map_entry) *entries)
+{
+	struct ferry_map_entry e;
+	const char *line;
 
 	while ((line = i_stream_read_next_line(input)) != NULL) {
-		if (!ferry_map_parse_line(line, &local, &oldname))
+		if (!ferry_map_parse_line(line, &e))
 			continue;
-		local = p_strdup(pool, local);
-		oldname = p_strdup(pool, oldname);
-		array_push_back(pairs, &local);
-		array_push_back(pairs, &oldname);
+		ferry_map_entry_dup(pool, &e);
+		array_push_back(entries, &e);
 	}
 }
 
@@ -296,14 +329,14 @@ static void ferry_map_load(struct mail_user *user, struct ferry_map *map)
 	struct istream *input;
 	int fd;
 
-	map->pairs_loaded = TRUE;
+	map->entries_loaded = TRUE;
 	if (path == NULL || (fd = open(path, O_RDONLY)) == -1) {
 		if (path != NULL && errno != ENOENT)
 			i_error(FERRY_LOG_PREFIX "open(%s) failed: %m", path);
 		return;
 	}
 	input = i_stream_create_fd_autoclose(&fd, SIZE_MAX);
-	ferry_map_read_pairs(input, user->pool, &map->pairs);
+	ferry_map_read_entries(input, user->pool, &map->entries);
 	if (input->stream_errno != 0) {
 		i_error(FERRY_LOG_PREFIX "read(%s) failed: %s", path,
 			i_stream_get_error(input));
@@ -315,41 +348,73 @@ void ferry_map_reset(struct mail_user *user)
 {
 	struct ferry_map *map = ferry_map_get(user);
 
-	array_clear(&map->pairs);
-	map->pairs_loaded = TRUE;
+	array_clear(&map->entries);
+	map->entries_loaded = TRUE;
 }
 
-void ferry_map_add(struct mail_user *user, struct mail_user *old,
-		   const char *local_vname, const char *old_vname)
+void ferry_map_add(struct mail_user *user, const char *local_vname,
+		   const char *old_vname, const char *remote,
+		   const char *state, const char *reason)
 {
 	struct ferry_map *map = ferry_map_get(user);
-	char old_sep = mail_namespace_get_sep(mail_namespace_find_inbox(old->namespaces));
+	struct ferry_map_entry e = {
+		.local = local_vname == NULL ? "" : local_vname,
+		.old = old_vname,
+		.remote = remote == NULL ? "" : remote,
+		.state = state == NULL ? "" : state,
+		.reason = reason == NULL ? "" : reason,
+	};
 
-	if (strcmp(ferry_name_translate(old_vname, old_sep, ferry_sep(user)),
-		   local_vname) == 0)
-		return; /* plain translation: no need to remember it */
-	local_vname = p_strdup(user->pool, local_vname);
-	old_vname = p_strdup(user->pool, old_vname);
-	array_push_back(&map->pairs, &local_vname);
-	array_push_back(&map->pairs, &old_vname);
+	ferry_map_entry_dup(user->pool, &e);
+	array_push_back(&map->entries, &e);
+}
+
+const struct ferry_map_entry *
+ferry_map_entries(struct mail_user *user, unsigned int *count_r)
+{
+	struct ferry_map *map = ferry_map_get(user);
+
+	if (!map->entries_loaded)
+		ferry_map_load(user, map);
+	return array_get(&map->entries, count_r);
+}
+
+static const struct ferry_map_entry *
+ferry_map_find_local(struct mail_user *user, const char *local_vname)
+{
+	const struct ferry_map_entry *e;
+	unsigned int i, count;
+
+	e = ferry_map_entries(user, &count);
+	for (i = 0; i < count; i++) {
+		if (*e[i].local != '\0' && strcmp(e[i].local, local_vname) == 0)
+			return &e[i];
+	}
+	return NULL;
+}
+
+const char *ferry_map_remote_name(struct mail_user *user,
+				  const char *local_vname)
+{
+	const struct ferry_map_entry *e =
+		ferry_map_find_local(user, local_vname);
+
+	return e == NULL || *e->remote == '\0' ? NULL : e->remote;
 }
 
 int ferry_map_write(struct mail_user *user, const char **error_r)
 {
 	struct ferry_map *map = ferry_map_get(user);
-	const char *path = ferry_map_path(user), *const *pairs;
+	const char *path = ferry_map_path(user);
+	const struct ferry_map_entry *e;
 	string_t *data, *tmp;
-	unsigned int i, count;
 	int fd;
 
 	if (path == NULL)
 		return 0;
 	data = t_str_new(256);
-	pairs = array_get(&map->pairs, &count);
-	for (i = 0; i + 1 < count; i += 2) {
-		str_append_tabescaped(data, pairs[i]);
-		str_append_c(data, '\t');
-		str_append_tabescaped(data, pairs[i + 1]);
+	array_foreach(&map->entries, e) {
+		ferry_map_format_line(data, e);
 		str_append_c(data, '\n');
 	}
 	tmp = t_str_new(256);
@@ -373,17 +438,11 @@ int ferry_map_write(struct mail_user *user, const char **error_r)
 const char *ferry_old_name(struct mail_user *user, struct mail_user *old,
 			   const char *local_vname)
 {
-	struct ferry_map *map = ferry_map_get(user);
-	const char *const *pairs;
-	unsigned int i, count;
+	const struct ferry_map_entry *e =
+		ferry_map_find_local(user, local_vname);
 
-	if (!map->pairs_loaded)
-		ferry_map_load(user, map);
-	pairs = array_get(&map->pairs, &count);
-	for (i = 0; i + 1 < count; i += 2) {
-		if (strcmp(pairs[i], local_vname) == 0)
-			return pairs[i + 1];
-	}
+	if (e != NULL)
+		return e->old;
 	return ferry_name_translate(local_vname, ferry_sep(user),
 		mail_namespace_get_sep(mail_namespace_find_inbox(old->namespaces)));
 }

@@ -9,6 +9,8 @@
 
 #include "lib.h"
 #include "array.h"
+#include "str.h"
+#include "imap-utf7.h"
 #include "mail-namespace.h"
 #include "imapc-storage.h"
 #include "ferry-plugin.h"
@@ -130,4 +132,18 @@ bool ferry_old_name_has_controls(struct mailbox *obox)
 			return TRUE;
 	}
 	return FALSE;
+}
+
+const char *ferry_old_remote_name(struct mailbox *obox)
+{
+	const char *wire = imapc_mailbox_get_remote_name(IMAPC_MAILBOX(obox));
+	string_t *utf8 = t_str_new(strlen(wire) + 16);
+
+	if (strcasecmp(wire, "INBOX") == 0)
+		return "INBOX";
+	/* not valid modified UTF-7: the bytes as they are, as ferryd's client
+	   shows them too */
+	if (imap_utf7_to_utf8(wire, utf8) < 0)
+		return t_strdup(wire);
+	return str_c(utf8);
 }

@@ -12,6 +12,7 @@
 #include "mail-namespace.h"
 #include "mailbox-list-iter.h"
 #include "ferry-plugin.h"
+#include "ferry-contract.h"
 
 struct ferry_old_folder {
 	const char *vname;
@@ -184,6 +185,29 @@ static int ferry_tree_reconcile(struct mail_user *user, struct mail_user *old,
 				const ARRAY_TYPE(const_string) *subscribed,
 				const char **error_r);
 
+/* What the tree copy did with an old folder, for the map file: the one
+   record of "old folder X is new folder Y" (doveadm ferry status prints
+   it, ferryd's verification uses it). */
+static void ferry_tree_record(struct mail_user *user, struct mail_user *old,
+			      const struct ferry_old_folder *f,
+			      const char *local, const char *skip_reason)
+{
+	struct mailbox *obox = mailbox_alloc(
+		mail_namespace_find_inbox(old->namespaces)->list, f->vname,
+		MAILBOX_FLAG_READONLY);
+	const char *remote = ferry_old_remote_name(obox);
+
+	mailbox_free(&obox);
+	if (local != NULL) {
+		ferry_map_add(user, local, f->vname, remote, NULL, NULL);
+		return;
+	}
+	/* ferry_local_name's reason for a ferry_exclude match */
+	ferry_map_add(user, NULL, f->vname, remote,
+		      str_begins(skip_reason, "excluded by ") ?
+		      FERRY_STATE_EXCLUDED : FERRY_STATE_SKIPPED, skip_reason);
+}
+
 HASH_TABLE_DEFINE_TYPE(ferry_old_folder_by_name, const char *,
 		       const struct ferry_old_folder *);
 
@@ -244,11 +268,12 @@ static int ferry_tree_copy(struct mail_user *user, bool mirror,
 		if (local == NULL) {
 			i_warning(FERRY_LOG_PREFIX "folder=%s event=skipped: %s",
 				  f->vname, f->skip_reason);
+			ferry_tree_record(user, old, f, NULL, f->skip_reason);
 			skipped++;
 			continue;
 		}
 		if (strcasecmp(local, "INBOX") == 0) {
-			ferry_map_add(user, old, local, f->vname);
+			ferry_tree_record(user, old, f, local, NULL);
 			continue;
 		}
 		int ret = ferry_tree_create(user, old, f, local, error_r);
@@ -257,11 +282,12 @@ static int ferry_tree_copy(struct mail_user *user, bool mirror,
 		if (ret > 0) {
 			i_warning(FERRY_LOG_PREFIX "folder=%s event=skipped: %s",
 				  f->vname, *error_r);
+			ferry_tree_record(user, old, f, NULL, *error_r);
 			*error_r = NULL;
 			skipped++;
 			continue;
 		}
-		ferry_map_add(user, old, local, f->vname);
+		ferry_tree_record(user, old, f, local, NULL);
 		created++;
 	}
 	if (ferry_map_write(user, error_r) < 0)

@@ -4,7 +4,10 @@
    "old=SECRET\nnew=SECRET\n" written to its stdin (a pipe), its JSON report
    read from stdout and its error line from stderr through bufferevents on
    ferryd's loop, killed at check_timeout. A crash of the IMAP code cannot
-   take ferryd down, and the child's memory is gone with it. */
+   take ferryd down, and the child's memory is gone with it.
+   A verification first asks NEW's plugin which new folder each old one
+   became (ferryStatus through the doveadm HTTP API); its rows go to the
+   child as a "names=JSON" line after the credentials. */
 #include "checks.h"
 
 #include <errno.h>
@@ -21,7 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "doveadm.h"
 #include "evlog.h"
+#include "ferry-contract.h"
 #include "preflight.h"
 #include "secret.h"
 #include "sieve.h"
@@ -39,8 +44,10 @@ struct run {
 	char map[PATH_MAX];  /* sieve: old<TAB>new folder names */
 	int identity_login;  /* preflight: the identity check's own login too */
 	int64_t requested_at;
-	pid_t pid;
-	struct bufferevent *out, *err;
+	pid_t pid;  /* 0 until the child runs */
+	struct doveadm_req *names_req;  /* verify: ferryStatus in flight */
+	char *names;  /* verify: the plugin's folder names (JSON) */
+	struct bufferevent *out, *err, *in;
 	int out_done, err_done;
 	struct event *deadline;
 };
@@ -48,6 +55,7 @@ struct run {
 struct checks {
 	struct event_base *base;
 	struct store *st;
+	struct doveadm_client *dc;
 	const struct ferry_config *cfg;
 	checks_done_cb *cb;
 	void *ctx;
@@ -65,7 +73,8 @@ static int set(const char *s)
 }
 
 struct checks *checks_new(struct event_base *base, struct store *st,
-			  const struct ferry_config *cfg, checks_done_cb *cb, void *ctx)
+			  struct doveadm_client *dc, const struct ferry_config *cfg,
+			  checks_done_cb *cb, void *ctx)
 {
 	struct checks *ch = calloc(1, sizeof(*ch));
 	char self[PATH_MAX];
@@ -74,6 +83,7 @@ struct checks *checks_new(struct event_base *base, struct store *st,
 
 	ch->base = base;
 	ch->st = st;
+	ch->dc = dc;
 	ch->cfg = cfg;
 	ch->cb = cb;
 	ch->ctx = ctx;
@@ -312,10 +322,8 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 	if (verify) {
 		arg(a, "--sample");
 		arg(a, num(a, "%.6f", cfg->verify_sample));
-		if (u->ep.old_prefix[0] != '\0') {
-			arg(a, "--old-prefix");
-			arg(a, u->ep.old_prefix);
-		}
+		arg(a, "--names");
+		arg(a, "-");
 	}
 	arg(a, "--credentials");
 	arg(a, "-");
@@ -336,7 +344,8 @@ static void on_read(struct bufferevent *bev, void *arg)
 {
 	struct run *r = arg;
 
-	if (evbuffer_get_length(bufferevent_get_input(bev)) > MAX_REPORT && !r->too_big) {
+	if (evbuffer_get_length(bufferevent_get_input(bev)) > MAX_REPORT && !r->too_big &&
+	    r->pid > 0) {
 		r->too_big = 1;
 		kill(r->pid, SIGKILL);
 	}
@@ -357,15 +366,40 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		run_end(r);
 }
 
+static void run_end_early(struct run *r, const char *error);
+
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
 	struct run *r = arg;
+	char error[128];
 
 	(void)fd;
 	(void)what;
+	if (r->pid <= 0) { /* still asking the new server for the names */
+		snprintf(error, sizeof(error), "no result within check_timeout (%d s)",
+			 r->ch->cfg->check_timeout);
+		run_end_early(r, error);
+		return;
+	}
 	r->timed_out = 1;
 	kill(r->pid, SIGKILL);
 	run_end(r);
+}
+
+/* the names line went to the child (or it is gone): stdin closed */
+static void on_names_written(struct bufferevent *bev, void *arg)
+{
+	struct run *r = arg;
+
+	(void)bev;
+	bufferevent_free(r->in);
+	r->in = NULL;
+}
+
+static void on_names_event(struct bufferevent *bev, short what, void *arg)
+{
+	(void)what;
+	on_names_written(bev, arg);
 }
 
 static struct bufferevent *reader(struct run *r, int fd)
@@ -379,14 +413,17 @@ static struct bufferevent *reader(struct run *r, int fd)
 	return bev;
 }
 
-static int run_start(struct run *r, char *why, size_t wl)
+/* Forks ferry-imapcheck for the run: the credentials (a few hundred bytes:
+   they fit the pipe buffer, the write cannot block) and, for a
+   verification, the names line, written through a bufferevent (it may be
+   large) that closes the pipe when done. */
+static int run_spawn(struct run *r, char *why, size_t wl)
 {
 	struct checks *ch = r->ch;
 	struct user_rec u;
 	struct argv a;
 	char *creds = NULL;
 	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 };
-	struct timeval tv = { ch->cfg->check_timeout, 0 };
 	size_t len, off = 0;
 
 	memset(&a, 0, sizeof(a));
@@ -402,6 +439,7 @@ static int run_start(struct run *r, char *why, size_t wl)
 	}
 	r->pid = fork();
 	if (r->pid < 0) {
+		r->pid = 0;
 		snprintf(why, wl, "fork: %s", strerror(errno));
 		goto fail;
 	}
@@ -416,7 +454,6 @@ static int run_start(struct run *r, char *why, size_t wl)
 	close(in[0]);
 	close(out[1]);
 	close(err[1]);
-	/* a few hundred bytes: fits the pipe buffer, the write cannot block */
 	len = strlen(creds);
 	while (off < len) {
 		ssize_t n = write(in[1], creds + off, len - off);
@@ -426,13 +463,18 @@ static int run_start(struct run *r, char *why, size_t wl)
 			break;
 		off += (size_t)n;
 	}
-	close(in[1]);
 	explicit_bzero(creds, len);
 	free(creds);
+	if (r->names != NULL) {
+		evutil_make_socket_nonblocking(in[1]);
+		r->in = bufferevent_socket_new(ch->base, in[1], BEV_OPT_CLOSE_ON_FREE);
+		bufferevent_setcb(r->in, NULL, on_names_written, on_names_event, r);
+		evbuffer_add_printf(bufferevent_get_output(r->in), "names=%s\n", r->names);
+		bufferevent_enable(r->in, EV_WRITE);
+	} else
+		close(in[1]);
 	r->out = reader(r, out[0]);
 	r->err = reader(r, err[0]);
-	r->deadline = evtimer_new(ch->base, on_deadline, r);
-	evtimer_add(r->deadline, &tv);
 	return 0;
 fail:
 	for (int i = 0; i < 2; i++) {
@@ -445,6 +487,56 @@ fail:
 		free(creds);
 	}
 	return -1;
+}
+
+/* ferryStatus answered: the plugin's folder names, then the child */
+static void on_names(const struct doveadm_reply *reply, void *ctx)
+{
+	struct run *r = ctx;
+	char why[1024];
+
+	r->names_req = NULL;
+	if (!reply->ok) {
+		snprintf(why, sizeof(why), "which new folder each old one became (doveadm ferry"
+			 " status on the new server): %s", reply->error);
+		run_end_early(r, why);
+		return;
+	}
+	r->names = json_dumps(reply->rows, JSON_COMPACT);
+	if (r->names == NULL) {
+		run_end_early(r, "out of memory");
+		return;
+	}
+	if (run_spawn(r, why, sizeof(why)) < 0)
+		run_end_early(r, why);
+}
+
+static int run_start(struct run *r, char *why, size_t wl)
+{
+	struct checks *ch = r->ch;
+	struct timeval tv = { ch->cfg->check_timeout, 0 };
+	struct user_rec u;
+
+	if (strcmp(r->kind, "verify") == 0) {
+		/* verification compares folders under the plugin's own
+		   mapping, never a translation of its own */
+		if (ch->st->user_get(ch->st, r->user, &u) != 0) {
+			snprintf(why, wl, "unknown user");
+			return -1;
+		}
+		r->names_req = ch->dc == NULL ? NULL :
+			doveadm_call(ch->dc, FERRY_CMD_STATUS,
+				     json_pack("{s:s}", "user", u.new_login), on_names, r);
+		if (r->names_req == NULL) {
+			snprintf(why, wl, "could not ask the new server's doveadm for the user's"
+				 " folder names");
+			return -1;
+		}
+	} else if (run_spawn(r, why, wl) < 0)
+		return -1;
+	r->deadline = evtimer_new(ch->base, on_deadline, r);
+	evtimer_add(r->deadline, &tv);
+	return 0;
 }
 
 /* ---- results ------------------------------------------------------------ */
@@ -497,6 +589,19 @@ static void verify_diffs(struct run *r, json_t *rep, char *summary, size_t slen)
 		      "folder-missing", NULL);
 		log_event(r->ch, r->user, name, "verify-diff", 0, "kind=folder-missing");
 		append(summary, slen, " %s: missing on new;", name, "", "");
+	}
+	json_array_foreach(json_object_get(rep, "folders_skipped"), i, m) {
+		const char *name = json_string_value(json_object_get(m, "name"));
+		const char *why = json_string_value(json_object_get(m, "reason"));
+		char line[600];
+
+		name = name != NULL ? name : "?";
+		why = why != NULL ? why : "";
+		evlog("warning", "verify-diff", "user", r->user, "folder", name, "kind",
+		      "folder-skipped", "reason", why, NULL);
+		snprintf(line, sizeof(line), "kind=folder-skipped reason=%s", why);
+		log_event(r->ch, r->user, name, "verify-diff", 0, line);
+		append(summary, slen, " %s: not migrated (%s);", name, why, "");
 	}
 	json_array_foreach(json_object_get(rep, "folders"), i, f) {
 		const char *name = json_string_value(json_object_get(f, "name"));
@@ -634,6 +739,11 @@ static void run_unlink(struct run *r)
 
 static void run_free(struct run *r)
 {
+	if (r->names_req != NULL)
+		doveadm_cancel(r->names_req);
+	free(r->names);
+	if (r->in != NULL)
+		bufferevent_free(r->in);
 	if (r->out != NULL)
 		bufferevent_free(r->out);
 	if (r->err != NULL)
@@ -700,6 +810,21 @@ static void run_end(struct run *r)
 	}
 	finish(r, rep, error);
 	json_decref(rep);
+	snprintf(host, sizeof(host), "%s", r->host);
+	run_unlink(r);
+	ch->nrunning--;
+	run_free(r);
+	ch->cb(host, ch->ctx);
+}
+
+/* A run that ended before its child did anything (the names could not be
+   had, the child could not start, the deadline): no process to reap. */
+static void run_end_early(struct run *r, const char *error)
+{
+	struct checks *ch = r->ch;
+	char host[256];
+
+	finish(r, NULL, error);
 	snprintf(host, sizeof(host), "%s", r->host);
 	run_unlink(r);
 	ch->nrunning--;
@@ -828,9 +953,11 @@ void checks_cancel_all(struct checks *ch)
 	while (ch->runs != NULL) {
 		struct run *r = ch->runs;
 		if (r->started) {
-			kill(r->pid, SIGKILL);
-			while (waitpid(r->pid, NULL, 0) < 0 && errno == EINTR)
-				;
+			if (r->pid > 0) {
+				kill(r->pid, SIGKILL);
+				while (waitpid(r->pid, NULL, 0) < 0 && errno == EINTR)
+					;
+			}
 			ch->nrunning--;
 			evlog("warning", "check-abandoned", "user", r->user, "kind", r->kind, NULL);
 		}

@@ -19,8 +19,12 @@ struct checks;
 /* a run ended: its old host's slot is free again */
 typedef void checks_done_cb(const char *host, void *ctx);
 
+/* dc: NEW's doveadm HTTP API, where a verification asks the plugin which
+   new folder each old one became (ferryStatus) */
+struct doveadm_client;
 struct checks *checks_new(struct event_base *base, struct store *st,
-			  const struct ferry_config *cfg, checks_done_cb *cb, void *ctx);
+			  struct doveadm_client *dc, const struct ferry_config *cfg,
+			  checks_done_cb *cb, void *ctx);
 void checks_free(struct checks *ch);
 /* (Re)reads secret_key_file and the master password files (all or none;
    config_read_private's rules). At start, before a privilege drop, and at

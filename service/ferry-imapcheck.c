@@ -11,12 +11,15 @@
  *       [--{old,new}-auth login|plain|xoauth2] [--{old,new}-auth-user MASTER]
  *       [--{old,new}-master-separator S] [--{old,new}-user LOGIN] [--timeout-ms N]
  *       [--{old,new}-identity full|no-own-login|none]
- *       [--sample F] [--sample-seed N] [--folder NAME] [--old-prefix P]
+ *       [--sample F] [--sample-seed N] [--folder NAME] [--names FILE|-]
  *       [--text] [--json FILE]
  *       --credentials FILE|-
  *
  * Secrets never come from argv (ps shows it): the credentials file (or
  * stdin with "-") holds lines "old=SECRET" and "new=SECRET".
+ * verify needs the plugin's folder names: --names FILE is the output of
+ * `doveadm -f json ferry status -u USER`; with "-" they are a line
+ * "names=JSON" of the credentials text (how ferryd passes them).
  * Exit: 0 pass, 1 fail (differences found), 2 error. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +42,8 @@ static void usage(void)
 		"       identity (after an impersonated login: full (default) | no-own-login\n"
 		"       (no login as the master alone, which fails by design) | none)\n"
 		"  --timeout-ms N  --sample FRACTION  --sample-seed N  --folder NAME\n"
-		"  --old-prefix P  (verify: strip the old server's folder prefix, e.g. INBOX.)\n"
+		"  --names FILE|-  (verify, required: doveadm -f json ferry status -u USER;\n"
+		"                   -: a names=JSON line after the credentials)\n"
 		"  --text (text report instead of JSON)  --json FILE (also write JSON there)\n"
 		"  sieve: --map FILE (lines OLD<TAB>NEW: folder names, from doveadm ferry\n"
 		"       status) --keep-new; sieve-activate: --name SCRIPT\n"
@@ -89,18 +93,41 @@ static int set_side(struct imap_client_settings *s, const char *key, const char 
 	return 0;
 }
 
-static char *read_secrets(const char *path, char **old_secret, char **new_secret)
+#define MAX_CREDENTIALS (64 * 1024 * 1024) /* names of many folders */
+
+/* The credentials text (old=, new=, names= lines), whole; *len_r for the
+   wipe at exit. */
+static char *read_secrets(const char *path, char **old_secret, char **new_secret,
+			  char **names, size_t *len_r)
 {
 	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
 	if (f == NULL) {
 		fprintf(stderr, "ferry-imapcheck: cannot open credentials file %s\n", path);
 		exit(2);
 	}
-	static char buf[8192];
-	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-	buf[n] = '\0';
+	size_t cap = 8192, n = 0, got;
+	char *buf = malloc(cap);
+	while (buf != NULL && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+		n += got;
+		if (n + 1 == cap && cap < MAX_CREDENTIALS) {
+			char *nb = malloc(cap * 2);
+			if (nb != NULL)
+				memcpy(nb, buf, n);
+			OPENSSL_cleanse(buf, n);
+			free(buf);
+			buf = nb;
+			cap *= 2;
+		} else if (n + 1 == cap)
+			break;
+	}
 	if (f != stdin)
 		fclose(f);
+	if (buf == NULL) {
+		fprintf(stderr, "ferry-imapcheck: out of memory reading the credentials\n");
+		exit(2);
+	}
+	buf[n] = '\0';
+	*len_r = cap;
 	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
 		size_t l = strlen(line);
 		if (l && line[l - 1] == '\r')
@@ -109,6 +136,8 @@ static char *read_secrets(const char *path, char **old_secret, char **new_secret
 			*old_secret = line + 4;
 		else if (strncmp(line, "new=", 4) == 0)
 			*new_secret = line + 4;
+		else if (strncmp(line, "names=", 6) == 0)
+			*names = line + 6;
 	}
 	return buf;
 }
@@ -154,7 +183,7 @@ int main(int argc, char **argv)
 {
 	struct imap_client_settings old = {.label = "old", .log = log_cb},
 				    new = {.label = "new", .log = log_cb};
-	const char *cred = NULL, *json_path = NULL, *user = NULL;
+	const char *cred = NULL, *json_path = NULL, *user = NULL, *names_path = NULL;
 	int text = 0, old_insecure = 0, new_insecure = 0;
 	unsigned timeout = 0;
 	struct verify_options vopt = {.sample = 1.0};
@@ -164,7 +193,7 @@ int main(int argc, char **argv)
 	if (strcmp(mode, "preflight") != 0 && strcmp(mode, "verify") != 0 &&
 	    strcmp(mode, "sieve") != 0 && strcmp(mode, "sieve-activate") != 0)
 		usage();
-	const char *map_path = NULL, *script_name = NULL;
+	const char *map_path = NULL, *script_name = NULL, *sieve_prefix = NULL;
 	struct sieve_migrate_options sopt = {0};
 	for (int i = 2; i < argc; i++) {
 		const char *a = argv[i];
@@ -202,8 +231,10 @@ int main(int argc, char **argv)
 			map_path = v;
 		else if (strcmp(a, "--name") == 0)
 			script_name = v;
+		else if (strcmp(a, "--names") == 0)
+			names_path = v;
 		else if (strcmp(a, "--old-prefix") == 0)
-			vopt.old_prefix = v;
+			sieve_prefix = v;
 		else if (strncmp(a, "--old-", 6) == 0 && set_side(&old, a + 6, v) == 0)
 			;
 		else if (strncmp(a, "--new-", 6) == 0 && set_side(&new, a + 6, v) == 0)
@@ -215,10 +246,28 @@ int main(int argc, char **argv)
 	}
 	if (user == NULL || old.host == NULL || cred == NULL ||
 	    ((strcmp(mode, "verify") == 0 || strcmp(mode, "sieve") == 0) && new.host == NULL) ||
+	    (strcmp(mode, "verify") == 0 && names_path == NULL) ||
 	    (strcmp(mode, "sieve-activate") == 0 && script_name == NULL))
 		usage();
-	char *old_secret = NULL, *new_secret = NULL;
-	char *secrets = read_secrets(cred, &old_secret, &new_secret);
+	char *old_secret = NULL, *new_secret = NULL, *names_text = NULL;
+	size_t secrets_len = 0;
+	char *secrets = read_secrets(cred, &old_secret, &new_secret, &names_text, &secrets_len);
+	json_t *names = NULL;
+	if (names_path != NULL) {
+		json_error_t jerr;
+		names = strcmp(names_path, "-") == 0
+				? (names_text != NULL ? json_loads(names_text, 0, &jerr) : NULL)
+				: json_load_file(names_path, 0, &jerr);
+		if (!json_is_array(names)) {
+			fprintf(stderr, "ferry-imapcheck: --names %s: %s\n", names_path,
+				names == NULL && (names_text != NULL || strcmp(names_path, "-") != 0)
+					? jerr.text
+					: "not the JSON array of doveadm -f json ferry status");
+			OPENSSL_cleanse(secrets, secrets_len);
+			return 2;
+		}
+		vopt.names = names;
+	}
 	if (old.user == NULL)
 		old.user = user;
 	if (new.user == NULL)
@@ -236,7 +285,9 @@ int main(int argc, char **argv)
 	int passed;
 	if (strcmp(mode, "sieve-activate") == 0) {
 		int r = ferry_sieve_set_active(&old, script_name, err, sizeof(err));
-		OPENSSL_cleanse(secrets, 8192);
+		OPENSSL_cleanse(secrets, secrets_len);
+		free(secrets);
+		json_decref(names);
 		if (r < 0) {
 			fprintf(stderr, "ferry-imapcheck: sieve-activate: %s\n", err);
 			return 2;
@@ -247,7 +298,7 @@ int main(int argc, char **argv)
 		report = ferry_preflight(&old, new.host ? &new : NULL, NULL, err, sizeof(err));
 		passed = report && ferry_preflight_passed(report);
 	} else if (strcmp(mode, "sieve") == 0) {
-		struct sieve_folder_map map = {.old_prefix = vopt.old_prefix};
+		struct sieve_folder_map map = {.old_prefix = sieve_prefix};
 		if (map_path != NULL && read_map(map_path, &map) < 0)
 			return 2;
 		report = ferry_sieve_migrate(&old, &new, &map, &sopt, err, sizeof(err));
@@ -256,7 +307,9 @@ int main(int argc, char **argv)
 		report = ferry_verify(&old, &new, &vopt, err, sizeof(err));
 		passed = report && ferry_verify_passed(report);
 	}
-	OPENSSL_cleanse(secrets, 8192);
+	OPENSSL_cleanse(secrets, secrets_len);
+	free(secrets);
+	json_decref(names);
 	if (report == NULL) {
 		fprintf(stderr, "ferry-imapcheck: %s: %s\n", mode, err);
 		return 2;

@@ -613,7 +613,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	d.disp = dispatch_new(d.st, d.dc, &d.cfg, on_job_done, &d);
-	d.checks = checks_new(d.base, d.st, &d.cfg, on_check_done, &d);
+	d.checks = checks_new(d.base, d.st, d.dc, &d.cfg, on_check_done, &d);
 	if (checks_load_secrets(d.checks, &d.cfg, &err) < 0) {
 		fprintf(stderr, "ferryd: invalid configuration: %s\n", err);
 		evlog("error", "start-failed", "error", err, NULL);

@@ -1,6 +1,8 @@
 /* Verification: old vs new folder by folder. See verify.h. */
 #include "verify.h"
 
+#include "ferry-contract.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,55 +92,34 @@ static int sampled(const struct verify_options *o, uint32_t uid)
 	return (double)(h % 1000000) / 1e6 < o->sample;
 }
 
-/* after old_prefix, or NULL if name is outside it */
-static const char *after_prefix(const char *name, const char *prefix, char osep)
+/* The plugin's row for an old folder (doveadm ferry status: old_folder is
+   the name as the old server lists it), NULL if it has none. INBOX is
+   case-insensitive (RFC 3501 5.1). */
+static json_t *name_row(const json_t *names, const char *old_name)
 {
-	size_t pl = strlen(prefix), k = 0;
-	/* INBOX is case-insensitive (RFC 3501 5.1) */
-	if (pl >= 5 && strncasecmp(prefix, "INBOX", 5) == 0 && (pl == 5 || prefix[5] == osep)) {
-		if (strncasecmp(name, "INBOX", 5) != 0)
-			return NULL;
-		k = 5;
+	size_t i;
+	json_t *row;
+
+	json_array_foreach(names, i, row) {
+		const char *o = json_string_value(json_object_get(row, FERRY_COL_OLD_FOLDER));
+		if (o == NULL || *o == '\0')
+			continue;
+		if (strcmp(o, old_name) == 0 ||
+		    (strcasecmp(o, "INBOX") == 0 && strcasecmp(old_name, "INBOX") == 0))
+			return row;
 	}
-	if (strncmp(name + k, prefix + k, pl - k) != 0)
-		return NULL;
-	name += pl;
-	if (pl > 0 && prefix[pl - 1] != osep) {
-		if (osep == 0 || *name != osep)
-			return NULL; /* "INBOX" must not take "INBOXES" */
-		name++;
-	}
-	return *name ? name : NULL;
+	return NULL;
 }
 
-char *ferry_verify_map_name(const char *name, char osep, char nsep, const char *old_prefix,
-			    int *lossy)
+static const char *row_str(const json_t *row, const char *key)
 {
-	*lossy = 0;
-	if (old_prefix != NULL && old_prefix[0] != '\0') {
-		const char *rest = after_prefix(name, old_prefix, osep);
-		if (rest != NULL) {
-			name = rest;
-			if (strcasecmp(name, "INBOX") == 0)
-				*lossy = 1; /* "INBOX.INBOX" cannot become the real INBOX */
-		}
-	}
-	char *out = strdup(name);
-	if (out == NULL || osep == nsep || osep == 0 || nsep == 0)
-		return out;
-	for (char *p = out; *p; p++) {
-		if (*p == nsep)
-			*lossy = 1; /* a level holds the new separator: not representable */
-		else if (*p == osep)
-			*p = nsep;
-	}
-	return out;
+	const char *v = json_string_value(json_object_get(row, key));
+	return v != NULL ? v : "";
 }
 
 struct side {
 	struct imap_client *c;
 	struct imap_folder_list list;
-	char sep;
 };
 
 static int selectable(const struct imap_folder *f)
@@ -330,47 +311,52 @@ json_t *ferry_verify(const struct imap_client_settings *old_set,
 	if (opt_in != NULL)
 		opt = *opt_in;
 	struct side old = {0}, new = {0};
-	struct imap_namespace ons, nns;
 	json_t *report = NULL;
 	if ((old.c = imap_sync_connect(old_set, NULL, err, errlen)) == NULL ||
 	    (new.c = imap_sync_connect(new_set, NULL, err, errlen)) == NULL)
 		goto out;
-	if (imap_namespace_personal(old.c, &ons) < 0 || imap_namespace_personal(new.c, &nns) < 0 ||
-	    imap_list(old.c, &old.list) < 0 || imap_list(new.c, &new.list) < 0) {
+	if (imap_list(old.c, &old.list) < 0 || imap_list(new.c, &new.list) < 0) {
 		snprintf(err, errlen, "%s",
 			 imap_client_error(imap_client_error(old.c) ? old.c : new.c));
 		goto out;
 	}
-	/* separators: from NAMESPACE, else from LIST */
-	old.sep = ons.present ? ons.sep : (old.list.n ? old.list.v[0].sep : 0);
-	new.sep = nns.present ? nns.sep : (new.list.n ? new.list.v[0].sep : 0);
-
+	if (!json_is_array(opt.names)) {
+		snprintf(err, errlen, "no folder names from the plugin (doveadm ferry status)");
+		goto out;
+	}
 	report = json_object();
 	json_object_set_new(report, "kind", json_string("verify"));
 	json_object_set_new(report, "user", json_string(old_set->user));
 	json_object_set_new(report, "old", server_json(old_set, old.c));
 	json_object_set_new(report, "new", server_json(new_set, new.c));
 	json_object_set_new(report, "sample", json_real(opt.sample));
-	if (opt.old_prefix != NULL && opt.old_prefix[0] != '\0')
-		json_object_set_new(report, "old_prefix", json_string(opt.old_prefix));
 	json_t *folders = json_array(), *missing = json_array(), *extra = json_array(),
-	       *skipped = json_array();
+	       *excluded = json_array(), *skipped = json_array();
 	int fail = 0;
-	char **mapped = calloc(old.list.n + 1, sizeof(*mapped));
+	const char **mapped = calloc(old.list.n + 1, sizeof(*mapped));
 	size_t nmapped = 0;
 	for (size_t i = 0; i < old.list.n; i++) {
 		const struct imap_folder *of = &old.list.v[i];
 		if (!selectable(of))
 			continue;
-		int lossy;
-		char *name = ferry_verify_map_name(of->name, old.sep, new.sep, opt.old_prefix, &lossy);
-		if (opt.only_folder && strcmp(opt.only_folder, name) != 0) {
-			free(name);
+		/* which new folder this old one became: the plugin's answer */
+		json_t *row = name_row(opt.names, of->name);
+		const char *name = row != NULL ? row_str(row, FERRY_COL_FOLDER) : "";
+		const char *state = row != NULL ? row_str(row, FERRY_COL_STATE) : "";
+		if (opt.only_folder && strcmp(opt.only_folder, *name ? name : of->name) != 0)
+			continue;
+		if (strcmp(state, FERRY_STATE_EXCLUDED) == 0) {
+			json_array_append_new(excluded, json_string(of->name));
 			continue;
 		}
-		if (lossy) {
-			json_array_append_new(skipped, json_string(of->name));
-			free(name);
+		if (*name == '\0' || strcmp(state, FERRY_STATE_SKIPPED) == 0) {
+			/* skipped by the plugin, or not known to it (made on OLD
+			   after the last pass): not migrated is not verified */
+			json_array_append_new(row != NULL ? skipped : missing,
+					      row != NULL ? json_pack("{s:s,s:s}", "name", of->name,
+								      "reason", row_str(row, FERRY_COL_REASON))
+							  : json_string(of->name));
+			fail = 1;
 			continue;
 		}
 		mapped[nmapped++] = name;
@@ -388,11 +374,10 @@ json_t *ferry_verify(const struct imap_client_settings *old_set,
 			json_decref(folders);
 			json_decref(missing);
 			json_decref(extra);
+			json_decref(excluded);
 			json_decref(skipped);
 			json_decref(report);
 			report = NULL;
-			for (size_t k = 0; k < nmapped; k++)
-				free(mapped[k]);
 			free(mapped);
 			goto out;
 		}
@@ -409,15 +394,12 @@ json_t *ferry_verify(const struct imap_client_settings *old_set,
 		if (!found)
 			json_array_append_new(extra, json_string(new.list.v[k].name));
 	}
-	for (size_t k = 0; k < nmapped; k++)
-		free(mapped[k]);
 	free(mapped);
-	if (json_array_size(skipped) > 0)
-		fail = 1; /* not verified is not verified */
 	json_object_set_new(report, "folders", folders);
 	json_object_set_new(report, "folders_missing_on_new", missing);
 	json_object_set_new(report, "folders_only_on_new", extra);
-	json_object_set_new(report, "folders_not_representable", skipped);
+	json_object_set_new(report, "folders_excluded", excluded);
+	json_object_set_new(report, "folders_skipped", skipped);
 	json_object_set_new(report, "result", json_string(fail ? "fail" : "pass"));
 out:
 	imap_folder_list_free(&old.list);
@@ -471,8 +453,12 @@ char *ferry_verify_text(const json_t *r)
 	json_t *v;
 	json_array_foreach(json_object_get(r, "folders_missing_on_new"), i, v)
 		sbf(&b, "  folder \"%s\": missing on new\n", json_string_value(v));
-	json_array_foreach(json_object_get(r, "folders_not_representable"), i, v)
-		sbf(&b, "  folder \"%s\": name not representable on new (not verified)\n",
+	json_array_foreach(json_object_get(r, "folders_skipped"), i, v)
+		sbf(&b, "  folder \"%s\": not migrated: %s\n",
+		    json_string_value(json_object_get(v, "name")),
+		    json_string_value(json_object_get(v, "reason")));
+	json_array_foreach(json_object_get(r, "folders_excluded"), i, v)
+		sbf(&b, "  folder \"%s\": excluded (ferry_exclude; not a failure)\n",
 		    json_string_value(v));
 	json_array_foreach(json_object_get(r, "folders_only_on_new"), i, v)
 		sbf(&b, "  folder \"%s\": only on new (created there; not a failure)\n",

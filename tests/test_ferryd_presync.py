@@ -5,7 +5,13 @@ OLD/NEW Dovecot, real ferryd, master logins for verification.
   delivered to OLD, a flag changed and a message expunged there are all on
   NEW after `ferryctl sync USER` (the new message with its old UID), though
   every folder was already `complete`; verification is green again and
-  `ferryctl status` shows OLD's new counts."""
+  `ferryctl status` shows OLD's new counts;
+- one answer to "old folder X is new folder Y": a user with a rename rule,
+  an excluded folder, "Sent Items" and a separator change (OLD "." -> NEW
+  "/") is verified green, because verification takes each folder's old
+  name from `doveadm ferry status` (old_folder, excluded rows) instead of
+  translating names itself."""
+import json
 import os
 
 import pytest
@@ -17,10 +23,29 @@ from ferrytest.sandbox import MASTER_PASSWORD, MASTER_USER, wait_until
 from ferrytest.snapshot import compare, snapshot
 
 REFRESH = "pr"
-USERS = [REFRESH]
+MAPPED = "mp"
+USERS = [REFRESH, MAPPED]
 WAVE = "pw"
-SANDBOX_KWARGS = {"users": tuple(USERS), "doveadm_http": True,
+NEW_EXTRA = """namespace inbox {
+  mailbox Sent {
+    special_use = \\Sent
+  }
+}
+plugin {
+  ferry_exclude = Junk*
+  ferry_rename = ^Old/(.*)$ => Archive/\\1
+}
+"""
+SANDBOX_KWARGS = {"users": tuple(USERS), "doveadm_http": True, "new_extra": NEW_EXTRA,
                   "new_userdb_extra": {u: "userdb_ferry_phase=presync" for u in USERS}}
+# MAPPED's old folders (spec names, "/" for OLD's ".") -> the name on NEW
+MAPPED_FOLDERS = {
+    "INBOX": "INBOX",
+    "Sent Items": "Sent",                  # special use by its well-known name
+    "Junk E-mail": None,                   # excluded
+    "Old/Projects": "Archive/Projects",    # rename rule, then separators
+    "Lists/Dev": "Lists/Dev",              # separators only: Lists.Dev on OLD
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +76,11 @@ def settled(fd, users, seen=0):
 
 def test_first_pass_verified(sandbox, ferryd):
     corpus.seed_old(sandbox, REFRESH, corpus.folder_spec("Bulk", n=15, seed=61, gaps=2))
+    corpus.seed_old(sandbox, MAPPED, corpus.Spec([
+        corpus.Folder(name, 8100 + i, messages=[
+            corpus.Message(corpus.simple_message("%s-%d" % (name, j), seed=63), frozenset(),
+                           1600000000 + j) for j in range(3)])
+        for i, name in enumerate(MAPPED_FOLDERS)]))
     csv = os.path.join(sandbox.root, "presync-users.csv")
     with open(csv, "w") as f:
         f.write("user,endpoint,tls,wave\n")
@@ -103,3 +133,27 @@ def test_sync_refreshes_complete_folders(sandbox, ferryd):
     pulled = [e for e in ferryd.events() if e.get("event") == "folder-pulled"
               and e.get("user") == REFRESH]
     assert any(e["folder"] == "INBOX" and e["copied"] == "1" for e in pulled), pulled
+
+
+def test_mapped_names_verify_green(sandbox, ferryd):
+    rows = json.loads(sandbox.doveadm("new", "-f", "json", "ferry", "status", "-u",
+                                      MAPPED).stdout)
+    got = {r["old_folder"]: (r["folder"] or None, r["state"]) for r in rows}
+    want = {old.replace("/", "."): (new, "complete" if new else "excluded")
+            for old, new in MAPPED_FOLDERS.items()}
+    assert got == want, rows
+    assert [r["reason"] for r in rows if r["state"] == "excluded"] == ["excluded by Junk*"]
+
+    u = ferryd.users()[MAPPED]
+    assert u["state"] == "verified", u
+    rep = json.loads(ferryd.ctl("verify", MAPPED, "--show", "--json").stdout)["report"]
+    assert rep["result"] == "pass", rep
+    assert {f["old_name"]: f["name"] for f in rep["folders"]} == \
+        {o.replace("/", "."): n for o, n in MAPPED_FOLDERS.items() if n}
+    assert rep["folders_excluded"] == ["Junk E-mail"]
+    assert rep["folders_missing_on_new"] == [] and rep["folders_skipped"] == []
+    assert sum(f["bodies_compared"] for f in rep["folders"]) == 3 * 4
+    # an admin's verify run takes the same names (asked again from NEW)
+    r = ferryd.ctl("verify", MAPPED, check=False)
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
+    assert 'folder "Junk E-mail": excluded' in r.stdout, r.stdout

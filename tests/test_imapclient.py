@@ -29,6 +29,8 @@ def run(mode, sandbox, *args, secrets=None, user="alice", old=True, new=True):
                 "--old-auth", "plain", "--old-auth-user", sandbox.master_user]
     if new:
         cmd += ["--new-host", "127.0.0.1", "--new-port", str(sandbox.port("new"))]
+    if mode == "verify":  # the plugin's answer to which new folder each old one became
+        cmd += ["--names", sandbox.ferry_names(user)]
     cmd += list(args)
     if secrets is None:
         secrets = "old=%s\nnew=%s-pw\n" % (sandbox.master_password, user)

@@ -12,8 +12,10 @@ the harness's password backend takes LOGIN "alice*ferry-master" with the
 master password (--old-auth login --old-master-separator '*').
 
 Both servers keep the user's folders under INBOX (INBOX.Sent, INBOX/Sent);
-NEW has them at the top level (imapc_list_prefix), so verify runs with
---old-prefix. Skips only if the packages cannot be fetched."""
+NEW has them at the top level (imapc_list_prefix): verify gets which new
+folder each old one became from the plugin (`doveadm ferry status`,
+--names), whose old_folder column names them as the old server lists
+them. Skips only if the packages cannot be fetched."""
 import base64
 import json
 import os
@@ -39,9 +41,6 @@ class Env:
     def __init__(self, kind, srv, sb, spec):
         self.kind, self.srv, self.sb, self.spec = kind, srv, sb, spec
         self.sep = srv.sep
-        # the same prefix written three ways: "INBOX." / "INBOX/" / bare "INBOX"
-        self.prefix = {"cyrus-dot": "INBOX.", "cyrus-slash": "INBOX/",
-                       "courier": "INBOX"}[kind]
 
     def master(self, master):
         """Courier answers a failed LOGIN only after a 5 s penalty, and the
@@ -60,13 +59,19 @@ class Env:
                            courier.MASTER_SEPARATOR]
         return args + ["--old-auth", "plain"]
 
-    def run(self, mode, *args, old_port=None, new=True, prefix=True, master=True):
+    def run(self, mode, *args, old_port=None, new=True, names=True, master=True):
         cmd = [CHECK, mode, "--user", USER, "--credentials", "-", "--timeout-ms", "20000"]
         cmd += self.old_args(old_port, master)
         if new:
             cmd += ["--new-host", "127.0.0.1", "--new-port", str(self.sb.port("new"))]
-        if prefix and mode == "verify":
-            cmd += ["--old-prefix", self.prefix]
+        if mode == "verify":
+            if names:
+                cmd += ["--names", self.sb.ferry_names(USER)]
+            else:  # the plugin knows no folder at all
+                empty = os.path.join(self.sb.root, "no-names.json")
+                with open(empty, "w") as f:
+                    f.write("[]")
+                cmd += ["--names", empty]
         cmd += list(args)
         old_secret = self.srv.master_password if self.master(master) else USER + "-pw"
         secrets = "old=%s\nnew=%s-pw\n" % (old_secret, USER)
@@ -165,7 +170,7 @@ def test_verify_passes_after_pull(env):
     r = env.run("verify")
     rep = report(r)
     assert r.returncode == 0, json.dumps(rep, indent=1)
-    assert rep["result"] == "pass" and rep["old_prefix"] == env.prefix
+    assert rep["result"] == "pass"
     by_name = {f["name"]: f for f in rep["folders"]}
     assert set(by_name) == env.folders()
     for f in env.spec.folders:
@@ -177,18 +182,17 @@ def test_verify_passes_after_pull(env):
         assert got["messages"] == {"old": len(f.kept()), "new": len(f.kept())}
     assert sum(f["bodies_compared"] for f in rep["folders"]) == env.spec.count()
     assert rep["folders_missing_on_new"] == [] and rep["folders_only_on_new"] == []
-    assert rep["folders_not_representable"] == []
+    assert rep["folders_skipped"] == [] and rep["folders_excluded"] == []
 
 
-def test_verify_without_prefix_names_the_unmapped_folders(env):
-    """Without --old-prefix the old names do not exist on NEW: a failure
-    that names them, not a pass."""
-    rep = report(env.run("verify", "--folder", "INBOX", prefix=False, master=False))
-    assert rep["result"] == "pass" and [f["name"] for f in rep["folders"]] == ["INBOX"]
-    r = env.run("verify", "--sample", "0", prefix=False, master=False)
+def test_verify_without_the_plugins_names_verifies_nothing(env):
+    """Old folders the plugin does not name are not guessed at: each is
+    reported missing on NEW and the run fails."""
+    r = env.run("verify", "--sample", "0", names=False, master=False)
     rep = report(r)
-    assert r.returncode == 1 and rep["result"] == "fail"
-    assert "INBOX/Sent" in rep["folders_missing_on_new"]
+    assert r.returncode == 1 and rep["result"] == "fail" and rep["folders"] == []
+    assert "INBOX" in rep["folders_missing_on_new"]
+    assert "INBOX%sSent" % env.sep in rep["folders_missing_on_new"]
     assert "Sent" in rep["folders_only_on_new"]
 
 

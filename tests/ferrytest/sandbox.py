@@ -547,6 +547,16 @@ imapc_cmd_timeout = 5s
                 inst, " ".join(args), r.returncode, r.stderr.strip()))
         return r
 
+    def ferry_names(self, user):
+        """Path of a file with `doveadm -f json ferry status -u USER` from
+        NEW: the plugin's old name -> new name of every folder, what
+        ferry-imapcheck verify --names reads."""
+        path = os.path.join(self.root, "ferry-names-%s.json" % user)
+        out = self.doveadm("new", "-f", "json", "ferry", "status", "-u", user).stdout
+        with open(path, "w") as f:
+            f.write(out)
+        return path
+
     def log_text(self, inst, since=0):
         try:
             with open(self.log_path(inst), "rb") as f:

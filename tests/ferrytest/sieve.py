@@ -14,7 +14,7 @@ def folder_map(sb, user):
     out = sb.doveadm("new", "-f", "tab", "ferry", "status", "-u", user).stdout.splitlines()
     head = out[0].split("\t")
     rows = [dict(zip(head, line.split("\t"))) for line in out[1:]]
-    return {r["old_folder"]: r["folder"] for r in rows if r.get("old_folder")}
+    return {r["old_folder"]: r["folder"] for r in rows if r.get("old_folder") and r.get("folder")}
 
 
 def migrate(sb, user, old_port=None, old_prefix=None):
