@@ -87,6 +87,11 @@ static const struct cmd_help cmd_helps[] = {
 	  "point (old or new server), TTLs against dns_max_ttl, SPF/DMARC/DKIM, and the\n"
 	  "new server's addresses on the DNSBLs. Exit 1 when a TTL is too high, a\n"
 	  "lookup failed or an address is listed.\n" },
+	{ "report", "report [--wave W] [--json]\n"
+		    "report --wave W --dns-changed TIME [--note TEXT]",
+	  "The migration report (who, when, counts, errors, verification, routing, DNS\n"
+	  "changes) as CSV, or JSON; the dashboard downloads the same. --dns-changed\n"
+	  "records when DNS was changed for the wave (it appears in the report).\n" },
 	{ "help", "help [COMMAND]", "This text, or one command's.\n" },
 };
 #define N_CMDS (sizeof(cmd_helps) / sizeof(cmd_helps[0]))
@@ -209,7 +214,9 @@ static void add_query(char *path, size_t len, const char *key, const char *value
 /* returns the JSON answer of a 2xx; dies with the server's message otherwise */
 static void setup_once(void);
 
-static json_t *call(const char *method, const char *path, json_t *body)
+/* the answer's body (malloc'd) and HTTP status; dies without an answer */
+static char *request(const char *method, const char *path, json_t *body, int *status_r,
+		     char *reason, size_t reason_len)
 {
 	setup_once();
 	struct resp r = { 0 };
@@ -217,8 +224,6 @@ static json_t *call(const char *method, const char *path, json_t *body)
 	struct evhttp_request *req;
 	struct evkeyvalq *h;
 	char auth[1100], hostport[300];
-	json_t *j;
-	json_error_t jerr;
 
 	r.base = event_base_new();
 	evcon = evhttp_connection_base_new(r.base, NULL, api_host, (ev_uint16_t)api_port);
@@ -246,6 +251,19 @@ static json_t *call(const char *method, const char *path, json_t *body)
 	if (r.status == 0)
 		die("no answer from ferryd at %s:%d (is it running? see --api, FERRY_API)",
 		    api_host, api_port);
+	*status_r = r.status;
+	snprintf(reason, reason_len, "%s", r.reason);
+	return r.body;
+}
+
+/* returns the JSON answer of a 2xx; dies with the server's message otherwise */
+static json_t *call(const char *method, const char *path, json_t *body)
+{
+	struct resp r = { 0 };
+	json_t *j;
+	json_error_t jerr;
+
+	r.body = request(method, path, body, &r.status, r.reason, sizeof(r.reason));
 	j = json_loads(r.body, 0, &jerr);
 	if (r.status < 200 || r.status > 299) {
 		const char *msg = json_string_value(json_object_get(j, "error"));
@@ -649,6 +667,51 @@ static void cmd_status(int argc, char **argv)
 }
 
 /* ---- log ----------------------------------------------------------------- */
+
+static void cmd_report(int argc, char **argv)
+{
+	const char *wave = NULL, *dns_at = NULL, *note = NULL;
+	int json = 0, status;
+	char path[1024] = "/v1/report", reason[128];
+	char *text;
+	json_t *j;
+
+	for (int k = 1; k < argc; k++) {
+		if (strcmp(argv[k], "--wave") == 0 && k + 1 < argc)
+			wave = argv[++k];
+		else if (strcmp(argv[k], "--dns-changed") == 0 && k + 1 < argc)
+			dns_at = argv[++k];
+		else if (strcmp(argv[k], "--note") == 0 && k + 1 < argc)
+			note = argv[++k];
+		else if (strcmp(argv[k], "--json") == 0)
+			json = 1;
+		else
+			bad(argv[k]);
+	}
+	if (dns_at != NULL) {
+		if (wave == NULL || json)
+			bad(NULL);
+		j = call("POST", "/v1/report/dns", json_pack("{s:s, s:s, s:s}", "wave", wave,
+							     "at", dns_at, "note", note ? note : ""));
+		printf("DNS change noted for wave %s (%zu noted)\n", wave,
+		       json_array_size(json_object_get(j, "dns_changes")));
+		json_decref(j);
+		return;
+	}
+	if (note != NULL)
+		bad("--note");
+	add_query(path, sizeof(path), "wave", wave);
+	add_query(path, sizeof(path), "format", json ? "json" : "csv");
+	text = request("GET", path, NULL, &status, reason, sizeof(reason));
+	if (status < 200 || status > 299) {
+		j = json_loads(text, 0, NULL);
+		const char *msg = json_string_value(json_object_get(j, "error"));
+		fprintf(stderr, "ferryctl: %s (HTTP %d)\n", msg != NULL ? msg : reason, status);
+		exit(1);
+	}
+	fputs(text, stdout);
+	free(text);
+}
 
 static void cmd_log(int argc, char **argv)
 {
@@ -1097,6 +1160,8 @@ int main(int argc, char **argv)
 		cmd_endpoint(argc, argv);
 	else if (strcmp(argv[0], "dns") == 0)
 		cmd_dns(argc, argv);
+	else if (strcmp(argv[0], "report") == 0)
+		cmd_report(argc, argv);
 	else
 		usage();
 	if (token != NULL)

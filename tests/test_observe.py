@@ -261,9 +261,11 @@ def test_dashboard_in_a_browser(sandbox, ferryd):
         for user in W3:
             f.write("%s,127.0.0.1:%d,none,w3\n" % (user, sandbox.port("old")))
     ferryd.ctl("import", path)
-    code, j = ferryd.api("POST", "/v1/report/dns", {"wave": "w1", "at": "2026-11-28T16:00",
-                                                    "note": "MX of example.com to NEW"})
-    assert code == 200, j
+    r = ferryd.ctl("report", "--wave", "w1", "--dns-changed", "2026-11-28T16:00",
+                   "--note", "MX of example.com to NEW")
+    assert "DNS change noted for wave w1" in r.stdout
+    code, j = ferryd.api("POST", "/v1/report/dns", {"wave": "w1", "note": "x"}, token=VIEWER_TOKEN)
+    assert code == 403, j
     shots = []
 
     def shot(b, name):
@@ -330,6 +332,10 @@ def test_dashboard_in_a_browser(sandbox, ferryd):
         assert users[u]["messages"] == users[u]["old_messages"] != "0"
     dns = [r for r in rows if r["record"] == "dns-change"]
     assert len(dns) == 1 and "MX of example.com to NEW" in dns[0]["detail"]
+    assert dns[0]["time"].startswith("2026-11-28T")
+    # ferryctl prints the same report
+    with open(csv_path, newline="") as f:
+        assert ferryd.ctl("report", "--wave", "w1").stdout == f.read().replace("\r\n", "\n")
     print("\nscreenshots: " + ", ".join(shots))
 
     # nothing the dashboard is served shows a secret
