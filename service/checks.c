@@ -43,6 +43,7 @@ struct run {
 	int hold;            /* sieve: waits for its folder map (checks_release) */
 	char map[PATH_MAX];  /* sieve: old<TAB>new folder names */
 	int identity_login;  /* preflight: the identity check's own login too */
+	char restore[256];   /* sieve rollback: make this OLD's active script again */
 	int64_t requested_at;
 	pid_t pid;  /* 0 until the child runs */
 	struct doveadm_req *names_req;  /* verify: ferryStatus in flight */
@@ -231,7 +232,7 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 	int ret = -1;
 
 	arg(a, ch->tool);
-	arg(a, r->kind);
+	arg(a, r->restore[0] ? "sieve-activate" : r->kind);
 	arg(a, "--user");
 	arg(a, u->old_login);
 	arg(a, "--old-host");
@@ -263,7 +264,9 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 		arg(a, cfg->old_master_user);
 	} else
 		old_secret = strdup(pw);
-	if (nh == HOW_NONE && (verify || sieve)) {
+	if (r->restore[0])
+		nh = HOW_NONE; /* only the old server is written */
+	else if (nh == HOW_NONE && (verify || sieve)) {
 		snprintf(why, wl, "no credentials for the new server (set new_master_user and"
 			 " new_master_password_file)");
 		goto out;
@@ -309,13 +312,21 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 	}
 	arg(a, "--timeout-ms");
 	arg(a, num(a, "%.0f", cfg->check_timeout > 120 ? 120000.0 : cfg->check_timeout * 1000.0));
-	if (sieve) {
+	if (r->restore[0]) {
+		arg(a, "--name");
+		arg(a, r->restore);
+	} else if (sieve) {
+		struct route_rec rt;
 		arg(a, "--map");
 		arg(a, r->map);
-		if (!u->running && u->state == US_CUTOVER)
-			arg(a, "--keep-new"); /* NEW is the truth: the user may edit there */
+		if (ch->st->route_get(ch->st, u->name, &rt) == 0 && strcmp(rt.target, "new") == 0) {
+			/* cut over: NEW is the truth (the user may edit there), and
+			   OLD must not answer stragglers with a second vacation reply */
+			arg(a, "--keep-new");
+			arg(a, "--deactivate-old");
+		}
 	}
-	if (sieve && u->ep.old_prefix[0] != '\0') {
+	if (sieve && !r->restore[0] && u->ep.old_prefix[0] != '\0') {
 		arg(a, "--old-prefix");
 		arg(a, u->ep.old_prefix);
 	}
@@ -673,6 +684,15 @@ static void sieve_log(struct run *r, json_t *rep, char *summary, size_t slen)
 	json_t *s;
 	int failed = 0;
 
+	const char *restored = json_string_value(json_object_get(rep, "restored_active"));
+	if (restored != NULL) {
+		log_event(r->ch, r->user, restored, "sieve-restored", 0, NULL);
+		snprintf(summary, slen, "sieve: %s is the old server's active script again", restored);
+		return;
+	}
+	const char *off = json_string_value(json_object_get(rep, "old_deactivated"));
+	if (off != NULL)
+		log_event(r->ch, r->user, off, "sieve-old-deactivated", 0, NULL);
 	json_array_foreach(json_object_get(rep, "scripts"), i, s) {
 		const char *name = json_string_value(json_object_get(s, "name"));
 		const char *res = json_string_value(json_object_get(s, "result"));
@@ -901,6 +921,17 @@ int checks_queue_held(struct checks *ch, const struct user_rec *u, const char *k
 	if (checks_queue(ch, u, kind, 0) < 0)
 		return -1;
 	find(ch, u->name, kind)->hold = 1;
+	return 0;
+}
+
+int checks_queue_sieve_restore(struct checks *ch, const struct user_rec *u, const char *script)
+{
+	if (find(ch, u->name, "sieve") != NULL)
+		return 1;
+	if (checks_queue(ch, u, "sieve", 0) < 0)
+		return -1;
+	snprintf(find(ch, u->name, "sieve")->restore, sizeof(((struct run *)0)->restore), "%s",
+		 script);
 	return 0;
 }
 

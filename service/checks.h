@@ -47,6 +47,9 @@ int checks_running(const struct checks *ch);
 int checks_queue_held(struct checks *ch, const struct user_rec *u, const char *kind);
 void checks_release(struct checks *ch, const char *user, const char *kind, const char *map,
 		    const char *error);
+/* A sieve run that makes script OLD's active one again (rollback); 0, 1
+   if a sieve run is queued or running, -1 error. */
+int checks_queue_sieve_restore(struct checks *ch, const struct user_rec *u, const char *script);
 /* Drops queued runs (draining): users verifying after their pulls are
    pulled and verified again at the next start. */
 void checks_drop_queued(struct checks *ch);

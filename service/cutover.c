@@ -11,6 +11,7 @@
 
 #include "api.h"
 #include "dns.h"
+#include "sieve_step.h"
 #include "evlog.h"
 #include "ferry-contract.h"
 #include "userstate.h"
@@ -508,6 +509,8 @@ static void on_reply(const struct doveadm_reply *r, void *ctx)
 		evlog(r->ok ? "info" : "error", r->ok ? "rollback-done" : "rollback-failed",
 		      "user", m->name, "appended", n, "error", r->ok ? NULL : m->error, NULL);
 		member_release(o, m);  /* its presync passes may go on */
+		if (r->ok)
+			sieve_step_rollback(m->name);
 		break;
 	case ST_CLAIM:
 	case ST_DONE:

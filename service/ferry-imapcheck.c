@@ -3,6 +3,8 @@
  *
  *   ferry-imapcheck sieve --user U --old-host H --old-port 4190 --new-host H
  *       --new-port 4190 [--map FILE] [--old-prefix P] [--keep-new] (same options)
+ *       [--deactivate-old] (a cut-over user: OLD's active script switched off
+ *       once NEW's is the same)
  *   ferry-imapcheck sieve-activate --user U --old-host H --old-port P --name S
  *       (rollback: S becomes the old server's active script; "" for none)
  *   ferry-imapcheck preflight|verify --user U --old-host H --old-port P
@@ -206,6 +208,10 @@ int main(int argc, char **argv)
 			sopt.keep_new = 1;
 			continue;
 		}
+		if (strcmp(a, "--deactivate-old") == 0) {
+			sopt.deactivate_old = 1;
+			continue;
+		}
 		if (strcmp(a, "--old-tls-insecure") == 0 || strcmp(a, "--new-tls-insecure") == 0) {
 			*(a[2] == 'o' ? &old_insecure : &new_insecure) = 1;
 			continue;
@@ -292,6 +298,18 @@ int main(int argc, char **argv)
 			fprintf(stderr, "ferry-imapcheck: sieve-activate: %s\n", err);
 			return 2;
 		}
+		/* a report like sieve's, so ferryd stores and shows it the same way */
+		report = json_pack("{s:s, s:s, s:b, s:[]}", "user", user, "restored_active",
+				   script_name, "passed", 1, "scripts");
+		if (text) {
+			char *t = ferry_sieve_text(report);
+			fputs(t ? t : "", stdout);
+			free(t);
+		} else {
+			json_dumpf(report, stdout, JSON_INDENT(1));
+			fputc('\n', stdout);
+		}
+		json_decref(report);
 		return 0;
 	}
 	if (strcmp(mode, "preflight") == 0) {

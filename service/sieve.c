@@ -485,6 +485,16 @@ json_t *ferry_sieve_migrate(const struct imap_client_settings *old_set,
 			if (nl.v[i].active)
 				new_active = nl.v[i].name;
 	json_object_set_new(report, "new_active", new_active ? json_string(new_active) : json_null());
+	if (opt->deactivate_old && old_active != NULL && new_active != NULL &&
+	    strcmp(old_active, new_active) == 0) {
+		char derr[1024];
+		if (ferry_sieve_set_active(old_set, "", derr, sizeof(derr)) == 0)
+			json_object_set_new(report, "old_deactivated", json_string(old_active));
+		else {
+			failed++;
+			json_object_set_new(report, "deactivate_error", json_string(derr));
+		}
+	}
 	json_object_set_new(report, "failed", json_integer(failed));
 	json_object_set_new(report, "passed", json_boolean(failed == 0));
 out:
@@ -530,6 +540,13 @@ char *ferry_sieve_text(const json_t *report)
 		return NULL;
 	const char *oa = json_string_value(json_object_get(report, "old_active"));
 	const char *na = json_string_value(json_object_get(report, "new_active"));
+	const char *restored = json_string_value(json_object_get(report, "restored_active"));
+	if (restored != NULL) {
+		fprintf(f, "sieve %s: %s is the old server's active script again (rollback)\n",
+			json_string_value(json_object_get(report, "user")), restored);
+		fclose(f);
+		return buf;
+	}
 	fprintf(f, "sieve %s: active on old: %s, active on new: %s\n",
 		json_string_value(json_object_get(report, "user")), oa ? oa : "(none)",
 		na ? na : "(none)");
@@ -556,6 +573,9 @@ char *ferry_sieve_text(const json_t *report)
 	const char *ae = json_string_value(json_object_get(report, "activate_error"));
 	if (ae)
 		fprintf(f, "  activation: %s\n", ae);
+	const char *off = json_string_value(json_object_get(report, "old_deactivated"));
+	if (off)
+		fprintf(f, "  %s switched off on the old server (a rollback switches it on again)\n", off);
 	fclose(f);
 	return buf;
 }

@@ -46,6 +46,10 @@ struct sieve_migrate_options {
 	/* scripts that exist on NEW with other text are left alone (the user
 	 * changed them there after the cut-over) */
 	int keep_new;
+	/* once NEW's active script is OLD's, switch OLD's off (a cut-over
+	   user: stragglers reaching OLD get no second vacation reply or
+	   redirect); the report names it (old_deactivated) for a rollback */
+	int deactivate_old;
 };
 
 /* JSON report: {"user", "old_active", "new_active", "scripts": [...],

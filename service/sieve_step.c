@@ -30,11 +30,14 @@ struct sieve_step {
 	struct pending *pending;
 };
 
+static struct sieve_step *current; /* for the rollback hook */
+
 struct sieve_step *sieve_step_new(struct store *st, struct doveadm_client *dc,
 				  struct checks *ch, const struct ferry_config *cfg,
 				  sieve_kick_cb *kick, void *ctx)
 {
 	struct sieve_step *s = calloc(1, sizeof(*s));
+	current = s;
 	s->st = st;
 	s->dc = dc;
 	s->ch = ch;
@@ -48,6 +51,8 @@ void sieve_step_free(struct sieve_step *s)
 {
 	if (s == NULL)
 		return;
+	if (current == s)
+		current = NULL;
 	while (s->pending != NULL) {
 		struct pending *p = s->pending;
 		s->pending = p->next;
@@ -149,6 +154,31 @@ int sieve_step_user(struct sieve_step *s, const struct user_rec *u, char *why, s
 		return -1;
 	}
 	return 0;
+}
+
+void sieve_step_rollback(const char *user)
+{
+	struct sieve_step *s = current;
+	struct check_rec c;
+	struct user_rec u;
+	json_t *rep;
+	const char *off;
+
+	if (s == NULL || s->st->check_get(s->st, user, "sieve", &c, 1) != 0)
+		return;
+	rep = c.report_json != NULL ? json_loads(c.report_json, 0, NULL) : NULL;
+	off = json_string_value(json_object_get(rep, "old_deactivated"));
+	if (off != NULL && s->st->user_get(s->st, user, &u) == 0) {
+		if (checks_queue_sieve_restore(s->ch, &u, off) == 0)
+			evlog("info", "sieve-restore-queued", "user", user, "script", off, NULL);
+		else
+			evlog("warning", "sieve-restore-deferred", "user", user, "script", off,
+			      "error", "a Sieve run of this user is in progress: ferryctl sieve it "
+			      "after the rollback", NULL);
+		s->kick(s->ctx);
+	}
+	json_decref(rep);
+	check_rec_free(&c);
 }
 
 int sieve_step_api(struct sieve_step *s, const char *path, json_t *args, json_t **out)

@@ -24,6 +24,9 @@ struct sieve_step *sieve_step_new(struct store *st, struct doveadm_client *dc,
 void sieve_step_free(struct sieve_step *s);
 /* Queues the user's Sieve run; 0, or -1 with why. */
 int sieve_step_user(struct sieve_step *s, const struct user_rec *u, char *why, size_t wl);
+/* A rolled-back user: if its last Sieve run switched OLD's active script
+   off (cut over: --deactivate-old), a run makes it active again. */
+void sieve_step_rollback(const char *user);
 /* "POST /v1/sieve" {"user"} -> 202; the report: GET /v1/check?kind=sieve */
 int sieve_step_api(struct sieve_step *s, const char *path, json_t *args, json_t **out);
 
