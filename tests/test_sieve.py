@@ -69,9 +69,18 @@ def old_sieve(sb, user):
                        authz=user)
 
 
+SINK = []
+
+
+def sandbox_prepare(sb):
+    """NEW sends vacation replies to an SMTP sink bound before it starts"""
+    SINK.append(SmtpSink())
+    sb.ports["smtp_sink"] = SINK[-1].port
+
+
 @pytest.fixture(scope="module")
 def migrated(sandbox):
-    sink = SmtpSink(sandbox.ports["smtp_sink"])
+    sink = SINK[-1]
     try:
         for user, scripts, active in (("alice", {"main": MAIN, "spare": SPARE}, "main"),
                                       ("bob", {"strict": BOB_ACTIVE, "away": BOB_SPARE},

@@ -29,16 +29,15 @@ def env(request):
     cy = oldservers.make("cyrus-dot", users=(USER,), sieve=True)
     sb = Sandbox(users=(USER,), sieve=True, new_extra=cy.new_extra() +
                  "plugin {\n  ferry_rename = ^Projects/(.*)$ => Work/\\1\n}\n")
-    sink = None
+    sink = SmtpSink()
+    sb.ports["smtp_sink"] = sink.port
     failed_before = request.session.testsfailed
     try:
         cy.start()
         sb.start()
-        sink = SmtpSink(sb.ports["smtp_sink"])
         yield cy, sb, sink
     finally:
-        if sink is not None:
-            sink.close()
+        sink.close()
         sb.stop()
         cy.stop()
         if request.session.testsfailed == failed_before and not os.environ.get("FERRY_KEEP"):

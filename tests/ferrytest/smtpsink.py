@@ -44,13 +44,16 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 class SmtpSink:
-    def __init__(self, port):
+    def __init__(self, port=0):
+        """port 0: a free one, bound at once (self.port), so nothing can
+        take it between choosing and binding"""
         self.messages = []  # (envelope sender, [recipients], raw message)
         self.lock = threading.Lock()
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", port), _Handler)
         self.server.daemon_threads = True
         self.server.sink = self
+        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
