@@ -2,7 +2,8 @@
 Cyrus tests) to NEW's Pigeonhole (issue 18): the admin identity acting as
 the user (SASL PLAIN with authzid), two scripts with one active; fileinto
 "INBOX.Projects.2024" (Cyrus names personal folders under INBOX.) follows
-the plugin's mapping to "Work/2024"; a message delivered through NEW's
+the plugin's mapping (its old_folder is Cyrus's own LIST name) to
+"Work/2024"; a message delivered through NEW's
 LMTP is filed there and answered by the vacation rule."""
 import email
 import os
@@ -58,7 +59,8 @@ def test_cyrus_scripts_move_and_work_on_new(env):
     ms.activate("main")
     ms.close()
     sb.doveadm("new", "ferry", "pull", "-u", USER)
-    assert folder_map(sb, USER).get("Projects.2024") == "Work/2024", folder_map(sb, USER)
+    # the plugin names old folders as Cyrus's LIST does, INBOX. included
+    assert folder_map(sb, USER).get("INBOX.Projects.2024") == "Work/2024", folder_map(sb, USER)
     r = migrate(sb, USER, old_port=cy.port("sieve"), old_prefix="INBOX.")
     assert r.returncode == 0, r.stdout + r.stderr
     scripts = new_scripts(sb, USER)
