@@ -16,7 +16,7 @@ ALL_TARGETS += $(BUILD)/ferryd $(BUILD)/ferryctl
 FERRYD_UNIT = $(BUILD)/unit/test_csv $(BUILD)/unit/test_config \
               $(BUILD)/unit/test_store $(BUILD)/unit/test_sched \
               $(BUILD)/unit/test_doveadm $(BUILD)/unit/test_cutover \
-              $(BUILD)/unit/test_metrics
+              $(BUILD)/unit/test_metrics $(BUILD)/unit/test_userstate
 UNIT_TESTS += $(FERRYD_UNIT)
 DEB_PACKAGES += libevent-dev libsqlite3-dev libjansson-dev libcriterion-dev \
                 libssl-dev pkg-config

@@ -1,0 +1,170 @@
+/* userstate.c: the transitions of a user's state against a real SQLite
+   store: one claim per user, a sync asked for during a pass kept for the
+   next one, verified users ready, compare-and-set refusing a stale write. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "store.h"
+#include "userstate.h"
+
+static char path[64];
+static struct store *st;
+static const struct userstate_retry retry = { 3, 1, 4 };
+
+static void setup(void)
+{
+	struct endpoint_rec ep = { .port = 143 };
+	struct user_rec u;
+
+	snprintf(path, sizeof(path), "/tmp/ferry-test-userstate-%d.db", (int)getpid());
+	unlink(path);
+	st = store_sqlite_new();
+	cr_assert_eq(st->open(st, path), 0, "%s", st->error(st));
+	snprintf(ep.host, sizeof(ep.host), "old.example");
+	snprintf(ep.tls, sizeof(ep.tls), "none");
+	snprintf(ep.auth, sizeof(ep.auth), "master");
+	cr_assert_eq(st->endpoint_ensure(st, &ep), 0, "%s", st->error(st));
+	memset(&u, 0, sizeof(u));
+	snprintf(u.name, sizeof(u.name), "alice");
+	snprintf(u.old_login, sizeof(u.old_login), "alice");
+	snprintf(u.new_login, sizeof(u.new_login), "alice");
+	u.endpoint_id = ep.id;
+	cr_assert_eq(st->user_add(st, &u), 0, "%s", st->error(st));
+}
+
+static void teardown(void)
+{
+	char p[80];
+
+	st->close(st);
+	store_free(st);
+	unlink(path);
+	snprintf(p, sizeof(p), "%s-wal", path);
+	unlink(p);
+	snprintf(p, sizeof(p), "%s-shm", path);
+	unlink(p);
+}
+
+static struct user_rec get(void)
+{
+	struct user_rec u;
+
+	cr_assert_eq(st->user_get(st, "alice", &u), 0);
+	return u;
+}
+
+TestSuite(userstate, .init = setup, .fini = teardown);
+
+Test(userstate, one_claim_per_user)
+{
+	struct user_rec u;
+
+	cr_assert_eq(userstate_start(st, "alice"), 1);
+	cr_assert_eq(userstate_claim(st, "alice", &u), 0);
+	cr_assert(u.running);
+	cr_assert_eq(userstate_claim(st, "alice", &u), USERSTATE_BUSY);
+	cr_assert_eq(userstate_release(st, "alice"), 0);
+	cr_assert_eq(userstate_claim(st, "alice", &u), 0);
+	cr_assert_eq(userstate_claim(st, "nobody", &u), STORE_NOTFOUND);
+}
+
+Test(userstate, sync_during_a_pass_is_kept_for_the_next)
+{
+	struct user_rec u;
+	int running;
+
+	userstate_start(st, "alice");
+	cr_assert_eq(userstate_request_sync(st, "alice", 0, &running), 0);
+	cr_assert_not(running);
+	cr_assert_eq(userstate_claim(st, "alice", &u), 0);
+	int64_t seq = u.sync_seq;
+	cr_assert_gt(seq, 0);
+	/* asked again while the pass runs */
+	cr_assert_eq(userstate_request_sync(st, "alice", 0, &running), 0);
+	cr_assert(running);
+	cr_assert_eq(userstate_pass_ok(st, "alice", seq, 0), 0);
+	u = get();
+	cr_assert_not(u.running);
+	cr_assert_gt(u.sync_seq, seq, "the newer request is still queued");
+	cr_assert_eq(u.state, US_PRESYNC, "not done: it is pulled again");
+	/* the next pass answers it */
+	cr_assert_eq(userstate_claim(st, "alice", &u), 0);
+	cr_assert_eq(userstate_pass_ok(st, "alice", u.sync_seq, 0), 0);
+	u = get();
+	cr_assert_eq(u.sync_seq, 0);
+	cr_assert_eq(u.state, US_DONE);
+}
+
+Test(userstate, verified_after_pull_keeps_the_claim_until_verification)
+{
+	struct user_rec u;
+	int failed;
+
+	userstate_start(st, "alice");
+	cr_assert_eq(userstate_claim(st, "alice", &u), 0);
+	cr_assert_eq(userstate_pass_ok(st, "alice", 0, 1), 0);
+	cr_assert(get().running, "the verification holds the claim");
+	cr_assert_eq(userstate_claim(st, "alice", &u), USERSTATE_BUSY);
+	cr_assert_eq(userstate_verified(st, "alice", 1, "pass", NULL, &retry, &failed), 0);
+	u = get();
+	cr_assert_not(failed);
+	cr_assert_not(u.running);
+	cr_assert_eq(u.state, US_VERIFIED);
+}
+
+Test(userstate, failed_pass_backs_off_then_fails)
+{
+	struct user_rec u;
+	int failed, attempts;
+	int64_t delay;
+
+	userstate_start(st, "alice");
+	for (int i = 1; i <= 3; i++) {
+		cr_assert_eq(userstate_claim(st, "alice", &u), 0);
+		cr_assert_eq(userstate_pass_failed(st, "alice", 0, "boom", 0, &retry, &failed,
+						   &delay, &attempts), 0);
+		cr_assert_eq(attempts, i);
+		cr_assert_eq(failed, i == 3);
+	}
+	u = get();
+	cr_assert_eq(u.state, US_FAILED);
+	cr_assert_str_eq(u.last_error, "boom");
+	cr_assert_not(u.running);
+}
+
+Test(userstate, compare_and_set_refuses_a_stale_row)
+{
+	struct user_rec before = get(), stale = before, now;
+
+	cr_assert_eq(userstate_start(st, "alice"), 1);
+	stale.state = US_DONE;
+	cr_assert_eq(st->user_update_if(st, &stale, &before), STORE_NOTFOUND);
+	now = get();
+	cr_assert_eq(now.state, US_PRESYNC, "the newer write stands");
+	stale = now;
+	stale.state = US_DONE;
+	cr_assert_eq(st->user_update_if(st, &stale, &now), 0);
+	cr_assert_eq(get().state, US_DONE);
+}
+
+Test(userstate, cut_over_then_roll_back)
+{
+	struct user_rec u;
+
+	userstate_start(st, "alice");
+	cr_assert_eq(userstate_claim(st, "alice", &u), 0);
+	cr_assert_eq(userstate_cut_over(st, "alice", 7), 0);
+	u = get();
+	cr_assert_eq(u.state, US_CUTOVER);
+	cr_assert_not(u.running, "released for the queued pull");
+	cr_assert_eq(u.sync_seq, 7);
+	cr_assert_eq(userstate_claim(st, "alice", &u), 0);
+	cr_assert_eq(userstate_roll_back(st, "alice"), 0);
+	u = get();
+	cr_assert_eq(u.state, US_PRESYNC);
+	cr_assert(u.running, "kept for the appends back to OLD");
+	cr_assert(u.paused, "no copy pass until resumed");
+	cr_assert_eq(u.sync_seq, 0);
+}
