@@ -12,6 +12,7 @@ flags and keywords, INTERNALDATEs over 2008-2025, ~8 % of each folder
 expunged (UID gaps, UIDNEXT beyond the last message) and a distinct
 UIDVALIDITY per folder."""
 import datetime
+import email.utils
 import math
 import random
 
@@ -51,8 +52,6 @@ def _size_plan(rng, kind):
         return 3000, int(HUGE_WIRE * 0.74)
     if kind == "text":
         return _loguniform(rng, 2000, 20000), 0
-    if kind == "small":  # many-message folders of the big first-login user
-        return _loguniform(rng, 500, 2000), 0
     if rng.random() < ATTACH_P:
         return _loguniform(rng, 1000, 8000), int(_loguniform(rng, 100000, 2000000) * 0.74)
     return _loguniform(rng, 2000, 20000), 0
@@ -123,3 +122,25 @@ def text_folder(name, n, seed, uidvalidity):
     count = n + n // 20
     return make_folder(seed, name, count, "plain", True, uidvalidity,
                        expunge=n // 20, mix="text")
+
+
+def small_folder(seed, name, count, uidvalidity, subscribed=True):
+    """count ~1 KB text messages, cheap to make (the big first-login user's
+    many-message folders: the count matters there, not the bytes); flags
+    as in the inbox profile; the last one expunged (UIDNEXT > last UID + 1)."""
+    rng = random.Random("bench/%s/%s/small" % (seed, name))
+    t0 = int(datetime.datetime(2010, 1, 1, tzinfo=datetime.timezone.utc).timestamp())
+    folder = fc.Folder(name, uidvalidity, subscribed)
+    pad = "x" * 60 + "\r\n"
+    for i in range(count):
+        date = t0 + i * 3600 + rng.randrange(3600)
+        flags = frozenset(f for f, p in (("\\Seen", .75), ("\\Flagged", .05),
+                                         ("$Label1", .02)) if rng.random() < p)
+        body = ("From: Bench <bench@example.org>\r\nTo: user@example.org\r\n"
+                "Subject: %s message %d\r\nMessage-ID: <s%s.%x.%d@bench>\r\n"
+                "Date: %s\r\n\r\n%s" % (name, i + 1, seed, uidvalidity, i + 1,
+                                            email.utils.formatdate(date), pad * rng.randint(4, 24)))
+        folder.messages.append(fc.Message(body.encode(), flags, date, 0))
+    if count > 1:
+        folder.messages[-1].expunged = True
+    return folder

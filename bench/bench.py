@@ -779,7 +779,7 @@ SyncState {d}/state/
         def big_folders():
             yield bcorpus.make_folder(self.a.seed, *inbox[:5], huge=inbox[5])
             for name, _, profile, sub, uv, _ in rest:
-                yield bcorpus.make_folder(self.a.seed, name, per, profile, sub, uv, mix="small")
+                yield bcorpus.small_folder(self.a.seed, name, per, uv, sub)
         _, nbytes, nmsgs = seedfast.seed_user(self.sb, "bigsrc", big_folders())
         log("6 seeded bigsrc: %d messages, %.1f MB (%.1fs)" % (nmsgs, nbytes / MB,
                                                               time.monotonic() - t))
