@@ -50,7 +50,7 @@ def log(msg):
 def sizes(a):
     if a.small:
         return dict(messages=a.messages or 300, lazy=(100, 300, 1000), lazy_repeats=2,
-                    first_big=3000,
+                    first_big=1500,
                     overhead_rounds=5, overhead_passes=1, overhead_logins=10,
                     overhead_login_rounds=3, users=10, per_user=20,
                     delta_new=20, delta_flags=50)

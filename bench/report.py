@@ -178,8 +178,33 @@ def markdown(res):
                             r["max_sessions_on_old"], r["per_host_limit"], r["users_done"],
                             r["users"]),
                         _kept(r.get("kept")), _target(r)]))
+    s6 = S.get("6_first_login", {})
+    if "error" in s6:
+        out.append(row(["6", "first login", "-"] + [""] * 8 + ["ERROR " + s6["error"], ""]))
+    for key in ("first", "big"):
+        r = s6.get(key)
+        if r is None:
+            continue
+        what = "INBOX (%d msgs) selected %.2f s, STATUS sweep of %d folders %.2f s" % (
+            r["inbox_messages"], r["inbox_selected_s"], r["folders"], r["status_s"])
+        if "complete_s" in r:
+            what += "; user complete %.1f s after login (bulk copy %.1f s)" % (
+                r["complete_s"], r["bulk_copy_s"])
+        kept = "STATUS = OLD's: %s" % ("yes" if r["status_equal_old"] else "**no**")
+        if "status_equal_after" in r:
+            kept += ", unchanged after: %s" % ("yes" if r["status_equal_after"] else "**no**")
+        out.append(row(["6", "first login: LIST, STATUS every folder, SELECT INBOX", "ferry",
+                        r.get("messages"), _f(r.get("bytes", 0) / MB, "%.0f")
+                        if r.get("bytes") else "", _f(r["inbox_selected_s"], "%.2f"), "", "",
+                        _cpu(r.get("resources", {})), _rss(r.get("resources", {})), what,
+                        kept, _target(r)]))
     out.append("")
     notes = []
+    if s6:
+        notes.append("First login: a NEW user never migrated (cut over); wall s = LOGIN to "
+                     "SELECT INBOX done; then the client stays idle and the session "
+                     "completes the rest (no ferryd); the big user has the same INBOX and "
+                     "its other folders in ~1 KB messages.")
     f2 = s2.get("ferry", {})
     if f2.get("note"):
         notes.append("Delta (Ferry): " + f2["note"] + ".")

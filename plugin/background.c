@@ -20,8 +20,12 @@
 
 /* another writer holds a folder: look again after */
 #define FERRY_BG_BUSY_MSECS 1000
-/* a folder failed (old server down...): the next round after */
+/* a step failed (old server down...): the next attempt after this,
+   doubled per failure in a row up to FERRY_BG_RETRY_MAX_MSECS; a step that
+   waits for a silent old server holds the session up to
+   ferry_old_connect_timeout, so it is not tried often */
 #define FERRY_BG_RETRY_MSECS (60 * 1000)
+#define FERRY_BG_RETRY_MAX_MSECS (16 * 60 * 1000)
 
 struct ferry_background {
 	struct mail_user *user;
@@ -29,7 +33,9 @@ struct ferry_background {
 	struct timeval last_activity;
 	pool_t pool;
 	ARRAY_TYPE(const_string) names;
-	unsigned int next, failed, busy;
+	unsigned int next, busy;
+	/* failed steps in a row */
+	unsigned int failures;
 	/* rounds in a row that ended with the user still not done */
 	unsigned int idle_rounds;
 	bool listed;
@@ -42,6 +48,16 @@ static void ferry_bg_schedule(struct ferry_background *bg, unsigned int msecs)
 	timeout_remove(&bg->to);
 	bg->to = timeout_add_short_to(io_loop_get_root(), msecs,
 				      ferry_bg_step, bg);
+}
+
+/* After a failure: later, the longer the more failures in a row. */
+static void ferry_bg_backoff(struct ferry_background *bg)
+{
+	unsigned int shift = I_MIN(bg->failures, 4);
+
+	bg->failures++;
+	ferry_bg_schedule(bg, I_MIN(FERRY_BG_RETRY_MSECS << shift,
+				    FERRY_BG_RETRY_MAX_MSECS));
 }
 
 static int ferry_bg_collect(struct mail_user *user, const char *vname,
@@ -83,10 +99,9 @@ static void ferry_bg_round_done(struct ferry_background *bg)
 	const char *error;
 	int ret;
 
-	if (bg->failed > 0 || bg->busy > 0) {
-		ferry_bg_schedule(bg, bg->failed > 0 ? FERRY_BG_RETRY_MSECS :
-				  FERRY_BG_BUSY_MSECS);
-		bg->next = bg->failed = bg->busy = 0;
+	if (bg->busy > 0) {
+		ferry_bg_schedule(bg, FERRY_BG_BUSY_MSECS);
+		bg->next = bg->busy = 0;
 		return;
 	}
 	ret = ferry_user_check_done(bg->user, &error);
@@ -126,7 +141,7 @@ static void ferry_bg_step(struct ferry_background *bg)
 		return;
 	}
 	if (!bg->listed && !ferry_bg_list(bg)) {
-		ferry_bg_schedule(bg, FERRY_BG_RETRY_MSECS);
+		ferry_bg_backoff(bg);
 		return;
 	}
 	if (bg->next >= array_count(&bg->names)) {
@@ -139,12 +154,16 @@ static void ferry_bg_step(struct ferry_background *bg)
 		ret = ferry_pull_folder_step(bg->user, vname, 1, &res, &code,
 					     &error);
 	} T_END;
-	if (ret < 0)
-		bg->failed++;
-	else if (res.busy)
+	if (ret < 0) {
+		/* the next folder, but later: the old server may be down */
+		bg->next++;
+		ferry_bg_backoff(bg);
+		return;
+	}
+	bg->failures = 0;
+	if (res.busy)
 		bg->busy++;
-	if (ret < 0 || res.busy || res.state != FERRY_BOX_PENDING ||
-	    res.copied == 0)
+	if (res.busy || res.state != FERRY_BOX_PENDING || res.copied == 0)
 		bg->next++;
 	ferry_bg_schedule(bg, 0);
 }

@@ -14,7 +14,7 @@ from ferrytest.imapwire import check, quote
 from ferrytest.sandbox import _free_ports, wait_until
 from ferrytest.snapshot import _list, compare, duplicates, snapshot
 
-SANDBOX_KWARGS = {"users": ("sweep", "modseq", "idler", "loginner"),
+SANDBOX_KWARGS = {"users": ("sweep", "modseq", "idler", "loginner", "downer"),
                   # several batches per folder: the background goes batch by batch
                   "batch_size": 20,
                   "doveadm_http": True}
@@ -181,3 +181,28 @@ def test_login_puts_the_user_first_in_ferryd(sandbox, ferryd, new_log):
     new = snapshot(sandbox, "new", "loginner")
     assert compare(old, new) == []
     assert duplicates(new, old) == {}
+
+
+def test_old_server_down_backs_off(sandbox, new_log):
+    """OLD goes down while a session completes the user in the background:
+    one failed step, then the session waits (a minute, doubled per failure)
+    instead of failing every folder in a row; the session still answers."""
+    # 1,600 messages in batches of 20: still copying when OLD goes down,
+    # with folders after the one in flight
+    spec = corpus._spec(23, [("INBOX", 10, "inbox", True)] + [
+        (name, 400, "plain", True) for name in ("A", "B", "C", "D")], {}, [])
+    corpus.seed_old(sandbox, "downer", spec)
+    conn = sandbox.imap("new", "downer")
+    first = _sweep(conn)  # answered from OLD: nothing complete yet
+    mark = new_log.mark()
+    sandbox.stop_old()
+    try:
+        wait_until(lambda: re.search(r"downer.*event=failed", new_log.text(mark)), 60,
+                   "a background step to fail with OLD down")
+        check(conn.noop(), "NOOP")
+        # a NOOP round trip later the session has not gone on to the next folders
+        assert len(re.findall(r"downer.*event=failed", new_log.text(mark))) == 1
+    finally:
+        sandbox.start_old()
+    assert _sweep(conn) == first
+    conn.logout()
