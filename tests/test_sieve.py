@@ -1,4 +1,4 @@
-"""Sieve filters and vacation replies move with the mail (issue 18).
+"""Sieve filters, redirects and vacation replies move with the mail (issue 18).
 
 OLD runs Pigeonhole's ManageSieve; each user has two scripts, one active,
 with a fileinto into a folder the plugin renames (rename rule) and a
@@ -27,10 +27,11 @@ NEW_EXTRA = "plugin {\n  ferry_rename = ^Projects/(.*)$ => Work/\\1\n}\n"
 SANDBOX_KWARGS = {"users": ("alice", "bob", "erin"), "sieve": True, "doveadm_http": True,
                   "old_extra": OLD_EXTRA, "new_extra": NEW_EXTRA}
 
-MAIN = """require ["fileinto", "vacation"];
-# filed by subject
+MAIN = """require ["fileinto", "vacation", "copy"];
+# filed by subject, a copy to the archive
 if header :contains "subject" "report" {
   fileinto "Projects.2024";
+  redirect :copy "archive@example.org";
 }
 vacation :days 1 :addresses ["alice@example.org"] :subject "Away" "I am away until Monday.";
 """
@@ -122,8 +123,13 @@ def test_delivery_is_filed_and_answered_by_vacation(migrated):
         assert int(data[0]) == 0
     finally:
         c.logout()
-    replies = wait_until(lambda: sink.received(), 30, "the vacation reply at the SMTP sink")
-    sender, rcpts, raw = replies[0]
+    sent = wait_until(lambda: len(sink.received()) >= 2 and sink.received(), 30,
+                      "the redirect and the vacation reply at the SMTP sink")
+    by_rcpt = {tuple(rcpts): raw for _, rcpts, raw in sent}
+    assert set(by_rcpt) == {("archive@example.org",), ("carol@example.net",)}, by_rcpt
+    # the redirect rule carried over: the message itself, to the archive
+    assert b"Message-ID: <sieve-1@example.net>" in by_rcpt[("archive@example.org",)]
+    rcpts, raw = ["carol@example.net"], by_rcpt[("carol@example.net",)]
     reply = email.message_from_bytes(raw)
     assert rcpts == ["carol@example.net"]
     assert reply["Subject"] == "Away"
