@@ -144,7 +144,7 @@ static char *read_secrets(const char *path, char **old_secret, char **new_secret
 	return buf;
 }
 
-/* OLD<TAB>NEW per line (UTF-8 folder names); kept for the process's life */
+/* OLD<TAB>NEW per line (UTF-8 folder names), malloc()ed */
 static int read_map(const char *path, struct sieve_folder_map *map)
 {
 	FILE *f = fopen(path, "r");
@@ -321,6 +321,12 @@ int main(int argc, char **argv)
 			return 2;
 		report = ferry_sieve_migrate(&old, &new, &map, &sopt, err, sizeof(err));
 		passed = report && ferry_sieve_passed(report);
+		for (size_t i = 0; i < map.n; i++) {
+			free((char *)map.old_names[i]);
+			free((char *)map.new_names[i]);
+		}
+		free(map.old_names);
+		free(map.new_names);
 	} else {
 		report = ferry_verify(&old, &new, &vopt, err, sizeof(err));
 		passed = report && ferry_verify_passed(report);

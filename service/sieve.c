@@ -369,6 +369,7 @@ json_t *ferry_sieve_migrate(const struct imap_client_settings *old_set,
 {
 	struct sieve_script_list ol = {0}, nl = {0};
 	char **otexts = NULL, **ntexts = NULL;
+	size_t nntexts = 0; /* nl is listed again at the end: its count changes */
 	json_t *report = NULL;
 	struct imap_client *nc = NULL, *oc = ms_connect(old_set, err, errlen);
 	if (oc == NULL)
@@ -394,6 +395,7 @@ json_t *ferry_sieve_migrate(const struct imap_client_settings *old_set,
 		goto out;
 	}
 	ntexts = calloc(nl.n + 1, sizeof(*ntexts));
+	nntexts = nl.n;
 	const char *new_active = NULL, *old_active = NULL;
 	for (size_t i = 0; i < nl.n; i++) {
 		if (nl.v[i].active)
@@ -502,7 +504,7 @@ out:
 		for (size_t i = 0; i < ol.n; i++)
 			free(otexts[i]);
 	if (ntexts)
-		for (size_t i = 0; i < nl.n; i++)
+		for (size_t i = 0; i < nntexts; i++)
 			free(ntexts[i]);
 	free(otexts);
 	free(ntexts);
