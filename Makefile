@@ -18,10 +18,14 @@ PLUGIN_CFLAGS = -std=gnu11 -O2 -g -fPIC -DHAVE_CONFIG_H -I$(DOVECOT_INC) \
             -Iplugin -Iinclude $(WARN) $(SANITIZE)
 PLUGIN_LDFLAGS = -shared -L$(DOVECOT_LIB) -Wl,-rpath,$(DOVECOT_LIB) $(SANITIZE)
 
-PLUGIN_SRCS = plugin/ferry-plugin.c plugin/state.c plugin/old.c plugin/old-body.c plugin/old-list.c plugin/old-status.c plugin/map.c \
+PLUGIN_SRCS = plugin/ferry-plugin.c plugin/state.c plugin/old.c plugin/old-identity.c plugin/old-body.c plugin/old-list.c plugin/old-status.c plugin/map.c \
               plugin/tree.c plugin/pull.c plugin/mirror.c plugin/rollback.c plugin/lazy.c plugin/background.c plugin/ferryd-notify.c
 DOVEADM_SRCS = plugin/doveadm-ferry.c
-PLUGIN_OBJS  = $(PLUGIN_SRCS:plugin/%.c=$(BUILD)/plugin/%.o)
+# plain C shared with the service (common/, headers in include/)
+COMMON_SRCS  = common/identity.c
+COMMON_HDRS  = $(wildcard include/*.h)
+PLUGIN_OBJS  = $(PLUGIN_SRCS:plugin/%.c=$(BUILD)/plugin/%.o) \
+               $(COMMON_SRCS:common/%.c=$(BUILD)/plugin/common-%.o)
 DOVEADM_OBJS = $(DOVEADM_SRCS:plugin/%.c=$(BUILD)/plugin/%.o)
 PLUGIN_SO    = $(BUILD)/lib20_ferry_plugin.so
 DOVEADM_SO   = $(BUILD)/lib10_doveadm_ferry_plugin.so
@@ -47,7 +51,10 @@ plugin: $(PLUGIN_SO) $(DOVEADM_SO)
 unit: $(UNIT_TESTS)
 	@for t in $(UNIT_TESTS); do echo "== $$t"; $$t || exit 1; done
 
-$(BUILD)/plugin/%.o: plugin/%.c plugin/ferry-plugin.h include/ferry-contract.h | $(BUILD)/plugin
+$(BUILD)/plugin/%.o: plugin/%.c plugin/ferry-plugin.h $(COMMON_HDRS) | $(BUILD)/plugin
+	$(CC) $(PLUGIN_CFLAGS) -c -o $@ $<
+
+$(BUILD)/plugin/common-%.o: common/%.c $(COMMON_HDRS) | $(BUILD)/plugin
 	$(CC) $(PLUGIN_CFLAGS) -c -o $@ $<
 
 $(BUILD)/plugin:
@@ -87,7 +94,7 @@ install: all
 	install -m 0644 $(DOVEADM_SO) $(DESTDIR)$(MODULEDIR)/doveadm/
 
 format:
-	clang-format -i plugin/*.c plugin/*.h
+	clang-format -i plugin/*.c plugin/*.h common/*.c include/*.h
 
 clean:
 	rm -rf build build-asan

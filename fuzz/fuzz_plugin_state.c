@@ -37,18 +37,24 @@ int LLVMFuzzerInitialize(int *argc ATTR_UNUSED, char ***argv ATTR_UNUSED)
 static void fuzz_state(const unsigned char *data, size_t size)
 {
 	const char *text = t_strndup(data, size), *error = NULL;
+	const char *identity, *identity2;
 	time_t tree = -1, done = -1, tree2, done2;
 
-	if (ferry_state_parse(text, &tree, &done, &error) < 0) {
+	if (ferry_state_parse(text, &tree, &done, &identity, &error) < 0) {
 		i_assert(error != NULL && str_begins(error, "invalid line '"));
 		return;
 	}
 	i_assert(tree >= 0 && done >= 0);
 	/* ferry_user_state_write's format */
-	text = t_strdup_printf("tree=%lld\ndone=%lld\n",
-			       (long long)tree, (long long)done);
-	i_assert(ferry_state_parse(text, &tree2, &done2, &error) == 0);
+	text = t_strdup_printf("tree=%lld\ndone=%lld\n%s%s%s",
+			       (long long)tree, (long long)done,
+			       identity == NULL ? "" : "identity=",
+			       identity == NULL ? "" : identity,
+			       identity == NULL ? "" : "\n");
+	i_assert(ferry_state_parse(text, &tree2, &done2, &identity2,
+				   &error) == 0);
 	i_assert(tree2 == tree && done2 == done);
+	i_assert(null_strcmp(identity, identity2) == 0);
 }
 
 static void fuzz_map(const unsigned char *data, size_t size)

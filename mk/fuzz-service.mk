@@ -32,9 +32,11 @@ $(FUZZ_DIR)/fuzz_config: fuzz/fuzz_config.c service/config.c service/config.h
 # the three programs' mains.
 FUZZSVC_API_SRCS = $(filter-out service/ferryd.c service/ferryctl.c service/ferry-imapcheck.c,\
                    $(wildcard service/*.c))
-$(FUZZ_DIR)/fuzz_api_json: fuzz/fuzz_api_json.c $(FUZZSVC_API_SRCS) $(wildcard service/*.h)
+$(FUZZ_DIR)/fuzz_api_json: fuzz/fuzz_api_json.c $(FUZZSVC_API_SRCS) $(wildcard service/*.h) \
+		$(COMMON_SRCS) $(COMMON_HDRS)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZSVC_CFLAGS) -o $@ fuzz/fuzz_api_json.c $(FUZZSVC_API_SRCS) \
+	$(FUZZ_CC) $(FUZZSVC_CFLAGS) -Iinclude -o $@ fuzz/fuzz_api_json.c $(FUZZSVC_API_SRCS) \
+	    $(COMMON_SRCS) \
 	    -levent_openssl -levent -lsqlite3 -ljansson -lssl -lcrypto
 
 fuzz-service: fuzz-service-build

@@ -12,10 +12,12 @@ IMAPC_SRCS = service/imap-parser.c service/imap-utf7.c service/imap-client.c \
              service/preflight.c service/verify.c \
              service/managesieve.c service/sieve.c
 IMAPC_HDRS = $(IMAPC_SRCS:.c=.h) include/ferry-contract.h
-IMAPC_OBJS = $(IMAPC_SRCS:service/%.c=$(BUILD)/service/%.o)
+IMAPC_OBJS = $(IMAPC_SRCS:service/%.c=$(BUILD)/service/%.o) \
+             $(COMMON_SRCS:common/%.c=$(BUILD)/service/common-%.o)
 IMAPC_LIB  = $(BUILD)/libferry-imap.a
 IMAPCHECK  = $(BUILD)/ferry-imapcheck
-IMAPC_UNIT = $(BUILD)/unit/test_imap_parser $(BUILD)/unit/test_imap_utf7
+IMAPC_UNIT = $(BUILD)/unit/test_imap_parser $(BUILD)/unit/test_imap_utf7 \
+             $(BUILD)/unit/test_identity
 
 ALL_TARGETS  += imapclient
 UNIT_TESTS   += $(IMAPC_UNIT)
@@ -26,7 +28,13 @@ DEB_PACKAGES += libevent-dev libssl-dev libjansson-dev libcriterion-dev pkg-conf
 imapclient: $(IMAPC_LIB) $(IMAPCHECK) $(IMAPC_UNIT)
 
 # static pattern rules: only these objects, whatever service.mk defines
-$(IMAPC_OBJS) $(BUILD)/service/ferry-imapcheck.o: $(BUILD)/service/%.o: service/%.c $(IMAPC_HDRS)
+$(filter-out $(BUILD)/service/common-%,$(IMAPC_OBJS)) $(BUILD)/service/ferry-imapcheck.o: \
+		$(BUILD)/service/%.o: service/%.c $(IMAPC_HDRS) $(COMMON_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(IMAPC_CFLAGS) -c -o $@ $<
+
+# the plain C shared with the plugin (common/)
+$(BUILD)/service/common-%.o: common/%.c $(COMMON_HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(IMAPC_CFLAGS) -c -o $@ $<
 
@@ -37,7 +45,7 @@ $(IMAPC_LIB): $(IMAPC_OBJS)
 $(IMAPCHECK): $(BUILD)/service/ferry-imapcheck.o $(IMAPC_LIB)
 	$(CC) $(IMAPC_LDFLAGS) -o $@ $^ $(IMAPC_LIBS)
 
-$(BUILD)/unit/test_imap_%: tests/unit/test_imap_%.c $(IMAPC_LIB)
+$(IMAPC_UNIT): $(BUILD)/unit/test_%: tests/unit/test_%.c $(IMAPC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(IMAPC_CFLAGS) $(IMAPC_LDFLAGS) -o $@ $< $(IMAPC_LIB) -lcriterion $(IMAPC_LIBS)
 

@@ -12,6 +12,8 @@
 #include "ferry-plugin.h"
 #include "ferry-contract.h"
 
+#include <sysexits.h>
+
 const char *doveadm_ferry_plugin_version = DOVECOT_ABI_VERSION;
 void doveadm_ferry_plugin_init(struct module *module);
 void doveadm_ferry_plugin_deinit(void);
@@ -65,6 +67,20 @@ static bool ferry_cmd_user_ok(struct doveadm_mail_cmd_context *ctx,
 	return FALSE;
 }
 
+/* A refused old session (its identity check failed, or a master login it
+   cannot carry) is not fixed by retrying: EX_NOPERM, which ferryd reads as
+   permanent. Anything else is a temporary failure. */
+static void ferry_cmd_failed(struct doveadm_mail_cmd_context *ctx,
+			     struct mail_user *user)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+
+	if (fuser != NULL && fuser->old_refused)
+		ctx->exit_code = EX_NOPERM;
+	else
+		doveadm_mail_failed_error(ctx, MAIL_ERROR_TEMP);
+}
+
 static void ferry_pull_print(const struct ferry_pull_result *res,
 			     const char *error, void *context)
 {
@@ -106,7 +122,7 @@ static int ferry_cmd_pull_run(struct doveadm_mail_cmd_context *_ctx,
 	}
 	if (ret < 0) {
 		i_error("ferry pull: %s", error);
-		doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+		ferry_cmd_failed(_ctx, user);
 	}
 	return ret;
 }
@@ -147,7 +163,7 @@ static int ferry_cmd_sync_run(struct doveadm_mail_cmd_context *_ctx,
 			   FERRY_PULL_STRAGGLERS, ferry_pull_print, _ctx,
 			   &error) < 0) {
 		i_error("ferry sync: %s", error);
-		doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+		ferry_cmd_failed(_ctx, user);
 		return -1;
 	}
 	return 0;
@@ -181,7 +197,7 @@ static int ferry_cmd_rollback_run(struct doveadm_mail_cmd_context *_ctx,
 		return -1;
 	if (ferry_rollback_user(user, ferry_rollback_print, _ctx, &error) < 0) {
 		i_error("ferry rollback: %s", error);
-		doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+		ferry_cmd_failed(_ctx, user);
 		return -1;
 	}
 	return 0;
@@ -228,8 +244,10 @@ ferry_status_old_folder(struct mail_user *user, const char *vname,
 
 /* status: local facts from the folder headers; the old server is asked
    only about folders that are not complete. */
-static void ferry_status_folder(struct mail_user *user, const char *vname)
+/* -1: the old session was refused (see ferry_cmd_failed) */
+static int ferry_status_folder(struct mail_user *user, const char *vname)
 {
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
 	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
 	struct ferry_box_hdr hdr;
 	struct mailbox_status st, ost;
@@ -251,9 +269,15 @@ static void ferry_status_folder(struct mail_user *user, const char *vname)
 	if (hdr.state == FERRY_BOX_COMPLETE)
 		old_count = dec2str(hdr.old_messages);
 	else if (hdr.state != FERRY_BOX_LOCAL) {
-		if (ferry_old_user_get(user, &old, &error) < 0)
+		if (ferry_old_user_get(user, &old, &error) < 0) {
 			old_count = "?";
-		else {
+			if (fuser->old_refused) {
+				mailbox_free(&box);
+				ferry_internal_end(user);
+				i_error("ferry status: %s", error);
+				return -1;
+			}
+		} else {
 			obox = mailbox_alloc(mail_namespace_find_inbox(
 				old->namespaces)->list,
 				ferry_old_name(user, old, vname),
@@ -277,6 +301,7 @@ static void ferry_status_folder(struct mail_user *user, const char *vname)
 	doveadm_print_num(hdr.renumbered);
 	doveadm_print(old_folder);
 	doveadm_print("");
+	return 0;
 }
 
 /* Old folders the tree copy did not migrate: excluded by the admin's
@@ -307,20 +332,28 @@ static int ferry_cmd_status_run(struct doveadm_mail_cmd_context *_ctx,
 	struct mailbox_list_iterate_context *iter;
 	const struct mailbox_info *info;
 	enum mail_error err;
+	int ret = 0;
 
 	if (!ferry_cmd_user_ok(_ctx, user))
 		return -1;
 	if (ctx->mailbox != NULL) {
-		ferry_status_folder(user, ctx->mailbox);
-		return 0;
+		if (ferry_status_folder(user, ctx->mailbox) == 0)
+			return 0;
+		ferry_cmd_failed(_ctx, user);
+		return -1;
 	}
 	ferry_internal_begin(user);
 	iter = mailbox_list_iter_init(ns->list, "*", 0);
 	ferry_internal_end(user);
-	while ((info = mailbox_list_iter_next(iter)) != NULL) T_BEGIN {
+	while (ret == 0 && (info = mailbox_list_iter_next(iter)) != NULL) T_BEGIN {
 		if ((info->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) == 0)
-			ferry_status_folder(user, info->vname);
+			ret = ferry_status_folder(user, info->vname);
 	} T_END;
+	if (ret < 0) {
+		(void)mailbox_list_iter_deinit(&iter);
+		ferry_cmd_failed(_ctx, user);
+		return -1;
+	}
 	if (mailbox_list_iter_deinit(&iter) < 0) {
 		i_error("ferry status: %s",
 			mailbox_list_get_last_error(ns->list, &err));

@@ -51,6 +51,13 @@ struct ferry_user {
 	bool inactive;
 	/* User-level state file contents (see state.c). */
 	time_t tree_synced, done;
+	/* "<master>@<host>:<port>" whose session was proven to be this
+	   user's (old-identity.c); NULL: not proven */
+	const char *identity;
+	/* this process's failed identity check: later calls fail at once */
+	const char *identity_error;
+	/* the failure is not one a retry can fix (doveadm: EX_NOPERM) */
+	bool old_refused;
 	/* Nesting depth of Ferry's own storage calls: our hooks stand aside
 	   while Ferry itself creates, opens or lists. */
 	unsigned int internal;
@@ -112,16 +119,24 @@ const char *ferry_box_state_name(enum ferry_box_state state);
 int ferry_user_state_read(struct mail_user *user, const char **error_r);
 int ferry_user_state_write(struct mail_user *user, const char **error_r);
 const char *ferry_user_index_root(struct mail_user *user);
-/* The user state file's text (tree=N, done=N lines; others ignored). A key
-   read before an invalid line keeps its value. */
+/* The user state file's text (tree=N, done=N, identity=KEY lines; others
+   ignored). A key read before an invalid line keeps its value; *identity_r
+   is allocated from the data stack (NULL: none). */
 int ferry_state_parse(const char *text, time_t *tree_r, time_t *done_r,
-		      const char **error_r);
+		      const char **identity_r, const char **error_r);
 
 /* old.c: the old server, as Dovecot's imapc storage in a second user */
 /* the mailbox_list_created hook for the old user's lists */
 void ferry_old_list_created(struct mailbox_list *list);
 int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 		       const char **error_r);
+struct imapc_storage_client *ferry_old_storage_client(struct mail_user *old);
+
+/* old-identity.c: the session opened with a master identity is the user's
+   (include/ferry-identity.h decides). *permanent_r: refused, not a failure
+   a retry can fix. */
+int ferry_old_identity_check(struct mail_user *user, struct mail_user *old,
+			     bool *permanent_r, const char **error_r);
 
 /* old-status.c: STATUS of a folder not complete yet, from the old server.
    1: status_r filled; 0: an item is not equal by construction (complete

@@ -59,15 +59,6 @@ ferry_list_count(const struct imapc_untagged_reply *reply,
 	}
 }
 
-static struct imapc_storage_client *ferry_old_client(struct mail_user *old)
-{
-	struct mail_namespace *ns = mail_namespace_find_inbox(old->namespaces);
-
-	struct imapc_storage *storage = IMAPC_STORAGE(ns->storage);
-
-	return storage->client;
-}
-
 /* Registers the counter in front of imapc's handlers (once per session). */
 static void ferry_list_register(struct imapc_storage_client *client,
 				const char *name)
@@ -93,7 +84,7 @@ static void ferry_list_register(struct imapc_storage_client *client,
 void ferry_old_list_guard_arm(struct mail_user *old, unsigned int max)
 {
 	struct ferry_list_guard *g = &ferry_list_guard;
-	struct imapc_storage_client *client = ferry_old_client(old);
+	struct imapc_storage_client *client = ferry_old_storage_client(old);
 
 	i_zero(g);
 	if (max == 0)

@@ -106,14 +106,19 @@ static const char *ferry_user_state_path(struct mail_user *user)
 /* Format: "key=value" lines; unknown keys are ignored so that newer
    versions can add to it. */
 int ferry_state_parse(const char *text, time_t *tree_r, time_t *done_r,
-		      const char **error_r)
+		      const char **identity_r, const char **error_r)
 {
 	*tree_r = *done_r = 0;
+	*identity_r = NULL;
 	for (const char *const *line = t_strsplit(text, "\n");
 	     *line != NULL; line++) {
 		const char *value;
 		long long n;
 
+		if (str_begins(*line, "identity=")) {
+			*identity_r = *line + 9;
+			continue;
+		}
 		if (str_begins(*line, "tree=")) value = *line + 5;
 		else if (str_begins(*line, "done=")) value = *line + 5;
 		else continue;
@@ -132,12 +137,13 @@ int ferry_state_parse(const char *text, time_t *tree_r, time_t *done_r,
 int ferry_user_state_read(struct mail_user *user, const char **error_r)
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
-	const char *path = ferry_user_state_path(user), *error;
-	char buf[1024];
+	const char *path = ferry_user_state_path(user), *error, *identity;
+	char buf[2048];
 	ssize_t ret;
 	int fd;
 
 	fuser->tree_synced = fuser->done = 0;
+	fuser->identity = NULL;
 	if (path == NULL)
 		return 0; /* in-memory storage: nothing persisted */
 	fd = open(path, O_RDONLY);
@@ -155,10 +161,12 @@ int ferry_user_state_read(struct mail_user *user, const char **error_r)
 	}
 	buf[ret] = '\0';
 	if (ferry_state_parse(buf, &fuser->tree_synced, &fuser->done,
-			      &error) < 0) {
+			      &identity, &error) < 0) {
 		*error_r = t_strdup_printf("%s: %s", path, error);
 		return -1;
 	}
+	if (identity != NULL)
+		fuser->identity = p_strdup(user->pool, identity);
 	return 0;
 }
 
@@ -172,9 +180,12 @@ int ferry_user_state_write(struct mail_user *user, const char **error_r)
 
 	if (path == NULL)
 		return 0;
-	data = t_strdup_printf("tree=%lld\ndone=%lld\n",
+	data = t_strdup_printf("tree=%lld\ndone=%lld\n%s%s%s",
 			       (long long)fuser->tree_synced,
-			       (long long)fuser->done);
+			       (long long)fuser->done,
+			       fuser->identity == NULL ? "" : "identity=",
+			       fuser->identity == NULL ? "" : fuser->identity,
+			       fuser->identity == NULL ? "" : "\n");
 	tmp = t_str_new(256);
 	str_append(tmp, path);
 	fd = safe_mkstemp_hostpid(tmp, 0600, (uid_t)-1, (gid_t)-1);

@@ -21,6 +21,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "ferry-identity.h"
 #include "imap-utf7.h"
 
 enum state {
@@ -1687,34 +1688,107 @@ int imap_uid_fetch_pipelined(struct imap_client *c, const uint32_t *uids, size_t
 
 /* ---- identity check ------------------------------------------------------------------- */
 
-struct fingerprint {
-	int inbox_ok;
+/* The decision is include/ferry-identity.h's (shared with the mail plugin);
+ * this is its I/O: the evidence of one session, pipelined in one round trip. */
+struct evidence {
+	struct ferry_identity_evidence *ev;
+	struct ferry_identity_view *view;
+	int session; /* the user's session: ID, NAMESPACE and the other-users check */
+	unsigned done;
 	struct imap_folder inbox;
-	uint64_t names_hash;
-	size_t nfolders;
-	char err[600];
+	char status_err[600], err[600];
 };
 
-static int take_fingerprint(struct imap_client *c, struct fingerprint *fp)
+static void ev_untagged(void *ctx, const struct imap_response *r)
 {
-	memset(fp, 0, sizeof(*fp));
-	fp->inbox.wire = "INBOX";
-	fp->inbox.name = "INBOX";
-	fp->inbox_ok = imap_status(c, &fp->inbox) == 0 && fp->inbox.has_status;
-	if (!fp->inbox_ok)
-		snprintf(fp->err, sizeof(fp->err), "%s", c->error);
-	struct imap_folder_list l;
-	if (imap_list(c, &l) < 0)
+	struct evidence *e = ctx;
+	if (strcmp(r->name, "ID") == 0) {
+		const struct imap_node *l = imap_node_child(r->data, 0);
+		if (l == NULL || l->type != IMAP_NODE_LIST)
+			return;
+		for (const struct imap_node *k = l->children; k != NULL && k->next != NULL;
+		     k = k->next->next)
+			ferry_identity_set_id_field(e->ev, imap_node_text(k), imap_node_text(k->next));
+	} else if (strcmp(r->name, "NAMESPACE") == 0) {
+		/* (personal) (other users) (shared): the first other-users entry */
+		const struct imap_node *first = imap_node_child(imap_node_child(r->data, 1), 0);
+		if (first == NULL || first->type != IMAP_NODE_LIST)
+			return;
+		const char *sep = imap_node_text(imap_node_child(first, 1));
+		ferry_identity_set_other_namespace(e->ev, imap_node_text(imap_node_child(first, 0)),
+						   sep != NULL ? sep[0] : '\0');
+	} else if (strcmp(r->name, "STATUS") == 0) {
+		apply_status(&e->inbox, imap_node_child(r->data, 1));
+	} else if (strcmp(r->name, "LIST") == 0) {
+		const char *wire = imap_node_text(imap_node_child(r->data, 2));
+		if (wire == NULL)
+			return;
+		if (e->session)
+			ferry_identity_session_folder(e->ev, wire);
+		else
+			ferry_identity_view_folder(e->view, wire);
+	}
+}
+
+static void ev_done(void *ctx, const struct imap_response *resp, const char *error)
+{
+	struct evidence *e = ctx;
+	e->done++;
+	(void)resp;
+	if (error != NULL && e->err[0] == '\0')
+		snprintf(e->err, sizeof(e->err), "%s", error);
+}
+
+/* ID and NAMESPACE only inform: a NO or BAD is no evidence */
+static void ev_info_done(void *ctx, const struct imap_response *resp, const char *error)
+{
+	struct evidence *e = ctx;
+	e->done++;
+	(void)resp;
+	(void)error;
+}
+
+static void ev_status_done(void *ctx, const struct imap_response *resp, const char *error)
+{
+	struct evidence *e = ctx;
+	e->done++;
+	(void)resp;
+	if (error != NULL)
+		snprintf(e->status_err, sizeof(e->status_err), "%s", error);
+}
+
+/* ID and NAMESPACE (session only), STATUS INBOX, LIST "" "*", all sent at
+ * once. -1: the session failed (c->error); a NO to STATUS is evidence (no
+ * INBOX), to ID or NAMESPACE none. */
+static int take_evidence(struct imap_client *c, struct evidence *e)
+{
+	struct imap_command id = {.desc = "ID", .untagged = ev_untagged, .untagged_name = "ID",
+				  .done = ev_info_done, .ctx = e};
+	struct imap_command ns = id, st = id, list = id;
+	ns.desc = ns.untagged_name = "NAMESPACE";
+	st.desc = st.untagged_name = "STATUS";
+	st.mailbox = "INBOX";
+	st.done = ev_status_done;
+	list.desc = list.untagged_name = "LIST";
+	list.done = ev_done;
+	e->inbox.wire = e->inbox.name = "INBOX";
+	if (e->session && imap_client_has_cap(c, "ID") && imap_client_command(c, &id, "ID NIL") < 0)
 		return -1;
-	fp->names_hash = 14695981039346656037ull;
-	for (size_t i = 0; i < l.n; i++)
-		for (const char *s = l.v[i].wire;; s++) {
-			fp->names_hash = (fp->names_hash ^ (unsigned char)*s) * 1099511628211ull;
-			if (*s == '\0')
-				break;
-		}
-	fp->nfolders = l.n;
-	imap_folder_list_free(&l);
+	if (e->session && imap_client_has_cap(c, "NAMESPACE") &&
+	    imap_client_command(c, &ns, "NAMESPACE") < 0)
+		return -1;
+	if (imap_client_command(c, &st, "STATUS INBOX (MESSAGES UIDNEXT UIDVALIDITY)") < 0 ||
+	    imap_client_command(c, &list, "LIST \"\" \"*\"") < 0)
+		return -1;
+	if (imap_sync_wait(c) < 0)
+		return -1;
+	if (e->err[0] != '\0') {
+		snprintf(c->error, sizeof(c->error), "%s", e->err);
+		return -1;
+	}
+	if (e->inbox.has_status && e->status_err[0] == '\0')
+		ferry_identity_view_inbox(e->view, e->inbox.uidvalidity, e->inbox.uidnext,
+					  e->inbox.messages);
 	return 0;
 }
 
@@ -1722,75 +1796,81 @@ int imap_identity_check(struct imap_client *session, struct imap_identity *id, c
 			size_t errlen)
 {
 	const struct imap_client_settings *set = &session->set;
-	struct fingerprint mine, theirs;
+	struct ferry_identity_evidence ev;
+	char reason[700];
 	memset(id, 0, sizeof(*id));
 	id->impersonated = 1;
-	if (take_fingerprint(session, &mine) < 0) {
+	ferry_identity_init(&ev, set->user, set->auth_user);
+	struct evidence mine = {.ev = &ev, .view = &ev.session, .session = 1};
+	if (take_evidence(session, &mine) < 0) {
 		snprintf(err, errlen, "identity check for %s failed: %s", set->user, session->error);
 		return -1;
 	}
-	if (!mine.inbox_ok) {
-		snprintf(err, errlen,
-			 "identity check for %s failed: the session has no INBOX (%s); refusing to "
-			 "continue", set->user, mine.err);
-		return -1;
-	}
-	id->inbox_uidvalidity = mine.inbox.uidvalidity;
-	id->inbox_uidnext = mine.inbox.uidnext;
-	id->inbox_messages = mine.inbox.messages;
+	id->inbox_uidvalidity = ev.session.inbox_uidvalidity;
+	id->inbox_uidnext = ev.session.inbox_uidnext;
+	id->inbox_messages = ev.session.inbox_messages;
 	struct imap_namespace ns;
 	if (imap_namespace_personal(session, &ns) == 0 && ns.present) {
 		snprintf(id->personal_prefix, sizeof(id->personal_prefix), "%s", ns.prefix);
 		id->separator[0] = ns.sep;
 	}
-	if (set->expect_inbox_uidvalidity && set->expect_inbox_uidvalidity != mine.inbox.uidvalidity) {
+	if (ev.session.inbox_ok && set->expect_inbox_uidvalidity &&
+	    set->expect_inbox_uidvalidity != ev.session.inbox_uidvalidity) {
 		snprintf(err, errlen,
 			 "identity check for %s failed: INBOX UIDVALIDITY is %u, expected %u from "
-			 "earlier sessions; refusing to continue", set->user, mine.inbox.uidvalidity,
-			 set->expect_inbox_uidvalidity);
+			 "earlier sessions; refusing to continue", set->user,
+			 ev.session.inbox_uidvalidity, set->expect_inbox_uidvalidity);
 		return -1;
 	}
-	if (set->identity == IMAP_IDENTITY_NO_OWN_LOGIN) {
-		id->result = "not compared with the authenticating identity's own mailbox "
-			     "(no login meant to fail)";
+	enum ferry_identity_verdict v = ferry_identity_decide(&ev, reason, sizeof(reason));
+	if (v == FERRY_IDENTITY_COMPARE && set->identity == IMAP_IDENTITY_NO_OWN_LOGIN) {
+		snprintf(id->result, sizeof(id->result),
+			 "not compared with the authenticating identity's own mailbox "
+			 "(no login meant to fail)");
 		return 0;
 	}
-	/* the authenticating identity on its own */
-	struct imap_client_settings own = *set;
-	own.user = set->auth_user;
-	own.auth_user = NULL;
-	own.label = "identity-check";
-	own.log = NULL; /* its expected login failure is not worth a warning */
-	char err2[1024];
-	struct imap_client *admin = imap_sync_connect(&own, NULL, err2, sizeof(err2));
-	if (admin == NULL) {
-		/* a NO to the login: the identity has no mailbox of its own */
-		if (strstr(err2, ": NO") == NULL) {
-			snprintf(err, errlen,
-				 "identity check for %s failed: could not log in as %s alone to compare "
-				 "(%s); refusing to continue", set->user, set->auth_user, err2);
-			return -1;
+	if (v == FERRY_IDENTITY_COMPARE) {
+		/* the authenticating identity on its own */
+		struct imap_client_settings own = *set;
+		own.user = set->auth_user;
+		own.auth_user = NULL;
+		own.label = "identity-check";
+		own.log = NULL; /* its expected login failure is not worth a warning */
+		char err2[1024];
+		struct imap_client *admin = imap_sync_connect(&own, NULL, err2, sizeof(err2));
+		if (admin == NULL) {
+			/* a NO to the login: the identity has no mailbox of its own */
+			if (strstr(err2, ": NO") == NULL) {
+				snprintf(err, errlen,
+					 "identity check for %s failed: could not log in as %s alone to "
+					 "compare (%s); refusing to continue",
+					 set->user, set->auth_user, err2);
+				return -1;
+			}
+			ev.master_login = FERRY_IDENTITY_MASTER_REFUSED;
+		} else {
+			struct evidence theirs = {.ev = &ev, .view = &ev.master_view};
+			int r = take_evidence(admin, &theirs);
+			imap_sync_close(admin);
+			if (r < 0) {
+				snprintf(err, errlen,
+					 "identity check for %s failed: listing %s's own mailbox failed",
+					 set->user, set->auth_user);
+				return -1;
+			}
+			ev.master_login = FERRY_IDENTITY_MASTER_OK;
 		}
-		id->result = "the authenticating identity has no mailbox of its own";
-		return 0;
+		v = ferry_identity_decide(&ev, reason, sizeof(reason));
 	}
-	int r = take_fingerprint(admin, &theirs);
-	imap_sync_close(admin);
-	if (r < 0) {
-		snprintf(err, errlen, "identity check for %s failed: listing %s's own mailbox failed",
-			 set->user, set->auth_user);
+	if (v != FERRY_IDENTITY_PASS) {
+		if (!ev.session.inbox_ok && mine.status_err[0] != '\0')
+			snprintf(err, errlen, "identity check for %s failed: %s (%s); refusing to continue",
+				 set->user, reason, mine.status_err);
+		else
+			snprintf(err, errlen, "identity check for %s failed: %s; refusing to continue",
+				 set->user, reason);
 		return -1;
 	}
-	if (theirs.inbox_ok == mine.inbox_ok && theirs.inbox.uidvalidity == mine.inbox.uidvalidity &&
-	    theirs.inbox.uidnext == mine.inbox.uidnext &&
-	    theirs.inbox.messages == mine.inbox.messages && theirs.names_hash == mine.names_hash) {
-		snprintf(err, errlen,
-			 "identity check for %s failed: the session shows the same mailbox as %s's own "
-			 "login (INBOX UIDVALIDITY %u, %zu folders): the server ignored the "
-			 "authorization identity; refusing to continue",
-			 set->user, set->auth_user, mine.inbox.uidvalidity, mine.nfolders);
-		return -1;
-	}
-	id->result = "differs from the authenticating identity's own mailbox";
+	snprintf(id->result, sizeof(id->result), "%s", reason);
 	return 0;
 }

@@ -122,7 +122,7 @@ int imap_parse_internaldate(const char *s, int64_t *out);
 
 struct imap_identity {
 	int impersonated;    /* logged in with an authorization identity */
-	const char *result;  /* what the check established (static string) */
+	char result[300];    /* what the check established */
 	uint32_t inbox_uidvalidity, inbox_uidnext, inbox_messages;
 	char personal_prefix[128];
 	char separator[4];
@@ -140,13 +140,12 @@ int imap_sync_command(struct imap_client *c, const struct imap_command *cmd, con
 /* Wait until every command in flight is done: 0, or -1 if any failed. */
 int imap_sync_wait(struct imap_client *c);
 
-/* The identity check after an impersonated login:
- * 1. the session's INBOX must exist (STATUS INBOX); if
- *    expect_inbox_uidvalidity is set it must match;
- * 2. the authenticating identity alone logs in on a second connection:
- *    refused -> it has no mailbox of its own, so the session cannot be it;
- *    accepted -> its own INBOX and folder set must differ from the
- *    session's, otherwise the server ignored the authorization identity.
+/* The identity check after an impersonated login, decided by
+ * include/ferry-identity.h (shared with the mail plugin): the session's
+ * INBOX must exist (and match expect_inbox_uidvalidity if set), must not
+ * list the user among other users, and either the server is one that
+ * honours the authorization identity (ID) or the authenticating identity
+ * alone, on a second connection, is refused or shows another mailbox.
  * Anything else refuses to continue. 0 ok, -1 with err. */
 int imap_identity_check(struct imap_client *session, struct imap_identity *id, char *err,
 			size_t errlen);

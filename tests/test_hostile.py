@@ -48,8 +48,12 @@ def _user(scenario):
 def hostile():
     servers = {s: HostileServer(s).start() for s in SCENARIOS}
     sb = Sandbox(users=tuple(_user(s) for s in SCENARIOS), new_userdb_extra={
+        # the user logs in as itself (an empty override reads as "yes"): the
+        # scripted server shows every login the same mailbox, which the
+        # identity check of a master login refuses (test_identity.py)
         _user(s): "userdb_imapc_port=%d userdb_imapc_cmd_timeout=3s "
-                  "userdb_imapc_connection_retry_count=0" % srv.port
+                  "userdb_imapc_connection_retry_count=0 userdb_imapc_master_user=%s"
+                  % (srv.port, _user(s))
         for s, srv in servers.items()})
     try:
         sb.start()

@@ -25,13 +25,21 @@ FETCH/UID FETCH, SEARCH, NOOP, CLOSE/UNSELECT, LOGOUT). Scenarios:
                 RFC822.SIZE is under-reported (SHORT_ANNOUNCED); Other with
                 one small, truthful message. FETCH answers FLAGS,
                 INTERNALDATE, RFC822.SIZE, BODY[] and BODY[]<offset.length>
+  identity      (not in SCENARIOS: test_identity.py) a server that honours
+                the authorization identity of AUTHENTICATE PLAIN for the
+                users in IDENTITY_HONOURED and ignores it for the others:
+                their session is the authenticating identity's own mailbox
+                (INBOX + "Admin-Payroll"); each user's own is INBOX +
+                "Mine-<user>", every mailbox with its own UIDVALIDITY
 
 Every name that would be a path escape contains ESCAPE_MARK, so a test can
 look for it anywhere on the filesystem.
 """
+import base64
 import re
 import socket
 import threading
+import zlib
 
 ESCAPE_MARK = "ferry-escape"
 STREAM_CAP = 256 << 20  # bytes sent for the 1 TiB literal / the endless line
@@ -76,6 +84,7 @@ def _names_slash():
 
 SCENARIOS = ("names-slash", "names-dot", "deep", "many", "huge-literal", "endless-line",
              "short-size")
+IDENTITY_HONOURED = frozenset(("id-ok1", "id-ok2"))
 
 
 def _quote(name):
@@ -88,7 +97,7 @@ def _quote(name):
 
 class HostileServer:
     def __init__(self, scenario, host="127.0.0.1"):
-        assert scenario in SCENARIOS, scenario
+        assert scenario in SCENARIOS + ("identity",), scenario
         self.scenario = scenario
         self.sep = "." if scenario == "names-dot" else "/"
         self.lsock = socket.socket()
@@ -101,9 +110,34 @@ class HostileServer:
         self.commands = []  # (scenario, command line) seen, for the tests
         self.streamed = 0  # bytes of literal / endless line sent
         self.threads = []
+        self.local = threading.local()  # per session: whose mailbox it shows
+        self.logins = []  # identity: (authorization id, whose mailbox it got)
 
     # ---- folders -------------------------------------------------------------
+    def owner(self):
+        return getattr(self.local, "owner", None) or ""
+
+    def uidvalidity(self):
+        if self.scenario != "identity":
+            return 7
+        return 1000 + zlib.crc32(self.owner().encode()) % 100000
+
+    def _authenticate(self, raw_b64):
+        """identity: AUTHENTICATE PLAIN authzid NUL authcid NUL password"""
+        try:
+            authzid, authcid, _ = base64.b64decode(raw_b64).decode().split("\0")
+        except ValueError:
+            return
+        owner = authzid if authzid in IDENTITY_HONOURED or not authzid else authcid
+        self.local.owner = owner
+        self.logins.append((authzid or authcid, owner))
+
     def folders(self):
+        if self.scenario == "identity":
+            owner = self.owner()
+            if owner.startswith("id-"):
+                return ["INBOX", "Mine-" + owner]
+            return ["INBOX", "Admin-Payroll"]
         if self.scenario == "names-slash":
             return _names_slash()
         if self.scenario == "names-dot":  # "/" is then part of one level's name
@@ -212,11 +246,17 @@ class HostileServer:
         if cmd == b"CAPABILITY":
             conn.sendall(b"* CAPABILITY %s\r\n" % CAPS + ok)
         elif cmd == b"LOGIN":
+            if args:
+                self.local.owner = args[0].strip(b'"').decode("utf-8", "replace")
+                self.logins.append((self.local.owner, self.local.owner))
             conn.sendall(tag + b" OK [CAPABILITY %s] Logged in (scripted)\r\n" % CAPS)
         elif cmd == b"AUTHENTICATE":
             if len(args) < 2:  # no initial response: ask for it
                 conn.sendall(b"+ \r\n")
-                f.readline(1 << 16)
+                resp = f.readline(1 << 16).strip()
+            else:
+                resp = args[1].split(b" ")[0]
+            self._authenticate(resp)
             conn.sendall(tag + b" OK [CAPABILITY %s] Logged in (scripted)\r\n" % CAPS)
         elif cmd == b"ID":
             conn.sendall(b'* ID ("name" "ferry-hostile")\r\n' + ok)
@@ -227,15 +267,15 @@ class HostileServer:
         elif cmd == b"STATUS":
             box = self._box_arg(args)
             n = self.messages(box)
-            conn.sendall(b"* STATUS %s (MESSAGES %d UIDNEXT %d UIDVALIDITY 7 UNSEEN 0 RECENT 0)\r\n"
-                         % (_quote(box or "INBOX"), n, n + 1) + ok)
+            conn.sendall(b"* STATUS %s (MESSAGES %d UIDNEXT %d UIDVALIDITY %d UNSEEN 0 RECENT 0)"
+                         b"\r\n" % (_quote(box or "INBOX"), n, n + 1, self.uidvalidity()) + ok)
         elif cmd in (b"SELECT", b"EXAMINE"):
             box = self._box_arg(args)
             n = self.messages(box)
             conn.sendall(b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft)\r\n"
                          b"* OK [PERMANENTFLAGS ()] x\r\n* %d EXISTS\r\n* 0 RECENT\r\n"
-                         b"* OK [UIDVALIDITY 7] x\r\n* OK [UIDNEXT %d] x\r\n"
-                         b"%s OK [READ-ONLY] selected\r\n" % (n, n + 1, tag))
+                         b"* OK [UIDVALIDITY %d] x\r\n* OK [UIDNEXT %d] x\r\n"
+                         b"%s OK [READ-ONLY] selected\r\n" % (n, self.uidvalidity(), n + 1, tag))
         elif cmd in (b"FETCH", b"UID FETCH"):
             return self._fetch(conn, tag, b" ".join(args), selected)
         elif cmd in (b"SEARCH", b"UID SEARCH"):
