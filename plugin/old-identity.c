@@ -34,6 +34,8 @@ struct ferry_identity_io {
 	uint32_t uidvalidity, uidnext, messages;
 	/* a command that failed other than by NO/BAD (connection lost) */
 	const char *failure;
+	/* the session's login was refused while AUTH=PLAIN was not offered */
+	bool no_auth_plain;
 	/* the master's own login's reply */
 	bool login_returned;
 	enum imapc_command_state login_state;
@@ -176,6 +178,19 @@ static bool ferry_identity_offers_plain(struct imapc_client *client)
 	return TRUE;
 }
 
+/* called by imapc as a login fails, before it disconnects: the
+   capabilities are still the connection's */
+static void ferry_identity_state_cb(void *context,
+				    enum imapc_state_change_event event,
+				    const char *error ATTR_UNUSED)
+{
+	struct ferry_identity_io *io = context;
+
+	if (event == IMAPC_STATE_CHANGE_AUTH_FAILED &&
+	    !ferry_identity_offers_plain(io->client))
+		io->no_auth_plain = TRUE;
+}
+
 static void ferry_identity_login_cb(const struct imapc_command_reply *reply,
 				    void *context)
 {
@@ -273,13 +288,17 @@ int ferry_old_identity_check(struct mail_user *user, struct mail_user *old,
 	io.session = TRUE;
 	client->untagged_callback = ferry_identity_untagged;
 	client->untagged_context = &io;
+	imapc_client_register_state_change_callback(client,
+		ferry_identity_state_cb, &io);
 	ferry_identity_gather(&io);
+	client->state_change_callback = NULL;
+	client->state_change_context = NULL;
 	client->untagged_callback = saved_untagged;
 	client->untagged_context = saved_untagged_ctx;
 
 	/* the login is imapc-storage's: its callback keeps the result */
 	if (sclient->auth_failed_state != IMAPC_COMMAND_STATE_OK) {
-		if (!ferry_identity_offers_plain(client)) {
+		if (io.no_auth_plain) {
 			*permanent_r = TRUE;
 			*error_r = "the old server does not support master "
 				"logins: it offers no AUTH=PLAIN; set per-user "

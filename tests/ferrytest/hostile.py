@@ -128,7 +128,7 @@ class HostileServer:
             authzid, authcid, _ = base64.b64decode(raw_b64).decode().split("\0")
         except ValueError:
             return
-        owner = authzid if authzid in IDENTITY_HONOURED or not authzid else authcid
+        owner = authzid if authzid in IDENTITY_HONOURED else authcid
         self.local.owner = owner
         self.logins.append((authzid or authcid, owner))
 
