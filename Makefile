@@ -2,7 +2,8 @@
 #   make            build into build/
 #   make check      install missing Debian packages (as root), build, run all tests
 #   make demo       the same prerequisites, then a live migration on the sandbox
-#   make install    install the plugins into Dovecot's module directories
+#   make install    plugins, ferryd, ferryctl, unit, man pages (mk/install.mk)
+#   make deb        the Debian packages (mk/deb.mk)
 
 DOVECOT_INC   ?= /usr/include/dovecot
 DOVECOT_LIB   ?= /usr/lib/dovecot
@@ -14,9 +15,13 @@ PYTEST_ARGS   ?=
 # Dovecot's headers need GNU C (typeof, statement expressions).
 WARN      = -Wall -Wextra -Werror -Wno-unused-parameter -Wmissing-prototypes \
             -Wmissing-declarations -Wpointer-arith
+# EXTRA_CFLAGS/EXTRA_LDFLAGS: a packager's flags (debian/rules: hardening)
 PLUGIN_CFLAGS = -std=gnu11 -O2 -g -fPIC -DHAVE_CONFIG_H -I$(DOVECOT_INC) \
-            -Iplugin -Iinclude $(WARN) $(SANITIZE)
-PLUGIN_LDFLAGS = -shared -L$(DOVECOT_LIB) -Wl,-rpath,$(DOVECOT_LIB) $(SANITIZE)
+            -Iplugin -Iinclude $(WARN) $(SANITIZE) $(EXTRA_CFLAGS)
+# Dovecot has libdovecot loaded when it loads a plugin: the run path only
+# helps tools that load the plugin alone (the packages set it empty)
+PLUGIN_RPATH ?= -Wl,-rpath,$(DOVECOT_LIB)
+PLUGIN_LDFLAGS = -shared -L$(DOVECOT_LIB) $(PLUGIN_RPATH) $(SANITIZE) $(EXTRA_LDFLAGS)
 
 PLUGIN_SRCS = plugin/ferry-plugin.c plugin/state.c plugin/old.c plugin/old-identity.c plugin/old-body.c plugin/old-list.c plugin/old-status.c plugin/map.c \
               plugin/tree.c plugin/pull.c plugin/mirror.c plugin/rollback.c plugin/lazy.c plugin/background.c plugin/ferryd-notify.c
@@ -43,7 +48,7 @@ UNIT_TESTS =
 .DEFAULT_GOAL := all
 include $(sort $(wildcard mk/*.mk))
 
-.PHONY: all plugin deps check check-asan unit demo install clean format
+.PHONY: all plugin deps check check-asan unit demo clean format
 
 all: $(ALL_TARGETS)
 plugin: $(PLUGIN_SO) $(DOVEADM_SO)
@@ -87,11 +92,6 @@ check-asan: deps
 demo: deps
 	$(MAKE) all
 	cd tests && $(PYTHON) demo.py
-
-install: all
-	install -m 0644 $(PLUGIN_SO) $(DESTDIR)$(MODULEDIR)/
-	install -d $(DESTDIR)$(MODULEDIR)/doveadm
-	install -m 0644 $(DOVEADM_SO) $(DESTDIR)$(MODULEDIR)/doveadm/
 
 format:
 	clang-format -i plugin/*.c plugin/*.h common/*.c include/*.h

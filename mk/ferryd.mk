@@ -2,8 +2,8 @@
 # Included by the main Makefile; builds into $(BUILD)/ and honours $(SANITIZE).
 
 FERRYD_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
-                -Wmissing-prototypes -Wpointer-arith -iquote service -iquote include $(SANITIZE)
-FERRYD_LDFLAGS = $(SANITIZE)
+                -Wmissing-prototypes -Wpointer-arith -iquote service -iquote include $(SANITIZE) $(EXTRA_CFLAGS)
+FERRYD_LDFLAGS = $(SANITIZE) $(EXTRA_LDFLAGS)
 FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto -lresolv
 
 FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret userstate \

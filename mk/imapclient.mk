@@ -4,8 +4,8 @@
 
 IMAPC_CFLAGS  = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -O2 -g -Iservice -iquote include \
                 -Wall -Wextra -Werror -Wno-unused-parameter -Wmissing-prototypes \
-                -Wno-format-truncation $(SANITIZE)
-IMAPC_LDFLAGS = $(SANITIZE)
+                -Wno-format-truncation $(SANITIZE) $(EXTRA_CFLAGS)
+IMAPC_LDFLAGS = $(SANITIZE) $(EXTRA_LDFLAGS)
 IMAPC_LIBS    = -levent_openssl -levent -lssl -lcrypto -ljansson
 
 IMAPC_SRCS = service/imap-parser.c service/imap-utf7.c service/imap-client.c \
