@@ -49,7 +49,8 @@
 #define FERRY_COL_OLD_FOLDER "old_folder"
 #define FERRY_COL_REASON "reason"       /* why excluded or skipped */
 
-/* doveadm ferry pull and sync columns (folder, state as above) */
+/* doveadm ferry pull and sync columns (folder, state, copied as above) */
+#define FERRY_COL_BYTES "bytes"         /* size of the messages copied */
 #define FERRY_COL_FLAG_CHANGES "flag_changes"
 #define FERRY_COL_EXPUNGED "expunged"
 #define FERRY_COL_SKIPPED "skipped"

@@ -89,6 +89,7 @@ static void ferry_pull_print(const struct ferry_pull_result *res,
 	doveadm_print(res->vname);
 	doveadm_print(error != NULL ? FERRY_STATE_FAILED : ferry_box_state_name(res->state));
 	doveadm_print_num(res->copied);
+	doveadm_print_num(res->bytes);
 	doveadm_print_num(res->renumbered);
 	doveadm_print_num(res->flag_changes);
 	doveadm_print_num(res->expunged);
@@ -133,6 +134,7 @@ static void ferry_cmd_pull_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED
 	doveadm_print_header_simple(FERRY_COL_FOLDER);
 	doveadm_print_header_simple(FERRY_COL_STATE);
 	doveadm_print_header_simple(FERRY_COL_COPIED);
+	doveadm_print_header_simple(FERRY_COL_BYTES);
 	doveadm_print_header_simple(FERRY_COL_RENUMBERED);
 	doveadm_print_header_simple(FERRY_COL_FLAG_CHANGES);
 	doveadm_print_header_simple(FERRY_COL_EXPUNGED);

@@ -187,13 +187,13 @@ static void record_status(struct job *j, json_t *rows, int *all_complete_r)
 	*all_complete_r = all;
 }
 
-/* ferryPull rows: folder state copied renumbered messages error */
+/* ferryPull rows: folder state copied bytes renumbered messages error */
 static void record_pull(struct job *j, json_t *rows)
 {
 	struct dispatch *d = j->d;
 	size_t i;
 	json_t *row;
-	char copied[32], messages[32];
+	char copied[32], messages[32], bytes[32];
 
 	json_array_foreach(rows, i, row) {
 		struct folder_rec f;
@@ -220,8 +220,10 @@ static void record_pull(struct job *j, json_t *rows)
 		log_event(d, j->user, f.name, "folder-pulled", c > 0 ? c : 0, f.messages, NULL);
 		snprintf(copied, sizeof(copied), "%lld", (long long)(c > 0 ? c : 0));
 		snprintf(messages, sizeof(messages), "%lld", (long long)f.messages);
+		snprintf(bytes, sizeof(bytes), "%lld", (long long)jnum(row, FERRY_COL_BYTES));
 		evlog("info", "folder-pulled", "user", j->user, "folder", f.name,
-		      "state", f.state, "copied", copied, "messages", messages, NULL);
+		      "state", f.state, "copied", copied, "messages", messages,
+		      "bytes", bytes[0] != '-' ? bytes : NULL, NULL);
 	}
 }
 

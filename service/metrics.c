@@ -53,7 +53,7 @@ static struct {
 	const int *draining;
 	time_t start_time;
 
-	unsigned long long pulls_started, folders_pulled, messages_copied;
+	unsigned long long pulls_started, folders_pulled, messages_copied, bytes_copied;
 	unsigned long long pulls[PR_COUNT];
 	unsigned long long pull_failures[NREASONS];  /* every failed attempt */
 	unsigned long long users_failed[NREASONS];
@@ -195,10 +195,12 @@ static void on_event(const char *level, const char *event, const char *const *kv
 		if (user != NULL)
 			inflight_add(user, get(kv, n, "host"), 0);
 	} else if (strcmp(event, "folder-pulled") == 0) {
-		const char *c = get(kv, n, "copied");
+		const char *c = get(kv, n, "copied"), *b = get(kv, n, "bytes");
 		m.folders_pulled++;
 		if (c != NULL)
 			m.messages_copied += strtoull(c, NULL, 10);
+		if (b != NULL)
+			m.bytes_copied += strtoull(b, NULL, 10);
 	} else if (strcmp(event, "pulls-complete") == 0 || strcmp(event, "user-done") == 0) {
 		pull_end(user, PR_OK);
 	} else if (strcmp(event, "pull-failed") == 0) {
@@ -505,6 +507,9 @@ static void render(struct evbuffer *out)
 		m.folders_pulled);
 	counter(out, "ferry_messages_copied_total", "Messages copied by ferryd's pulls",
 		m.messages_copied);
+	counter(out, "ferry_bytes_copied_total",
+		"Size of the messages copied by ferryd's pulls (RFC822.SIZE on the old server)",
+		m.bytes_copied);
 	histogram(out, "ferry_pull_duration_seconds",
 		  "Duration of a user's pull job, start to the last answer", &m.pull_seconds);
 	by_label(out, "ferry_verifications_total", "counter", "Verification runs by result",

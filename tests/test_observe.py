@@ -160,10 +160,12 @@ def test_metrics_count_what_happened(sandbox, ferryd):
     wait_until(lambda: settled(ferryd, W2), 120, "wave w2 verified")
     text = scrape(ferryd)
     end = parse(text)
-    on_new = sum(len(f.messages) for u in W1 + W2
-                 for f in snapshot(sandbox, "new", u).folders.values() if f.selectable)
+    msgs = [m for u in W1 + W2 for f in snapshot(sandbox, "new", u).folders.values()
+            if f.selectable for m in f.messages.values()]
+    on_new = len(msgs)
     assert on_new > 0
     assert value(end, "ferry_messages_copied_total") == on_new
+    assert value(end, "ferry_bytes_copied_total") == sum(m.size for m in msgs)
     assert value(end, "ferry_folder_messages", server="new") == on_new
     started = value(end, "ferry_pulls_started_total")
     assert started == len(W1 + W2) + 2
