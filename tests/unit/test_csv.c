@@ -94,3 +94,18 @@ Test(csv, quoted_newline_keeps_line_numbers)
 	csv_users_free(&u);
 	expect_error("user,endpoint,password\na,h,\"x\ny\"\nb,h:0,\n", "line 4: endpoint");
 }
+
+Test(csv, write_field_quotes_and_defuses_formulas)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *fp = open_memstream(&text, &len);
+
+	csv_write_field(fp, "plain", 0);
+	csv_write_field(fp, "a,b \"q\"", 0);
+	csv_write_field(fp, "=HYPERLINK(\"x\")", 0);
+	csv_write_field(fp, NULL, 1);
+	fclose(fp);
+	cr_assert_str_eq(text, "plain,\"a,b \"\"q\"\"\",\"'=HYPERLINK(\"\"x\"\")\",\r\n");
+	free(text);
+}
