@@ -7,7 +7,8 @@ master's own mailbox, which must never be copied into the user's.
   authzid=alice logs admin in as admin. The lazy path (SELECT, LIST) and
   `doveadm ferry pull` are refused; alice's new mailbox gets no message and
   no folder; NEW's log names the identity failure as a security event;
-  doveadm exits EX_NOPERM (77), which ferryd reads as permanent.
+  doveadm exits EX_NOPERM (77), which ferryd reads as permanent: ferryd
+  marks alice failed with that reason after one attempt, no retry.
   (Courier's STARTTLS needs couriertls to find its daemon user, which the
   unpacked install does not have: this Courier offers AUTH=PLAIN without
   TLS instead, the same authzid handling.)
@@ -27,7 +28,8 @@ import time
 
 import pytest
 
-from ferrytest import corpus, courier, oldservers
+from ferrytest import corpus, oldservers
+from ferrytest.ferryd import Ferryd
 from ferrytest.hostile import IDENTITY_HONOURED, HostileServer
 from ferrytest.sandbox import Sandbox, password, wait_until
 
@@ -123,7 +125,7 @@ def env():
                          "IMAP_CAPABILITY_TLS": NO_PLAIN_CAPS + " AUTH=PLAIN"})
     hostile = HostileServer("identity").start()
     relay_bob = Relay(co_notls.port())
-    sb = Sandbox(users=USERS)
+    sb = Sandbox(users=USERS, doveadm_http=True)
     relay_carol = Relay(sb.port("old"), delay=0.05)
     extra = {"alice": _userdb(co.port()), "bob": _userdb(relay_bob.port),
              "carol": "userdb_imapc_port=%d" % relay_carol.port}
@@ -247,3 +249,34 @@ def test_scripted_server_every_ignored_identity_refused(env):
             assert folders == [] and msgs == [], folders
     ignored = {authz for authz, owner in hostile.logins if authz != owner}
     assert ignored == {"id-bad1", "id-bad2"}, hostile.logins
+
+
+def test_ferryd_marks_the_user_failed_without_retrying(env):
+    """ferryd drives alice's pull through doveadm's HTTP API: the refusal
+    (exit 77) is permanent, so alice is failed at the first attempt with
+    the identity failure as the reason (retry_limit 3 would retry a
+    temporary one), and nothing reaches her mailbox."""
+    sb = env["sb"]
+    fd = Ferryd(sb, retry_limit=3, retry_base=1, retry_max_delay=2)
+    fd.start()
+    try:
+        path = os.path.join(sb.root, "identity-users.csv")
+        with open(path, "w") as f:
+            f.write("user,old_login,new_login,endpoint,wave\n")
+            f.write("alice,alice,alice,127.0.0.1:%d,w1\n" % env["co"].port())
+        fd.ctl("wave", "create", "w1")
+        fd.ctl("import", path)
+        fd.ctl("start")
+        wait_until(lambda: fd.users()["alice"]["state"] == "failed"
+                   and not fd.users()["alice"]["running"], 120, "alice failed")
+        alice = fd.users()["alice"]
+        assert alice["attempts"] == 1, alice
+        assert "identity check for alice failed" in alice["error"], alice
+        assert "ignored the authorization identity" in alice["error"], alice
+        events = [e["event"] for e in fd.log(user="alice")]
+        assert events.count("pull-start") == 1 and "user-failed" in events, events
+        assert "pull-failed" not in events, events  # pull-failed: a retry is scheduled
+    finally:
+        fd.stop()
+    msgs, folders = _messages_and_folders(sb, "alice")
+    assert msgs == [] and folders == []
