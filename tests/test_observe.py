@@ -157,7 +157,19 @@ def test_metrics_count_what_happened(sandbox, ferryd):
     assert value(mid, "ferry_verify_duration_seconds_count") == len(W1)
 
     ferryd.ctl("start", "--wave", "w2")
+    # while it runs: pulls in flight and old-server sessions per host,
+    # within max_per_host
+    busy = []
+
+    def in_flight():
+        s = parse(scrape(ferryd))
+        busy.append((value(s, "ferry_pulls_in_flight", host="127.0.0.1"),
+                     value(s, "ferry_old_sessions", host="127.0.0.1")))
+        return busy[-1][0] >= 1
+    wait_until(in_flight, 60, "a pull in flight on /metrics", interval=0.05)
     wait_until(lambda: settled(ferryd, W2), 120, "wave w2 verified")
+    assert max(p for p, _ in busy) <= 2 and max(s for _, s in busy) <= 2, busy
+    assert all(s >= p for p, s in busy), busy
     text = scrape(ferryd)
     end = parse(text)
     msgs = [m for u in W1 + W2 for f in snapshot(sandbox, "new", u).folders.values()
@@ -291,6 +303,7 @@ def test_dashboard_in_a_browser(sandbox, ferryd):
             return v == 100
         wait_until(progressed, 120, "wave w3 at 100% on the page", interval=0.1)
         assert seen == sorted(seen) and seen[0] == 0 and seen[-1] == 100, seen
+        print("\nwave w3 progress seen on the page: %s%%" % seen)
         b.wait_js("document.querySelector('#chart svg')?.dataset.points > 0", 30,
                   "the throughput chart")
         b.wait_js("document.querySelector('[data-eta=\"w3\"]').textContent === 'finished'", 30,
