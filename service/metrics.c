@@ -77,7 +77,8 @@ const char *metrics_reason_class(const char *e)
 	if (strcasestr(e, "verification failed") != NULL)
 		return "verify";
 	if (strcasestr(e, "authentication") != NULL || strstr(e, "AUTHENTICATIONFAILED") != NULL ||
-	    strcasestr(e, "login failed") != NULL || strcasestr(e, "refused the API key") != NULL)
+	    strcasestr(e, "login failed") != NULL || strcasestr(e, "refused the API key") != NULL ||
+	    strcasestr(e, "identity check") != NULL)
 		return "auth";
 	if (strcasestr(e, "timed out") != NULL || strcasestr(e, "timeout") != NULL)
 		return "timeout";

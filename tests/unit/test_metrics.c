@@ -13,6 +13,8 @@ Test(metrics, reason_classes)
 		{ "doveadm HTTP API refused the API key (HTTP 401): check doveadm_api_key_file",
 		  "auth" },
 		{ "verification failed: Bulk: flags 1 (first: uid 3)", "verify" },
+		{ "identity check for alice failed: the master login alone sees the same "
+		  "mailbox", "auth" },
 		{ "old server: imapc: connect(127.0.0.1:143) failed: Connection refused "
 		  "(doveadm: temporary failure (exit code 75))", "connect" },
 		{ "doveadm request timed out after 3600 s", "timeout" },
