@@ -11,7 +11,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_DIR     ?= $(BUILD)/fuzz
 FUZZ_CC      ?= clang
 FUZZ_ARGS    ?= -rss_limit_mb=1024 -timeout=10 -print_final_stats=1
-FUZZSVC_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -iquote service \
+FUZZSVC_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -iquote service -iquote include \
                  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
                  -fno-omit-frame-pointer
 FUZZSVC_BINS = $(FUZZSVC_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
@@ -37,7 +37,7 @@ $(FUZZ_DIR)/fuzz_api_json: fuzz/fuzz_api_json.c $(FUZZSVC_API_SRCS) $(wildcard s
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZSVC_CFLAGS) -Iinclude -o $@ fuzz/fuzz_api_json.c $(FUZZSVC_API_SRCS) \
 	    $(COMMON_SRCS) \
-	    -levent_openssl -levent -lsqlite3 -ljansson -lssl -lcrypto
+	    -levent_openssl -levent -lsqlite3 -ljansson -lssl -lcrypto -lresolv
 
 fuzz-service: fuzz-service-build
 	@for t in $(FUZZSVC_TARGETS); do \

@@ -190,6 +190,7 @@ char *sieve_rewrite_fileinto(const char *script, const struct sieve_folder_map *
 		if (t == T_ERROR) {
 			snprintf(err, errlen, "%s", lx.err);
 			free(res);
+			sieve_rewrites_free(out);
 			return NULL;
 		}
 		if (t == T_END)
@@ -269,6 +270,7 @@ char *sieve_rewrite_fileinto(const char *script, const struct sieve_folder_map *
 		char *nr = realloc(res, olen + (lx.len - copied) + 1);
 		if (nr == NULL) {
 			free(res);
+			sieve_rewrites_free(out);
 			return NULL;
 		}
 		res = nr;

@@ -35,7 +35,8 @@ struct sieve_rewrites {
 };
 
 /* The script with every fileinto folder mapped (malloc); NULL on a script
- * the tokenizer cannot follow (err says where): it is then stored as is. */
+ * the tokenizer cannot follow (err says where; out is then empty): it is
+ * then stored as is. */
 char *sieve_rewrite_fileinto(const char *script, const struct sieve_folder_map *map,
 			     struct sieve_rewrites *out, char *err, size_t errlen);
 void sieve_rewrites_free(struct sieve_rewrites *r);
