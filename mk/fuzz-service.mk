@@ -11,7 +11,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_DIR     ?= $(BUILD)/fuzz
 FUZZ_CC      ?= clang
 FUZZ_ARGS    ?= -rss_limit_mb=1024 -timeout=10 -print_final_stats=1
-FUZZSVC_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -iquote service -iquote include \
+FUZZSVC_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -iquote service \
                  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
                  -fno-omit-frame-pointer
 FUZZSVC_BINS = $(FUZZSVC_TARGETS:%=$(FUZZ_DIR)/fuzz_%)

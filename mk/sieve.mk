@@ -15,9 +15,9 @@ $(SIEVE_UNIT): tests/unit/test_sieve_dns.c $(FERRYD_CORE_OBJS) $(BUILD)/libferry
 # libFuzzer: scripts and ManageSieve lines from the old server
 #   make fuzz-sieve FUZZ_SECONDS=600
 $(FUZZ_DIR)/fuzz_sieve: fuzz/fuzz_sieve.c service/sieve.c service/managesieve.c \
-                        $(IMAPC_SRCS) $(IMAPC_HDRS)
+                        $(IMAPC_SRCS) $(IMAPC_HDRS) $(COMMON_SRCS) $(COMMON_HDRS)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -iquote include -o $@ fuzz/fuzz_sieve.c $(IMAPC_SRCS) \
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Iinclude -o $@ fuzz/fuzz_sieve.c $(IMAPC_SRCS) $(COMMON_SRCS) \
 	    -levent_openssl -levent -lssl -lcrypto -ljansson
 
 .PHONY: fuzz-sieve
