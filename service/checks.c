@@ -981,6 +981,8 @@ void checks_drop_queued(struct checks *ch)
 
 void checks_cancel_all(struct checks *ch)
 {
+	char host[256];
+
 	while (ch->runs != NULL) {
 		struct run *r = ch->runs;
 		if (r->started) {
@@ -991,6 +993,10 @@ void checks_cancel_all(struct checks *ch)
 			}
 			ch->nrunning--;
 			evlog("warning", "check-abandoned", "user", r->user, "kind", r->kind, NULL);
+			snprintf(host, sizeof(host), "%s", r->host);
+			drop(r, "ferryd stopped during the run");
+			ch->cb(host, ch->ctx);  /* its old-host slot is free again */
+			continue;
 		}
 		drop(r, "ferryd stopped during the run");
 	}

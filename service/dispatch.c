@@ -481,6 +481,8 @@ int dispatch_start(struct dispatch *d, const struct user_rec *u)
 
 void dispatch_cancel_all(struct dispatch *d)
 {
+	char host[256], user[256];
+
 	while (d->jobs != NULL) {
 		struct job *j = d->jobs;
 
@@ -492,7 +494,10 @@ void dispatch_cancel_all(struct dispatch *d)
 		log_event(d, j->user, NULL, "pull-abandoned", j->copied, 0,
 			  "ferryd stopped before the pull answered");
 		evlog("warning", "pull-abandoned", "user", j->user, NULL);
+		snprintf(host, sizeof(host), "%s", j->host);
+		snprintf(user, sizeof(user), "%s", j->user);
 		job_free(j);
+		d->cb(user, host, d->ctx);  /* its old-host slot is free again */
 	}
 }
 

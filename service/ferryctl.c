@@ -455,6 +455,8 @@ static void cmd_simple(int argc, char **argv)
 	if (strcmp(what, "start") == 0)
 		printf("started %lld users (%s)\n",
 		       (long long)json_integer_value(json_object_get(j, "started")), scope);
+	else if (strcmp(what, "sync") == 0 && json_is_true(json_object_get(j, "queued")))
+		printf("sync of %s queued: a pass of it is running, this one follows\n", scope);
 	else if (strcmp(what, "sync") == 0)
 		printf("sync of %s queued first\n", scope);
 	else
@@ -791,6 +793,8 @@ static int wait_cutover(const char *wave, const char *what)
 	struct timespec ts = { 0, 200 * 1000 * 1000 };
 	json_t *j;
 
+	char waiting[400] = "";
+
 	add_query(path, sizeof(path), "wave", wave);
 	for (;;) {
 		const char *state;
@@ -798,6 +802,12 @@ static int wait_cutover(const char *wave, const char *what)
 		state = jstr(j, "state");
 		if (strcmp(state, "done") == 0 || strcmp(state, "failed") == 0)
 			break;
+		/* why it takes long: a member's pass runs (said once per change) */
+		if (*jstr(j, "waiting") != '\0' && strcmp(jstr(j, "waiting"), waiting) != 0) {
+			snprintf(waiting, sizeof(waiting), "%s", jstr(j, "waiting"));
+			printf("%s of wave %s: %s\n", what, wave, waiting);
+			fflush(stdout);
+		}
 		json_decref(j);
 		nanosleep(&ts, NULL);  /* a human is waiting, not a test */
 	}

@@ -6,7 +6,8 @@
                                            re-encrypt the stored passwords
                                            to secret_key_file, then exit
    SIGTERM/SIGINT: stop starting pulls, wait up to drain_timeout for those
-   in flight, exit. SIGHUP: reload the configuration. Started as root it
+   in flight and for cut-overs and rollbacks until they end, exit; a second
+   SIGTERM/SIGINT exits at once. SIGHUP: reload the configuration. Started as root it
    drops to `user` once the socket and files are open (runas.h). */
 #include <errno.h>
 #include <fcntl.h>
@@ -179,7 +180,8 @@ static void kick(void *arg)
 {
 	struct daemon *d = arg;
 
-	event_active(d->kick, EV_TIMEOUT, 0);
+	if (d->kick != NULL)  /* NULL: a start that failed, nothing runs */
+		event_active(d->kick, EV_TIMEOUT, 0);
 }
 
 static int in_flight(struct daemon *d)
@@ -225,11 +227,19 @@ static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	snprintf(n, sizeof(n), "%d", in_flight(d));
+	snprintf(n, sizeof(n), "%d", dispatch_in_flight(d->disp) + checks_running(d->checks));
 	evlog("warning", "drain-timeout", "abandoned", n, NULL);
 	dispatch_cancel_all(d->disp);
 	checks_cancel_all(d->checks);
-	/* cut-overs in flight: cutover_free records them as failed */
+	/* a cut-over or rollback stopped half-way leaves a wave routed without
+	   its passes: wait for it (on_tick exits when it ends); a second
+	   SIGTERM/SIGINT does not wait */
+	if (cutover_in_flight(d->cut) > 0) {
+		snprintf(n, sizeof(n), "%d", cutover_in_flight(d->cut));
+		evlog("warning", "drain-waiting", "cutovers", n, NULL);
+		kick(d);
+		return;
+	}
 	event_base_loopexit(d->base, NULL);
 }
 
@@ -240,8 +250,15 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 	char n[16];
 
 	(void)what;
-	if (d->draining)
+	if (d->draining) {
+		/* the second signal: stop now (cutover_free records the cut-overs
+		   in flight as failed: run them again) */
+		evlog("warning", "stop-now", "signal", sig == SIGINT ? "INT" : "TERM", NULL);
+		dispatch_cancel_all(d->disp);
+		checks_cancel_all(d->checks);
+		event_base_loopexit(d->base, NULL);
 		return;
+	}
 	d->draining = 1;
 	checks_drop_queued(d->checks);
 	snprintf(n, sizeof(n), "%d", in_flight(d));

@@ -347,8 +347,9 @@ def test_sync_during_a_running_pull_is_carried_out_afterwards(env):
     with OldStopped(sb):
         fd.ctl("sync", "bob")
         wait_until(lambda: fd.users()["bob"]["running"], 30, "bob's pass to start")
-        code, reply = fd.api("POST", "/v1/sync", {"user": "bob"})
-        assert code == 200 and reply["running"] and reply["queued"], reply
+        r = fd.ctl("sync", "bob")
+        assert "sync of user bob queued: a pass of it is running, this one follows" in r.stdout, \
+            r.stdout
     wait_until(lambda: settled(fd, ["bob"]), 90, "bob's passes")
     ev = [e["event"] for e in events(fd, "bob", mark)]
     # two passes: the one running, then the one asked for during it
@@ -375,6 +376,7 @@ def test_3_cutover_pilot_waits_for_running_pull_then_goes_through(env):
     out, err = cut.communicate(timeout=180)
     assert cut.returncode == 0, out + err
     assert "cut-over of wave pilot done: 2 users" in out, out
+    assert "cut-over of wave pilot: waiting for 1 running job (alice) to end" in out, out
     ev = [e["event"] for e in events(fd, "alice", mark)]
     assert "cutover-waiting" in ev and "final-sync" in ev and "cutover" in ev, ev
     assert ev.index("user-done") < ev.index("final-sync") < ev.index("cutover"), ev
@@ -435,12 +437,28 @@ def test_5_rollback_cut_half_way_then_again_appends_each_once(env):
 
 
 def test_6_next_wave_and_old_never_over_its_session_limit(env):
-    """Runbook 6: the rest wave cut over the same way; over the whole run
+    """Runbook 6: the rest wave cut over the same way (ferryd stopped during
+    it: shutdown waits for the cut-over in flight); over the whole run
     OLD never saw more ferry sessions at once than max_per_host (copy
     passes, verifications, final and stragglers passes, rollbacks)."""
     sb, fd, pf, proxy = env
-    r = fd.ctl("cutover", "--wave", "rest", timeout=180)
-    assert "cut-over of wave rest done: 4 users" in r.stdout, r.stdout
+    mark = last_id(fd)
+    cut = subprocess.Popen([os.path.join(BUILD_DIR, "ferryctl"), "-c", fd.conf_path,
+                            "cutover", "--wave", "rest"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=fd.env())
+    # ferryd is stopped right after the flip, in the settle delay: SIGTERM
+    # waits for the cut-over (past drain_timeout), which ends done
+    wait_until(lambda: any(e["event"] == "cutover" for e in events(fd, "frank", mark)), 120,
+               "the rest wave's flip")
+    os.kill(fd.pid, signal.SIGTERM)
+    assert fd.proc.wait(timeout=180) == 0
+    out, err = cut.communicate(timeout=60)
+    drained = [e for e in fd.events() if e.get("event") in ("drain-waiting", "cutover-finished")]
+    assert [e["event"] for e in drained][-2:] == ["drain-waiting", "cutover-finished"], drained
+    assert drained[-1]["state"] == "done", drained
+    fd.start()
+    rec = fd.api("GET", "/v1/cutover?wave=rest")[1]
+    assert rec["state"] == "done" and rec["users"] == 4, (rec, out, err)
     wait_until(lambda: settled(fd, REST, ("done", "verified")), 90, "rest's delta pulls")
     assert {separator(sb, u) for u in REST} == {"/"}
     with open(sb.log_path("old"), errors="replace") as f:
