@@ -382,7 +382,10 @@ imapc_cmd_timeout = 5s
             make_test_cert(d, "ca", "server", ["DNS:localhost", "IP:127.0.0.1"])
         return ("ssl = yes\nssl_cert = <%s/server.pem\nssl_key = <%s/server.key\n"
                 "service imap-login {\n  inet_listener imaps {\n    address = 127.0.0.1\n"
-                "    port = %d\n    ssl = yes\n  }\n}\n" % (d, d, self.tls_port))
+                "    port = %d\n    ssl = yes\n  }\n}\n"
+                # ssl = yes would also open POP3S on the fixed port 995
+                "service pop3-login {\n  inet_listener pop3s {\n    port = 0\n  }\n}\n"
+                % (d, d, self.tls_port))
 
     # ---- sanitizers --------------------------------------------------------
     def sanitizer_dir(self):
