@@ -25,6 +25,7 @@ from ferrytest.smtpsink import SmtpSink
 OLD_EXTRA = "plugin {\n  sieve_extensions = +editheader\n}\n"
 NEW_EXTRA = "plugin {\n  ferry_rename = ^Projects/(.*)$ => Work/\\1\n}\n"
 SANDBOX_KWARGS = {"users": ("alice", "bob", "erin"), "sieve": True, "doveadm_http": True,
+                  "tls": True,  # OLD offers STARTTLS (ManageSieve too), signed by a test CA
                   "old_extra": OLD_EXTRA, "new_extra": NEW_EXTRA}
 
 MAIN = """require ["fileinto", "vacation", "copy"];
@@ -212,3 +213,19 @@ def test_ferryd_moves_scripts_after_the_copy_and_on_request(migrated):
         assert MASTER_PASSWORD not in text
     finally:
         fd.stop()
+
+
+def test_starttls_to_the_old_managesieve_verifies_its_certificate(migrated):
+    """STARTTLS on OLD's ManageSieve port: the capabilities the server sends
+    again after the handshake are read, the certificate is checked against
+    the CA (a wrong name is refused before any login)."""
+    sb = migrated[0]
+    since = sb.log_size("old")
+    r = migrate(sb, "alice", extra=["--old-tls", "starttls", "--old-ca-file", sb.tls_ca()])
+    assert r.returncode == 0, r.stdout + r.stderr
+    logins = [ln for ln in sb.log_text("old", since).splitlines()
+              if "managesieve-login: Info: Login: user=<alice>" in ln]
+    assert logins and all(" TLS" in ln for ln in logins), logins
+    r = migrate(sb, "alice", extra=["--old-tls", "starttls", "--old-ca-file", sb.tls_ca(),
+                                    "--old-tls-name", "wrong.example"])
+    assert r.returncode == 2 and "certificate verification failed" in r.stderr, r.stderr

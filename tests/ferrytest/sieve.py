@@ -17,7 +17,7 @@ def folder_map(sb, user):
     return {r["old_folder"]: r["folder"] for r in rows if r.get("old_folder") and r.get("folder")}
 
 
-def migrate(sb, user, old_port=None, old_prefix=None):
+def migrate(sb, user, old_port=None, old_prefix=None, extra=()):
     """ferry-imapcheck sieve: CompletedProcess (JSON report on stdout)"""
     with open(os.path.join(sb.root, "map-" + user), "w") as f:
         for old, new in folder_map(sb, user).items():
@@ -30,6 +30,7 @@ def migrate(sb, user, old_port=None, old_prefix=None):
                  "--%s-auth" % side, "plain", "--%s-auth-user" % side, MASTER_USER]
     if old_prefix:
         args += ["--old-prefix", old_prefix]
+    args += list(extra)
     r = subprocess.run(args, input="old=%s\nnew=%s\n" % (MASTER_PASSWORD, MASTER_PASSWORD),
                        capture_output=True, text=True, timeout=120)
     assert MASTER_PASSWORD not in r.stdout + r.stderr
