@@ -590,6 +590,7 @@ static int status_user(const struct user_rec *u, void *ctx)
 struct wave_list {
 	json_t *arr, *by_name;
 	const char *only;
+	struct store *st;
 };
 
 static int wave_json(const struct wave_rec *w, void *ctx)
@@ -607,6 +608,15 @@ static int wave_json(const struct wave_rec *w, void *ctx)
 		      "start_after", (json_int_t)w->start_after, "window", window,
 		      "paused", w->paused, "users", 0, "states", "old_messages", 0,
 		      "messages", 0);
+	{
+		/* the latest cut-over or rollback, for the dashboard */
+		struct cutover_rec cr;
+		if (wl->st != NULL && wl->st->cutover_get(wl->st, w->name, &cr) == 0)
+			json_object_set_new(j, "cutover", json_pack("{s:s, s:s, s:I}",
+				"kind", cr.kind, "state", cr.state, "at", (json_int_t)cr.at));
+		else
+			json_object_set_new(j, "cutover", json_null());
+	}
 	json_array_append_new(wl->arr, j);
 	json_object_set(wl->by_name, w->name, j);
 	return 0;
@@ -645,6 +655,7 @@ static void h_status(struct call *c)
 	wl.arr = json_array();
 	wl.by_name = json_object();
 	wl.only = wave;
+	wl.st = st;
 	s.waves_stats = wl.by_name;
 	if (st->wave_each(st, wave_json, &wl) < 0 ||
 	    st->user_each(st, wave, status_user, &s) < 0) {

@@ -334,6 +334,8 @@ def test_dashboard_in_a_browser(sandbox, ferryd):
         b.js("document.querySelector('a.report-csv[data-wave=\"w1\"]').click()")
         csv_path = wait_until(lambda: b.downloaded("ferry-report-w1.csv"), 30, "the report")
         page_html += b.js("document.documentElement.outerHTML")
+        # no script error, no Content-Security-Policy violation, no failed load
+        assert b.errors() == []
 
     import csv
     with open(csv_path, newline="") as f:

@@ -237,11 +237,8 @@ function renderChart(series) {
 async function refreshOverview() {
   const [st, log, series] = await Promise.all([
     api('/v1/status'), api('/v1/log?limit=20'), api('/v1/throughput?step=10')]);
-  // a wave never cut over answers 404
-  const cuts = await Promise.all(st.waves.map((w) =>
-    api('/v1/cutover?wave=' + encodeURIComponent(w.name)).catch(() => null)));
   const cutovers = {};
-  for (const c of cuts) if (c && c.wave) cutovers[c.wave] = c;
+  for (const w of st.waves) if (w.cutover) cutovers[w.name] = w.cutover;
   lastStatus = st;
   renderCards(st);
   renderWaves(st, cutovers);
@@ -254,10 +251,11 @@ async function refreshOverview() {
 
 async function refreshUser(name) {
   const q = encodeURIComponent(name);
-  const [st, log, check] = await Promise.all([
-    api('/v1/status?user=' + q), api(`/v1/log?user=${q}&limit=100`),
-    api(`/v1/check?user=${q}&kind=verify`).catch(() => null)]);
+  const [st, log] = await Promise.all([
+    api('/v1/status?user=' + q), api(`/v1/log?user=${q}&limit=100`)]);
   const u = st.users[0];
+  // the stored report of the latest verification, if there is one
+  const check = u.verify ? await api(`/v1/check?user=${q}&kind=verify`).catch(() => null) : null;
   $('user-name').textContent = u.name;
   const card = (n, l) => el('div', { class: 'card' }, el('div', { class: 'n' }, n),
     el('div', { class: 'l' }, l));

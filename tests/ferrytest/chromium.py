@@ -35,6 +35,7 @@ class Chromium:
         self.size = (width, height)
         self.proc = self.ws = None
         self.seq = 0
+        self.events = []  # DevTools events received (console, exceptions, log)
 
     def __enter__(self):
         self.start()
@@ -74,6 +75,7 @@ class Chromium:
         self.ws = websocket.create_connection(url, timeout=60, suppress_origin=True)
         self.call("Page.enable")
         self.call("Runtime.enable")
+        self.call("Log.enable")
         self.call("Page.setDownloadBehavior", behavior="allow", downloadPath=self.downloads)
 
     def stop(self):
@@ -97,6 +99,8 @@ class Chromium:
         self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
         while True:
             msg = json.loads(self.ws.recv())
+            if "method" in msg:
+                self.events.append(msg)
             if msg.get("id") == mid:
                 if "error" in msg:
                     raise RuntimeError("%s: %s" % (method, msg["error"]))
@@ -124,6 +128,23 @@ class Chromium:
         with open(path, "wb") as f:
             f.write(base64.b64decode(data["data"]))
         return path
+
+    def errors(self):
+        """JavaScript exceptions, console errors and the browser's own
+        error entries (CSP violations, failed loads) seen so far."""
+        out = []
+        for e in self.events:
+            p = e.get("params", {})
+            if e["method"] == "Runtime.exceptionThrown":
+                out.append(p["exceptionDetails"].get("text", "") + " " +
+                           str(p["exceptionDetails"].get("exception", {}).get("description", "")))
+            elif e["method"] == "Runtime.consoleAPICalled" and p.get("type") == "error":
+                out.append(" ".join(str(a.get("value", a.get("description", "")))
+                                    for a in p.get("args", [])))
+            elif e["method"] == "Log.entryAdded" and p["entry"].get("level") == "error":
+                out.append("%s: %s %s" % (p["entry"].get("source"), p["entry"].get("text"),
+                                          p["entry"].get("url", "")))
+        return out
 
     def downloaded(self, name):
         """The path of a finished download, or None."""
