@@ -143,3 +143,17 @@ def test_resolver_that_does_not_answer_times_out(env):
     # the precheck refuses a cut-over on a failed check
     code, j = fd.api("POST", "/v1/cutover", {"wave": "w1"})
     assert code == 409 and "the last DNS check failed" in j["error"], j
+
+
+def test_bad_dns_settings_stop_ferryd_with_the_reason(env):
+    sb, ns, fd = env
+    bad = Ferryd(sb, name="ferryd-bad-dns", dns_domains="example.test",
+                 dns_new_ips="mail.example.test")
+    with pytest.raises(RuntimeError) as e:
+        bad.start()
+    assert 'dns_new_ips: "mail.example.test" is not an IP address' in str(e.value)
+    bad = Ferryd(sb, name="ferryd-bad-resolver", dns_domains="example.test",
+                 dns_resolver="ns.example.test")
+    with pytest.raises(RuntimeError) as e:
+        bad.start()
+    assert 'dns_resolver: "ns.example.test" is not IP[:PORT]' in str(e.value)
