@@ -147,3 +147,41 @@ def seed_user(sb, user, folders, sep="."):
             if p not in names and p not in snap.folders:
                 snap.folders[p] = SFolder(p, False)
     return snap, total_bytes, total_msgs
+
+
+def write_maildir(sb, user, folders, sep="."):
+    """Many small messages fast: the message files written straight into
+    OLD's Maildir (flags in the file names, INTERNALDATE as mtime), then
+    indexed by OLD itself (doveadm mailbox status) before anything is
+    measured. For folders whose count matters, not their exact UIDs (the
+    big first-login user); only \\Seen and \\Flagged, no keywords.
+    Returns (bytes, messages)."""
+    import os
+    import pwd
+    mail = pwd.getpwnam("mail")
+    root = os.path.join(sb.home("old", user), "Maildir")
+    total_bytes = total_msgs = 0
+    letters = {"\\Seen": "S", "\\Flagged": "F"}
+    for f in folders:
+        vname = f.name.replace("/", sep)
+        sb.doveadm("old", "mailbox", "create", "-u", user, vname)
+        if f.uidvalidity:
+            sb.doveadm("old", "mailbox", "update", "-u", user,
+                       "--uid-validity", str(f.uidvalidity), vname)
+        cur = os.path.join(root, "." + imapwire.mutf7_encode(vname), "cur")
+        if not os.path.isdir(cur):
+            raise RuntimeError("no maildir for %s at %s" % (f.name, cur))
+        for i, m in enumerate(f.messages):
+            if m.expunged:
+                continue
+            flags = "".join(sorted(letters[x] for x in m.flags if x in letters))
+            path = os.path.join(cur, "%d.M%dP0.bench,S=%d:2,%s" % (
+                m.date, i + 1, len(m.body), flags))
+            with open(path, "wb") as out:
+                out.write(m.body)
+            os.utime(path, (m.date, m.date))
+            os.chown(path, mail.pw_uid, mail.pw_gid)
+            total_bytes += len(m.body)
+            total_msgs += 1
+        sb.doveadm("old", "mailbox", "status", "-u", user, "messages", vname)
+    return total_bytes, total_msgs
