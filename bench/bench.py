@@ -771,7 +771,7 @@ SyncState {d}/state/
         # the big user: INBOX as above, the rest in small messages
         n = self.cfg["first_big"]
         t = time.monotonic()
-        plan = bcorpus.plan(self.corpus["messages"], seed=self.a.seed)
+        plan = bcorpus.plan(self.cfg["messages"], seed=self.a.seed)  # the same INBOX
         inbox = [p for p in plan if p[0] == "INBOX"][0]
         rest = [p for p in plan if p[0] != "INBOX"]
         per = max(1, (n - inbox[1]) // len(rest))
