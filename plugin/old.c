@@ -7,6 +7,7 @@
 #include "lib.h"
 #include "str.h"
 #include "mail-namespace.h"
+#include "mail-storage-service.h"
 #include "mail-storage-settings.h"
 #include "imapc-settings.h"
 #include "imapc-storage.h"
@@ -93,6 +94,14 @@ int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 	}
 
 	old = mail_user_dup(user);
+	/* mail_user_dup() in 2.3 drops the service user (it tests the new
+	   user's, always NULL), and with it the ssl_client_* settings: imapc
+	   could not verify an old server's certificate against
+	   ssl_client_ca_file. */
+	if (old->_service_user == NULL && user->_service_user != NULL) {
+		old->_service_user = user->_service_user;
+		mail_storage_service_user_ref(old->_service_user);
+	}
 	ferry_creating_old_user = TRUE;
 	int ret = mail_user_init(old, &error);
 	ferry_creating_old_user = FALSE;

@@ -2,22 +2,21 @@
 that answers OK to an authorization identity it ignores hands out the
 master's own mailbox, which must never be copied into the user's.
 
-- Courier-IMAP 5 (real, unpacked: ferrytest.courier) with an admin account
-  that has a mailbox and a password of its own: AUTHENTICATE PLAIN with
-  authzid=alice logs admin in as admin. The lazy path (SELECT, LIST) and
+- Courier-IMAP 5 (real, unpacked: ferrytest.courier) as Debian ships it
+  (AUTH=PLAIN only after STARTTLS; its certificate verified against the
+  test CA) with an admin account that has a mailbox and a password of its
+  own: over STARTTLS, AUTHENTICATE PLAIN with authzid=alice logs admin in
+  as admin. The lazy path (SELECT, LIST) and
   `doveadm ferry pull` are refused; alice's new mailbox gets no message and
   no folder; NEW's log names the identity failure as a security event;
   doveadm exits EX_NOPERM (77), which ferryd reads as permanent: ferryd
   marks alice failed with that reason after one attempt, no retry.
-  (Courier's STARTTLS needs couriertls to find its daemon user, which the
-  unpacked install does not have: this Courier offers AUTH=PLAIN without
-  TLS instead, the same authzid handling.)
-- Courier as Debian ships it (AUTH=PLAIN only after STARTTLS) without TLS:
-  refused before any password is sent (the wire, through a relay, carries
-  no LOGIN and no password).
-- Dovecot with its master user: the check passes, costs one burst of
-  pipelined commands (one round trip) on the session itself, no second
-  login, and is not repeated once remembered.
+- The same Courier without TLS (bob): refused before any password is sent
+  (the wire, through a relay, carries no LOGIN and no password).
+- Dovecot with its master user and Cyrus with its admin (proxy login): the
+  check passes and the user is migrated; it costs one burst of pipelined
+  commands (one round trip) on the session itself, no second login, and is
+  not repeated once remembered.
 - A scripted server (ferrytest.hostile "identity", it says so in its
   greeting) that honours the identity for some logins and not others:
   every ignored one is refused, the honoured ones are migrated."""
@@ -34,8 +33,7 @@ from ferrytest.hostile import IDENTITY_HONOURED, HostileServer
 from ferrytest.sandbox import Sandbox, password, wait_until
 
 ADMIN = "admin"
-USERS = ("alice", "bob", "carol") + tuple(sorted(IDENTITY_HONOURED)) + ("id-bad1", "id-bad2")
-NO_PLAIN_CAPS = "IMAP4rev1 UIDPLUS CHILDREN NAMESPACE IDLE"  # Debian's default before TLS
+USERS = ("alice", "bob", "carol", "dave") + tuple(sorted(IDENTITY_HONOURED)) + ("id-bad1", "id-bad2")
 
 
 class Relay:
@@ -106,12 +104,6 @@ class Relay:
         self.sock.close()
 
 
-def _courier(env):
-    srv = oldservers.make("courier", users=("alice", "bob", ADMIN), env=env)
-    srv.start()
-    return srv
-
-
 def _userdb(port, master=ADMIN, pw=None, extra=""):
     return ("userdb_imapc_port=%d userdb_imapc_master_user=%s userdb_imapc_password=%s "
             "userdb_imapc_list_prefix=INBOX userdb_imapc_connection_retry_count=0%s"
@@ -120,15 +112,20 @@ def _userdb(port, master=ADMIN, pw=None, extra=""):
 
 @pytest.fixture(scope="module")
 def env():
-    co = _courier({})  # AUTH=PLAIN offered without TLS
-    co_notls = _courier({"IMAP_CAPABILITY": NO_PLAIN_CAPS,
-                         "IMAP_CAPABILITY_TLS": NO_PLAIN_CAPS + " AUTH=PLAIN"})
+    co = oldservers.make("courier", users=("alice", "bob", ADMIN), starttls=True)
+    co.start()
+    cy = oldservers.make("cyrus-dot", users=("dave",))
+    cy.start()
     hostile = HostileServer("identity").start()
-    relay_bob = Relay(co_notls.port())
-    sb = Sandbox(users=USERS, doveadm_http=True)
+    relay_bob = Relay(co.port())
+    relay_dave = Relay(cy.port(), delay=0.05)
+    sb = Sandbox(users=USERS, doveadm_http=True,
+                 new_extra="ssl_client_ca_file = %s\n" % co.tls_ca())
     relay_carol = Relay(sb.port("old"), delay=0.05)
-    extra = {"alice": _userdb(co.port()), "bob": _userdb(relay_bob.port),
-             "carol": "userdb_imapc_port=%d" % relay_carol.port}
+    extra = {"alice": _userdb(co.port(), extra=" userdb_imapc_ssl=starttls"),
+             "bob": _userdb(relay_bob.port),
+             "carol": "userdb_imapc_port=%d" % relay_carol.port,
+             "dave": "userdb_imapc_port=%d userdb_imapc_list_prefix=INBOX" % relay_dave.port}
     for u in USERS:
         if u.startswith("id-"):
             extra[u] = "userdb_imapc_port=%d userdb_imapc_connection_retry_count=0" % hostile.port
@@ -137,13 +134,14 @@ def env():
         sb.start()
         co.seed("alice", corpus.small_spec(seed=3))
         co.seed(ADMIN, corpus.folder_spec("Admin-Payroll", n=5, seed=4))
-        co_notls.seed("bob", corpus.small_spec(seed=5))
+        co.seed("bob", corpus.small_spec(seed=5))
         corpus.seed_old(sb, "carol", corpus.small_spec(seed=6))
-        yield dict(sb=sb, co=co, co_notls=co_notls, hostile=hostile, relay_bob=relay_bob,
-                   relay_carol=relay_carol)
+        cy.seed("dave", corpus.small_spec(seed=7))
+        yield dict(sb=sb, co=co, hostile=hostile, relay_bob=relay_bob,
+                   relay_carol=relay_carol, relay_dave=relay_dave)
     finally:
         sb.stop()
-        for x in (co, co_notls, hostile, relay_bob, relay_carol):
+        for x in (co, cy, hostile, relay_bob, relay_carol, relay_dave):
             x.stop()
 
 
@@ -169,7 +167,7 @@ def test_courier_ignored_authzid_refused_lazy_and_pull(env):
     try:
         typ, data = conn.select("INBOX")
         assert typ == "NO" and b"[UNAVAILABLE]" in data[0], data
-        assert b"identity check for alice failed" in data[0], data
+        assert b"identity check for alice failed" in data[0], (data, sb.log_text("new", off))
         typ, data = conn.list()
         assert typ == "NO", data
     finally:
@@ -185,6 +183,8 @@ def test_courier_ignored_authzid_refused_lazy_and_pull(env):
     assert "event=identity-failed security=yes server=127.0.0.1:%d master=admin" \
         % env["co"].port() in log, log
     assert password(ADMIN) not in log + r.stderr + r.stdout
+    with open(env["co"].log_path) as f:  # Courier: those sessions were STARTTLS ones
+        assert "starttls=1" in f.read()
 
 
 def test_master_login_without_auth_plain_refused_before_any_password(env):
@@ -204,11 +204,12 @@ def test_master_login_without_auth_plain_refused_before_any_password(env):
     assert msgs == [] and folders == []
 
 
-def test_dovecot_master_login_passes_in_one_round_trip_once(env):
-    sb, relay = env["sb"], env["relay_carol"]
+@pytest.mark.parametrize("user", ["carol", "dave"])  # Dovecot, Cyrus
+def test_master_login_passes_in_one_round_trip_once(env, user):
+    sb, relay = env["sb"], env["relay_" + user]
     relay.reset()
-    r = sb.doveadm("new", "ferry", "pull", "-u", "carol")
-    assert "complete" in r.stdout
+    r = sb.doveadm("new", "ferry", "pull", "-u", user)
+    assert "complete" in r.stdout and "failed" not in r.stdout, r.stdout
     assert len(relay.conns) == 1, "a second login (the master alone) was made"
     # one round trip: every command of the check went out before the
     # server answered any of them
@@ -225,14 +226,17 @@ def test_dovecot_master_login_passes_in_one_round_trip_once(env):
     first_answer = min(i for i, up, line in lines
                        if not up and line.split(b" ")[0] in sent)
     assert last_sent < first_answer, "\n".join(repr(l)[:120] for l in lines if l[0] <= first_answer + 2)
-    print("\ncarol's first pull: the identity check's %d commands in one round trip"
-          % len(sent))
-    with open(os.path.join(_new_maildir(sb, "carol"), "dovecot-ferry.state")) as f:
+    print("\n%s's first pull: the identity check's %d commands in one round trip"
+          % (user, len(sent)))
+    state = os.path.join(_new_maildir(sb, user), "dovecot-ferry.state")
+    with open(state) as f:
         assert "identity=ferry-master@127.0.0.1:%d" % relay.port in f.read()
 
-    relay.reset()  # a later session: remembered, not checked again
-    sb.doveadm("new", "ferry", "pull", "-u", "carol")
-    assert b"ID NIL" not in relay.sent()
+    # a later session on the old server (sync: stragglers from every old
+    # folder): the proof is remembered, not made again
+    relay.reset()
+    sb.doveadm("new", "ferry", "sync", "-u", user)
+    assert relay.conns and b"ID NIL" not in relay.sent(), relay.sent()
 
 
 def test_scripted_server_every_ignored_identity_refused(env):

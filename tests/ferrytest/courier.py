@@ -24,6 +24,13 @@ reads /etc/courier/*. Instead of touching /etc or /run of the machine:
 Users: sandbox.password(user), Maildir at <root>/home/<user>/Maildir,
 all owned by `mail`.
 
+STARTTLS (Courier(starttls=True)): as Debian ships it, AUTH=PLAIN only
+after STARTTLS (IMAP_CAPABILITY / IMAP_CAPABILITY_TLS); imaplogin starts
+couriertls, which looks up its daemon user `courier`: the private mount
+namespace also gets a passwd/group with `courier` as the `mail` ids (the
+machine's files are untouched). The certificate is made by
+sandbox.make_test_cert (tls_ca(): the CA to verify it with).
+
 Master identity: Courier has no master user and no SASL proxy: imaplogin
 drops the authzid of AUTHENTICATE PLAIN and authenticates the authcid
 (checked: "\\0ferry-master\\0pw" with authzid "alice" reaches the auth
@@ -116,9 +123,10 @@ class Courier(unpack.OldServer):
     sep = "."
 
     def __init__(self, root=None, users=("alice", "bob", "carol"), port=None, env=None,
-                 pop3_port=None):
+                 pop3_port=None, starttls=False):
         super().__init__(root, users, port, pop3_port)
         self.env_extra = dict(env or {})
+        self.starttls = starttls
         self.log_path = self.path("imapd.log")  # couriertcpd/imaplogin/imapd stderr
         self.authdaemon_log = self.path("authdaemon.log")
         self.install_root = None
@@ -154,10 +162,39 @@ class Courier(unpack.OldServer):
             for n in [d] + [os.path.join(d, x) for x in dirs + files]:
                 os.lchown(n, mail.pw_uid, mail.pw_gid)
 
+    def tls_ca(self):
+        return self.path("tls", "ca.pem")
+
+    def _setup_tls(self):
+        from .sandbox import make_test_cert
+        d = self.path("tls")
+        os.makedirs(d, exist_ok=True)
+        if not os.path.exists(os.path.join(d, "server.pem")):
+            make_test_cert(d, "ca", "server", ["DNS:localhost", "IP:127.0.0.1"])
+        with open(os.path.join(d, "server-both.pem"), "w") as f:
+            for part in ("server.key", "server.pem"):
+                with open(os.path.join(d, part)) as src:
+                    f.write(src.read())
+        mail = pwd.getpwnam(RUN_AS)
+        with open("/etc/passwd") as src, open(self.path("tls", "passwd"), "w") as f:
+            f.write(src.read() + "courier:x:%d:%d::/nonexistent:/usr/sbin/nologin\n"
+                    % (mail.pw_uid, mail.pw_gid))
+        with open("/etc/group") as src, open(self.path("tls", "group"), "w") as f:
+            f.write(src.read() + "courier:x:%d:\n" % mail.pw_gid)
+        caps = IMAPD_ENV["IMAP_CAPABILITY"].replace(" AUTH=PLAIN", "")
+        self.env_extra.update({
+            "IMAP_CAPABILITY": caps, "IMAP_CAPABILITY_TLS": caps + " AUTH=PLAIN",
+            "IMAP_STARTTLS": "YES", "IMAP_TLS_REQUIRED": "0",
+            "COURIERTLS": os.path.join(self.install_root, "usr/bin/couriertls"),
+            "TLS_CERTFILE": os.path.join(d, "server-both.pem"), "TLS_VERIFYPEER": "NONE",
+            "TLS_CACHEFILE": os.path.join(d, "cache"), "TLS_CACHESIZE": "0"})
+
     def start(self):
         if self.running():
             return self
         self.install_root = ensure_installed()
+        if self.starttls:
+            self._setup_tls()
         self._setup()
         sock = self.path("run", "courier", "authdaemon", "socket")
         if os.path.exists(sock):
@@ -208,9 +245,13 @@ class Courier(unpack.OldServer):
         tcpd = [os.path.join(r, "usr/sbin/couriertcpd"), "-address=127.0.0.1",
                 "-maxprocs=100", "-maxperip=100", "-nodnslookup", "-noidentlookup",
                 str(port)] + programs + ["Maildir"]
-        # root only for the mount; the same PID then execs couriertcpd as mail
-        script = ('mount --bind "$1" /run && shift && exec setpriv --reuid=%d --regid=%d '
-                  '--clear-groups -- "$@"' % (mail.pw_uid, mail.pw_gid))
+        # root only for the mounts; the same PID then execs couriertcpd as mail
+        etc = ""
+        if self.starttls:
+            etc = ('mount --bind "%s" /etc/passwd && mount --bind "%s" /etc/group && '
+                   % (self.path("tls", "passwd"), self.path("tls", "group")))
+        script = ('mount --bind "$1" /run && %sshift && exec setpriv --reuid=%d --regid=%d '
+                  '--clear-groups -- "$@"' % (etc, mail.pw_uid, mail.pw_gid))
         self._spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
                      "sh", self.path("run")] + tcpd, env, out_name)
 
