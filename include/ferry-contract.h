@@ -57,6 +57,23 @@
 #define FERRY_COL_MESSAGES "messages"
 #define FERRY_COL_ERROR "error"
 
+/* Why a doveadm ferry command failed, machine-readably: its exit code
+   (sysexits.h values), which the doveadm HTTP API returns as
+   ["error", {"type": "exitCode", "exitCode": N}, tag] (the printed rows are
+   not returned then). ferryd decides from the code alone whether a retry
+   can help; the error text it reads back (logErrors) is only shown. */
+#define FERRY_EXIT_RETRY 75        /* EX_TEMPFAIL: a later attempt may work
+				      (old server down or slow, a folder
+				      failed, a lock held): retried */
+#define FERRY_EXIT_REFUSED 77      /* EX_NOPERM: the old server's session is
+				      refused (its identity check failed, a
+				      master login it cannot carry): not
+				      retried, the user is failed */
+#define FERRY_EXIT_NOT_ENABLED 68  /* DOVEADM_EX_NOTFOUND: ferry is not
+				      enabled for the user on NEW: not retried */
+#define FERRY_EXIT_UNKNOWN_USER 67 /* EX_NOUSER: NEW does not know the user
+				      (doveadm's own answer): not retried */
+
 /* doveadm ferry rollback columns (folder, error as above) */
 #define FERRY_COL_APPENDED "appended"
 #define FERRY_COL_CREATED "created"

@@ -14,6 +14,12 @@
 
 #include <sysexits.h>
 
+/* the contract's exit codes are the ones Dovecot gives these mail errors */
+#if FERRY_EXIT_RETRY != EX_TEMPFAIL || FERRY_EXIT_NOT_ENABLED != DOVEADM_EX_NOTFOUND || \
+	FERRY_EXIT_REFUSED != EX_NOPERM || FERRY_EXIT_UNKNOWN_USER != EX_NOUSER
+#error "include/ferry-contract.h's FERRY_EXIT_* differ from doveadm's exit codes"
+#endif
+
 const char *doveadm_ferry_plugin_version = DOVECOT_ABI_VERSION;
 void doveadm_ferry_plugin_init(struct module *module);
 void doveadm_ferry_plugin_deinit(void);
@@ -68,15 +74,15 @@ static bool ferry_cmd_user_ok(struct doveadm_mail_cmd_context *ctx,
 }
 
 /* A refused old session (its identity check failed, or a master login it
-   cannot carry) is not fixed by retrying: EX_NOPERM, which ferryd reads as
-   permanent. Anything else is a temporary failure. */
+   cannot carry) is not fixed by retrying: FERRY_EXIT_REFUSED, which ferryd
+   reads as permanent. Anything else is a temporary failure. */
 static void ferry_cmd_failed(struct doveadm_mail_cmd_context *ctx,
 			     struct mail_user *user)
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
 
 	if (fuser != NULL && fuser->old_refused)
-		ctx->exit_code = EX_NOPERM;
+		ctx->exit_code = FERRY_EXIT_REFUSED;
 	else
 		doveadm_mail_failed_error(ctx, MAIL_ERROR_TEMP);
 }

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ferry-contract.h"
+
 struct doveadm_client {
 	struct event_base *base;
 	char *host;
@@ -74,12 +76,12 @@ const char *doveadm_exit_code_text(int code)
 	switch (code) {
 	case 64: return "usage error";
 	case 65: return "not possible";
-	case 67: return "user unknown on the new server";
-	case 68: return "not found";
+	case FERRY_EXIT_UNKNOWN_USER: return "user unknown on the new server";
+	case FERRY_EXIT_NOT_ENABLED: return "not found (ferry enabled for the user?)";
 	case 69: return "service unavailable";
 	case 73: return "cannot create";
-	case 75: return "temporary failure";
-	case 77: return "permission denied";
+	case FERRY_EXIT_RETRY: return "temporary failure";
+	case FERRY_EXIT_REFUSED: return "the old server's session was refused";
 	case 78: return "configuration error";
 	default: return "failed";
 	}
@@ -87,7 +89,9 @@ const char *doveadm_exit_code_text(int code)
 
 static int exit_code_permanent(int code)
 {
-	return code == 64 || code == 65 || code == 67 || code == 68 || code == 77;
+	/* usage and data errors, and the contract's codes no retry can fix */
+	return code == 64 || code == 65 || code == FERRY_EXIT_UNKNOWN_USER ||
+		code == FERRY_EXIT_NOT_ENABLED || code == FERRY_EXIT_REFUSED;
 }
 
 void doveadm_parse_reply(int http_status, const char *body, size_t len,
