@@ -335,8 +335,19 @@ static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail,
 			       uoff_t size)
 {
 	struct mail_save_context *save;
+	struct istream *input;
+	uoff_t body_size;
 	time_t save_date;
 
+	/* the body as fetched must be the announced RFC822.SIZE: a literal
+	   cut short (or padded) by the server is never saved */
+	if (mail_get_stream(mail, NULL, NULL, &input) == 0 &&
+	    i_stream_get_size(input, TRUE, &body_size) > 0 && body_size != size) {
+		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, t_strdup_printf(
+			"old server: UID %u: the old server announced RFC822.SIZE "
+			"%"PRIuUOFF_T" but sent %"PRIuUOFF_T" bytes of the body; "
+			"not copied", mail->uid, size, body_size));
+	}
 	ferry_pull_begin(pull);
 	save = mailbox_save_alloc(pull->t);
 	mailbox_save_copy_flags(save, mail);

@@ -257,10 +257,11 @@ def test_ferryd_client_preflight(hostile, scenario):
 # ---- a size the server under-reports ---------------------------------------------
 
 def test_under_reported_size_fails_the_folder_naming_the_message(hostile, pulls):
-    """short-size: INBOX's large message has an RFC822.SIZE smaller than the
-    body the server sends. The folder fails with an error naming the folder
-    and the UID, nothing of that message is saved, and the user's other
-    folder is migrated (a failed folder does not stop the others)."""
+    """short-size: INBOX's large message (fetched in ranges) and Small's
+    small one (fetched whole) have an RFC822.SIZE smaller than the body the
+    server sends. Each folder fails with an error naming the folder and the
+    UID, nothing of those messages is saved, and the user's other folder is
+    migrated (a failed folder does not stop the others)."""
     sb, _ = hostile
     user = _user("short-size")
     r = pulls["short-size"]
@@ -270,11 +271,14 @@ def test_under_reported_size_fails_the_folder_naming_the_message(hostile, pulls)
     assert failed, r["err"]
     assert ("UID 1: the old server announced RFC822.SIZE %d but sent at least"
             % SHORT_ANNOUNCED) in failed.group(1), failed.group(1)
+    small = re.search(r"ferry: folder=Small event=failed copied=0 error=(.*)", r["err"])
+    assert small and "UID 1: the old server announced RFC822.SIZE" in small.group(1), r["err"]
     rows = {}
     for line in sb.doveadm("new", "-f", "tab", "ferry", "status", "-u", user).stdout.splitlines()[1:]:
         f = line.split("\t")
         rows[f[0]] = f
     assert rows["INBOX"][1] in ("new", "partial") and rows["INBOX"][3] == "0", rows
+    assert rows["Small"][1] in ("new", "partial") and rows["Small"][3] == "0", rows
     assert rows["Other"][1] == "complete" and rows["Other"][3] == "1", rows
     # nothing truncated anywhere in the user's mail: no file holds its subject
     home = sb.home("new", user)

@@ -22,9 +22,10 @@ FETCH/UID FETCH, SEARCH, NOOP, CLOSE/UNSELECT, LOGOUT). Scenarios:
   endless-line  INBOX with one message; the FETCH response is one line that
                 never ends (STREAM_CAP bytes, then silence)
   short-size    INBOX with one large message (SHORT_BODY_SIZE bytes) whose
-                RFC822.SIZE is under-reported (SHORT_ANNOUNCED); Other with
-                one small, truthful message. FETCH answers FLAGS,
-                INTERNALDATE, RFC822.SIZE, BODY[] and BODY[]<offset.length>
+                RFC822.SIZE is under-reported (SHORT_ANNOUNCED); Small with
+                one small message announced 10 bytes short; Other with one
+                small, truthful message. FETCH answers FLAGS, INTERNALDATE,
+                RFC822.SIZE, BODY[] and BODY[]<offset.length>
   identity      (not in SCENARIOS: test_identity.py) a server that honours
                 the authorization identity of AUTHENTICATE PLAIN for the
                 users in IDENTITY_HONOURED and ignores it for the others:
@@ -147,12 +148,12 @@ class HostileServer:
         if self.scenario == "many":
             return ["INBOX"] + ["f%06d" % i for i in range(100000)]
         if self.scenario == "short-size":
-            return ["INBOX", "Other"]
+            return ["INBOX", "Other", "Small"]
         return ["INBOX"]
 
     def messages(self, box):
         if self.scenario == "short-size":
-            return 1 if box in ("INBOX", "Other") else 0
+            return 1 if box in ("INBOX", "Other", "Small") else 0
         return 1 if self.scenario in ("huge-literal", "endless-line") and box == "INBOX" else 0
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -329,7 +330,7 @@ class HostileServer:
         """UID 1 of the selected folder, with the items asked for; INBOX's
         RFC822.SIZE under-reported."""
         body = short_big_body() if selected == "INBOX" else SHORT_OTHER_BODY
-        size = SHORT_ANNOUNCED if selected == "INBOX" else len(body)
+        size = {"INBOX": SHORT_ANNOUNCED, "Small": len(body) - 10}.get(selected, len(body))
         out = b"* 1 FETCH (UID 1"
         if b"FLAGS" in up:
             out += b" FLAGS (\\Seen)"
