@@ -131,6 +131,7 @@ static int run_checks(const struct ferry_config *cfg, FILE *out, const char *use
 	check_state(&c, cfg->state_db);
 	check_secret(&c, "api_token_file", cfg->api_token_file);
 	check_secret(&c, "viewer_token_file", cfg->viewer_token_file);
+	check_secret(&c, "viewer_token_file", cfg->viewer_token_file);
 	check_secret(&c, "doveadm_api_key_file", cfg->doveadm_api_key_file);
 	check_secret(&c, "secret_key_file", cfg->secret_key_file);
 	check_secret(&c, "old_master_password_file", cfg->old_master_password_file);
