@@ -8,5 +8,5 @@ DEB_OUT ?= $(BUILD)/deb
 deb:
 	rm -rf $(DEB_OUT) && mkdir -p $(DEB_OUT)
 	git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(DEB_OUT) --one-top-level=src
-	cd $(DEB_OUT)/src && DEB_BUILD_OPTIONS=noddebs dpkg-buildpackage -us -uc -b --no-sign
+	cd $(DEB_OUT)/src && DEB_BUILD_OPTIONS="noddebs parallel=$(shell nproc)" dpkg-buildpackage -us -uc -b --no-sign
 	@ls $(DEB_OUT)/*.deb

@@ -1,9 +1,12 @@
 """A clean Debian 12 root to install packages into (tests/test_packaging.py).
 
     <CACHE>/debian-bookworm/root    debootstrap --variant=minbase bookworm,
-                                    plus `apt-get update` and the .debs that
-                                    installs need, downloaded (never installed)
+                                    plus `apt-get update`, the packages the
+                                    caller has installed there (the machine
+                                    Ferry is added to), and the .debs further
+                                    installs need, downloaded
     <CACHE>/debian-bookworm/stamp   written last; a lock file serialises callers
+    <CACHE>/debian-bookworm/installed  the packages installed on top
 
 `DebRoot.create()` copies that cached root into a fresh directory per run, so
 each run starts clean and, once the archives are cached, without network.
@@ -77,10 +80,12 @@ class DebRoot:
     # ---- the cached base -------------------------------------------------------
 
     @classmethod
-    def base(cls, downloads=(), debconf=""):
+    def base(cls, downloads=(), debconf="", install=()):
         """The cached base root (made once: about 30 s and ~40 MB from the
-        mirror); `downloads`: packages or ./x.deb paths inside the root whose
-        dependencies are fetched into its apt cache (quick when cached)."""
+        mirror); `install`: packages installed into it (again only when the
+        list changes; debconf answers first); `downloads`: packages or
+        /x.deb paths inside the root whose dependencies are fetched into its
+        apt cache (quick when cached)."""
         if shutil.which("debootstrap") is None:
             raise Unavailable("debootstrap is not installed (make deps)")
         os.makedirs(CACHE, exist_ok=True)
@@ -102,6 +107,20 @@ class DebRoot:
             if debconf:
                 _check(root.run(["debconf-set-selections"], input=debconf),
                        "debconf-set-selections")
+            marker = os.path.join(BASE, "installed")
+            want = " ".join(sorted(install)) + "\n"
+            if install and (not os.path.exists(marker) or open(marker).read() != want):
+                try:
+                    root.mount_proc()
+                    r = root.run(["apt-get", "install", "-y", "-q", "--no-install-recommends"]
+                                 + sorted(install))
+                finally:
+                    root.stop_all()  # nothing should run: policy-rc.d said no
+                    root.umount_proc()
+                if r.returncode != 0:
+                    raise Unavailable("apt-get install: %s" % (r.stdout + r.stderr)[-800:])
+                with open(marker, "w") as f:
+                    f.write(want)
             if downloads:
                 r = root.run(["apt-get", "install", "-y", "-q", "--download-only",
                               "--no-install-recommends"] + list(downloads), cwd="/")
