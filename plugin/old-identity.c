@@ -24,6 +24,9 @@
 #include "ferry-plugin.h"
 
 struct ferry_identity_io {
+	/* the texts kept from callbacks (imapc may run them inside a data
+	   stack frame of its own) */
+	pool_t pool;
 	struct imapc_client *client;
 	struct ferry_identity_evidence *ev;
 	struct ferry_identity_view *view;
@@ -137,7 +140,7 @@ static void ferry_identity_info_cb(const struct imapc_command_reply *reply,
 
 	if (reply->state == IMAPC_COMMAND_STATE_DISCONNECTED &&
 	    io->failure == NULL)
-		io->failure = t_strdup(reply->text_full);
+		io->failure = p_strdup(io->pool, reply->text_full);
 	ferry_identity_done(io);
 }
 
@@ -150,7 +153,7 @@ static void ferry_identity_status_cb(const struct imapc_command_reply *reply,
 	    reply->state == IMAPC_COMMAND_STATE_BAD)
 		io->status_no = TRUE;
 	else if (reply->state != IMAPC_COMMAND_STATE_OK && io->failure == NULL)
-		io->failure = t_strdup(reply->text_full);
+		io->failure = p_strdup(io->pool, reply->text_full);
 	ferry_identity_done(io);
 }
 
@@ -160,7 +163,8 @@ static void ferry_identity_list_cb(const struct imapc_command_reply *reply,
 	struct ferry_identity_io *io = context;
 
 	if (reply->state != IMAPC_COMMAND_STATE_OK && io->failure == NULL)
-		io->failure = t_strdup_printf("LIST: %s", reply->text_full);
+		io->failure = p_strdup_printf(io->pool, "LIST: %s",
+					      reply->text_full);
 	ferry_identity_done(io);
 }
 
@@ -198,7 +202,7 @@ static void ferry_identity_login_cb(const struct imapc_command_reply *reply,
 
 	io->login_returned = TRUE;
 	io->login_state = reply->state;
-	io->login_text = t_strdup(reply->text_full);
+	io->login_text = p_strdup(io->pool, reply->text_full);
 }
 
 /* Sends the evidence commands (queued before the login: one burst after
@@ -228,7 +232,7 @@ static void ferry_identity_gather(struct ferry_identity_io *io)
 
 /* The master alone: refused (no mailbox of its own), or its view. 0, or
    -1 when it could not be told (temporary). */
-static int ferry_identity_master_alone(struct mail_user *old,
+static int ferry_identity_master_alone(struct mail_user *old, pool_t pool,
 				       struct imapc_client *session,
 				       struct ferry_identity_evidence *ev,
 				       const char **error_r)
@@ -243,6 +247,7 @@ static int ferry_identity_master_alone(struct mail_user *old,
 	set.session_id_prefix = NULL;
 	client = imapc_client_init(&set, old->event);
 	i_zero(&io);
+	io.pool = pool;
 	io.client = client;
 	io.ev = ev;
 	io.view = &ev->master_view;
@@ -266,6 +271,57 @@ static int ferry_identity_master_alone(struct mail_user *old,
 	return ev->master_login == FERRY_IDENTITY_MASTER_NOT_TRIED ? -1 : 0;
 }
 
+/* The verdict from what the session showed (and, if needed, the master's
+   own login). Strings returned are on the data stack. */
+static int ferry_identity_judge(struct mail_user *user, struct mail_user *old,
+				struct imapc_storage_client *sclient,
+				struct ferry_identity_evidence *ev,
+				struct ferry_identity_io *io,
+				bool *permanent_r, const char **error_r)
+{
+	enum ferry_identity_verdict verdict;
+	char reason[1024];
+	const char *error = "no answer";
+
+	/* the login is imapc-storage's: its callback keeps the result */
+	if (sclient->auth_failed_state != IMAPC_COMMAND_STATE_OK) {
+		if (io->no_auth_plain) {
+			*permanent_r = TRUE;
+			*error_r = "the old server does not support master "
+				"logins: it offers no AUTH=PLAIN; set per-user "
+				"passwords or enable TLS";
+		} else {
+			*error_r = t_strdup_printf("login failed: %s",
+				sclient->auth_failed_reason);
+		}
+		return -1;
+	}
+	if (io->failure != NULL) {
+		*error_r = t_strdup_printf("identity check for %s could not be "
+			"completed: %s", ev->user, io->failure);
+		return -1;
+	}
+	verdict = ferry_identity_decide(ev, reason, sizeof(reason));
+	if (verdict == FERRY_IDENTITY_COMPARE) {
+		if (ferry_identity_master_alone(old, io->pool, sclient->client,
+						ev, &error) < 0) {
+			*error_r = t_strdup_printf("identity check for %s could "
+				"not be completed: %s", ev->user, error);
+			return -1;
+		}
+		verdict = ferry_identity_decide(ev, reason, sizeof(reason));
+	}
+	if (verdict != FERRY_IDENTITY_PASS) {
+		*permanent_r = TRUE;
+		*error_r = t_strdup_printf("identity check for %s failed: %s; "
+			"refusing to continue", ev->user, reason);
+		return -1;
+	}
+	e_debug(user->event, FERRY_LOG_PREFIX "event=identity-ok master=%s "
+		"reason=%s", ev->master, reason);
+	return 0;
+}
+
 int ferry_old_identity_check(struct mail_user *user, struct mail_user *old,
 			     bool *permanent_r, const char **error_r)
 {
@@ -275,13 +331,12 @@ int ferry_old_identity_check(struct mail_user *user, struct mail_user *old,
 	void *saved_untagged_ctx = client->untagged_context;
 	struct ferry_identity_evidence ev;
 	struct ferry_identity_io io;
-	enum ferry_identity_verdict verdict;
-	char reason[1024];
-	const char *error = "no answer";
+	int ret;
 
 	*permanent_r = FALSE;
 	ferry_identity_init(&ev, client->set.username, client->set.master_user);
 	i_zero(&io);
+	io.pool = pool_alloconly_create("ferry identity check", 1024);
 	io.client = client;
 	io.ev = &ev;
 	io.view = &ev.session;
@@ -296,40 +351,8 @@ int ferry_old_identity_check(struct mail_user *user, struct mail_user *old,
 	client->untagged_callback = saved_untagged;
 	client->untagged_context = saved_untagged_ctx;
 
-	/* the login is imapc-storage's: its callback keeps the result */
-	if (sclient->auth_failed_state != IMAPC_COMMAND_STATE_OK) {
-		if (io.no_auth_plain) {
-			*permanent_r = TRUE;
-			*error_r = "the old server does not support master "
-				"logins: it offers no AUTH=PLAIN; set per-user "
-				"passwords or enable TLS";
-		} else {
-			*error_r = t_strdup_printf("login failed: %s",
-				sclient->auth_failed_reason);
-		}
-		return -1;
-	}
-	if (io.failure != NULL) {
-		*error_r = t_strdup_printf("identity check for %s could not be "
-			"completed: %s", ev.user, io.failure);
-		return -1;
-	}
-	verdict = ferry_identity_decide(&ev, reason, sizeof(reason));
-	if (verdict == FERRY_IDENTITY_COMPARE) {
-		if (ferry_identity_master_alone(old, client, &ev, &error) < 0) {
-			*error_r = t_strdup_printf("identity check for %s could "
-				"not be completed: %s", ev.user, error);
-			return -1;
-		}
-		verdict = ferry_identity_decide(&ev, reason, sizeof(reason));
-	}
-	if (verdict != FERRY_IDENTITY_PASS) {
-		*permanent_r = TRUE;
-		*error_r = t_strdup_printf("identity check for %s failed: %s; "
-			"refusing to continue", ev.user, reason);
-		return -1;
-	}
-	e_debug(user->event, FERRY_LOG_PREFIX "event=identity-ok master=%s "
-		"reason=%s", ev.master, reason);
-	return 0;
+	ret = ferry_identity_judge(user, old, sclient, &ev, &io, permanent_r,
+				   error_r);
+	pool_unref(&io.pool);
+	return ret;
 }

@@ -21,6 +21,7 @@ master's own mailbox, which must never be copied into the user's.
   greeting) that honours the identity for some logins and not others:
   every ignored one is refused, the honoured ones are migrated."""
 import os
+import shutil
 import socket
 import threading
 import time
@@ -143,6 +144,13 @@ def env():
         sb.stop()
         for x in (co, cy, hostile, relay_bob, relay_carol, relay_dave):
             x.stop()
+        reports = sb.sanitizer_reports()  # FERRY_ASAN=1: the plugin's own
+        if not reports and not os.environ.get("FERRY_KEEP"):
+            for root in (sb.root, co.root, cy.root):
+                shutil.rmtree(root, ignore_errors=True)
+        if reports:
+            pytest.fail("sanitizer reports in %s:\n%s" % (sb.sanitizer_dir(),
+                                                          "\n".join(reports)), pytrace=False)
 
 
 def _new_maildir(sb, user):
