@@ -6,6 +6,8 @@
 #include "mail-storage-hooks.h"
 #include "mail-namespace.h"
 #include "settings-parser.h"
+#include "mail-storage-settings.h"
+#include "imapc-settings.h"
 #include "ferry-plugin.h"
 
 const char *ferry_plugin_version = DOVECOT_ABI_VERSION;
@@ -111,6 +113,28 @@ static void ferry_user_deinit(struct mail_user *user)
 	fuser->module_ctx.super.deinit(user);
 }
 
+/* A package installs this plugin into a running Dovecot before the
+   administrator has named the old server: until imapc_host is set, Ferry
+   leaves every user alone (said once per process) instead of failing
+   their folders against a placeholder. */
+static bool ferry_old_server_configured(struct mail_user *user)
+{
+	static bool warned = FALSE;
+	const struct imapc_settings *imapc_set =
+		mail_user_set_get_driver_settings(user->set_info, user->set,
+						  "imapc");
+
+	if (imapc_set != NULL && imapc_set->imapc_host != NULL &&
+	    imapc_set->imapc_host[0] != '\0')
+		return TRUE;
+	if (!warned) {
+		i_warning(FERRY_LOG_PREFIX "imapc_host is not set: nothing is "
+			  "migrated until the old server's address is configured");
+		warned = TRUE;
+	}
+	return FALSE;
+}
+
 static void ferry_mail_user_created(struct mail_user *user)
 {
 	struct mail_user_vfuncs *v = user->vlast;
@@ -121,6 +145,8 @@ static void ferry_mail_user_created(struct mail_user *user)
 		return;
 	ferry_settings_read(user, &set);
 	if (!set.enabled)
+		return;
+	if (!ferry_old_server_configured(user))
 		return;
 
 	fuser = p_new(user->pool, struct ferry_user, 1);

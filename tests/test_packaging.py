@@ -193,7 +193,7 @@ def running(root):
     root.edit("/etc/dovecot/conf.d/10-master.conf", r"^    #port = 995$", "    port = 0")
     # Ferry's snippet: the old server, its secret, the doveadm API's port and key
     conf = "/etc/dovecot/conf.d/05-ferry.conf"
-    root.edit(conf, r"^imapc_host = .*$", "imapc_host = 127.0.0.1")
+    root.edit(conf, r"^imapc_host =.*$", "imapc_host = 127.0.0.1")
     root.edit(conf, r"^imapc_port = .*$", "imapc_port = %d" % ports["old"])
     root.edit(conf, r"^imapc_ssl = .*$", "imapc_ssl = no")
     root.edit(conf, r"^imapc_password = .*$", "imapc_password = old-master-secret")
