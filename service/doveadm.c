@@ -14,6 +14,7 @@
 
 struct doveadm_client {
 	struct event_base *base;
+	struct evdns_base *dns;
 	char *host;
 	int port;
 	char *auth_header;
@@ -30,11 +31,12 @@ struct doveadm_req {
 	char tag[32];
 };
 
-struct doveadm_client *doveadm_client_new(struct event_base *base)
+struct doveadm_client *doveadm_client_new(struct event_base *base, struct evdns_base *dns)
 {
 	struct doveadm_client *c = calloc(1, sizeof(*c));
 
 	c->base = base;
+	c->dns = dns;
 	return c;
 }
 
@@ -193,7 +195,7 @@ struct doveadm_req *doveadm_call(struct doveadm_client *c, const char *command,
 	body = json_pack("[[s o s]]", command, params, dr->tag);
 	text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
 	json_decref(body);
-	dr->evcon = text != NULL ? evhttp_connection_base_new(c->base, NULL, c->host,
+	dr->evcon = text != NULL ? evhttp_connection_base_new(c->base, c->dns, c->host,
 							       (ev_uint16_t)c->port) : NULL;
 	if (dr->evcon == NULL) {
 		free(text);

@@ -11,6 +11,7 @@
    drops to `user` once the socket and files are open (runas.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -44,6 +45,7 @@ struct daemon {
 	const char *conf_path;
 	struct ferry_config cfg;
 	struct event_base *base;
+	struct evdns_base *dnsbase;  /* every name ferryd resolves */
 	struct store *st;
 	struct api *api;
 	struct doveadm_client *dc;
@@ -615,7 +617,14 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	d.base = event_base_new();
-	d.dc = doveadm_client_new(d.base);
+	/* resolv.conf and hosts read now, before dropping root */
+	d.dnsbase = evdns_base_new(d.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+	if (d.dnsbase == NULL) {
+		fprintf(stderr, "ferryd: cannot set up the DNS resolver (/etc/resolv.conf)\n");
+		evlog("error", "start-failed", "error", "cannot set up the DNS resolver", NULL);
+		goto out;
+	}
+	d.dc = doveadm_client_new(d.base, d.dnsbase);
 	if (load_doveadm_key(&d, &d.cfg, &err) < 0) {
 		fprintf(stderr, "ferryd: invalid configuration: %s\n", err);
 		evlog("error", "start-failed", "error", err, NULL);
@@ -710,6 +719,9 @@ out:
 	dns_free(d.dns);
 	api_free(d.api);
 	doveadm_client_free(d.dc);
+	if (d.dnsbase != NULL)
+		evdns_base_free(d.dnsbase, 1);
+	sched_running_free(&d.run);
 	if (d.base != NULL)
 		event_base_free(d.base);
 	if (d.st != NULL) {

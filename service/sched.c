@@ -25,9 +25,16 @@ void sched_running_add(struct sched_running *run, const char *host)
 			return;
 		}
 	}
-	if (run->nhosts == SCHED_MAX_HOSTS)
-		return;
-	snprintf(run->hosts[i].host, sizeof(run->hosts[i].host), "%s", host);
+	if (run->nhosts == run->cap) {
+		int cap = run->cap > 0 ? run->cap * 2 : 16;
+		struct sched_host *h = realloc(run->hosts, (size_t)cap * sizeof(*h));
+		if (h == NULL)
+			abort();  /* a pull counted nowhere would never be released */
+		run->hosts = h;
+		run->cap = cap;
+	}
+	if ((run->hosts[i].host = strdup(host)) == NULL)
+		abort();
 	run->hosts[i].n = 1;
 	run->nhosts++;
 }
@@ -38,10 +45,20 @@ void sched_running_remove(struct sched_running *run, const char *host)
 		if (strcmp(run->hosts[i].host, host) != 0)
 			continue;
 		run->total--;
-		if (--run->hosts[i].n == 0)
+		if (--run->hosts[i].n == 0) {
+			free(run->hosts[i].host);
 			run->hosts[i] = run->hosts[--run->nhosts];
+		}
 		return;
 	}
+}
+
+void sched_running_free(struct sched_running *run)
+{
+	for (int i = 0; i < run->nhosts; i++)
+		free(run->hosts[i].host);
+	free(run->hosts);
+	memset(run, 0, sizeof(*run));
 }
 
 int sched_in_window(int win_start, int win_end, int now)

@@ -15,15 +15,16 @@ struct sched_limits {
 	int max_per_host;
 };
 
-/* pulls in flight, per old host */
-#define SCHED_MAX_HOSTS 256
+/* pulls in flight, per old host; zero-initialised, grows with the number
+   of distinct hosts in flight (bounded by max_concurrent), so every add
+   has its remove whatever the number of old hosts */
 struct sched_running {
 	int total;
-	int nhosts;
-	struct {
-		char host[256];
+	int nhosts, cap;
+	struct sched_host {
+		char *host;
 		int n;
-	} hosts[SCHED_MAX_HOSTS];
+	} *hosts;
 };
 
 struct sched_cand {
@@ -34,6 +35,7 @@ struct sched_cand {
 int sched_running_count(const struct sched_running *run, const char *host);
 void sched_running_add(struct sched_running *run, const char *host);
 void sched_running_remove(struct sched_running *run, const char *host);
+void sched_running_free(struct sched_running *run);
 
 /* minutes after local midnight -> inside [start, end) (wrapping at
    midnight); start < 0 = no window, always inside */

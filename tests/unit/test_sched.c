@@ -68,6 +68,36 @@ Test(sched, limits_per_host_and_global)
 	n = sched_pick(&lim, c, 6, &run, 0, 1000, 0, out, 6);
 	cr_assert_eq(n, 1);
 	cr_assert_str_eq(c[out[0]].user->name, "u3");
+	sched_running_free(&run);
+}
+
+/* max_concurrent may be 1000: more old hosts in flight than any fixed
+   table held (256 once) must all be counted and all released */
+Test(sched, many_hosts_every_slot_released)
+{
+	enum { N = 1000 };
+	static struct user_rec u[N];
+	static struct sched_cand c[N];
+	static size_t out[N];
+	struct sched_limits lim = { N, 1 };
+	struct sched_running run;
+	char host[32];
+
+	memset(&run, 0, sizeof(run));
+	for (int i = 0; i < N; i++) {
+		snprintf(host, sizeof(host), "old%d.example", i);
+		u[i] = mk(i + 1, host, US_PRESYNC);
+		c[i] = (struct sched_cand){ &u[i], NULL };
+	}
+	cr_assert_eq(sched_pick(&lim, c, N, &run, 0, 1000, 0, out, N), N);
+	cr_assert_eq(run.total, N);
+	cr_assert_eq(run.nhosts, N);
+	cr_assert_eq(sched_running_count(&run, "old999.example"), 1);
+	for (int i = 0; i < N; i++)
+		sched_running_remove(&run, u[i].ep.host);
+	cr_assert_eq(run.total, 0);
+	cr_assert_eq(run.nhosts, 0);
+	sched_running_free(&run);
 }
 
 Test(sched, priorities)
