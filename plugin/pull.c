@@ -386,11 +386,12 @@ struct ferry_todo {
 };
 ARRAY_DEFINE_TYPE(ferry_todo, struct ferry_todo);
 
-/* The old UIDs still to copy with their RFC822.SIZE: one pipelined FETCH,
-   no bodies. */
+/* The old UIDs first..last still to copy, with their RFC822.SIZE: one
+   pipelined FETCH, no bodies. */
 static int ferry_pull_todo(struct ferry_pull *pull,
 			   struct mailbox_transaction_context *ot,
-			   uint32_t start, ARRAY_TYPE(ferry_todo) *todo)
+			   uint32_t first, uint32_t last,
+			   ARRAY_TYPE(ferry_todo) *todo)
 {
 	ARRAY_TYPE(seq_range) range;
 	struct mail_search_context *search;
@@ -399,7 +400,7 @@ static int ferry_pull_todo(struct ferry_pull *pull,
 	int ret = 0;
 
 	t_array_init(&range, 1);
-	seq_range_array_add_range(&range, start + 1, pull->ost.uidnext - 1);
+	seq_range_array_add_range(&range, first, last);
 	search = ferry_old_search(ot, &range, MAIL_FETCH_PHYSICAL_SIZE);
 	uoff_t max = pull->fuser->set.max_message_size;
 	while (mailbox_search_next(search, &mail)) {
@@ -527,48 +528,59 @@ static int ferry_pull_run_of(struct ferry_pull *pull,
 	return ret;
 }
 
-/* One batch, committed as one transaction: a crash re-fetches at most
-   this batch. */
-static int ferry_pull_batch(struct ferry_pull *pull,
-			    struct mailbox_transaction_context *ot,
-			    const struct ferry_todo *items, unsigned int count)
+/* One batch (old UIDs first..last), committed as one transaction: a crash
+   re-fetches at most this batch. The old side gets a transaction of its
+   own per batch, rolled back after: imapc keeps what it fetched (sizes,
+   dates) in its transaction's cache records, which every lookup scans -
+   over a whole folder that cost time quadratic and memory linear in the
+   folder's size. */
+static int ferry_pull_batch(struct ferry_pull *pull, uint32_t first,
+			    uint32_t last)
 {
 	uoff_t big_size = pull->fuser->set.big_message_size;
-	unsigned int i, n;
-	int ret = 0;
+	struct mailbox_transaction_context *ot;
+	ARRAY_TYPE(ferry_todo) todo;
+	const struct ferry_todo *items;
+	unsigned int i, n, count;
+	int ret;
 
+	ot = mailbox_transaction_begin(pull->obox, 0, "ferry pull");
+	t_array_init(&todo, pull->fuser->set.batch_size);
+	ret = ferry_pull_todo(pull, ot, first, last, &todo);
+	items = array_get(&todo, &count);
 	for (i = 0; ret == 0 && i < count; i += n) {
 		bool big = items[i].size > big_size;
 		for (n = 1; i + n < count &&
 			    (items[i + n].size > big_size) == big; n++) ;
 		ret = ferry_pull_run_of(pull, ot, items + i, n, big);
 	}
-	if (ret == 0) {
+	if (ret == 0 && count > 0) {
 		/* messages expunged on the old server meanwhile are done */
 		pull->hdr.copied_upto = items[count - 1].uid;
 		ret = ferry_pull_commit(pull);
 	}
 	if (pull->t != NULL)
 		mailbox_transaction_rollback(&pull->t);
+	mailbox_transaction_rollback(&ot);
 	return ret;
 }
 
 static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 {
-	struct mailbox_transaction_context *ot;
-	ARRAY_TYPE(ferry_todo) todo;
-	const struct ferry_todo *items;
-	unsigned int i, count, n, batch = pull->fuser->set.batch_size;
-	int ret;
+	unsigned int batch = pull->fuser->set.batch_size;
+	uint32_t seq, seq1, seq2, first, last;
+	int ret = 0;
 
 	if (start + 1 >= pull->ost.uidnext)
 		return 0;
-	ot = mailbox_transaction_begin(pull->obox, 0, "ferry pull");
-	i_array_init(&todo, 256);
+	/* the old folder's UIDs as imapc's index has them since the SELECT:
+	   batches are cut from it, nothing per message is kept */
+	mailbox_get_seq_range(pull->obox, start + 1, pull->ost.uidnext - 1,
+			      &seq1, &seq2);
+	if (seq1 == 0)
+		return 0;
+	pull->total = seq2 - seq1 + 1;
 	i_array_init(&pull->batch_uids, 32);
-	ret = ferry_pull_todo(pull, ot, start, &todo);
-	items = array_get(&todo, &count);
-	pull->total = count;
 	/* no fsync per message during the copy (ferry_pull_sync_batch); the
 	   process does nothing else meanwhile, so changing the storage's
 	   setting for the duration is contained */
@@ -576,20 +588,21 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 		(struct mail_storage_settings *)pull->box->storage->set;
 	pull->saved_fsync_mode = mail_set->parsed_fsync_mode;
 	mail_set->parsed_fsync_mode = FSYNC_MODE_NEVER;
-	for (i = 0; ret == 0 && i < count; i += n) {
-		if (pull->max_batches > 0 && i / batch >= pull->max_batches) {
+	for (seq = seq1; ret == 0 && seq <= seq2; seq += batch) {
+		if (pull->max_batches > 0 &&
+		    (seq - seq1) / batch >= pull->max_batches) {
 			pull->stopped = TRUE;
 			break;
 		}
-		n = I_MIN(batch, count - i);
+		mail_index_lookup_uid(pull->obox->view, seq, &first);
+		mail_index_lookup_uid(pull->obox->view,
+				      I_MIN(seq2, seq + batch - 1), &last);
 		T_BEGIN {
-			ret = ferry_pull_batch(pull, ot, items + i, n);
+			ret = ferry_pull_batch(pull, first, last);
 		} T_END;
 	}
 	mail_set->parsed_fsync_mode = pull->saved_fsync_mode;
-	(void)mailbox_transaction_commit(&ot);
 	array_free(&pull->batch_uids);
-	array_free(&todo);
 	return ret;
 }
 

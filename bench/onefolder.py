@@ -1,0 +1,158 @@
+"""One big folder on OLD, for profiling the copy engine and measuring its
+memory (docs/bench.md, "Where the CPU goes" and "Memory").
+
+    python3 bench/onefolder.py setup DIR --messages 3000 [--mix text|mixed] [--big MB]
+    python3 bench/onefolder.py run DIR ferry|dsync [--fsync never|optimized]
+                               [--callgrind] [--rawlog] [--set k=v ...]
+    python3 bench/onefolder.py stop DIR
+
+setup starts a sandbox (OLD + NEW, the build's plugin) in its own mount
+namespace (a private copy of doveadm's module dir, as bench.py does), seeds
+OLD user src's INBOX, and leaves the servers running; run executes one pull
+into a fresh NEW user inside that namespace (nsenter) and prints a JSON line:
+wall s, the tool's CPU s and peak RSS MB (GNU time), OLD's CPU s, and with
+--rawlog the imapc rawlog's directory, with --callgrind callgrind's output."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+sys.path.insert(0, HERE)
+
+from ferrytest.sandbox import Sandbox  # noqa: E402
+
+import bcorpus  # noqa: E402
+import meter  # noqa: E402
+import seedfast  # noqa: E402
+
+TARGETS = 40  # fresh NEW users per tool
+DSYNC_OPTS = ("imapc_features=rfc822.size fetch-headers", "mail_prefetch_count=20")
+
+
+def users():
+    u = ["src"]
+    for i in range(1, TARGETS + 1):
+        u += ["f%02d" % i, "d%02d" % i]
+    return u
+
+
+def setup(a):
+    import bench
+    if os.environ.get("FERRY_BENCH_NS") != "1":
+        os.environ["FERRY_BENCH_NS"] = "1"
+        os.execvp("unshare", ["unshare", "-m", "--propagation", "private", sys.executable,
+                              os.path.abspath(__file__)] + sys.argv[1:])
+    bench.private_doveadm_modules()
+    bench.PRIVATE_DIRS.clear()  # kept: the servers outlive this process
+    os.makedirs(os.path.join(a.dir, "sb"), exist_ok=True)
+    os.chmod(a.dir, 0o755)
+    extra = {"src": "userdb_ferry=no"}
+    for i in range(1, TARGETS + 1):
+        extra["f%02d" % i] = "userdb_imapc_user=src"
+        extra["d%02d" % i] = "userdb_ferry=no userdb_imapc_user=src"
+    build = bench.private_build(os.path.join(a.dir, "build"))
+    sb = Sandbox(root=os.path.join(a.dir, "sb"), users=users(), build_dir=build,
+                 new_extra="imapc_cmd_timeout = 120s\n", new_userdb_extra=extra)
+    sb.start()
+    sb.save()
+    if a.big:
+        f = bcorpus.make_folder(a.seed, "INBOX", 1, "plain", True, 4242, expunge=0)
+        f.messages[0].body = bcorpus.fc.make_message(
+            __import__("random").Random(1), "big", f.messages[0].date, "+0000",
+            size=3000, attachment=int(a.big * 10**6 * 0.74))
+    elif a.mix == "tiny":
+        # memory runs: 200,000 messages of ~1 KB (a realistic mix would be
+        # 8 GB of disk for no insight into memory)
+        import random
+        rng = random.Random("tiny/%d" % a.seed)
+        f = bcorpus.fc.Folder("INBOX", 4242, True)
+        for i in range(a.messages):
+            d = 1300000000 + i * 600
+            f.messages.append(bcorpus.fc.Message(bcorpus.fc.make_message(
+                rng, "t%d" % i, d, 0, size=600), frozenset(), d, 0))
+    elif a.mix == "text":
+        f = bcorpus.text_folder("INBOX", a.messages, a.seed, 4242)
+    else:
+        f = bcorpus.make_folder(a.seed, "INBOX", a.messages, "plain", True, 4242,
+                                expunge=0, mix="mixed")
+    _, nbytes, nmsgs = seedfast.seed_user(sb, "src", [f])
+    with open(os.path.join(a.dir, "onefolder.json"), "w") as fp:
+        json.dump({"ns_pid": sb.master_pid("old"), "messages": nmsgs, "bytes": nbytes,
+                   "next": {"ferry": 1, "dsync": 1}}, fp)
+    print(json.dumps({"messages": nmsgs, "bytes": nbytes}))
+
+
+def run(a):
+    path = os.path.join(a.dir, "onefolder.json")
+    with open(path) as fp:
+        st = json.load(fp)
+    sb = Sandbox.load(os.path.join(a.dir, "sb"))
+    n = st["next"][a.tool]
+    st["next"][a.tool] = n + 1
+    with open(path, "w") as fp:
+        json.dump(st, fp)
+    user = ("f%02d" if a.tool == "ferry" else "d%02d") % n
+    opts = ["mail_fsync=" + a.fsync] + list(a.set)
+    if a.tool == "dsync":
+        opts += DSYNC_OPTS
+    if a.rawlog:
+        rdir = os.path.join(a.dir, "rawlog-%s" % user)
+        os.makedirs(rdir, exist_ok=True)
+        os.chmod(rdir, 0o777)  # written as the mail user
+        opts.append("imapc_rawlog_dir=" + rdir)
+    cmd = ["doveadm", "-c", sb.conf_path("new")]
+    for o in opts:
+        cmd += ["-o", o]
+    cmd += (["ferry", "pull", "-u", user] if a.tool == "ferry" else
+            ["backup", "-R", "-u", user, "imapc:"])
+    if a.callgrind:
+        cdir = os.path.join(a.dir, "callgrind")
+        os.makedirs(cdir, exist_ok=True)
+        os.chmod(cdir, 0o777)  # written as the mail user
+        res_cg = os.path.join(cdir, "%s.%s" % (a.tool, user))
+        # doveadm execs doveconf, which execs doveadm again (same pid), and
+        # drops privileges to the mail user before callgrind writes the
+        # file it created as root: the file is made writable first
+        cmd = ["sh", "-c", 'f="$0.$$"; : > "$f"; chmod 666 "$f"; exec valgrind '
+               '--tool=callgrind --trace-children=yes --callgrind-out-file="$f" "$@"',
+               res_cg] + cmd
+    cmd = ["nsenter", "-m", "-t", str(st["ns_pid"])] + cmd
+    with meter.Meter(sb, ("old",)) as m:
+        rc, out_, err, cpu, rss, wall = meter.run_tool(cmd, env=sb.doveadm_env("new"))
+    r = m.result()
+    res = {"tool": a.tool, "user": user, "fsync": a.fsync, "rc": rc, "wall_s": wall,
+           "tool_cpu_s": cpu, "tool_rss_mb": rss, "old_cpu_s": r["cpu_s"].get("old"),
+           "messages": st["messages"]}
+    if rc != 0:
+        res["error"] = (err or out_)[-600:]
+    print(json.dumps(res))
+    return 0 if rc == 0 else 1
+
+
+def stop(a):
+    Sandbox.load(os.path.join(a.dir, "sb")).stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="onefolder.py")
+    ap.add_argument("action", choices=("setup", "run", "stop"))
+    ap.add_argument("dir")
+    ap.add_argument("tool", nargs="?", choices=("ferry", "dsync"))
+    ap.add_argument("--messages", type=int, default=3000)
+    ap.add_argument("--mix", choices=("text", "mixed", "tiny"), default="text")
+    ap.add_argument("--big", type=float, help="one message of this many MB instead")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--fsync", default="never")
+    ap.add_argument("--callgrind", action="store_true")
+    ap.add_argument("--rawlog", action="store_true")
+    ap.add_argument("--set", action="append", default=[])
+    a = ap.parse_args()
+    a.dir = os.path.abspath(a.dir)
+    return {"setup": setup, "run": run, "stop": stop}[a.action](a) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
