@@ -63,6 +63,8 @@ def sizes(a):
 
 
 FERRY_SETTINGS = {}  # filled from the command line (ferry_batch_size=... etc.)
+FSYNC_MODES = ("never", "optimized")
+DSYNC_OPTS = ("imapc_features=rfc822.size fetch-headers", "mail_prefetch_count=20")
 
 
 def new_extra(a):
@@ -186,10 +188,15 @@ class Bench:
         n = self.cfg
         self.lazy_users = ["lz%02d" % r for r in range(1, n["lazy_repeats"] + 1)]
         self.many = ["m%03d" % i for i in range(1, n["users"] + 1)]
+        # scenario 1, paired runs: a fresh NEW user per tool, mail_fsync
+        # setting and repeat
+        self.paired = {(tool, fs, r): "%s%s%d" % (tool[0], fs[0], r)
+                       for tool in ("ferry", "dsync") for fs in FSYNC_MODES
+                       for r in range(1, a.repeats + 1)}
         # prof1..3: spare NEW users reading src, for profiling a kept sandbox
         users = (["src", "lazysrc", "ferry", "dsync", "mbsync", "prof1", "prof2", "prof3",
                   "first", "firstref", "bigsrc", "firstbig"]
-                 + self.lazy_users + self.many)
+                 + self.lazy_users + self.many + sorted(self.paired.values()))
         extra = {"src": "userdb_ferry=no", "lazysrc": "userdb_ferry=no",
                  # presync: the delta pass (scenario 2) is a mirror pass
                  "ferry": "userdb_imapc_user=src userdb_ferry_phase=presync",
@@ -201,6 +208,9 @@ class Bench:
         extra["firstbig"] = "userdb_imapc_user=bigsrc"
         for u in self.lazy_users:
             extra[u] = "userdb_imapc_user=lazysrc"
+        for (tool, fs, r), u in self.paired.items():
+            extra[u] = ("userdb_imapc_user=src" if tool == "ferry" else
+                        "userdb_ferry=no userdb_imapc_user=src")
         self.build = private_build(os.path.join(self.root, "build"))
         self.sb = Sandbox(root=os.path.join(self.root, "sb"), users=users,
                           build_dir=self.build,
@@ -290,7 +300,7 @@ class Bench:
         # dsync, tuned imapc
         r, out, err = self.measured(self.doveadm_new(
             "backup", "-R", "-u", "dsync", "imapc:",
-            opts=("imapc_features=rfc822.size fetch-headers", "mail_prefetch_count=20")))
+            opts=DSYNC_OPTS))
         finish("dsync", r, "dsync", "doveadm backup -R -u USER imapc: (imapc_features="
                "rfc822.size fetch-headers, mail_prefetch_count=20), into a fresh NEW user")
         # mbsync OLD -> NEW over IMAP
@@ -312,6 +322,70 @@ class Bench:
         f["target"] = "msgs/s >= 1.5x dsync with UIDs, flags, keywords, dates kept"
         f["target_met"] = bool(f.get("ratio_vs_dsync", 0) >= 1.5 and all_kept(f.get("kept")))
         self.scen("1_full", rows)
+
+    def s1_paired(self):
+        """Ferry against dsync at each mail_fsync setting (the same for both
+        tools in a pair, given with -o to both), a.repeats interleaved pairs
+        each (the order alternates), fresh NEW users: medians, the ratio of
+        the medians, OLD's CPU per message, peak RSS. The first pair of each
+        setting is read back and checked; each copy is removed after its
+        run (disk)."""
+        c = self.corpus
+        nm = c["messages"]
+        out = {"repeats": self.a.repeats, "pairs": {}}
+        for fs in FSYNC_MODES:
+            runs = {"ferry": [], "dsync": []}
+            for rep in range(1, self.a.repeats + 1):
+                order = ("ferry", "dsync") if rep % 2 else ("dsync", "ferry")
+                for tool in order:
+                    user = self.paired[(tool, fs, rep)]
+                    opts = ("mail_fsync=" + fs,) + (DSYNC_OPTS if tool == "dsync" else ())
+                    args = (("ferry", "pull", "-u", user) if tool == "ferry" else
+                            ("backup", "-R", "-u", user, "imapc:"))
+                    r, out_, err = self.measured(self.doveadm_new(*args, opts=opts))
+                    r["user"] = user
+                    if r.get("rc") == 0 and rep == 1:
+                        r["kept"] = assess(self.ref, snapshot(self.sb, "new", user,
+                                                              timeout=600))
+                    runs[tool].append(r)
+                    log("1p %s %s #%d: %.1fs, CPU tool %.1f OLD %.1f, RSS %.0f MB, rc %s%s" % (
+                        fs, tool, rep, r["wall_s"], r["tool_cpu_s"],
+                        r["cpu_s"].get("old", 0), r["tool_peak_rss_mb"], r["rc"],
+                        (", kept: " + kept_text(r["kept"])) if "kept" in r else ""))
+                    shutil.rmtree(self.sb.home("new", user), ignore_errors=True)
+            pair = {}
+            for tool, rs in runs.items():
+                ok = [r for r in rs if r.get("rc") == 0]
+                walls = [r["wall_s"] for r in ok]
+                pair[tool] = {
+                    "runs": len(rs), "ok": len(ok),
+                    "wall_s": [r["wall_s"] for r in rs],
+                    "median_wall_s": statistics.median(walls) if walls else None,
+                    "msgs_per_s": round(nm / statistics.median(walls), 1) if walls else None,
+                    "median_tool_cpu_s": statistics.median(r["tool_cpu_s"] for r in ok)
+                    if ok else None,
+                    "old_cpu_us_per_msg": round(1e6 * statistics.median(
+                        r["cpu_s"].get("old", 0) for r in ok) / nm, 1) if ok else None,
+                    "peak_rss_mb": max(r["tool_peak_rss_mb"] for r in ok) if ok else None,
+                    "kept": next((r["kept"] for r in rs if "kept" in r), None),
+                    "errors": [r.get("error", "")[-300:] for r in rs if r.get("rc")],
+                }
+            f, d = pair["ferry"], pair["dsync"]
+            if f["msgs_per_s"] and d["msgs_per_s"]:
+                pair["ratio"] = round(f["msgs_per_s"] / d["msgs_per_s"], 2)
+            want = 1.5 if fs == "never" else 2.5
+            pair["target"] = ("ratio of medians >= %.1fx dsync, everything kept; OLD CPU per "
+                              "message <= dsync's; peak RSS <= 24 MB" % want)
+            pair["target_met"] = bool(
+                pair.get("ratio", 0) >= want and all_kept(f.get("kept"))
+                and f["old_cpu_us_per_msg"] is not None and d["old_cpu_us_per_msg"] is not None
+                and f["old_cpu_us_per_msg"] <= d["old_cpu_us_per_msg"]
+                and (f["peak_rss_mb"] or 99) <= 24)
+            out["pairs"][fs] = pair
+            log("1p %s: ferry %s msg/s, dsync %s msg/s, ratio %s; OLD us/msg %s vs %s" % (
+                fs, f["msgs_per_s"], d["msgs_per_s"], pair.get("ratio"),
+                f["old_cpu_us_per_msg"], d["old_cpu_us_per_msg"]))
+        self.scen("1_paired", out)
 
     def mbsync_ver(self):
         r = subprocess.run(["mbsync", "--version"], capture_output=True, text=True)
@@ -819,10 +893,10 @@ SyncState {d}/state/
                                            per_host_limit=self.a.per_host,
                                            new_mail_fsync=mail_fsync(self.sb)),
             small=self.a.small)
-        only = set(self.a.only.split(",")) if self.a.only else set("123456")
+        only = set(self.a.only.split(",")) if self.a.only else {"1", "1p", "2", "3", "4", "5", "6"}
         try:
             self.setup()
-            steps = [("1", self.s1), ("2", self.s2), ("3", self.s3), ("4", self.s4),
+            steps = [("1", self.s1), ("1p", self.s1_paired), ("2", self.s2), ("3", self.s3), ("4", self.s4),
                      ("5", self.s5), ("6", self.s6)]
             for key, fn in steps:
                 if key in only and (key != "2" or "1" in only):
@@ -833,7 +907,8 @@ SyncState {d}/state/
                         import traceback
                         traceback.print_exc()
                         self.results["scenarios"].setdefault(
-                            {"1": "1_full", "2": "2_delta", "3": "3_lazy", "4": "4_overhead",
+                            {"1": "1_full", "1p": "1_paired", "2": "2_delta", "3": "3_lazy",
+                             "4": "4_overhead",
                              "5": "5_many_users", "6": "6_first_login"}[key],
                             {"error": repr(e)[-800:]})
                     log("scenario %s took %.1fs" % (key, time.monotonic() - t))
@@ -998,9 +1073,12 @@ def main(argv=None):
                     help="scenario 6: messages of the big first-login user")
     ap.add_argument("--set", action="append", default=[],
                     help="ferry plugin setting for NEW, e.g. ferry_batch_size=1000")
+    ap.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", 0)),
+                    help="interleaved Ferry/dsync pairs per mail_fsync setting (scenario 1p)")
     ap.add_argument("--perf", action="store_true", help="perf record -g the Ferry full pass")
     ap.add_argument("--keep", action="store_true", help="keep the sandbox directory")
     a = ap.parse_args(argv)
+    a.repeats = a.repeats or (1 if a.small else 3)
     for s in a.set + os.environ.get("BENCH_FERRY_SET", "").split():
         k, v = s.split("=", 1)
         FERRY_SETTINGS[k] = v

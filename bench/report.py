@@ -97,6 +97,27 @@ def markdown(res):
                         ("%.2fx dsync msg/s" % r["ratio_vs_dsync"]) if "ratio_vs_dsync" in r
                         else "-", _kept(r.get("kept")) + err, _target(r)]))
 
+    s1p = S.get("1_paired", {})
+    if "error" in s1p:
+        out.append(row(["1p", "paired full passes", "-"] + [""] * 8 + ["ERROR " + s1p["error"], ""]))
+    for fs, pair in s1p.get("pairs", {}).items():
+        for tool in ("ferry", "dsync"):
+            r = pair[tool]
+            errs = ("; ERRORS: " + " / ".join(e[:120] for e in r["errors"])) if r["errors"] else ""
+            out.append(row([
+                "1p", "full pass, mail_fsync=%s for both, median of %d" % (fs, r["runs"]), tool,
+                c.get("messages", ""), _f(c.get("bytes", 0) / MB, "%.0f"),
+                "%s (%s)" % (_f(r["median_wall_s"], "%.1f"),
+                             ", ".join("%.1f" % w for w in r["wall_s"])),
+                _f(r["msgs_per_s"], "%.0f"), "",
+                "%s / OLD %s us per msg / -" % (_f(r["median_tool_cpu_s"], "%.1f"),
+                                                 _f(r["old_cpu_us_per_msg"], "%.0f")),
+                "%s / - / -" % _f(r["peak_rss_mb"], "%.0f"),
+                ("%.2fx dsync msg/s (ratio of medians)" % pair["ratio"])
+                if tool == "ferry" and "ratio" in pair else "-",
+                _kept(r.get("kept")) + errs,
+                _target(pair) if tool == "ferry" else ""]))
+
     s2 = S.get("2_delta", {})
     if "error" in s2:
         out.append(row(["2", "delta pass", "-"] + [""] * 8 + ["ERROR " + s2["error"], ""]))

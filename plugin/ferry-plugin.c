@@ -75,6 +75,8 @@ void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r)
 		ferry_setting_uint(user, "ferry_max_folders", 10000, 0);
 	set_r->old_connect_timeout_secs =
 		ferry_setting_uint(user, "ferry_old_connect_timeout", 30, 1);
+	set_r->parallel = ferry_setting_uint(user, "ferry_parallel",
+					     ferry_workers_default(), 1);
 	set_r->background_idle_msecs =
 		ferry_setting_uint(user, "ferry_background_idle_msecs", 300, 0);
 }

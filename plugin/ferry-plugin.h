@@ -33,6 +33,8 @@ struct ferry_settings {
 	unsigned int max_folders;
 	/* connect + greeting of the old server (imapc's own is a fixed 30 s) */
 	unsigned int old_connect_timeout_secs;
+	/* folders of one doveadm pass copied at once (workers.c) */
+	unsigned int parallel;
 	/* imap: the client is idle after this long without a command; then
 	   the rest of the user is completed in the background (0 = never) */
 	unsigned int background_idle_msecs;
@@ -239,6 +241,10 @@ int ferry_each_folder(struct mail_user *user,
 		      int (*func)(struct mail_user *user, const char *vname,
 				  void *context),
 		      void *context, const char **error_r);
+/* The folders of the user's INBOX namespace that can be selected, in
+   listing order (allocated from the data stack). */
+int ferry_folder_names(struct mail_user *user, ARRAY_TYPE(const_string) *names,
+		       const char **error_r);
 int ferry_pull_all(struct mail_user *user, enum ferry_pull_mode mode,
 		   void (*callback)(const struct ferry_pull_result *res,
 				    const char *error, void *context),
@@ -246,6 +252,22 @@ int ferry_pull_all(struct mail_user *user, enum ferry_pull_mode mode,
 /* Marks the user done if every folder is complete (no old server access
    in later sessions). */
 int ferry_user_check_done(struct mail_user *user, const char **error_r);
+
+/* workers.c: one pass's folders in parallel, by forked workers */
+typedef void ferry_pass_report_func_t(const struct ferry_pull_result *res,
+				      const char *error, void *context);
+typedef void ferry_pass_folder_func_t(struct mail_user *user, const char *vname,
+				      ferry_pass_report_func_t *report,
+				      void *report_ctx, void *context);
+/* ferry_parallel's default: CPUs, at most 4 */
+unsigned int ferry_workers_default(void);
+/* func runs in a worker for each of names; report in this process for
+   each result (a folder whose worker died is reported failed). */
+int ferry_workers_run(struct mail_user *user, const char *const *names,
+		      unsigned int count, unsigned int workers,
+		      ferry_pass_folder_func_t *func, void *context,
+		      ferry_pass_report_func_t *report, void *report_ctx,
+		      const char **error_r);
 
 /* old-list.c: the old server's folder list stops counting past max
    (0 = no bound); disarm says whether it overflowed */

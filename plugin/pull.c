@@ -1015,27 +1015,22 @@ int ferry_pull_folder_step(struct mail_user *user, const char *vname,
 				      result_r, error_code_r, error_r);
 }
 
-int ferry_each_folder(struct mail_user *user,
-		  int (*func)(struct mail_user *user, const char *vname,
-			      void *context),
-		  void *context, const char **error_r)
+int ferry_folder_names(struct mail_user *user, ARRAY_TYPE(const_string) *names,
+		       const char **error_r)
 {
 	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
 	struct mailbox_list_iterate_context *iter;
 	const struct mailbox_info *info;
-	ARRAY_TYPE(const_string) names;
-	const char *const *namep;
 	enum mail_error err;
 	int ret = 0;
 
-	/* collect first: pulling while a listing is open would nest */
-	t_array_init(&names, 64);
+	t_array_init(names, 64);
 	ferry_internal_begin(user);
 	iter = mailbox_list_iter_init(ns->list, "*", 0);
 	while ((info = mailbox_list_iter_next(iter)) != NULL) {
 		if ((info->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) == 0) {
 			const char *name = t_strdup(info->vname);
-			array_push_back(&names, &name);
+			array_push_back(names, &name);
 		}
 	}
 	if (mailbox_list_iter_deinit(&iter) < 0) {
@@ -1043,7 +1038,20 @@ int ferry_each_folder(struct mail_user *user,
 		ret = -1;
 	}
 	ferry_internal_end(user);
-	if (ret < 0)
+	return ret;
+}
+
+int ferry_each_folder(struct mail_user *user,
+		  int (*func)(struct mail_user *user, const char *vname,
+			      void *context),
+		  void *context, const char **error_r)
+{
+	ARRAY_TYPE(const_string) names;
+	const char *const *namep;
+	int ret = 0;
+
+	/* collect first: pulling while a listing is open would nest */
+	if (ferry_folder_names(user, &names, error_r) < 0)
 		return -1;
 	array_foreach(&names, namep) {
 		int r = func(user, *namep, context);
@@ -1101,8 +1109,10 @@ struct ferry_pull_all_context {
 	unsigned int failed;
 };
 
-static int ferry_pull_all_folder(struct mail_user *user, const char *vname,
-				 void *context)
+/* One folder of a pass, in this process or in a worker (workers.c). */
+static void ferry_pull_pass_folder(struct mail_user *user, const char *vname,
+				   ferry_pass_report_func_t *report,
+				   void *report_ctx, void *context)
 {
 	struct ferry_pull_all_context *ctx = context;
 	struct ferry_pull_result res;
@@ -1121,10 +1131,17 @@ static int ferry_pull_all_folder(struct mail_user *user, const char *vname,
 			ret = ferry_pull_folder(user, vname, ctx->mode, &res,
 						&code, &error);
 	}
-	if (ret < 0)
+	report(&res, ret < 0 ? error : NULL, report_ctx);
+}
+
+static void ferry_pull_pass_report(const struct ferry_pull_result *res,
+				   const char *error, void *context)
+{
+	struct ferry_pull_all_context *ctx = context;
+
+	if (error != NULL)
 		ctx->failed++;
-	ctx->callback(&res, error, ctx->context);
-	return 0;
+	ctx->callback(res, error, ctx->context);
 }
 
 int ferry_pull_all(struct mail_user *user, enum ferry_pull_mode mode,
@@ -1135,12 +1152,30 @@ int ferry_pull_all(struct mail_user *user, enum ferry_pull_mode mode,
 	struct ferry_pull_all_context ctx = {
 		.mode = mode, .callback = callback, .context = context
 	};
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+	ARRAY_TYPE(const_string) names;
+	const char *const *namep;
+	unsigned int count;
 	int ret = mode == FERRY_PULL_MIRROR ? ferry_tree_mirror(user, error_r) :
 		ferry_tree_sync(user, error_r);
 
-	if (ret < 0 ||
-	    ferry_each_folder(user, ferry_pull_all_folder, &ctx, error_r) < 0)
+	if (ret < 0 || ferry_folder_names(user, &names, error_r) < 0)
 		return -1;
+	namep = array_get(&names, &count);
+	if (fuser->set.parallel > 1 && count > 1) {
+		if (ferry_workers_run(user, namep, count,
+				      I_MIN(fuser->set.parallel, count),
+				      ferry_pull_pass_folder, &ctx,
+				      ferry_pull_pass_report, &ctx,
+				      error_r) < 0)
+			return -1;
+	} else {
+		for (unsigned int i = 0; i < count; i++) T_BEGIN {
+			ferry_pull_pass_folder(user, namep[i],
+					       ferry_pull_pass_report, &ctx,
+					       &ctx);
+		} T_END;
+	}
 	if (ctx.failed > 0) {
 		*error_r = t_strdup_printf("%u folders failed", ctx.failed);
 		return -1;

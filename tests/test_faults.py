@@ -1,6 +1,7 @@
 """Races, crashes and a dead old server (issue 2). After each: the folder
 is complete, equal to OLD through an independent client, 0 duplicates."""
 import os
+import random
 import signal
 import subprocess
 import time
@@ -13,7 +14,7 @@ from ferrytest.snapshot import compare, duplicates, snapshot
 
 BATCH = 100
 SANDBOX_KWARGS = {"users": ("race1", "race2", "crash1", "crash2", "crash3", "down",
-                            "silent"),
+                            "silent", "par1"),
                   "batch_size": BATCH,
                   # per-user imapc override from userdb: one connect attempt
                   "new_userdb_extra": {"silent": "userdb_imapc_connection_retry_count=0 "
@@ -246,3 +247,59 @@ def test_old_server_silent_then_back(sandbox):
     assert OLD_CONNECT_TIMEOUT - 0.5 < elapsed < OLD_CONNECT_TIMEOUT + 12, elapsed
     new = snapshot(sandbox, "new", "silent")
     assert compare(old, new) == []
+
+
+def _children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_kill_parallel_pull_mid_folders(sandbox, old_log):
+    """A whole-user pull with three workers (ferry_parallel=3), each inside
+    its own folder, killed with -9: the workers die with it, and the next
+    pull completes every folder equal to OLD, no duplicate, at most one
+    batch per worker fetched twice."""
+    user = "par1"
+    rng = random.Random("par1/uv")
+    uvs = rng.sample(range(1000000, 2000000000), 4)
+    spec = corpus.Spec([corpus.Folder("INBOX", uvs[0])] + [
+        corpus._folder(12, name, 1050, "plain", True, uv, expunge=50, attach=0)
+        for name, uv in zip(("Alpha", "Beta", "Gamma"), uvs[1:])])
+    corpus.seed_old(sandbox, user, spec)
+    old_log.mark()
+    new_mark = sandbox.log_size("new")
+    proc = subprocess.Popen(sandbox.doveadm_cmd("new", "-o", "plugin/ferry_parallel=3",
+                                                "ferry", "pull", "-u", user),
+                            env=sandbox.doveadm_env("new"), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until(lambda: all(_local_files(sandbox, user, f) >= 2 * BATCH
+                           for f in ("Alpha", "Beta", "Gamma")),
+               180, "every worker two batches into its folder")
+    workers = _children(proc.pid)
+    assert len(workers) == 3, workers
+    proc.kill()
+    out, err = proc.communicate(timeout=30)
+    assert b"event=parallel workers=3" in err, err[-2000:]
+    for pid in workers:  # PR_SET_PDEATHSIG: none outlives the pull
+        wait_until(lambda: not os.path.exists("/proc/%d" % pid) or
+                   open("/proc/%d/stat" % pid).read().split()[2] == "Z", 10,
+                   "worker %d to die" % pid)
+    assert any(_local_files(sandbox, user, f) < 1000 for f in ("Alpha", "Beta", "Gamma"))
+
+    r = subprocess.run(sandbox.doveadm_cmd("new", "-o", "plugin/ferry_parallel=3",
+                                           "ferry", "pull", "-u", user),
+                       env=sandbox.doveadm_env("new"), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    old_log.settle(user)
+    fetched = sum(old_log.body_counts(user))
+    old = _assert_equal(sandbox, user)
+    total = sum(len(f.messages) for f in old.folders.values())
+    refetched = fetched - total
+    recopied = "event=recopy" in sandbox.log_text("new", new_mark)
+    print("\nparallel kill -9: bodies fetched %d, fetched twice %d (3 workers, batch %d)%s"
+          % (fetched, refetched, BATCH, ", a folder copied again" if recopied else ""))
+    assert 0 <= refetched <= (3 * BATCH + (1000 if recopied else 0))
