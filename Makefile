@@ -23,7 +23,7 @@ PLUGIN_CFLAGS = -std=gnu11 -O2 -g -fPIC -DHAVE_CONFIG_H -I$(DOVECOT_INC) \
 PLUGIN_RPATH ?= -Wl,-rpath,$(DOVECOT_LIB)
 PLUGIN_LDFLAGS = -shared -L$(DOVECOT_LIB) $(PLUGIN_RPATH) $(SANITIZE) $(EXTRA_LDFLAGS)
 
-PLUGIN_SRCS = plugin/ferry-plugin.c plugin/state.c plugin/old.c plugin/old-identity.c plugin/old-body.c plugin/old-list.c plugin/old-status.c plugin/map.c \
+PLUGIN_SRCS = plugin/ferry-plugin.c plugin/state.c plugin/old.c plugin/old-identity.c plugin/old-body.c plugin/old-sizes.c plugin/old-list.c plugin/old-status.c plugin/map.c \
               plugin/tree.c plugin/pull.c plugin/mirror.c plugin/rollback.c plugin/lazy.c plugin/background.c plugin/ferryd-notify.c plugin/workers.c
 DOVEADM_SRCS = plugin/doveadm-ferry.c
 # plain C shared with the service (common/, headers in include/)

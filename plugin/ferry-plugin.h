@@ -195,6 +195,18 @@ void ferry_old_body_register(struct mailbox *obox);
 int ferry_old_body_fetch(struct mailbox *obox, uint32_t uid, uoff_t size,
 			 struct istream **input_r, const char **error_r);
 
+/* old-sizes.c: RFC822.SIZE of old UIDs first..last, one command; sorted
+   by UID. A message the server does not answer for is gone from it. */
+struct ferry_old_size {
+	uint32_t uid;
+	uoff_t size;
+};
+ARRAY_DEFINE_TYPE(ferry_old_size, struct ferry_old_size);
+void ferry_old_sizes_register(struct mailbox *obox);
+int ferry_old_sizes_fetch(struct mailbox *obox, uint32_t first, uint32_t last,
+			  ARRAY_TYPE(ferry_old_size) *sizes,
+			  const char **error_r);
+
 /* tree.c: folders and subscriptions, once per user */
 int ferry_tree_sync(struct mail_user *user, const char **error_r);
 

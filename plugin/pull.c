@@ -380,53 +380,34 @@ ferry_old_search(struct mailbox_transaction_context *ot,
 	return search;
 }
 
-struct ferry_todo {
-	uint32_t uid;
-	uoff_t size;
-};
-ARRAY_DEFINE_TYPE(ferry_todo, struct ferry_todo);
-
 /* The old UIDs first..last still to copy, with their RFC822.SIZE: one
-   pipelined FETCH, no bodies. */
-static int ferry_pull_todo(struct ferry_pull *pull,
-			   struct mailbox_transaction_context *ot,
-			   uint32_t first, uint32_t last,
-			   ARRAY_TYPE(ferry_todo) *todo)
+   command, no bodies (old-sizes.c). */
+static int ferry_pull_todo(struct ferry_pull *pull, uint32_t first,
+			   uint32_t last, ARRAY_TYPE(ferry_old_size) *todo)
 {
-	ARRAY_TYPE(seq_range) range;
-	struct mail_search_context *search;
-	struct mail *mail;
-	struct ferry_todo *item;
-	int ret = 0;
-
-	t_array_init(&range, 1);
-	seq_range_array_add_range(&range, first, last);
-	search = ferry_old_search(ot, &range, MAIL_FETCH_PHYSICAL_SIZE);
+	ARRAY_TYPE(ferry_old_size) sizes;
+	const struct ferry_old_size *item;
 	uoff_t max = pull->fuser->set.max_message_size;
-	while (mailbox_search_next(search, &mail)) {
-		uoff_t size;
-		pull->last_seen_uid = mail->uid;
-		if (mail_get_physical_size(mail, &size) < 0) {
-			if (!mail->expunged)
-				ret = -1;
-			continue;
-		}
-		if (max > 0 && size > max) {
+	const char *error;
+
+	t_array_init(&sizes, last - first + 1 < 4096 ? last - first + 1 : 4096);
+	if (ferry_old_sizes_fetch(pull->obox, first, last, &sizes, &error) < 0)
+		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE,
+			t_strdup_printf("old server: %s", error));
+	array_foreach(&sizes, item) {
+		pull->last_seen_uid = item->uid;
+		if (max > 0 && item->size > max) {
 			/* never silently: logged and counted in the header */
 			i_warning(FERRY_LOG_PREFIX "folder=%s event=skipped "
 				  "old_uid=%u size=%"PRIuUOFF_T": larger than "
 				  "ferry_max_message_size", pull->vname,
-				  mail->uid, size);
+				  item->uid, item->size);
 			pull->skipped++;
 			pull->hdr.skipped++;
 			continue;
 		}
-		item = array_append_space(todo);
-		item->uid = mail->uid;
-		item->size = size;
+		array_push_back(todo, item);
 	}
-	if (mailbox_search_deinit(&search) < 0 || ret < 0)
-		return ferry_pull_fail_old(pull, "UID FETCH RFC822.SIZE");
 	return 0;
 }
 
@@ -494,7 +475,7 @@ static int ferry_pull_copy_big(struct ferry_pull *pull, struct mail *mail,
    ones prefetched; large ones in ranges). */
 static int ferry_pull_run_of(struct ferry_pull *pull,
 			     struct mailbox_transaction_context *ot,
-			     const struct ferry_todo *items, unsigned int count,
+			     const struct ferry_old_size *items, unsigned int count,
 			     bool big)
 {
 	ARRAY_TYPE(seq_range) range;
@@ -539,14 +520,14 @@ static int ferry_pull_batch(struct ferry_pull *pull, uint32_t first,
 {
 	uoff_t big_size = pull->fuser->set.big_message_size;
 	struct mailbox_transaction_context *ot;
-	ARRAY_TYPE(ferry_todo) todo;
-	const struct ferry_todo *items;
+	ARRAY_TYPE(ferry_old_size) todo;
+	const struct ferry_old_size *items;
 	unsigned int i, n, count;
 	int ret;
 
 	ot = mailbox_transaction_begin(pull->obox, 0, "ferry pull");
 	t_array_init(&todo, pull->fuser->set.batch_size);
-	ret = ferry_pull_todo(pull, ot, first, last, &todo);
+	ret = ferry_pull_todo(pull, first, last, &todo);
 	items = array_get(&todo, &count);
 	for (i = 0; ret == 0 && i < count; i += n) {
 		bool big = items[i].size > big_size;
@@ -713,6 +694,7 @@ static int ferry_pull_locked(struct ferry_pull *pull)
 	if (mailbox_sync(pull->obox, 0) < 0)
 		return ferry_pull_fail_old(pull, "SELECT");
 	ferry_old_body_register(pull->obox);
+	ferry_old_sizes_register(pull->obox);
 	if (mailbox_get_status(pull->obox, items, &pull->ost) < 0)
 		return ferry_pull_fail_old(pull, "STATUS");
 	if (mailbox_get_status(pull->box, items, &pull->lst) < 0)

@@ -1,0 +1,124 @@
+/* RFC822.SIZE of a range of old UIDs in one command,
+   UID FETCH first:last (RFC822.SIZE). The copy engine needs each message's
+   size before its body (large ones are fetched in ranges, too large ones
+   skipped). Through imapc's search the sizes went out as one command per
+   prefetch window, each a list of UIDs, and cost a mail object per message
+   here: measured on a Dovecot OLD, 4 us of its CPU a message against 1 us
+   for one range command, a fifth of what the body fetch costs it. */
+
+#include "lib.h"
+#include "array.h"
+#include "imap-arg.h"
+#include "imapc-storage.h"
+#include "ferry-plugin.h"
+
+struct ferry_sizes_fetch {
+	uint32_t first, last;
+	ARRAY_TYPE(ferry_old_size) *sizes;
+	/* set inside imapc's ioloop callbacks: heap, not data stack */
+	char *error;
+};
+
+/* imapc's mailbox callbacks carry no context of their own; a process
+   fetches one range at a time, so the fetch in progress is global. */
+static struct ferry_sizes_fetch *ferry_sizes_current = NULL;
+
+static void
+ferry_sizes_untagged(const struct imapc_untagged_reply *reply,
+		     struct imapc_mailbox *mbox ATTR_UNUSED)
+{
+	struct ferry_sizes_fetch *fetch = ferry_sizes_current;
+	const struct imap_arg *list;
+	const char *key, *value, *size_str = NULL;
+	struct ferry_old_size *item;
+	uint32_t uid = 0;
+	uoff_t size;
+	unsigned int i;
+
+	if (fetch == NULL || fetch->error != NULL ||
+	    !imap_arg_get_list(reply->args, &list))
+		return;
+	for (i = 0; list[i].type != IMAP_ARG_EOL &&
+		    list[i + 1].type != IMAP_ARG_EOL; i += 2) {
+		if (!imap_arg_get_atom(&list[i], &key))
+			continue;
+		if (strcasecmp(key, "UID") == 0) {
+			if (!imap_arg_get_atom(&list[i + 1], &value) ||
+			    str_to_uint32(value, &uid) < 0)
+				uid = 0;
+		} else if (strcasecmp(key, "RFC822.SIZE") == 0) {
+			if (!imap_arg_get_atom(&list[i + 1], &size_str))
+				size_str = "";
+		}
+	}
+	if (uid < fetch->first || uid > fetch->last || size_str == NULL)
+		return; /* someone else's FETCH (flags, a body) */
+	if (str_to_uoff(size_str, &size) < 0) {
+		/* never taken for an expunge: the message would be lost */
+		fetch->error = i_strdup_printf("UID %u: invalid RFC822.SIZE",
+					       uid);
+		return;
+	}
+	item = array_append_space(fetch->sizes);
+	item->uid = uid;
+	item->size = size;
+}
+
+void ferry_old_sizes_register(struct mailbox *obox)
+{
+	imapc_mailbox_register_untagged(IMAPC_MAILBOX(obox), "FETCH",
+					ferry_sizes_untagged);
+}
+
+static int ferry_old_size_cmp(const struct ferry_old_size *a,
+			      const struct ferry_old_size *b)
+{
+	return a->uid < b->uid ? -1 : (a->uid > b->uid ? 1 : 0);
+}
+
+int ferry_old_sizes_fetch(struct mailbox *obox, uint32_t first, uint32_t last,
+			  ARRAY_TYPE(ferry_old_size) *sizes,
+			  const char **error_r)
+{
+	struct imapc_mailbox *mbox = IMAPC_MAILBOX(obox);
+	struct ferry_sizes_fetch fetch;
+	struct imapc_simple_context sctx;
+	struct imapc_command *cmd;
+	int ret = 0;
+
+	i_zero(&fetch);
+	fetch.first = first;
+	fetch.last = last;
+	fetch.sizes = sizes;
+	ferry_sizes_current = &fetch;
+	imapc_simple_context_init(&sctx, mbox->storage->client);
+	cmd = imapc_client_mailbox_cmd(mbox->client_box,
+				       imapc_simple_callback, &sctx);
+	imapc_command_sendf(cmd, "UID FETCH %u:%u (RFC822.SIZE)", first, last);
+	imapc_simple_run(&sctx, &cmd);
+	ferry_sizes_current = NULL;
+	if (sctx.ret < 0) {
+		*error_r = t_strdup_printf("UID FETCH %u:%u RFC822.SIZE: %s",
+			first, last, mailbox_get_last_internal_error(obox, NULL));
+		ret = -1;
+	} else if (fetch.error != NULL) {
+		*error_r = t_strdup_printf("UID FETCH %u:%u RFC822.SIZE: %s",
+					   first, last, fetch.error);
+		ret = -1;
+	}
+	i_free(fetch.error);
+	if (ret < 0)
+		return -1;
+	/* in UID order, each once, whatever order the server answered in */
+	array_sort(sizes, ferry_old_size_cmp);
+	struct ferry_old_size *items;
+	unsigned int count, i, n = 0;
+	items = array_get_modifiable(sizes, &count);
+	for (i = 0; i < count; i++) {
+		if (n > 0 && items[n - 1].uid == items[i].uid)
+			continue;
+		items[n++] = items[i];
+	}
+	array_delete(sizes, n, count - n);
+	return 0;
+}
