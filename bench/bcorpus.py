@@ -117,11 +117,12 @@ def folders(n, seed=1):
         yield make_folder(seed, name, count, profile, sub, uv, huge=huge)
 
 
-def text_folder(name, n, seed, uidvalidity):
-    """n surviving 2-20 KB text messages (plus ~5 % expunged)."""
+def text_folder(name, n, seed, uidvalidity, mix="text"):
+    """n surviving 2-20 KB text messages (plus ~5 % expunged); mix="mixed":
+    the corpus's realistic sizes instead."""
     count = n + n // 20
     return make_folder(seed, name, count, "plain", True, uidvalidity,
-                       expunge=n // 20, mix="text")
+                       expunge=n // 20, mix=mix)
 
 
 def small_folder(seed, name, count, uidvalidity, subscribed=True):
