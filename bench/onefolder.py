@@ -61,7 +61,7 @@ def setup(a):
     if a.big:
         f = bcorpus.make_folder(a.seed, "INBOX", 1, "plain", True, 4242, expunge=0)
         f.messages[0].body = bcorpus.fc.make_message(
-            __import__("random").Random(1), "big", f.messages[0].date, "+0000",
+            __import__("random").Random(1), "big", f.messages[0].date, 0,
             size=3000, attachment=int(a.big * 10**6 * 0.74))
     elif a.mix == "tiny":
         # memory runs: 200,000 messages of ~1 KB (a realistic mix would be

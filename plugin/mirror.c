@@ -10,16 +10,6 @@
 #include "mail-search-build.h"
 #include "ferry-plugin.h"
 
-#include <stdlib.h>
-
-struct ferry_old_msg {
-	uint32_t uid;
-	bool seen_locally;
-	enum mail_flags flags;
-	const char *keywords; /* sorted, space-separated: comparable */
-};
-ARRAY_DEFINE_TYPE(ferry_old_msg, struct ferry_old_msg);
-
 static int ferry_cmp_str(const char *const *a, const char *const *b)
 {
 	return strcmp(*a, *b);
@@ -37,35 +27,41 @@ static const char *ferry_keywords_key(const char *const *keywords)
 	return t_strarray_join(array_front(&sorted), " ");
 }
 
-static int ferry_cmp_uid(const uint32_t *uid, const struct ferry_old_msg *msg)
-{
-	return *uid < msg->uid ? -1 : (*uid > msg->uid ? 1 : 0);
-}
-
 /* The old folder as imapc's index holds it after its SELECT (UIDs and
-   flags of every message: no further traffic). */
-static int ferry_old_state(struct mailbox *obox, ARRAY_TYPE(ferry_old_msg) *msgs,
-			   const char **error_r)
-{
+   flags of every message: no further traffic), read alongside the new
+   folder in UID order: nothing per message is kept, whatever the
+   folder's size. */
+struct ferry_old_iter {
 	struct mailbox_transaction_context *t;
-	struct mail_search_args *args;
 	struct mail_search_context *search;
-	struct mail *mail;
-	int ret;
+	struct mail *mail; /* NULL: past the last old message */
+};
 
-	t = mailbox_transaction_begin(obox, 0, "ferry mirror");
+static void ferry_old_iter_init(struct ferry_old_iter *it, struct mailbox *obox)
+{
+	struct mail_search_args *args;
+
+	it->t = mailbox_transaction_begin(obox, 0, "ferry mirror");
 	args = mail_search_build_init();
 	mail_search_build_add_all(args);
-	search = mailbox_search_init(t, args, NULL, MAIL_FETCH_FLAGS, NULL);
+	it->search = mailbox_search_init(it->t, args, NULL, MAIL_FETCH_FLAGS,
+					 NULL);
 	mail_search_args_unref(&args);
-	while (mailbox_search_next(search, &mail)) {
-		struct ferry_old_msg *msg = array_append_space(msgs);
-		msg->uid = mail->uid;
-		msg->flags = mail_get_flags(mail) & ~MAIL_RECENT;
-		msg->keywords = ferry_keywords_key(mail_get_keywords(mail));
-	}
-	ret = mailbox_search_deinit(&search);
-	(void)mailbox_transaction_commit(&t);
+	it->mail = NULL;
+}
+
+static void ferry_old_iter_next(struct ferry_old_iter *it)
+{
+	if (!mailbox_search_next(it->search, &it->mail))
+		it->mail = NULL;
+}
+
+static int ferry_old_iter_deinit(struct ferry_old_iter *it, struct mailbox *obox,
+				 const char **error_r)
+{
+	int ret = mailbox_search_deinit(&it->search);
+
+	(void)mailbox_transaction_commit(&it->t);
 	if (ret < 0) {
 		*error_r = t_strdup_printf("old server: flags: %s",
 			mailbox_get_last_internal_error(obox, NULL));
@@ -73,27 +69,53 @@ static int ferry_old_state(struct mailbox *obox, ARRAY_TYPE(ferry_old_msg) *msgs
 	return ret;
 }
 
+static void ferry_mirror_missing(struct ferry_mirror_result *res, uint32_t uid,
+				 uint32_t old_uidnext)
+{
+	if (uid < old_uidnext && res->missing++ == 0)
+		res->first_missing_uid = uid;
+}
+
+/* One message on both sides: the new one takes the old one's flags and
+   keywords. */
+static void ferry_mirror_flags(struct mailbox *box, struct mail *mail,
+			       struct mail *omail,
+			       struct ferry_mirror_result *res)
+{
+	enum mail_flags flags = mail_get_flags(omail) & ~MAIL_RECENT;
+	const char *okeys = ferry_keywords_key(mail_get_keywords(omail));
+
+	if ((mail_get_flags(mail) & ~MAIL_RECENT) == flags &&
+	    strcmp(ferry_keywords_key(mail_get_keywords(mail)), okeys) == 0)
+		return;
+	mail_update_flags(mail, MODIFY_REPLACE, flags);
+	const char *const *names = t_strsplit_spaces(okeys, " ");
+	struct mail_keywords *kws = mailbox_keywords_create_valid(box, names);
+	mail_update_keywords(mail, MODIFY_REPLACE, kws);
+	mailbox_keywords_unref(&kws);
+	res->flag_changes++;
+}
+
 int ferry_mirror_messages(struct mailbox *box, struct mailbox *obox,
 			  uint32_t old_uidnext, struct ferry_mirror_result *res_r,
 			  const char **error_r)
 {
-	ARRAY_TYPE(ferry_old_msg) msgs;
-	struct ferry_old_msg *omsg;
+	struct ferry_old_iter oit;
 	struct mailbox_transaction_context *t;
 	struct mail_search_args *args;
 	struct mail_search_context *search;
 	struct mail *mail;
+	const char *old_error = NULL;
 	int ret;
 
 	i_zero(res_r);
-	t_array_init(&msgs, 256);
-	if (ferry_old_state(obox, &msgs, error_r) < 0)
-		return -1;
 	if (mailbox_sync(box, 0) < 0) {
 		*error_r = mailbox_get_last_internal_error(box, NULL);
 		return -1;
 	}
 
+	ferry_old_iter_init(&oit, obox);
+	ferry_old_iter_next(&oit);
 	/* not EXTERNAL: the expunges must reach the mail files */
 	t = mailbox_transaction_begin(box, 0, "ferry mirror");
 	args = mail_search_build_init();
@@ -101,35 +123,30 @@ int ferry_mirror_messages(struct mailbox *box, struct mailbox *obox,
 	search = mailbox_search_init(t, args, NULL, MAIL_FETCH_FLAGS, NULL);
 	mail_search_args_unref(&args);
 	while (mailbox_search_next(search, &mail)) {
-		struct ferry_old_msg *msg;
-
 		if (mail->uid >= old_uidnext)
 			continue; /* not an old message */
-		msg = array_bsearch(&msgs, &mail->uid, ferry_cmp_uid);
-		if (msg == NULL) {
+		/* old messages below this UID have no local copy */
+		while (oit.mail != NULL && oit.mail->uid < mail->uid) {
+			ferry_mirror_missing(res_r, oit.mail->uid, old_uidnext);
+			ferry_old_iter_next(&oit);
+		}
+		if (oit.mail == NULL || oit.mail->uid != mail->uid) {
 			mail_expunge(mail);
 			res_r->expunged++;
 			continue;
 		}
-		msg->seen_locally = TRUE;
-		const char *const *kw = mail_get_keywords(mail);
-		if ((mail_get_flags(mail) & ~MAIL_RECENT) == msg->flags &&
-		    strcmp(ferry_keywords_key(kw), msg->keywords) == 0)
-			continue;
-		mail_update_flags(mail, MODIFY_REPLACE, msg->flags);
-		const char *const *names = t_strsplit_spaces(msg->keywords, " ");
-		struct mail_keywords *kws =
-			mailbox_keywords_create_valid(box, names);
-		mail_update_keywords(mail, MODIFY_REPLACE, kws);
-		mailbox_keywords_unref(&kws);
-		res_r->flag_changes++;
+		T_BEGIN {
+			ferry_mirror_flags(box, mail, oit.mail, res_r);
+		} T_END;
+		ferry_old_iter_next(&oit);
 	}
 	ret = mailbox_search_deinit(&search);
-	array_foreach_modifiable(&msgs, omsg) {
-		if (omsg->uid >= old_uidnext || omsg->seen_locally)
-			continue;
-		if (res_r->missing++ == 0)
-			res_r->first_missing_uid = omsg->uid;
+	for (; oit.mail != NULL; ferry_old_iter_next(&oit))
+		ferry_mirror_missing(res_r, oit.mail->uid, old_uidnext);
+	if (ferry_old_iter_deinit(&oit, obox, &old_error) < 0) {
+		mailbox_transaction_rollback(&t);
+		*error_r = old_error;
+		return -1;
 	}
 	if (ret < 0) {
 		mailbox_transaction_rollback(&t);
