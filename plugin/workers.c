@@ -1,6 +1,7 @@
-/* The folders of one pass copied in parallel (ferry_parallel): forked
-   worker processes, each with its own old-server session, take the next
-   folder from a shared counter until none is left. A worker pulls a folder
+/* The folders of one pass copied in parallel (ferry_parallel): the
+   calling process and ferry_parallel - 1 forked workers, each with its
+   own old-server session (the calling process keeps the one it has), take
+   the next folder from a shared counter until none is left. A worker pulls a folder
    exactly as a single process does (under the folder's dsync lock, batch
    by batch), so every crash and race rule holds per worker; the workers
    die with the process that started them (a kill -9 of the pull is a
@@ -72,7 +73,10 @@ ferry_worker_main(struct mail_user *user, const char *const *names,
 	struct ferry_worker_report_ctx wctx = { .fd = fd };
 	unsigned int idx;
 
-	/* the ioloop of the calling process is not this one's to use */
+	/* the calling process's old-server session and ioloop stay its own:
+	   the session is forgotten here, never logged out (its socket is
+	   shared), and this worker opens its own */
+	fuser->old_user = NULL;
 	(void)io_loop_create();
 	while ((idx = __atomic_fetch_add(next, 1, __ATOMIC_SEQ_CST)) < count) {
 		wctx.idx = idx;
@@ -187,13 +191,12 @@ int ferry_workers_run(struct mail_user *user, const char *const *names,
 		      ferry_pass_report_func_t *report, void *report_ctx,
 		      const char **error_r)
 {
-	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
 	struct ferry_worker w[workers];
 	pid_t parent = getpid();
 	uint32_t *next;
 	bool *reported;
 	unsigned int nw = 0, i;
-	int fds[2], status, ret = 0;
+	int fds[2], status;
 
 	next = mmap(NULL, sizeof(*next), PROT_READ | PROT_WRITE,
 		    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -202,24 +205,20 @@ int ferry_workers_run(struct mail_user *user, const char *const *names,
 		return -1;
 	}
 	*next = 0;
-	/* each worker opens its own session: none inherits this one */
-	if (fuser->old_user != NULL)
-		mail_user_deinit(&fuser->old_user);
 	reported = t_new(bool, count);
 	i_info(FERRY_LOG_PREFIX "event=parallel workers=%u folders=%u",
 	       workers, count);
-	for (i = 0; i < workers; i++) {
+	for (i = 1; i < workers; i++) {
+		/* fewer workers than asked for: the ones there are do all */
 		if (pipe(fds) < 0) {
-			*error_r = t_strdup_printf("pipe() failed: %m");
-			ret = -1;
+			i_error(FERRY_LOG_PREFIX "pipe() failed: %m");
 			break;
 		}
 		pid_t pid = fork();
 		if (pid < 0) {
-			*error_r = t_strdup_printf("fork() failed: %m");
+			i_error(FERRY_LOG_PREFIX "fork() failed: %m");
 			i_close_fd(&fds[0]);
 			i_close_fd(&fds[1]);
-			ret = -1;
 			break;
 		}
 		if (pid == 0) {
@@ -239,6 +238,14 @@ int ferry_workers_run(struct mail_user *user, const char *const *names,
 		w[nw].input = t_str_new(256);
 		nw++;
 	}
+	/* this process is a worker too; its results are reported as they
+	   come, the forked ones' after (a pipe holds 64 KB of them) */
+	while ((i = __atomic_fetch_add(next, 1, __ATOMIC_SEQ_CST)) < count) {
+		reported[i] = TRUE;
+		T_BEGIN {
+			func(user, names[i], report, report_ctx, context);
+		} T_END;
+	}
 	ferry_workers_collect(w, nw, names, count, reported, report,
 			      report_ctx);
 	for (i = 0; i < nw; i++) {
@@ -254,8 +261,6 @@ int ferry_workers_run(struct mail_user *user, const char *const *names,
 		}
 	}
 	(void)munmap(next, sizeof(*next));
-	if (ret < 0 && nw == 0)
-		return -1;
 	/* a folder no worker reported on (a worker died, or none could be
 	   started for it) failed: it is retried like any failed folder */
 	for (i = 0; i < count; i++) {

@@ -41,8 +41,8 @@ def test_bench_small_mode_reports_every_scenario(results):
     res, md, stdout, wall = results
     assert wall <= BUDGET, "small mode took %.1fs (budget %ds)" % (wall, BUDGET)
     S = res["scenarios"]
-    assert set(S) == {"1_full", "2_delta", "3_lazy", "4_overhead", "5_many_users",
-                      "6_first_login"}
+    assert set(S) == {"1_full", "1_paired", "2_delta", "3_lazy", "4_overhead",
+                      "5_many_users", "6_first_login"}
     for key, s in S.items():
         assert "error" not in s, (key, s)
     c = res["corpus"]
@@ -64,6 +64,17 @@ def test_bench_small_mode_reports_every_scenario(results):
     k = full["ferry"]["kept"]
     assert k["uids"] and k["uidvalidity"] and k["flags"] and k["keywords"] and k["dates"]
     assert "target_met" in full["ferry"]
+    # the paired runs at both mail_fsync settings: medians, ratio, OLD's CPU
+    # per message, RSS, and the first pair read back complete
+    pairs = S["1_paired"]["pairs"]
+    assert set(pairs) == {"never", "optimized"}
+    for fs, pair in pairs.items():
+        assert "ratio" in pair and "target_met" in pair, (fs, pair)
+        for tool in ("ferry", "dsync"):
+            p = pair[tool]
+            assert p["ok"] == p["runs"] >= 1, (fs, tool, p)
+            assert num(p["old_cpu_us_per_msg"]) and p["peak_rss_mb"] > 0
+            assert p["kept"]["complete"], (fs, tool, p["kept"])
     assert "unavailable" in full["imapsync"] or full["imapsync"].get("rc") == 0
     assert "unavailable" in full["mbsync"] or full["mbsync"]["kept"]["found"] > 0
 
