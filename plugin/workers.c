@@ -30,6 +30,7 @@ struct ferry_worker {
 };
 
 struct ferry_worker_report_ctx {
+	struct ferry_user *fuser;
 	int fd;
 	unsigned int idx;
 };
@@ -48,11 +49,14 @@ static void ferry_worker_report(const struct ferry_pull_result *res,
 	struct ferry_worker_report_ctx *wctx = context;
 	string_t *line = t_str_new(128);
 
-	str_printfa(line, "%u\t%u\t%d\t%u\t%u\t%u\t%u\t%u\t%d\t%u\t%u\t",
+	str_printfa(line, "%u\t%u\t%d\t%u\t%"PRIuUOFF_T"\t%u\t%u\t%u\t%u\t%d\t%d"
+		    "\t%u\t%u\t%d\t",
 		    wctx->idx, res->state, res->completed ? 1 : 0, res->copied,
-		    res->renumbered, res->flag_changes, res->expunged,
-		    res->skipped, res->uidvalidity_changed ? 1 : 0,
-		    res->old_messages, res->local_messages);
+		    res->bytes, res->renumbered, res->flag_changes,
+		    res->expunged, res->skipped,
+		    res->uidvalidity_changed ? 1 : 0, res->busy ? 1 : 0,
+		    res->old_messages, res->local_messages,
+		    wctx->fuser->old_refused ? 1 : 0);
 	if (error != NULL) {
 		str_append_c(line, 'E');
 		str_append_tabescaped(line, error);
@@ -70,7 +74,7 @@ ferry_worker_main(struct mail_user *user, const char *const *names,
 		  ferry_pass_folder_func_t *func, void *context)
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
-	struct ferry_worker_report_ctx wctx = { .fd = fd };
+	struct ferry_worker_report_ctx wctx = { .fuser = fuser, .fd = fd };
 	unsigned int idx;
 
 	/* the calling process's old-server session and ioloop stay its own:
@@ -94,16 +98,18 @@ ferry_worker_main(struct mail_user *user, const char *const *names,
 
 static bool ferry_worker_parse(const char *line, unsigned int count,
 			       unsigned int *idx_r,
-			       struct ferry_pull_result *res,
+			       struct ferry_pull_result *res, bool *refused_r,
 			       const char **error_r)
 {
 	const char *const *f = t_strsplit_tabescaped(line);
-	unsigned int n[11], i;
+	unsigned int n[14], i;
+	uoff_t bytes;
 
-	if (str_array_length(f) != 12)
+	if (str_array_length(f) != 15)
 		return FALSE;
-	for (i = 0; i < 11; i++) {
-		if (str_to_uint(f[i], &n[i]) < 0)
+	for (i = 0; i < 14; i++) {
+		if (i == 4 ? str_to_uoff(f[i], &bytes) < 0 :
+		    str_to_uint(f[i], &n[i]) < 0)
 			return FALSE;
 	}
 	if (n[0] >= count)
@@ -113,19 +119,23 @@ static bool ferry_worker_parse(const char *line, unsigned int count,
 	res->state = n[1];
 	res->completed = n[2] != 0;
 	res->copied = n[3];
-	res->renumbered = n[4];
-	res->flag_changes = n[5];
-	res->expunged = n[6];
-	res->skipped = n[7];
-	res->uidvalidity_changed = n[8] != 0;
-	res->old_messages = n[9];
-	res->local_messages = n[10];
-	*error_r = f[11][0] == 'E' ? f[11] + 1 : NULL;
+	res->bytes = bytes;
+	res->renumbered = n[5];
+	res->flag_changes = n[6];
+	res->expunged = n[7];
+	res->skipped = n[8];
+	res->uidvalidity_changed = n[9] != 0;
+	res->busy = n[10] != 0;
+	res->old_messages = n[11];
+	res->local_messages = n[12];
+	*refused_r = n[13] != 0;
+	*error_r = f[14][0] == 'E' ? f[14] + 1 : NULL;
 	return TRUE;
 }
 
 /* Reads what the workers report until every pipe is closed. */
-static void ferry_workers_collect(struct ferry_worker *w, unsigned int nw,
+static void ferry_workers_collect(struct ferry_user *fuser,
+				  struct ferry_worker *w, unsigned int nw,
 				  const char *const *names, unsigned int count,
 				  bool *reported,
 				  ferry_pass_report_func_t *report,
@@ -164,17 +174,22 @@ static void ferry_workers_collect(struct ferry_worker *w, unsigned int nw,
 				struct ferry_pull_result res;
 				const char *line, *error;
 				unsigned int idx;
+				bool refused;
 
 				T_BEGIN {
 					line = t_strdup_until(data + used, nl);
 					if (!ferry_worker_parse(line, count, &idx,
-								&res, &error)) {
+								&res, &refused,
+								&error)) {
 						i_error(FERRY_LOG_PREFIX "worker: "
 							"unparsable result: %s",
 							line);
 					} else {
 						res.vname = names[idx];
 						reported[idx] = TRUE;
+						/* the exit code says so */
+						if (refused)
+							fuser->old_refused = TRUE;
 						report(&res, error, report_ctx);
 					}
 				} T_END;
@@ -246,8 +261,8 @@ int ferry_workers_run(struct mail_user *user, const char *const *names,
 			func(user, names[i], report, report_ctx, context);
 		} T_END;
 	}
-	ferry_workers_collect(w, nw, names, count, reported, report,
-			      report_ctx);
+	ferry_workers_collect(FERRY_USER_CONTEXT(user), w, nw, names, count,
+			      reported, report, report_ctx);
 	for (i = 0; i < nw; i++) {
 		while (waitpid(w[i].pid, &status, 0) < 0) {
 			if (errno != EINTR)
