@@ -6,7 +6,7 @@ FERRYD_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
 FERRYD_LDFLAGS = $(SANITIZE) $(EXTRA_LDFLAGS)
 FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto -lresolv
 
-FERRYD_CORE = config store store_sqlite sched dispatch doveadm api csv evlog secret userstate \
+FERRYD_CORE = config store store_sqlite sched runq dispatch doveadm api csv evlog secret userstate \
               cutover cutover_check checks rekey runas pathcheck metrics dns sieve_step \
               report dashboard
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
@@ -16,7 +16,8 @@ ALL_TARGETS += $(BUILD)/ferryd $(BUILD)/ferryctl
 FERRYD_UNIT = $(BUILD)/unit/test_csv $(BUILD)/unit/test_config \
               $(BUILD)/unit/test_store $(BUILD)/unit/test_sched \
               $(BUILD)/unit/test_doveadm $(BUILD)/unit/test_cutover \
-              $(BUILD)/unit/test_metrics $(BUILD)/unit/test_userstate
+              $(BUILD)/unit/test_metrics $(BUILD)/unit/test_userstate \
+              $(BUILD)/unit/test_runq
 UNIT_TESTS += $(FERRYD_UNIT)
 DEB_PACKAGES += libevent-dev libsqlite3-dev libjansson-dev libcriterion-dev \
                 libssl-dev pkg-config

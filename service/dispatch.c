@@ -447,17 +447,17 @@ static void job_step(struct job *j)
 	}
 }
 
-int dispatch_start(struct dispatch *d, const struct user_rec *u)
+int dispatch_start(struct dispatch *d, const char *user)
 {
 	struct job *j;
 	struct user_rec cur;
 	int ret;
 
 	/* the claim: no other job (cut-over, rollback, pull) holds the user */
-	if ((ret = userstate_claim(d->st, u->name, &cur)) != 0) {
+	if ((ret = userstate_claim(d->st, user, &cur)) != 0) {
 		if (ret == USERSTATE_BUSY)
 			return -1;
-		evlog("error", "store-error", "user", u->name, "error", d->st->error(d->st), NULL);
+		evlog("error", "store-error", "user", user, "error", d->st->error(d->st), NULL);
 		return -1;
 	}
 	j = calloc(1, sizeof(*j));

@@ -17,7 +17,7 @@ struct dispatch *dispatch_new(struct store *st, struct doveadm_client *dc,
 			      dispatch_done_cb *cb, void *ctx);
 void dispatch_free(struct dispatch *d);
 /* starts a job; -1 if it could not be started (logged) */
-int dispatch_start(struct dispatch *d, const struct user_rec *u);
+int dispatch_start(struct dispatch *d, const char *user);
 int dispatch_in_flight(const struct dispatch *d);
 /* Called when a user's folders are all complete: 1 = a verification was
    queued (the user stays running in its state until it ends), 0 = the user

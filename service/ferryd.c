@@ -38,6 +38,7 @@
 #include "runas.h"
 #include "scheduler.h"
 #include "secret.h"
+#include "runq.h"
 #include "store.h"
 #include "userstate.h"
 
@@ -55,48 +56,22 @@ struct daemon {
 	struct dns *dns;
 	struct sieve_step *sieve;
 	struct sched_running run;
-	struct event *tick, *kick, *drain_timer;
+	struct runq *rq;  /* the users due, in memory */
+	struct event *tick, *kick, *due_timer, *drain_timer;
 	int draining;
 };
 
-struct snapshot {
-	struct user_rec *users;
-	size_t nusers, cap;
-	struct wave_rec *waves;
-	size_t nwaves, wcap;
-};
-
-static int snap_user(const struct user_rec *u, void *ctx)
+static int start_pull(const char *user, void *arg)
 {
-	struct snapshot *s = ctx;
-
-	if (u->state != US_PRESYNC && u->state != US_CUTOVER)
-		return 0;
-	if (s->nusers == s->cap)
-		s->users = realloc(s->users, (s->cap = s->cap ? s->cap * 2 : 64) * sizeof(*s->users));
-	s->users[s->nusers++] = *u;
-	return 0;
+	return dispatch_start(((struct daemon *)arg)->disp, user);
 }
 
-static int snap_wave(const struct wave_rec *w, void *ctx)
-{
-	struct snapshot *s = ctx;
-
-	if (s->nwaves == s->wcap)
-		s->waves = realloc(s->waves, (s->wcap = s->wcap ? s->wcap * 2 : 16) * sizeof(*s->waves));
-	s->waves[s->nwaves++] = *w;
-	return 0;
-}
-
+/* the due users from the in-memory queue (runq.h): no store scan */
 static void schedule(struct daemon *d)
 {
-	struct snapshot s = { 0 };
 	struct sched_limits lim = { d->cfg.max_concurrent, d->cfg.max_per_host };
-	struct sched_cand *cands;
-	size_t *picked, n;
 	char buf[16];
-	int paused;
-	time_t now = time(NULL);
+	time_t now = time(NULL), due;
 	struct tm tm;
 
 	if (d->draining)
@@ -105,35 +80,16 @@ static void schedule(struct daemon *d)
 	checks_start_queued(d->checks, &lim, &d->run);
 	if (d->run.total >= d->cfg.max_concurrent)
 		return;
-	paused = d->st->setting_get(d->st, "paused", buf, sizeof(buf)) == 0 && buf[0] == '1';
-	if (paused)
+	if (d->st->setting_get(d->st, "paused", buf, sizeof(buf)) == 0 && buf[0] == '1')
 		return;
-	if (d->st->wave_each(d->st, snap_wave, &s) < 0 ||
-	    d->st->user_each(d->st, NULL, snap_user, &s) < 0) {
-		evlog("error", "store-error", "error", d->st->error(d->st), NULL);
-		goto out;
-	}
 	localtime_r(&now, &tm);
-	cands = calloc(s.nusers + 1, sizeof(*cands));
-	picked = calloc(s.nusers + 1, sizeof(*picked));
-	for (size_t i = 0; i < s.nusers; i++) {
-		cands[i].user = &s.users[i];
-		for (size_t k = 0; k < s.nwaves; k++)
-			if (s.waves[k].id == s.users[i].wave_id)
-				cands[i].wave = &s.waves[k];
+	if (runq_pick(d->rq, &lim, &d->run, now, tm.tm_hour * 60 + tm.tm_min, start_pull, d) < 0)
+		evlog("error", "store-error", "error", d->st->error(d->st), NULL);
+	/* the next retry wakes the scheduler even between ticks */
+	if ((due = runq_next_due(d->rq)) > 0) {
+		struct timeval tv = { due > now ? due - now : 0, 0 };
+		evtimer_add(d->due_timer, &tv);
 	}
-	n = sched_pick(&lim, cands, s.nusers, &d->run, paused, now,
-		       tm.tm_hour * 60 + tm.tm_min, picked, s.nusers);
-	for (size_t i = 0; i < n; i++) {
-		const struct user_rec *u = cands[picked[i]].user;
-		if (dispatch_start(d->disp, u) < 0)
-			sched_running_remove(&d->run, u->ep.host);
-	}
-	free(cands);
-	free(picked);
-out:
-	free(s.users);
-	free(s.waves);
 }
 
 static int in_flight(struct daemon *d);
@@ -616,6 +572,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ferryd: recovery: %s\n", d.st->error(d.st));
 		goto out;
 	}
+	/* after the recovery: nothing runs */
+	d.rq = runq_new(d.st);
+	if (runq_load(d.rq) < 0) {
+		fprintf(stderr, "ferryd: loading the queue: %s\n", d.st->error(d.st));
+		goto out;
+	}
+	userstate_set_observer(runq_touch_cb, d.rq);
 	d.base = event_base_new();
 	/* resolv.conf and hosts read now, before dropping root */
 	d.dnsbase = evdns_base_new(d.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
@@ -670,6 +633,7 @@ int main(int argc, char **argv)
 	api_set_cutover(d.api, d.cut);
 	d.tick = event_new(d.base, -1, EV_PERSIST, on_tick, &d);
 	d.kick = event_new(d.base, -1, 0, on_tick, &d);
+	d.due_timer = evtimer_new(d.base, on_tick, &d);
 	tv.tv_sec = d.cfg.tick_ms / 1000;
 	tv.tv_usec = (d.cfg.tick_ms % 1000) * 1000;
 	evtimer_add(d.tick, &tv);
@@ -709,6 +673,7 @@ int main(int argc, char **argv)
 	event_free(ev_hup);
 	event_free(d.tick);
 	event_free(d.kick);
+	event_free(d.due_timer);
 	if (d.drain_timer != NULL)
 		event_free(d.drain_timer);
 out:
@@ -722,6 +687,8 @@ out:
 	if (d.dnsbase != NULL)
 		evdns_base_free(d.dnsbase, 1);
 	sched_running_free(&d.run);
+	userstate_set_observer(NULL, NULL);
+	runq_free(d.rq);
 	if (d.base != NULL)
 		event_base_free(d.base);
 	if (d.st != NULL) {

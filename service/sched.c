@@ -73,7 +73,7 @@ int sched_in_window(int win_start, int win_end, int now)
 int sched_eligible(const struct sched_cand *c, int global_paused, time_t now,
 		   int now_minutes, const char **why_r)
 {
-	const struct user_rec *u = c->user;
+	const struct sched_user *u = c->user;
 	int sync_now = u->sync_seq > 0;
 	const char *why = NULL;
 
@@ -106,7 +106,7 @@ static int cmp64(int64_t a, int64_t b)
 
 int sched_cmp(const struct sched_cand *a, const struct sched_cand *b)
 {
-	const struct user_rec *ua = a->user, *ub = b->user;
+	const struct sched_user *ua = a->user, *ub = b->user;
 	int64_t wa, wb;
 	int r;
 
@@ -141,7 +141,7 @@ size_t sched_pick(const struct sched_limits *lim, struct sched_cand *cands, size
 
 	qsort(cands, n, sizeof(*cands), qcmp);
 	for (size_t i = 0; i < n && picked < max; i++) {
-		const char *host = cands[i].user->ep.host;
+		const char *host = cands[i].user->host;
 		if (run->total >= lim->max_concurrent)
 			break;
 		if (!sched_eligible(&cands[i], global_paused, now, now_minutes, NULL))

@@ -27,8 +27,20 @@ struct sched_running {
 	} *hosts;
 };
 
+/* what scheduling needs of a user: kept in memory for every queued user
+   (runq.h), so small (not a user_rec) */
+struct sched_user {
+	int64_t id;
+	const char *name;
+	const char *host;  /* old server host */
+	int64_t wave_id;   /* 0: none */
+	enum user_state state;
+	int paused, running;
+	int64_t next_attempt, sync_seq, login_at;
+};
+
 struct sched_cand {
-	const struct user_rec *user;
+	const struct sched_user *user;
 	const struct wave_rec *wave;  /* NULL: the user is in no wave */
 };
 

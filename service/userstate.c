@@ -9,6 +9,15 @@
 
 #include "scheduler.h"
 
+static userstate_observer *observer;
+static void *observer_ctx;
+
+void userstate_set_observer(userstate_observer *fn, void *ctx)
+{
+	observer = fn;
+	observer_ctx = ctx;
+}
+
 /* mutate: 0 = write, 1 = nothing to change (returned as is), other = refuse */
 typedef int mutate_fn(struct user_rec *u, void *ctx);
 
@@ -33,6 +42,8 @@ static int change(struct store *st, const char *user, mutate_fn *fn, void *ctx,
 		if (ret != STORE_NOTFOUND) {
 			if (ret == 0 && u_r != NULL)
 				*u_r = u;
+			if (ret == 0 && observer != NULL)
+				observer(user, observer_ctx);
 			return ret;
 		}
 	}

@@ -22,6 +22,12 @@ struct userstate_retry {
 	int limit, base, max_delay;  /* retry_limit, retry_base, retry_max_delay */
 };
 
+/* Called after every transition written (the user's name), so a cache of
+   user states (runq.h) follows them without re-reading the store; one
+   observer, NULL: none. */
+typedef void userstate_observer(const char *user, void *ctx);
+void userstate_set_observer(userstate_observer *fn, void *ctx);
+
 /* pending/failed -> presync (ferryctl start); 1 changed, 0 not, -1 error */
 int userstate_start(struct store *st, const char *user);
 int userstate_set_paused(struct store *st, const char *user, int paused);

@@ -4,14 +4,19 @@
 
 #include "scheduler.h"
 
-static struct user_rec mk(int id, const char *host, enum user_state st)
+/* names and hosts live as long as the test */
+static char names[2000][16], hosts[2000][32];
+
+static struct sched_user mk(int id, const char *host, enum user_state st)
 {
-	struct user_rec u;
+	struct sched_user u;
 
 	memset(&u, 0, sizeof(u));
 	u.id = id;
-	snprintf(u.name, sizeof(u.name), "u%d", id);
-	snprintf(u.ep.host, sizeof(u.ep.host), "%s", host);
+	snprintf(names[id], sizeof(names[id]), "u%d", id);
+	snprintf(hosts[id], sizeof(hosts[id]), "%s", host);
+	u.name = names[id];
+	u.host = hosts[id];
 	u.state = st;
 	return u;
 }
@@ -45,7 +50,7 @@ Test(sched, windows)
 
 Test(sched, limits_per_host_and_global)
 {
-	struct user_rec u[6] = { mk(1, "a", US_PRESYNC), mk(2, "a", US_PRESYNC),
+	struct sched_user u[6] = { mk(1, "a", US_PRESYNC), mk(2, "a", US_PRESYNC),
 				 mk(3, "a", US_PRESYNC), mk(4, "b", US_PRESYNC),
 				 mk(5, "b", US_PRESYNC), mk(6, "c", US_PRESYNC) };
 	struct sched_cand c[6];
@@ -76,7 +81,7 @@ Test(sched, limits_per_host_and_global)
 Test(sched, many_hosts_every_slot_released)
 {
 	enum { N = 1000 };
-	static struct user_rec u[N];
+	static struct sched_user u[N];
 	static struct sched_cand c[N];
 	static size_t out[N];
 	struct sched_limits lim = { N, 1 };
@@ -94,7 +99,7 @@ Test(sched, many_hosts_every_slot_released)
 	cr_assert_eq(run.nhosts, N);
 	cr_assert_eq(sched_running_count(&run, "old999.example"), 1);
 	for (int i = 0; i < N; i++)
-		sched_running_remove(&run, u[i].ep.host);
+		sched_running_remove(&run, u[i].host);
 	cr_assert_eq(run.total, 0);
 	cr_assert_eq(run.nhosts, 0);
 	sched_running_free(&run);
@@ -104,7 +109,7 @@ Test(sched, priorities)
 {
 	struct wave_rec w1 = { .id = 1, .win_start = -1, .win_end = -1 };
 	struct wave_rec w2 = { .id = 2, .win_start = -1, .win_end = -1 };
-	struct user_rec a = mk(1, "h", US_PRESYNC), b = mk(2, "h", US_PRESYNC),
+	struct sched_user a = mk(1, "h", US_PRESYNC), b = mk(2, "h", US_PRESYNC),
 		cu = mk(3, "h", US_CUTOVER), s = mk(4, "h", US_PRESYNC), nw = mk(5, "h", US_PRESYNC);
 	struct sched_cand c[5] = { { &nw, NULL }, { &b, &w2 }, { &a, &w1 }, { &cu, &w2 },
 				   { &s, &w2 } };
@@ -132,7 +137,7 @@ Test(sched, priorities)
 Test(sched, eligibility)
 {
 	struct wave_rec w = { .id = 1, .win_start = 22 * 60, .win_end = 6 * 60 };
-	struct user_rec u = mk(1, "h", US_PRESYNC);
+	struct sched_user u = mk(1, "h", US_PRESYNC);
 	struct sched_cand c = { &u, &w };
 	const char *why;
 
