@@ -509,9 +509,8 @@ static void h_sync(struct call *c)
 struct status_ctx {
 	struct store *st;
 	json_t *users, *waves_stats;
-	const char *only_user;
 	int64_t old_total, local_total;
-	int states[US_COUNT], paused, running;
+	int64_t states[US_COUNT], paused, running;
 };
 
 static int folder_json(const struct folder_rec *f, void *ctx)
@@ -525,18 +524,15 @@ static int folder_json(const struct folder_rec *f, void *ctx)
 	return 0;
 }
 
+/* one user of the page, with its folders and last verification */
 static int status_user(const struct user_rec *u, void *ctx)
 {
 	struct status_ctx *s = ctx;
-	json_t *j, *folders = json_array(), *ws;
+	json_t *j, *folders = json_array();
 	int64_t old = 0, local = 0;
 	size_t i;
 	json_t *f;
 
-	if (s->only_user != NULL && strcmp(u->name, s->only_user) != 0) {
-		json_decref(folders);
-		return 0;
-	}
 	if (s->st->folder_each(s->st, u->name, folder_json, &folders) < 0) {
 		json_decref(folders);
 		return -1;
@@ -566,23 +562,32 @@ static int status_user(const struct user_rec *u, void *ctx)
 			json_object_set_new(j, "verify", json_null());
 	}
 	json_array_append_new(s->users, j);
-	s->old_total += old;
-	s->local_total += local;
-	s->states[u->state]++;
-	s->paused += u->paused;
-	s->running += u->running;
-	ws = json_object_get(s->waves_stats, u->wave);
+	return 0;
+}
+
+/* the totals: one row per wave and state, whatever the number of users */
+static int status_count(const struct user_count *n, void *ctx)
+{
+	struct status_ctx *s = ctx;
+	json_t *ws;
+
+	s->old_total += n->old_messages;
+	s->local_total += n->messages;
+	s->states[n->state] += n->users;
+	s->paused += n->paused;
+	s->running += n->running;
+	ws = json_object_get(s->waves_stats, n->wave);
 	if (ws != NULL) {
 		json_t *st = json_object_get(ws, "states");
-		const char *name = user_state_name(u->state);
+		const char *name = user_state_name(n->state);
 		json_object_set_new(st, name, json_integer(
-			json_integer_value(json_object_get(st, name)) + 1));
+			json_integer_value(json_object_get(st, name)) + n->users));
 		json_object_set_new(ws, "users", json_integer(
-			json_integer_value(json_object_get(ws, "users")) + 1));
+			json_integer_value(json_object_get(ws, "users")) + n->users));
 		json_object_set_new(ws, "old_messages", json_integer(
-			json_integer_value(json_object_get(ws, "old_messages")) + old));
+			json_integer_value(json_object_get(ws, "old_messages")) + n->old_messages));
 		json_object_set_new(ws, "messages", json_integer(
-			json_integer_value(json_object_get(ws, "messages")) + local));
+			json_integer_value(json_object_get(ws, "messages")) + n->messages));
 	}
 	return 0;
 }
@@ -622,18 +627,40 @@ static int wave_json(const struct wave_rec *w, void *ctx)
 	return 0;
 }
 
+#define STATUS_PAGE 100
+#define STATUS_PAGE_MAX 1000
+
 static void h_status(struct call *c)
 {
 	struct store *st = c->a->st;
 	const char *wave = query_str(c, "wave"), *user = query_str(c, "user");
+	const char *state = query_str(c, "state"), *limit_s = query_str(c, "limit");
+	const char *offset_s = query_str(c, "offset");
+	struct user_filter f = { wave, state, user };
 	struct status_ctx s;
 	struct wave_list wl;
 	struct wave_rec w;
 	struct user_rec u;
-	char buf[16];
+	enum user_state es;
+	char buf[16], *end;
 	json_t *states;
+	long long limit = STATUS_PAGE, offset = 0, total = 0;
+	int64_t total64 = 0;
 	int ret;
 
+	if (state != NULL && user_state_parse(state, &es) < 0) {
+		reply_error(c, 400, "state: \"%.32s\" is no user state", state);
+		return;
+	}
+	if (limit_s != NULL && ((limit = strtoll(limit_s, &end, 10)) < 1 || *end != '\0' ||
+				limit > STATUS_PAGE_MAX)) {
+		reply_error(c, 400, "limit: a number from 1 to %d", STATUS_PAGE_MAX);
+		return;
+	}
+	if (offset_s != NULL && ((offset = strtoll(offset_s, &end, 10)) < 0 || *end != '\0')) {
+		reply_error(c, 400, "offset: a number from 0");
+		return;
+	}
 	if (wave != NULL && (ret = st->wave_get(st, wave, &w)) != 0) {
 		if (ret == STORE_NOTFOUND)
 			reply_error(c, 404, "unknown wave \"%s\"", wave);
@@ -651,30 +678,33 @@ static void h_status(struct call *c)
 	memset(&s, 0, sizeof(s));
 	s.st = st;
 	s.users = json_array();
-	s.only_user = user;
 	wl.arr = json_array();
 	wl.by_name = json_object();
 	wl.only = wave;
 	wl.st = st;
 	s.waves_stats = wl.by_name;
 	if (st->wave_each(st, wave_json, &wl) < 0 ||
-	    st->user_each(st, wave, status_user, &s) < 0) {
+	    st->user_counts(st, wave, status_count, &s) < 0 ||
+	    st->user_page(st, &f, offset, (int)limit, &total64, status_user, &s) < 0) {
 		json_decref(s.users);
 		json_decref(wl.arr);
 		json_decref(wl.by_name);
 		reply_store_error(c);
 		return;
 	}
+	total = total64;
 	states = json_object();
 	for (int i = 0; i < US_COUNT; i++)
 		json_object_set_new(states, user_state_name((enum user_state)i),
 				    json_integer(s.states[i]));
-	reply(c, 200, json_pack("{s:I, s:b, s:i, s:i, s:o, s:I, s:I, s:o, s:o}",
+	reply(c, 200, json_pack("{s:I, s:b, s:I, s:I, s:o, s:I, s:I, s:o, s:o, s:I, s:I, s:I}",
 		"time", (json_int_t)time(NULL),
 		"paused", st->setting_get(st, "paused", buf, sizeof(buf)) == 0 && buf[0] == '1',
-		"running", s.running, "users_paused", s.paused, "states", states,
-		"old_messages", (json_int_t)s.old_total, "messages", (json_int_t)s.local_total,
-		"waves", wl.arr, "users", s.users));
+		"running", (json_int_t)s.running, "users_paused", (json_int_t)s.paused,
+		"states", states, "old_messages", (json_int_t)s.old_total,
+		"messages", (json_int_t)s.local_total, "waves", wl.arr, "users", s.users,
+		"users_total", (json_int_t)total, "offset", (json_int_t)offset,
+		"limit", (json_int_t)limit));
 	json_decref(wl.by_name);
 }
 

@@ -55,8 +55,10 @@ static const struct cmd_help cmd_helps[] = {
 	  "Pauses a user, a wave or (nothing given) everything; pulls in flight finish.\n" },
 	{ "resume", "resume [USER | --wave W]", "Undoes pause.\n" },
 	{ "sync", "sync USER", "Queues a copy pass of one user now (presync refresh).\n" },
-	{ "status", "status [--wave W] [USER] [--json] [--once]",
-	  "Progress by wave and user; live on a terminal, once otherwise or with --once.\n" },
+	{ "status", "status [--wave W] [--state S] [--page N] [USER] [--json] [--once]",
+	  "Totals by state and wave, then one page of users (100; --page N for the\n"
+	  "next ones, --state presync|failed|... to list only those); live on a\n"
+	  "terminal, once otherwise or with --once.\n" },
 	{ "log", "log [--user U] [--wave W] [--since TIME] [--limit N] [--json]",
 	  "The migration log (one entry per event).\n" },
 	{ "cutover", "cutover --wave W [--at TIME|+10m] [--force] [--max-age 24h] [--settle 35s] [--no-wait]",
@@ -547,6 +549,12 @@ static void print_status(FILE *out, json_t *j, const char *user, int tty, const 
 		}
 		fprintf(out, "\n");
 	}
+	if (user == NULL) {
+		long long off = jint(j, "offset"), n = (long long)json_array_size(users);
+		fprintf(out, "users %lld-%lld of %lld%s\n", n > 0 ? off + 1 : off, off + n,
+			jint(j, "users_total"),
+			off + n < jint(j, "users_total") ? " (next: --page N)" : "");
+	}
 	fprintf(out, "%-16s %-10s %-9s %-7s %-15s %s\n", "USER", "WAVE", "STATE", "TRIES",
 		"MESSAGES", tty ? "PROGRESS / ERROR" : "ERROR");
 	json_array_foreach(users, i, u) {
@@ -604,14 +612,22 @@ static void on_sigint(int sig)
 
 static void cmd_status(int argc, char **argv)
 {
-	const char *wave = NULL, *user = NULL;
+	const char *wave = NULL, *user = NULL, *state = NULL;
 	int json = 0, once = 0;
-	char path[1024] = "/v1/status";
+	long long page = 1;
+	char path[1024] = "/v1/status", offset[32], *end;
 	json_t *j;
 
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--wave") == 0 && i + 1 < argc)
 			wave = argv[++i];
+		else if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
+			state = argv[++i];
+		else if (strcmp(argv[i], "--page") == 0 && i + 1 < argc) {
+			page = strtoll(argv[++i], &end, 10);
+			if (page < 1 || *end != '\0' || page > 1000000000LL)
+				bad(argv[i]);
+		}
 		else if (strcmp(argv[i], "--json") == 0)
 			json = 1;
 		else if (strcmp(argv[i], "--once") == 0)
@@ -623,6 +639,11 @@ static void cmd_status(int argc, char **argv)
 	}
 	add_query(path, sizeof(path), "wave", wave);
 	add_query(path, sizeof(path), "user", user);
+	add_query(path, sizeof(path), "state", state);
+	/* pages of the API's default size (100 users) */
+	snprintf(offset, sizeof(offset), "%lld", (page - 1) * 100);
+	if (page > 1)
+		add_query(path, sizeof(path), "offset", offset);
 	if (json || once || !isatty(STDOUT_FILENO)) {
 		j = call("GET", path, NULL);
 		if (json) {

@@ -127,6 +127,20 @@ struct check_rec {
 };
 void check_rec_free(struct check_rec *c);
 
+/* users of one wave and state, and their folders' message totals */
+struct user_count {
+	char wave[128];  /* "" = none */
+	enum user_state state;
+	int64_t users, paused, running;
+	int64_t old_messages, messages;  /* unknown (< 0) counted as 0 */
+};
+
+struct user_filter {
+	const char *wave;   /* NULL = any */
+	const char *state;  /* NULL = any, else a user_state_name */
+	const char *user;   /* NULL = any */
+};
+
 struct log_filter {
 	const char *user;  /* NULL = any */
 	const char *wave;  /* NULL = any */
@@ -171,6 +185,16 @@ struct store {
 			      const struct user_rec *expect);
 	/* wave NULL = every user; in id order */
 	int (*user_each)(struct store *st, const char *wave,
+			 int (*cb)(const struct user_rec *u, void *ctx), void *ctx);
+
+	/* counts per wave and state (wave NULL = all): status without
+	   reading every user */
+	int (*user_counts)(struct store *st, const char *wave,
+			   int (*cb)(const struct user_count *c, void *ctx), void *ctx);
+	/* one page of the users matching f, in id order; *total_r: how many
+	   match */
+	int (*user_page)(struct store *st, const struct user_filter *f, int64_t offset,
+			 int limit, int64_t *total_r,
 			 int (*cb)(const struct user_rec *u, void *ctx), void *ctx);
 
 	int (*folder_put)(struct store *st, const struct folder_rec *f);

@@ -523,6 +523,75 @@ static int sq_user_each(struct store *st, const char *wave,
 	return ret;
 }
 
+static int sq_user_counts(struct store *st, const char *wave,
+			  int (*cb)(const struct user_count *c, void *ctx), void *ctx)
+{
+	sqlite3_stmt *stmt = prepf(st,
+		"SELECT COALESCE(w.name, ''), u.state, COUNT(*), SUM(u.paused), SUM(u.running),"
+		" SUM(COALESCE(f.o, 0)), SUM(COALESCE(f.m, 0)) FROM users u"
+		" LEFT JOIN waves w ON w.id = u.wave_id"
+		" LEFT JOIN (SELECT user_id, SUM(MAX(old_messages, 0)) AS o,"
+		"  SUM(MAX(messages, 0)) AS m FROM folders GROUP BY user_id) f ON f.user_id = u.id"
+		" WHERE ?1 IS NULL OR w.name = ?1 GROUP BY 1, 2", "s", wave);
+	struct user_count c;
+	char state[32];
+	int rc, ret = 0;
+
+	if (stmt == NULL)
+		return -1;
+	while (ret == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		memset(&c, 0, sizeof(c));
+		col_text(stmt, 0, c.wave, sizeof(c.wave));
+		col_text(stmt, 1, state, sizeof(state));
+		if (user_state_parse(state, &c.state) < 0)
+			c.state = US_FAILED;
+		c.users = sqlite3_column_int64(stmt, 2);
+		c.paused = sqlite3_column_int64(stmt, 3);
+		c.running = sqlite3_column_int64(stmt, 4);
+		c.old_messages = sqlite3_column_int64(stmt, 5);
+		c.messages = sqlite3_column_int64(stmt, 6);
+		ret = cb(&c, ctx);
+	}
+	if (ret == 0 && rc != SQLITE_DONE)
+		ret = sq_fail(st, "user_counts");
+	sqlite3_finalize(stmt);
+	return ret;
+}
+
+#define USER_FILTER " WHERE (?1 IS NULL OR w.name = ?1) AND (?2 IS NULL OR u.state = ?2)" \
+	" AND (?3 IS NULL OR u.name = ?3)"
+
+static int sq_user_page(struct store *st, const struct user_filter *f, int64_t offset,
+			int limit, int64_t *total_r,
+			int (*cb)(const struct user_rec *u, void *ctx), void *ctx)
+{
+	sqlite3_stmt *stmt = prepf(st, "SELECT COUNT(*)" USER_FROM USER_FILTER, "sss",
+				   f->wave, f->state, f->user);
+	struct user_rec u;
+	int rc, ret = 0;
+
+	if (stmt == NULL)
+		return -1;
+	if (sqlite3_step(stmt) != SQLITE_ROW) {
+		sqlite3_finalize(stmt);
+		return sq_fail(st, "user_page");
+	}
+	*total_r = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	stmt = prepf(st, "SELECT " USER_COLS USER_FROM USER_FILTER " ORDER BY u.id LIMIT ?4"
+		     " OFFSET ?5", "sssii", f->wave, f->state, f->user, (int64_t)limit, offset);
+	if (stmt == NULL)
+		return -1;
+	while (ret == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		user_row(stmt, &u);
+		ret = cb(&u, ctx);
+	}
+	if (ret == 0 && rc != SQLITE_DONE)
+		ret = sq_fail(st, "user_page");
+	sqlite3_finalize(stmt);
+	return ret;
+}
+
 static int sq_folder_put(struct store *st, const struct folder_rec *f)
 {
 	return run(st, prepf(st, "INSERT INTO folders (user_id, name, state, old_messages,"
@@ -893,6 +962,8 @@ struct store *store_sqlite_new(void)
 	st->user_update = sq_user_update;
 	st->user_update_if = sq_user_update_if;
 	st->user_each = sq_user_each;
+	st->user_counts = sq_user_counts;
+	st->user_page = sq_user_page;
 	st->folder_put = sq_folder_put;
 	st->folder_each = sq_folder_each;
 	st->route_get = sq_route_get;

@@ -198,3 +198,57 @@ Test(store, check_put_and_get_round_trip)
 	cr_assert_str_eq(got.report_text, "Bulk: 2 differences");
 	check_rec_free(&got);
 }
+
+static int sum_cb(const struct user_count *c, void *ctx)
+{
+	int64_t *n = ctx;
+
+	n[0] += c->users;
+	if (c->state == US_PRESYNC)
+		n[1] += c->users;
+	if (strcmp(c->wave, "w1") == 0)
+		n[2] += c->users;
+	return 0;
+}
+
+static int name_cb(const struct user_rec *u, void *ctx)
+{
+	char *names = ctx;
+
+	strcat(names, u->name);
+	strcat(names, " ");
+	return 0;
+}
+
+/* status totals without reading every user; one page at a time */
+Test(store, user_counts_and_pages)
+{
+	struct wave_rec w = { .win_start = -1, .win_end = -1 };
+	struct user_rec u;
+	int64_t n[3] = { 0 }, total;
+	char names[256] = "";
+	char name[16];
+
+	snprintf(w.name, sizeof(w.name), "w1");
+	cr_assert_eq(st->wave_add(st, &w), 0);
+	for (int i = 1; i <= 5; i++) {
+		snprintf(name, sizeof(name), "p%d", i);
+		add_user(name, i <= 3 ? "w1" : "");
+	}
+	cr_assert_eq(st->user_get(st, "p2", &u), 0);
+	u.state = US_PRESYNC;
+	cr_assert_eq(st->user_update(st, &u), 0);
+	cr_assert_eq(st->user_counts(st, NULL, sum_cb, n), 0);
+	cr_assert_eq(n[0], 5);
+	cr_assert_eq(n[1], 1);
+	cr_assert_eq(n[2], 3);
+	cr_assert_eq(st->user_page(st, &(struct user_filter){ NULL, NULL, NULL }, 1, 2, &total,
+				   name_cb, names), 0);
+	cr_assert_eq(total, 5);
+	cr_assert_str_eq(names, "p2 p3 ");
+	names[0] = '\0';
+	cr_assert_eq(st->user_page(st, &(struct user_filter){ "w1", "pending", NULL }, 0, 10,
+				   &total, name_cb, names), 0);
+	cr_assert_eq(total, 2);
+	cr_assert_str_eq(names, "p1 p3 ");
+}
