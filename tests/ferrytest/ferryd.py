@@ -199,12 +199,12 @@ class Ferryd:
             return resp.status, text
 
     def status(self, user=None, wave=None):
-        q = []
+        q = ["limit=1000"]  # the API's page is 100 users; suites stay under 1000
         if user:
             q.append("user=" + user)
         if wave:
             q.append("wave=" + wave)
-        code, j = self.api("GET", "/v1/status" + ("?" + "&".join(q) if q else ""))
+        code, j = self.api("GET", "/v1/status?" + "&".join(q))
         assert code == 200, j
         return j
 
