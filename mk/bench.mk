@@ -19,3 +19,12 @@ bench: deps
 bench-smoke: deps
 	$(MAKE) all
 	$(PYTHON) bench/bench.py --small --out $(BUILD)/bench-smoke $(BENCH_ARGS)
+
+# make bench-scale: ferryd alone at 1k / 10k / 100k queued users, up to 1,000
+# pulls in flight against a fake instant doveadm (bench/scale.py, docs/bench.md
+# "ferryd at scale"); not part of make check. SCALE_ARGS e.g. --users 1000 --window 10
+SCALE_ARGS ?=
+.PHONY: bench-scale
+bench-scale:
+	$(MAKE) all
+	$(PYTHON) bench/scale.py $(SCALE_ARGS)
