@@ -37,7 +37,7 @@ $(BUILD)/ferryd: $(BUILD)/service/ferryd.o $(FERRYD_CORE_OBJS) $(BUILD)/libferry
 $(BUILD)/ferryctl: $(BUILD)/service/ferryctl.o $(BUILD)/service/config.o
 	$(CC) $(FERRYD_LDFLAGS) -o $@ $^ -levent -ljansson
 
-$(FERRYD_UNIT:%=%.o): $(BUILD)/unit/%.o: tests/unit/%.c $(FERRYD_HDRS) | $(BUILD)/unit
+$(FERRYD_UNIT:%=%.o): $(BUILD)/unit/%.o: tests/unit/%.c $(FERRYD_HDRS) $(wildcard tests/unit/*.h) | $(BUILD)/unit
 	$(CC) $(FERRYD_CFLAGS) -Wno-missing-prototypes -c -o $@ $<
 
 $(FERRYD_UNIT): $(BUILD)/unit/test_%: $(BUILD)/unit/test_%.o $(FERRYD_CORE_OBJS) $(BUILD)/libferry-imap.a

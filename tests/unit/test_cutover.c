@@ -8,47 +8,26 @@
 
 #include "cutover.h"
 #include "store.h"
+#include "unit_store.h"
 
-static char path[64];
 static struct store *st;
 
 static void setup(void)
 {
-	snprintf(path, sizeof(path), "/tmp/ferry-test-cutover-%d.db", (int)getpid());
-	unlink(path);
-	st = store_sqlite_new();
-	cr_assert_eq(st->open(st, path), 0, "%s", st->error(st));
+	st = unit_store_open("cutover");
 }
 
 static void teardown(void)
 {
-	char p[80];
-
-	st->close(st);
-	store_free(st);
-	unlink(path);
-	snprintf(p, sizeof(p), "%s-wal", path);
-	unlink(p);
-	snprintf(p, sizeof(p), "%s-shm", path);
-	unlink(p);
+	unit_store_close(st);
 }
 
 static void add_user(const char *name, const char *login, const char *wave, const char *tls)
 {
-	struct endpoint_rec ep = { .port = 143 };
-	struct user_rec u;
+	char old_login[64];
 
-	snprintf(ep.host, sizeof(ep.host), "old.example");
-	snprintf(ep.tls, sizeof(ep.tls), "%s", tls);
-	snprintf(ep.auth, sizeof(ep.auth), "master");
-	cr_assert_eq(st->endpoint_ensure(st, &ep), 0, "%s", st->error(st));
-	memset(&u, 0, sizeof(u));
-	snprintf(u.name, sizeof(u.name), "%s", name);
-	snprintf(u.old_login, sizeof(u.old_login), "old-%s", name);
-	snprintf(u.new_login, sizeof(u.new_login), "%s", login);
-	snprintf(u.wave, sizeof(u.wave), "%s", wave);
-	u.endpoint_id = ep.id;
-	cr_assert_eq(st->user_add(st, &u), 0, "%s", st->error(st));
+	snprintf(old_login, sizeof(old_login), "old-%s", name);
+	unit_store_add_user(st, "old.example", tls, name, old_login, login, wave);
 }
 
 static void add_wave(const char *name)
@@ -66,7 +45,7 @@ static int query1(const char *sql, char out[][128], int ncols)
 	sqlite3_stmt *stmt;
 	int rc;
 
-	cr_assert_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	cr_assert_eq(sqlite3_open_v2(unit_store_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
 	cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK, "%s: %s", sql,
 		     sqlite3_errmsg(db));
 	rc = sqlite3_step(stmt);

@@ -8,9 +8,9 @@
 
 #include "runq.h"
 #include "store.h"
+#include "unit_store.h"
 #include "userstate.h"
 
-static char path[64];
 static struct store *st;
 static struct runq *q;
 static struct sched_running run;
@@ -19,20 +19,7 @@ static int nstarted;
 
 static void add(const char *name, const char *host, const char *wave)
 {
-	struct endpoint_rec ep = { .port = 143 };
-	struct user_rec u;
-
-	snprintf(ep.host, sizeof(ep.host), "%s", host);
-	snprintf(ep.tls, sizeof(ep.tls), "none");
-	snprintf(ep.auth, sizeof(ep.auth), "master");
-	cr_assert_eq(st->endpoint_ensure(st, &ep), 0, "%s", st->error(st));
-	memset(&u, 0, sizeof(u));
-	snprintf(u.name, sizeof(u.name), "%s", name);
-	snprintf(u.old_login, sizeof(u.old_login), "%s", name);
-	snprintf(u.new_login, sizeof(u.new_login), "%s", name);
-	snprintf(u.wave, sizeof(u.wave), "%s", wave);
-	u.endpoint_id = ep.id;
-	cr_assert_eq(st->user_add(st, &u), 0, "%s", st->error(st));
+	unit_store_add_user(st, host, "none", name, name, name, wave);
 	cr_assert_eq(userstate_start(st, name), 1);
 }
 
@@ -67,27 +54,16 @@ static int pick(int max, int per_host, time_t now)
 
 static void setup(void)
 {
-	snprintf(path, sizeof(path), "/tmp/ferry-test-runq-%d.db", (int)getpid());
-	unlink(path);
-	st = store_sqlite_new();
-	cr_assert_eq(st->open(st, path), 0, "%s", st->error(st));
+	st = unit_store_open("runq");
 	memset(&run, 0, sizeof(run));
 }
 
 static void teardown(void)
 {
-	char p[80];
-
 	userstate_set_observer(NULL, NULL);
 	runq_free(q);
 	sched_running_free(&run);
-	st->close(st);
-	store_free(st);
-	unlink(path);
-	snprintf(p, sizeof(p), "%s-wal", path);
-	unlink(p);
-	snprintf(p, sizeof(p), "%s-shm", path);
-	unlink(p);
+	unit_store_close(st);
 }
 
 static void load(void)

@@ -4,47 +4,23 @@
 #include <unistd.h>
 
 #include "store.h"
+#include "unit_store.h"
 
-static char path[64];
 static struct store *st;
 
 static void setup(void)
 {
-	snprintf(path, sizeof(path), "/tmp/ferry-test-store-%d.db", (int)getpid());
-	unlink(path);
-	st = store_sqlite_new();
-	cr_assert_eq(st->open(st, path), 0, "%s", st->error(st));
+	st = unit_store_open("store");
 }
 
 static void teardown(void)
 {
-	char p[80];
-
-	st->close(st);
-	store_free(st);
-	unlink(path);
-	snprintf(p, sizeof(p), "%s-wal", path);
-	unlink(p);
-	snprintf(p, sizeof(p), "%s-shm", path);
-	unlink(p);
+	unit_store_close(st);
 }
 
 static void add_user(const char *name, const char *wave)
 {
-	struct endpoint_rec ep = { .port = 143 };
-	struct user_rec u;
-
-	snprintf(ep.host, sizeof(ep.host), "old.example");
-	snprintf(ep.tls, sizeof(ep.tls), "starttls");
-	snprintf(ep.auth, sizeof(ep.auth), "master");
-	cr_assert_eq(st->endpoint_ensure(st, &ep), 0, "%s", st->error(st));
-	memset(&u, 0, sizeof(u));
-	snprintf(u.name, sizeof(u.name), "%s", name);
-	snprintf(u.old_login, sizeof(u.old_login), "%s", name);
-	snprintf(u.new_login, sizeof(u.new_login), "%s", name);
-	snprintf(u.wave, sizeof(u.wave), "%s", wave);
-	u.endpoint_id = ep.id;
-	cr_assert_eq(st->user_add(st, &u), 0, "%s", st->error(st));
+	unit_store_add_user(st, "old.example", "starttls", name, name, name, wave);
 }
 
 TestSuite(store, .init = setup, .fini = teardown);
@@ -55,7 +31,7 @@ Test(store, schema_is_current_and_reopen_is_idempotent)
 
 	cr_assert_geq(v, 2);
 	st->close(st);
-	cr_assert_eq(st->open(st, path), 0, "%s", st->error(st));
+	cr_assert_eq(st->open(st, unit_store_path), 0, "%s", st->error(st));
 	cr_assert_eq(st->schema_version(st), v);
 }
 

@@ -7,44 +7,21 @@
 #include <unistd.h>
 
 #include "store.h"
+#include "unit_store.h"
 #include "userstate.h"
 
-static char path[64];
 static struct store *st;
 static const struct userstate_retry retry = { 3, 1, 4 };
 
 static void setup(void)
 {
-	struct endpoint_rec ep = { .port = 143 };
-	struct user_rec u;
-
-	snprintf(path, sizeof(path), "/tmp/ferry-test-userstate-%d.db", (int)getpid());
-	unlink(path);
-	st = store_sqlite_new();
-	cr_assert_eq(st->open(st, path), 0, "%s", st->error(st));
-	snprintf(ep.host, sizeof(ep.host), "old.example");
-	snprintf(ep.tls, sizeof(ep.tls), "none");
-	snprintf(ep.auth, sizeof(ep.auth), "master");
-	cr_assert_eq(st->endpoint_ensure(st, &ep), 0, "%s", st->error(st));
-	memset(&u, 0, sizeof(u));
-	snprintf(u.name, sizeof(u.name), "alice");
-	snprintf(u.old_login, sizeof(u.old_login), "alice");
-	snprintf(u.new_login, sizeof(u.new_login), "alice");
-	u.endpoint_id = ep.id;
-	cr_assert_eq(st->user_add(st, &u), 0, "%s", st->error(st));
+	st = unit_store_open("userstate");
+	unit_store_add_user(st, "old.example", "none", "alice", "alice", "alice", "");
 }
 
 static void teardown(void)
 {
-	char p[80];
-
-	st->close(st);
-	store_free(st);
-	unlink(path);
-	snprintf(p, sizeof(p), "%s-wal", path);
-	unlink(p);
-	snprintf(p, sizeof(p), "%s-shm", path);
-	unlink(p);
+	unit_store_close(st);
 }
 
 static struct user_rec get(void)
