@@ -16,7 +16,7 @@ from ferrytest import corpus, postfix
 from ferrytest.ferryd import Ferryd
 from ferrytest.imapwire import check, format_date
 from ferrytest.routing import (DOMAIN, message, message_ids, on_disk, relays, send, separator,
-                               sql_conf, transport_cf, userdb_phase)
+                               sql_conf, state_db, transport_cf, userdb_phase)
 from ferrytest.sandbox import Sandbox, _free_ports, wait_until
 from ferrytest.snapshot import compare, snapshot, take
 
@@ -37,17 +37,7 @@ def env(request):
     p = _free_ports(6)
     ports = {"old": {"imap": p[0], "pop3": p[1], "lmtp": p[2]},
              "new": {"imap": p[3], "pop3": p[4], "lmtp": p[5]}}
-    # The state database is read by Postfix's unprivileged daemons: group
-    # postfix, mode 0660 (SQLite gives its -wal/-shm files the same mode).
-    fd_dir = os.path.join(root, "ferryd")
-    os.makedirs(fd_dir)
-    pf_gid = __import__("grp").getgrnam("postfix").gr_gid
-    os.chown(fd_dir, 0, pf_gid)
-    os.chmod(fd_dir, 0o2770)
-    db = os.path.join(fd_dir, "ferryd.db")
-    open(db, "w").close()
-    os.chown(db, 0, pf_gid)
-    os.chmod(db, 0o660)
+    _, db = state_db(root)
     user_fmt = "auth_username_format = %Ln\n"  # LMTP RCPT user@domain -> user
     sb = Sandbox(root=root, users=USERS, ports=ports, doveadm_http=True,
                  new_sql_conf=sql_conf(root, db), old_extra=user_fmt, new_extra=user_fmt)

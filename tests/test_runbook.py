@@ -32,7 +32,7 @@ from ferrytest.ferryd import TOKEN, Ferryd
 from ferrytest.imapwire import check
 from ferrytest.logs import peak_sessions
 from ferrytest.routing import (DOMAIN, message, message_ids, on_disk, relays, send,
-                               separator, sql_conf, transport_cf, userdb_phase)
+                               separator, sql_conf, state_db, transport_cf, userdb_phase)
 from ferrytest.sandbox import (BUILD_DIR, MASTER_PASSWORD, MASTER_USER, REPO, Sandbox,
                                _free_ports, wait_until)
 
@@ -97,15 +97,7 @@ def env(request):
     p = _free_ports(6)
     ports = {"old": {"imap": p[0], "pop3": p[1], "lmtp": p[2]},
              "new": {"imap": p[3], "pop3": p[4], "lmtp": p[5]}}
-    fd_dir = os.path.join(root, "ferryd")
-    os.makedirs(fd_dir)
-    pf_gid = __import__("grp").getgrnam("postfix").gr_gid
-    os.chown(fd_dir, 0, pf_gid)
-    os.chmod(fd_dir, 0o2770)
-    db = os.path.join(fd_dir, "ferryd.db")
-    open(db, "w").close()
-    os.chown(db, 0, pf_gid)
-    os.chmod(db, 0o660)
+    fd_dir, db = state_db(root)
     # alice's old-server connection goes through a proxy that can cut it
     # mid-rollback (the one scripted fault: OLD going away mid-APPEND)
     proxy = FaultProxy(ports["old"]["imap"]).start()

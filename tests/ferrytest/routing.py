@@ -12,6 +12,23 @@ from .sandbox import REPO
 DOMAIN = "example.test"
 
 
+def state_db(root):
+    """An empty ferryd state database as Postfix's unprivileged daemons can
+    read it: group postfix, directory 2770, file 0660 (SQLite gives its
+    -wal/-shm files the same mode). Returns (its directory, its path)."""
+    import grp
+    pf_gid = grp.getgrnam("postfix").gr_gid
+    fd_dir = os.path.join(root, "ferryd")
+    os.makedirs(fd_dir)
+    os.chown(fd_dir, 0, pf_gid)
+    os.chmod(fd_dir, 0o2770)
+    db = os.path.join(fd_dir, "ferryd.db")
+    open(db, "w").close()
+    os.chown(db, 0, pf_gid)
+    os.chmod(db, 0o660)
+    return fd_dir, db
+
+
 def sql_conf(root, db):
     """conf/dovecot-sql.conf.ext with the test's database path."""
     with open(os.path.join(REPO, "conf", "dovecot-sql.conf.ext")) as f:
