@@ -67,13 +67,7 @@ def env(request):
 
 
 def import_users(sb, fd):
-    path = os.path.join(sb.root, "users.csv")
-    with open(path, "w") as f:
-        f.write("user,endpoint,tls,wave\n")
-        for u in USERS:
-            wave = "pilot" if u == PILOT else ("teamA" if u in WAVE_A else "teamB")
-            f.write("%s,127.0.0.1:%d,none,%s\n" % (u, sb.port("old"), wave))
-    fd.ctl("import", path)
+    fd.import_users(USERS, lambda u: "pilot" if u == PILOT else ("teamA" if u in WAVE_A else "teamB"))
     fd.ctl("route", "config", "--new-transport", "lmtp:inet:127.0.0.1:%d" % sb.port("new", "lmtp"),
            "--endpoint", "127.0.0.1:%d" % sb.port("old"), "--pop3-port", str(sb.port("old", "pop3")),
            "--transport", "lmtp:inet:127.0.0.1:%d" % sb.port("old", "lmtp"))

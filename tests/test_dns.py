@@ -7,7 +7,6 @@ SPF/DMARC/DKIM are reported, and a resolver that does not answer (NSD
 stopped with SIGSTOP) ends the check with a timeout error in bounded
 time. Every result is in the migration log with its time."""
 import json
-import os
 import time
 
 import pytest
@@ -52,10 +51,7 @@ def env(sandbox):
                 dns_max_ttl=300, dns_timeout_ms=500, dns_interval=0)
     try:
         fd.start()
-        path = os.path.join(sandbox.root, "users.csv")
-        with open(path, "w") as f:
-            f.write("user,endpoint,tls,wave\n%s,127.0.0.1:%d,none,w1\n" % (USER, sandbox.port("old")))
-        fd.ctl("import", path)
+        fd.import_users([USER], "w1")
         fd.ctl("start")
         wait_until(lambda: fd.users()[USER]["state"] in ("done", "verified", "failed"), 120,
                    "the first copy pass")

@@ -81,12 +81,7 @@ def test_first_pass_verified(sandbox, ferryd):
             corpus.Message(corpus.simple_message("%s-%d" % (name, j), seed=63), frozenset(),
                            1600000000 + j) for j in range(3)])
         for i, name in enumerate(MAPPED_FOLDERS)]))
-    csv = os.path.join(sandbox.root, "presync-users.csv")
-    with open(csv, "w") as f:
-        f.write("user,endpoint,tls,wave\n")
-        for u in USERS:
-            f.write("%s,127.0.0.1:%d,none,%s\n" % (u, sandbox.port("old"), WAVE))
-    ferryd.ctl("import", csv)
+    ferryd.import_users(USERS, WAVE)
     ferryd.ctl("start", "--wave", WAVE)
     wait_until(lambda: settled(ferryd, USERS), 60, "users pulled and verified")
     users = ferryd.users()

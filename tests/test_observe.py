@@ -269,12 +269,7 @@ def test_dashboard_in_a_browser(sandbox, ferryd):
     migrated while the page is open."""
     for i, user in enumerate(W3):
         corpus.seed_old(sandbox, user, corpus.folder_spec("Bulk", n=15, seed=50 + i, gaps=1))
-    path = os.path.join(sandbox.root, "w3.csv")
-    with open(path, "w") as f:
-        f.write("user,endpoint,tls,wave\n")
-        for user in W3:
-            f.write("%s,127.0.0.1:%d,none,w3\n" % (user, sandbox.port("old")))
-    ferryd.ctl("import", path)
+    ferryd.import_users(W3, "w3")
     r = ferryd.ctl("report", "--wave", "w1", "--dns-changed", "2026-11-28T16:00",
                    "--note", "MX of example.com to NEW")
     assert "DNS change noted for wave w1" in r.stdout

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 
 import pytest
 
@@ -252,12 +251,7 @@ def test_0_preparation_preflight_copies_nothing_and_fails_no_login(env):
     """Runbook 0: import, routing, waves, preflight."""
     sb, fd, pf, proxy = env
     seed(sb)
-    csv = os.path.join(sb.root, "users.csv")
-    with open(csv, "w") as f:
-        f.write("user,endpoint,tls\n")
-        for u in USERS:
-            f.write("%s,127.0.0.1:%d,none\n" % (u, sb.port("old")))
-    fd.ctl("import", csv)
+    fd.import_users(USERS)
     fd.ctl("route", "config", "--new-transport", "lmtp:inet:127.0.0.1:%d" % sb.port("new", "lmtp"),
            "--endpoint", "127.0.0.1:%d" % sb.port("old"), "--pop3-port", str(sb.port("old", "pop3")),
            "--transport", "lmtp:inet:127.0.0.1:%d" % sb.port("old", "lmtp"))

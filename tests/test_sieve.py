@@ -175,10 +175,7 @@ def test_ferryd_moves_scripts_after_the_copy_and_on_request(migrated):
                 verify_after_pull="no")  # (verification does not follow rename rules yet)
     fd.start()
     try:
-        path = os.path.join(sb.root, "users.csv")
-        with open(path, "w") as f:
-            f.write("user,endpoint,tls,wave\nerin,127.0.0.1:%d,none,w1\n" % sb.port("old"))
-        fd.ctl("import", path)
+        fd.import_users(["erin"], "w1")
         fd.ctl("start")
 
         def sieve_done():

@@ -60,12 +60,7 @@ def no_secret_leaked(fd):
 def test_pulls_then_automatic_verification(sandbox, ferryd):
     for i, user in enumerate(USERS):
         corpus.seed_old(sandbox, user, corpus.folder_spec("Bulk", n=12 + i, seed=40 + i, gaps=2))
-    csv = os.path.join(sandbox.root, "verify-users.csv")
-    with open(csv, "w") as f:
-        f.write("user,endpoint,tls,wave\n")
-        for u in USERS:
-            f.write("%s,127.0.0.1:%d,none,%s\n" % (u, sandbox.port("old"), WAVE))
-    ferryd.ctl("import", csv)
+    ferryd.import_users(USERS, WAVE)
     ferryd.ctl("start", "--wave", WAVE)
     wait_until(lambda: settled(ferryd), 50, "users pulled and verified")
     users = ferryd.users()

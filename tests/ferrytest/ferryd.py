@@ -177,6 +177,17 @@ class Ferryd:
                                                         r.returncode, r.stdout, r.stderr))
         return r
 
+    def import_users(self, users, wave=None):
+        """ferryctl import of USERS on OLD's IMAP port without TLS. WAVE: one
+        wave for all, a function user -> wave, or None for no wave column."""
+        path = os.path.join(self.sb.root, "users.csv")
+        with open(path, "w") as f:
+            f.write("user,endpoint,tls%s\n" % ("" if wave is None else ",wave"))
+            for u in users:
+                w = "" if wave is None else ",%s" % (wave(u) if callable(wave) else wave)
+                f.write("%s,127.0.0.1:%d,none%s\n" % (u, self.sb.port("old"), w))
+        return self.ctl("import", path)
+
     def api(self, method, path, body=None, token=TOKEN, raw=None, headers=None):
         """-> (HTTP status, parsed JSON or the raw text if not JSON)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30 * valgrind.SLOW)
