@@ -67,11 +67,9 @@ def ferryd(sandbox):
 def settled(fd, users, seen=0):
     """Every user finished a job whose verification came after `seen`
     verify events."""
-    st = fd.users()
+    done = fd.settled(users)
     verified = [e for e in fd.events() if e.get("event") == "verify"]
-    return len(verified) >= seen + len(users) and all(
-        st[u]["state"] in ("verified", "failed", "done") and not st[u]["running"]
-        for u in users)
+    return len(verified) >= seen + len(users) and done
 
 
 def test_first_pass_verified(sandbox, ferryd):

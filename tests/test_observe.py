@@ -98,12 +98,6 @@ def scrape(fd):
     return text
 
 
-def settled(fd, users):
-    states = fd.users()
-    return all(states[u]["state"] in ("verified", "done", "failed") and not states[u]["running"]
-               for u in users)
-
-
 def grafana_exprs():
     with open(os.path.join(os.path.dirname(__file__), "..", "conf", "grafana-ferry.json")) as f:
         return [t["expr"] for p in json.load(f)["panels"] for t in p["targets"]]
@@ -142,7 +136,7 @@ def test_metrics_count_what_happened(sandbox, ferryd):
     assert value(first, "ferry_messages_copied_total") == 0
 
     ferryd.ctl("start", "--wave", "w1")
-    wait_until(lambda: settled(ferryd, W1 + [BAD]), 120, "wave w1 verified or failed")
+    wait_until(lambda: ferryd.settled(W1 + [BAD]), 120, "wave w1 verified or failed")
     # mid-migration: w1 finished, w2 not started
     text = scrape(ferryd)
     mid = parse(text)
@@ -167,7 +161,7 @@ def test_metrics_count_what_happened(sandbox, ferryd):
                      value(s, "ferry_old_sessions", host="127.0.0.1")))
         return busy[-1][0] >= 1
     wait_until(in_flight, 60, "a pull in flight on /metrics", interval=0.05)
-    wait_until(lambda: settled(ferryd, W2), 120, "wave w2 verified")
+    wait_until(lambda: ferryd.settled(W2), 120, "wave w2 verified")
     assert max(p for p, _ in busy) <= 2 and max(s for _, s in busy) <= 2, busy
     assert all(s >= p for p, s in busy), busy
     text = scrape(ferryd)

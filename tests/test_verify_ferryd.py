@@ -42,12 +42,6 @@ def ferryd(sandbox):
         assert rc == 0, "ferryd exited with %s" % rc
 
 
-def settled(fd):
-    users = fd.users()
-    return all(users[u]["state"] in ("verified", "failed", "done") and not users[u]["running"]
-               for u in USERS)
-
-
 def no_secret_leaked(fd):
     text = fd.output()
     with open(fd.log_path) as f:
@@ -62,7 +56,7 @@ def test_pulls_then_automatic_verification(sandbox, ferryd):
         corpus.seed_old(sandbox, user, corpus.folder_spec("Bulk", n=12 + i, seed=40 + i, gaps=2))
     ferryd.import_users(USERS, WAVE)
     ferryd.ctl("start", "--wave", WAVE)
-    wait_until(lambda: settled(ferryd), 50, "users pulled and verified")
+    wait_until(lambda: ferryd.settled(USERS), 50, "users pulled and verified")
     users = ferryd.users()
     assert {u: users[u]["state"] for u in USERS} == {u: "verified" for u in USERS}, users
     events = ferryd.events()

@@ -177,6 +177,11 @@ class Ferryd:
                                                         r.returncode, r.stdout, r.stderr))
         return r
 
+    def settled(self, users, states=("verified", "done", "failed")):
+        """Every user in one of STATES with no job running."""
+        st = self.users()
+        return all(st[u]["state"] in states and not st[u]["running"] for u in users)
+
     def import_users(self, users, wave=None):
         """ferryctl import of USERS on OLD's IMAP port without TLS. WAVE: one
         wave for all, a function user -> wave, or None for no wave column."""
