@@ -249,6 +249,10 @@ int ferry_pull_folder_step(struct mail_user *user, const char *vname,
 			   unsigned int max_batches,
 			   struct ferry_pull_result *result_r,
 			   enum mail_error *error_code_r, const char **error_r);
+/* A search of t's mailbox for the UIDs first..last (pull.c). */
+struct mail_search_context *
+ferry_search_uid_range(struct mailbox_transaction_context *t, uint32_t first,
+		       uint32_t last, enum mail_fetch_field fields);
 int ferry_each_folder(struct mail_user *user,
 		      int (*func)(struct mail_user *user, const char *vname,
 				  void *context),

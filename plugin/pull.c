@@ -195,8 +195,6 @@ static int ferry_pull_commit(struct ferry_pull *pull)
 static int ferry_pull_check_tail(struct ferry_pull *pull, uint32_t last_uid)
 {
 	struct mailbox_transaction_context *t, *ot;
-	struct mail_search_args *args;
-	struct mail_search_arg *arg;
 	struct mail_search_context *search;
 	struct mail *mail, *omail;
 	uoff_t size, osize;
@@ -207,14 +205,9 @@ static int ferry_pull_check_tail(struct ferry_pull *pull, uint32_t last_uid)
 	ot = mailbox_transaction_begin(pull->obox, 0, "ferry check");
 	omail = mail_alloc(ot, MAIL_FETCH_PHYSICAL_SIZE |
 			   MAIL_FETCH_RECEIVED_DATE, NULL);
-	args = mail_search_build_init();
-	arg = mail_search_build_add(args, SEARCH_UIDSET);
-	p_array_init(&arg->value.seqset, args->pool, 1);
-	seq_range_array_add_range(&arg->value.seqset,
-				  pull->hdr.copied_upto + 1, last_uid);
-	search = mailbox_search_init(t, args, NULL, MAIL_FETCH_VIRTUAL_SIZE |
-				     MAIL_FETCH_RECEIVED_DATE, NULL);
-	mail_search_args_unref(&args);
+	search = ferry_search_uid_range(t, pull->hdr.copied_upto + 1, last_uid,
+					MAIL_FETCH_VIRTUAL_SIZE |
+					MAIL_FETCH_RECEIVED_DATE);
 	while (ret > 0 && mailbox_search_next(search, &mail)) {
 		if (!mail_set_uid(omail, mail->uid) ||
 		    mail_get_physical_size(omail, &osize) < 0 ||
@@ -363,6 +356,21 @@ static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail,
 	}
 	ferry_pull_saved(pull, mail->uid, size);
 	return 0;
+}
+
+struct mail_search_context *
+ferry_search_uid_range(struct mailbox_transaction_context *t, uint32_t first,
+		       uint32_t last, enum mail_fetch_field fields)
+{
+	struct mail_search_args *args = mail_search_build_init();
+	struct mail_search_arg *arg = mail_search_build_add(args, SEARCH_UIDSET);
+	struct mail_search_context *search;
+
+	p_array_init(&arg->value.seqset, args->pool, 1);
+	seq_range_array_add_range(&arg->value.seqset, first, last);
+	search = mailbox_search_init(t, args, NULL, fields, NULL);
+	mail_search_args_unref(&args);
+	return search;
 }
 
 static struct mail_search_context *
@@ -801,8 +809,6 @@ static int ferry_pull_rebuild(struct mail_user *user, const char *vname,
 	struct mailbox *box, *tmp;
 	struct mailbox_transaction_context *t, *tt;
 	struct mail_transaction_commit_changes changes;
-	struct mail_search_args *args;
-	struct mail_search_arg *arg;
 	struct mail_search_context *search;
 	struct mail_save_context *save;
 	struct mailbox_update update;
@@ -835,12 +841,7 @@ static int ferry_pull_rebuild(struct mail_user *user, const char *vname,
 	tt = mailbox_transaction_begin(tmp, MAILBOX_TRANSACTION_FLAG_EXTERNAL |
 				       MAILBOX_TRANSACTION_FLAG_ASSIGN_UIDS,
 				       "ferry rebuild");
-	args = mail_search_build_init();
-	arg = mail_search_build_add(args, SEARCH_UIDSET);
-	p_array_init(&arg->value.seqset, args->pool, 1);
-	seq_range_array_add_range(&arg->value.seqset, 1, I_MAX(hdr.copied_upto, 1));
-	search = mailbox_search_init(t, args, NULL, 0, NULL);
-	mail_search_args_unref(&args);
+	search = ferry_search_uid_range(t, 1, I_MAX(hdr.copied_upto, 1), 0);
 	while (ret == 0 && mailbox_search_next(search, &mail)) {
 		if (mail->uid > hdr.copied_upto)
 			break;

@@ -48,8 +48,6 @@ static int ferry_rollback_on_old(struct mailbox *obox, struct mail *mail,
 				 const char **error_r)
 {
 	struct mailbox_transaction_context *ot;
-	struct mail_search_args *args;
-	struct mail_search_arg *arg;
 	struct mail_search_context *search;
 	struct mail *omail;
 	const char *msgid, *omsgid;
@@ -72,13 +70,9 @@ static int ferry_rollback_on_old(struct mailbox *obox, struct mail *mail,
 		return -1;
 	}
 	ot = mailbox_transaction_begin(obox, 0, "ferry rollback check");
-	args = mail_search_build_init();
-	arg = mail_search_build_add(args, SEARCH_UIDSET);
-	p_array_init(&arg->value.seqset, args->pool, 1);
-	seq_range_array_add_range(&arg->value.seqset, since_uid, (uint32_t)-1);
-	search = mailbox_search_init(ot, args, NULL, MAIL_FETCH_RECEIVED_DATE |
-				     MAIL_FETCH_PHYSICAL_SIZE, NULL);
-	mail_search_args_unref(&args);
+	search = ferry_search_uid_range(ot, since_uid, (uint32_t)-1,
+					MAIL_FETCH_RECEIVED_DATE |
+					MAIL_FETCH_PHYSICAL_SIZE);
 	while (!*found_r && mailbox_search_next(search, &omail)) {
 		if (omail->uid < since_uid)
 			continue;
@@ -112,8 +106,6 @@ static int ferry_rollback_append(struct mailbox *box, struct mailbox *obox,
 				 unsigned int *appended_r, const char **error_r)
 {
 	struct mailbox_transaction_context *t, *ot;
-	struct mail_search_args *args;
-	struct mail_search_arg *arg;
 	struct mail_search_context *search;
 	struct mail_save_context *save;
 	struct mailbox_status ost;
@@ -134,15 +126,11 @@ static int ferry_rollback_append(struct mailbox *box, struct mailbox *obox,
 		}
 	}
 	t = mailbox_transaction_begin(box, 0, "ferry rollback");
-	args = mail_search_build_init();
-	arg = mail_search_build_add(args, SEARCH_UIDSET);
-	p_array_init(&arg->value.seqset, args->pool, 1);
-	seq_range_array_add_range(&arg->value.seqset, first_uid, (uint32_t)-1);
-	search = mailbox_search_init(t, args, NULL, MAIL_FETCH_FLAGS |
-				     MAIL_FETCH_RECEIVED_DATE |
-				     MAIL_FETCH_STREAM_HEADER |
-				     MAIL_FETCH_STREAM_BODY, NULL);
-	mail_search_args_unref(&args);
+	search = ferry_search_uid_range(t, first_uid, (uint32_t)-1,
+					MAIL_FETCH_FLAGS |
+					MAIL_FETCH_RECEIVED_DATE |
+					MAIL_FETCH_STREAM_HEADER |
+					MAIL_FETCH_STREAM_BODY);
 	while (ret == 0 && mailbox_search_next(search, &mail)) {
 		bool found = FALSE;
 
