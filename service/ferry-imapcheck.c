@@ -181,6 +181,20 @@ static int read_map(const char *path, struct sieve_folder_map *map)
 	return 0;
 }
 
+/* --text is for a person at a terminal; JSON is what ferryd stores. */
+static void print_report(const json_t *report, int text,
+			 char *(*format)(const json_t *report))
+{
+	if (text) {
+		char *t = format(report);
+		fputs(t ? t : "", stdout);
+		free(t);
+	} else {
+		json_dumpf(report, stdout, JSON_INDENT(1));
+		fputc('\n', stdout);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct imap_client_settings old = {.label = "old", .log = log_cb},
@@ -301,14 +315,7 @@ int main(int argc, char **argv)
 		/* a report like sieve's, so ferryd stores and shows it the same way */
 		report = json_pack("{s:s, s:s, s:b, s:[]}", "user", user, "restored_active",
 				   script_name, "passed", 1, "scripts");
-		if (text) {
-			char *t = ferry_sieve_text(report);
-			fputs(t ? t : "", stdout);
-			free(t);
-		} else {
-			json_dumpf(report, stdout, JSON_INDENT(1));
-			fputc('\n', stdout);
-		}
+		print_report(report, text, ferry_sieve_text);
 		json_decref(report);
 		return 0;
 	}
@@ -342,16 +349,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ferry-imapcheck: cannot write %s\n", json_path);
 		return 2;
 	}
-	if (text) {
-		char *t = strcmp(mode, "preflight") == 0 ? ferry_preflight_text(report)
-			  : strcmp(mode, "sieve") == 0   ? ferry_sieve_text(report)
-							 : ferry_verify_text(report);
-		fputs(t ? t : "", stdout);
-		free(t);
-	} else {
-		json_dumpf(report, stdout, JSON_INDENT(1));
-		fputc('\n', stdout);
-	}
+	print_report(report, text,
+		     strcmp(mode, "preflight") == 0 ? ferry_preflight_text
+		     : strcmp(mode, "sieve") == 0   ? ferry_sieve_text
+						    : ferry_verify_text);
 	json_decref(report);
 	return passed ? 0 : 1;
 }
