@@ -18,11 +18,6 @@ struct imap_client *ms_connect(const struct imap_client_settings *set, char *err
 	return imap_sync_connect(&s, NULL, err, errlen);
 }
 
-int ms_has_cap(struct imap_client *c, const char *cap)
-{
-	return imap_client_has_cap(c, cap);
-}
-
 static void list_line(void *ctx, const struct imap_response *r)
 {
 	struct sieve_script_list *l = ctx;
@@ -108,12 +103,6 @@ int ms_putscript(struct imap_client *c, const char *name, const char *text)
 	return r;
 }
 
-int ms_checkscript(struct imap_client *c, const char *text)
-{
-	struct imap_command spec = {.desc = "CHECKSCRIPT"};
-	return imap_sync_command(c, &spec, "CHECKSCRIPT {%zu+}\r\n%s", strlen(text), text);
-}
-
 int ms_setactive(struct imap_client *c, const char *name)
 {
 	char *q = imap_quote(name);
@@ -121,17 +110,6 @@ int ms_setactive(struct imap_client *c, const char *name)
 		return -1;
 	struct imap_command spec = {.desc = "SETACTIVE", .mailbox = name[0] ? name : NULL};
 	int r = imap_sync_command(c, &spec, "SETACTIVE %s", q);
-	free(q);
-	return r;
-}
-
-int ms_deletescript(struct imap_client *c, const char *name)
-{
-	char *q = imap_quote(name);
-	if (q == NULL)
-		return -1;
-	struct imap_command spec = {.desc = "DELETESCRIPT", .mailbox = name};
-	int r = imap_sync_command(c, &spec, "DELETESCRIPT %s", q);
 	free(q);
 	return r;
 }

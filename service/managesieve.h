@@ -32,9 +32,6 @@ void ms_script_list_free(struct sieve_script_list *l);
 /* *text is malloc()ed, NUL-terminated (a script with NUL is refused) */
 int ms_getscript(struct imap_client *c, const char *name, char **text);
 int ms_putscript(struct imap_client *c, const char *name, const char *text);
-int ms_checkscript(struct imap_client *c, const char *text);
 int ms_setactive(struct imap_client *c, const char *name); /* "" deactivates */
-int ms_deletescript(struct imap_client *c, const char *name);
-int ms_has_cap(struct imap_client *c, const char *cap);
 
 #endif
