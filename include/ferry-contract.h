@@ -10,6 +10,10 @@
 #define FERRY_CMD_SYNC "ferrySync"
 #define FERRY_CMD_STATUS "ferryStatus"
 #define FERRY_CMD_ROLLBACK "ferryRollback"
+/* ferryPull/ferrySync parameter: folders copied at once (ferry_parallel)
+   for this command. ferryd sends "1": its per-old-host accounting counts one
+   old-server session per command. */
+#define FERRY_PARAM_PARALLEL "parallel"
 
 /* userdb field ferry_phase */
 #define FERRY_PHASE_PRESYNC "presync"

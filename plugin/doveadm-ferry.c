@@ -27,21 +27,43 @@ void doveadm_ferry_plugin_deinit(void);
 struct ferry_cmd_context {
 	struct doveadm_mail_cmd_context ctx;
 	const char *mailbox;
+	/* -p N: ferry_parallel for this command (0: the setting's). ferryd
+	   sends 1: it counts one old-server session per command it sends. */
+	unsigned int parallel;
 };
 
 static bool ferry_cmd_parse_arg(struct doveadm_mail_cmd_context *_ctx, int c)
 {
 	struct ferry_cmd_context *ctx = (struct ferry_cmd_context *)_ctx;
 
-	if (c != 'm')
-		return FALSE;
-	ctx->mailbox = p_strdup(_ctx->pool, optarg);
-	return TRUE;
+	switch (c) {
+	case 'm':
+		ctx->mailbox = p_strdup(_ctx->pool, optarg);
+		return TRUE;
+	case 'p':
+		if (str_to_uint(optarg, &ctx->parallel) < 0 ||
+		    ctx->parallel == 0) {
+			i_error("ferry: -p %s: want a number of parallel "
+				"folders >= 1", optarg);
+			return FALSE;
+		}
+		return TRUE;
+	}
+	return FALSE;
 }
 
-/* Every ferry command: a table, an optional -m FOLDER. */
+static void ferry_cmd_apply_parallel(struct ferry_cmd_context *ctx,
+				     struct mail_user *user)
+{
+	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
+
+	if (ctx->parallel != 0 && fuser != NULL)
+		fuser->set.parallel = ctx->parallel;
+}
+
+/* Every ferry command: a table, options from getopt_args (NULL: none). */
 static struct doveadm_mail_cmd_context *
-ferry_cmd_alloc(bool folder_arg,
+ferry_cmd_alloc(const char *getopt_args,
 		void (*init)(struct doveadm_mail_cmd_context *ctx,
 			     const char *const args[]),
 		int (*run)(struct doveadm_mail_cmd_context *ctx,
@@ -50,8 +72,8 @@ ferry_cmd_alloc(bool folder_arg,
 	struct ferry_cmd_context *ctx;
 
 	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
-	if (folder_arg) {
-		ctx->ctx.getopt_args = "m:";
+	if (getopt_args != NULL) {
+		ctx->ctx.getopt_args = getopt_args;
 		ctx->ctx.v.parse_arg = ferry_cmd_parse_arg;
 	}
 	ctx->ctx.v.init = init;
@@ -117,6 +139,7 @@ static int ferry_cmd_pull_run(struct doveadm_mail_cmd_context *_ctx,
 
 	if (!ferry_cmd_user_ok(_ctx, user))
 		return -1;
+	ferry_cmd_apply_parallel(ctx, user);
 	if (ctx->mailbox == NULL) {
 		ret = ferry_pull_all(user, FERRY_PULL_LAZY, ferry_pull_print,
 				     _ctx, &error);
@@ -151,7 +174,7 @@ static void ferry_cmd_pull_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED
 
 static struct doveadm_mail_cmd_context *ferry_cmd_pull_alloc(void)
 {
-	return ferry_cmd_alloc(TRUE, ferry_cmd_pull_init, ferry_cmd_pull_run);
+	return ferry_cmd_alloc("m:p:", ferry_cmd_pull_init, ferry_cmd_pull_run);
 }
 
 /* sync: a later pass over every folder. For a user still in presync the
@@ -161,11 +184,13 @@ static struct doveadm_mail_cmd_context *ferry_cmd_pull_alloc(void)
 static int ferry_cmd_sync_run(struct doveadm_mail_cmd_context *_ctx,
 			      struct mail_user *user)
 {
+	struct ferry_cmd_context *ctx = (struct ferry_cmd_context *)_ctx;
 	struct ferry_user *fuser;
 	const char *error = NULL;
 
 	if (!ferry_cmd_user_ok(_ctx, user))
 		return -1;
+	ferry_cmd_apply_parallel(ctx, user);
 	fuser = FERRY_USER_CONTEXT(user);
 	if (ferry_pull_all(user, fuser->set.presync ? FERRY_PULL_MIRROR :
 			   FERRY_PULL_STRAGGLERS, ferry_pull_print, _ctx,
@@ -179,7 +204,7 @@ static int ferry_cmd_sync_run(struct doveadm_mail_cmd_context *_ctx,
 
 static struct doveadm_mail_cmd_context *ferry_cmd_sync_alloc(void)
 {
-	return ferry_cmd_alloc(FALSE, ferry_cmd_pull_init, ferry_cmd_sync_run);
+	return ferry_cmd_alloc("p:", ferry_cmd_pull_init, ferry_cmd_sync_run);
 }
 
 /* rollback: back to the old server, with what arrived here meanwhile */
@@ -222,7 +247,7 @@ static void ferry_cmd_rollback_init(struct doveadm_mail_cmd_context *ctx ATTR_UN
 
 static struct doveadm_mail_cmd_context *ferry_cmd_rollback_alloc(void)
 {
-	return ferry_cmd_alloc(FALSE, ferry_cmd_rollback_init, ferry_cmd_rollback_run);
+	return ferry_cmd_alloc(NULL, ferry_cmd_rollback_init, ferry_cmd_rollback_run);
 }
 
 /* The old server's LIST name of a local folder: the tree copy's record
@@ -389,25 +414,27 @@ static void ferry_cmd_status_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUS
 
 static struct doveadm_mail_cmd_context *ferry_cmd_status_alloc(void)
 {
-	return ferry_cmd_alloc(TRUE, ferry_cmd_status_init, ferry_cmd_status_run);
+	return ferry_cmd_alloc("m:", ferry_cmd_status_init, ferry_cmd_status_run);
 }
 
 static struct doveadm_cmd_ver2 ferry_commands[] = {
 	{
 		.name = "ferry pull",
-		.usage = "[-m <folder>]",
+		.usage = "[-m <folder>] [-p <parallel>]",
 		.mail_cmd = ferry_cmd_pull_alloc,
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
 DOVEADM_CMD_PARAM('m', "mailbox", CMD_PARAM_STR, 0)
+DOVEADM_CMD_PARAM('p', FERRY_PARAM_PARALLEL, CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAMS_END
 	},
 	{
 		.name = "ferry sync",
-		.usage = "",
+		.usage = "[-p <parallel>]",
 		.mail_cmd = ferry_cmd_sync_alloc,
 DOVEADM_CMD_PARAMS_START
 DOVEADM_CMD_MAIL_COMMON
+DOVEADM_CMD_PARAM('p', FERRY_PARAM_PARALLEL, CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAMS_END
 	},
 	{

@@ -600,8 +600,11 @@ static void op_pump(struct op *o)
 		cc->i = i;
 		m->sent = 1;
 		o->in_flight++;
-		if (doveadm_call(o->c->dc, stage_command(o->stage),
-				 json_pack("{s:s}", "user", m->login), on_reply, cc) == NULL) {
+		/* one slot, one old-server session: no parallel folders */
+		json_t *params = o->stage == ST_ROLLBACK ?
+			json_pack("{s:s}", "user", m->login) :
+			json_pack("{s:s, s:s}", "user", m->login, FERRY_PARAM_PARALLEL, "1");
+		if (doveadm_call(o->c->dc, stage_command(o->stage), params, on_reply, cc) == NULL) {
 			free(cc);
 			o->in_flight--;
 			o->c->slot_release(m->host, o->c->ctx);

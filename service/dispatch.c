@@ -405,6 +405,8 @@ static void job_call(struct job *j, const char *command, const char *mailbox)
 {
 	json_t *params = json_pack("{s:s}", "user", j->login);
 
+	if (strcmp(command, FERRY_CMD_PULL) == 0 || strcmp(command, FERRY_CMD_SYNC) == 0)
+		json_object_set_new(params, FERRY_PARAM_PARALLEL, json_string("1"));
 	if (mailbox != NULL)
 		json_object_set_new(params, "mailbox", json_string(mailbox));
 	j->req = doveadm_call(j->d->dc, command, params, on_reply, j);
