@@ -216,7 +216,9 @@ def test_master_login_without_auth_plain_refused_before_any_password(env):
 def test_master_login_passes_in_one_round_trip_once(env, user):
     sb, relay = env["sb"], env["relay_" + user]
     relay.reset()
-    r = sb.doveadm("new", "ferry", "pull", "-u", user)
+    # -p 1: one folder at a time, so one connection is the whole pull's
+    # (parallel workers would each open their own after the check)
+    r = sb.doveadm("new", "ferry", "pull", "-u", user, "-p", "1")
     assert "complete" in r.stdout and "failed" not in r.stdout, r.stdout
     assert len(relay.conns) == 1, "a second login (the master alone) was made"
     # one round trip: every command of the check went out before the
