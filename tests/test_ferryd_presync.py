@@ -17,7 +17,7 @@ import os
 import pytest
 
 from ferrytest import corpus
-from ferrytest.ferryd import Ferryd
+from ferrytest.ferryd import Ferryd, master_password_file
 from ferrytest.imapwire import check
 from ferrytest.sandbox import MASTER_PASSWORD, MASTER_USER, wait_until
 from ferrytest.snapshot import compare, snapshot
@@ -50,10 +50,7 @@ MAPPED_FOLDERS = {
 
 @pytest.fixture(scope="module")
 def ferryd(sandbox):
-    secret = os.path.join(sandbox.root, "master.pw")
-    with open(secret, "w") as f:
-        f.write(MASTER_PASSWORD + "\n")
-    os.chmod(secret, 0o600)
+    secret = master_password_file(sandbox)
     fd = Ferryd(sandbox, name="ferryd-presync", old_master_user=MASTER_USER,
                 old_master_password_file=secret, new_master_user=MASTER_USER,
                 new_master_password_file=secret,

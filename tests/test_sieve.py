@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from ferrytest.ferryd import Ferryd
+from ferrytest.ferryd import Ferryd, master_password_file
 from ferrytest.managesieve import ManageSieve
 from ferrytest.sandbox import MASTER_PASSWORD, MASTER_USER, wait_until
 from ferrytest.sieve import folder_map, migrate, new_active, new_scripts
@@ -163,10 +163,7 @@ def test_ferryd_moves_scripts_after_the_copy_and_on_request(migrated):
     say what happened to each script."""
     sb = migrated[0]
     seed_old(sb, "erin", {"main": MAIN, "spare": SPARE}, "main")
-    secret = os.path.join(sb.root, "master.pw")
-    with open(secret, "w") as f:
-        f.write(MASTER_PASSWORD + "\n")
-    os.chmod(secret, 0o600)
+    secret = master_password_file(sb)
     fd = Ferryd(sb, old_master_user=MASTER_USER, old_master_password_file=secret,
                 new_master_user=MASTER_USER, new_master_password_file=secret,
                 new_imap="127.0.0.1:%d" % sb.port("new"), check_timeout=60,

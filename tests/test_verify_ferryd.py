@@ -15,7 +15,7 @@ import re
 import pytest
 
 from ferrytest import corpus
-from ferrytest.ferryd import Ferryd
+from ferrytest.ferryd import Ferryd, master_password_file
 from ferrytest.sandbox import MASTER_PASSWORD, MASTER_USER, password, wait_until
 
 USERS = ["v1", "v2", "v3"]
@@ -25,10 +25,7 @@ SANDBOX_KWARGS = {"users": USERS, "batch_size": 20, "doveadm_http": True}
 
 @pytest.fixture(scope="module")
 def ferryd(sandbox):
-    secret = os.path.join(sandbox.root, "master.pw")
-    with open(secret, "w") as f:
-        f.write(MASTER_PASSWORD + "\n")
-    os.chmod(secret, 0o600)
+    secret = master_password_file(sandbox)
     fd = Ferryd(sandbox, name="ferryd-verify", max_per_host=2, max_concurrent=4,
                 old_master_user=MASTER_USER, old_master_password_file=secret,
                 new_master_user=MASTER_USER, new_master_password_file=secret,

@@ -21,10 +21,20 @@ import sqlite3
 import subprocess
 
 from . import valgrind
-from .sandbox import ASAN, BUILD_DIR, _free_ports, proc_alive, wait_until
+from .sandbox import ASAN, BUILD_DIR, MASTER_PASSWORD, _free_ports, proc_alive, wait_until
 
 TOKEN = "ferry-admin-token-for-tests"
 KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def master_password_file(sb):
+    """OLD's and NEW's master password in a 0600 file of the sandbox, for
+    ferryd's old_/new_master_password_file (never on a command line)."""
+    path = os.path.join(sb.root, "master.pw")
+    with open(path, "w") as f:
+        f.write(MASTER_PASSWORD + "\n")
+    os.chmod(path, 0o600)
+    return path
 
 
 def parse_kv(line):
