@@ -72,14 +72,7 @@ def sandbox(request):
         yield sb
     finally:
         sb.stop()
-        reports = sb.sanitizer_reports()
-        if reports:  # fails the module's last test: a sanitizer found something
-            print("\n".join(reports))
-            pytest.fail("sanitizer reports in %s" % sb.sanitizer_dir(), pytrace=False)
-        if request.session.testsfailed == failed_before and not os.environ.get("FERRY_KEEP"):
-            shutil.rmtree(sb.root, ignore_errors=True)
-        else:
-            print("\nsandbox kept: %s" % sb.root)
+        sb.finish(request.session, failed_before)
 
 
 @pytest.fixture

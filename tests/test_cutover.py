@@ -6,7 +6,6 @@ ferryctl. Where a login or a message went is checked on the servers
 themselves: the hierarchy separator a client sees ('.' = OLD, proxied;
 '/' = NEW), Postfix's log (relay=) and the mailboxes over IMAP."""
 import os
-import shutil
 import tempfile
 import time
 
@@ -56,14 +55,7 @@ def env(request):
         if fd is not None and fd.alive():
             fd.stop()
         sb.stop()
-        reports = sb.sanitizer_reports()
-        if reports:
-            print("\n".join(reports))
-            pytest.fail("sanitizer reports in %s" % sb.sanitizer_dir(), pytrace=False)
-        if request.session.testsfailed == failed_before and not os.environ.get("FERRY_KEEP"):
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print("\nsandbox kept: %s" % root)
+        sb.finish(request.session, failed_before, root=root)
 
 
 def import_users(sb, fd):

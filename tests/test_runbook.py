@@ -17,7 +17,6 @@ Projects.Alpha (renamed to Work/Alpha) and Archive.2023 (separator '.' on
 OLD, '/' on NEW)."""
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -128,14 +127,7 @@ def env(request):
             fd.stop()
         sb.stop()
         proxy.stop()
-        reports = sb.sanitizer_reports()
-        if reports:
-            print("\n".join(reports))
-            pytest.fail("sanitizer reports in %s" % sb.sanitizer_dir(), pytrace=False)
-        if request.session.testsfailed == failed_before and not os.environ.get("FERRY_KEEP"):
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print("\nsandbox kept: %s" % root)
+        sb.finish(request.session, failed_before, root=root)
 
 
 # ---- helpers ----------------------------------------------------------------

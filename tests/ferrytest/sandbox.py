@@ -418,6 +418,22 @@ imapc_cmd_timeout = 5s
                 out.append("%s:\n%s" % (name, f.read()))
         return out
 
+    def finish(self, session, failed_before, root=None):
+        """A stopped sandbox's teardown, the same for every module fixture:
+        fails the module's last test on a sanitizer report, removes the
+        sandbox's directory (or `root`) when no test of the module failed
+        and FERRY_KEEP is unset, else says where it was kept."""
+        import pytest
+        reports = self.sanitizer_reports()
+        if reports:
+            print("\n".join(reports))
+            pytest.fail("sanitizer reports in %s" % self.sanitizer_dir(), pytrace=False)
+        root = root or self.root
+        if session.testsfailed == failed_before and not os.environ.get("FERRY_KEEP"):
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print("\nsandbox kept: %s" % root)
+
     def doveadm_cmd(self, inst, *args):
         return ["doveadm", "-c", self.conf_path(inst)] + list(args)
 
