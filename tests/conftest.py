@@ -6,14 +6,12 @@ and, when its configuration needs the sandbox's root, a function
     def sandbox_prepare(sb): ...   (called before sb.start())
 FERRY_BUILD_DIR overrides the build directory; FERRY_KEEP=1 keeps the
 sandbox directory (it is always kept when a test of the module failed)."""
-import ctypes
 import os
 import shutil
-import subprocess
-import tempfile
 
 import pytest
 
+from ferrytest import dovecot
 from ferrytest.logs import LogWatch
 from ferrytest.sandbox import BUILD_DIR, DOVEADM_MODULE_DIR, Sandbox
 
@@ -26,26 +24,12 @@ def _private_doveadm_module_dir():
     namespace that link is seen only by this run and the servers it starts,
     so two checkouts tested side by side never load each other's plugin and
     the system directory is left untouched. Without the privilege for it
-    the run falls back to the shared directory."""
+    the run falls back to the shared directory (2.3 only: Dovecot 2.4 runs
+    only in a private namespace, ferrytest/dovecot.py)."""
     if os.environ.get("FERRY_SHARED_MODDIR") or not os.path.isdir(DOVEADM_MODULE_DIR):
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
-        return
-    if subprocess.run(["mount", "--make-rprivate", "/"], capture_output=True).returncode != 0:
-        return
-    private = tempfile.mkdtemp(prefix="ferry-doveadm-modules-")
-    for name in os.listdir(DOVEADM_MODULE_DIR):
-        src = os.path.join(DOVEADM_MODULE_DIR, name)
-        # copies, not links: a link into the directory would point at the
-        # private one once it is mounted over it; links are earlier runs'
-        if os.path.isfile(src) and not os.path.islink(src):
-            shutil.copy2(src, os.path.join(private, name))
-    subprocess.run(["mount", "--bind", private, DOVEADM_MODULE_DIR], check=True)
-    _private_moddir.append(private)
-
-
-_private_moddir = []
+    if dovecot.private_namespace():
+        dovecot.private_copy(DOVEADM_MODULE_DIR)
 
 
 def pytest_configure(config):
@@ -53,9 +37,12 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    for d in _private_moddir:
-        subprocess.run(["umount", DOVEADM_MODULE_DIR], capture_output=True)
-        shutil.rmtree(d, ignore_errors=True)
+    dovecot.release()
+
+
+def pytest_report_header(config):
+    return "Dovecot: FERRY_DOVECOT=%s (OLD %s, NEW %s)" % (
+        dovecot.SELECT, dovecot.version("old"), dovecot.version("new"))
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,13 @@ import sys
 import tempfile
 import time
 
-from . import imapwire
+from . import conf24, dovecot, imapwire
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD_DIR = os.environ.get("FERRY_BUILD_DIR", os.path.join(REPO, "build"))
 CONF_SNIPPET = os.path.join(REPO, "conf", "ferry.conf")
+# NEW on Dovecot 2.4 includes the 2.4 snippet instead of the default one
+CONF_SNIPPET_24 = os.path.join(REPO, "conf", "ferry-2.4.conf")
 # FERRY_ASAN=1: the plugin in BUILD_DIR was built with ASan+UBSan; the
 # sanitizer runtimes are preloaded into NEW's processes and doveadm, and
 # any report lands in <root>/sanitizer (see sanitizer_reports()).
@@ -36,7 +38,7 @@ ASAN = os.environ.get("FERRY_ASAN") == "1"
 ASAN_RUNTIME = "/usr/lib/x86_64-linux-gnu/libasan.so.8"
 PLUGIN = "lib20_ferry_plugin.so"
 DOVEADM_PLUGIN = "lib10_doveadm_ferry_plugin.so"
-DOVEADM_MODULE_DIR = "/usr/lib/dovecot/modules/doveadm"
+DOVEADM_MODULE_DIR = dovecot.DOVEADM_MODULE_DIR
 MASTER_USER = "ferry-master"
 MASTER_PASSWORD = "master-secret"
 INSTANCES = ("old", "new")
@@ -139,6 +141,19 @@ def _greets(port):
         return False
 
 
+def _link(src, directory):
+    """A link to src in directory, replacing an earlier run's link (never
+    a file that is not a link)."""
+    dst = os.path.join(directory, os.path.basename(src))
+    if not os.path.exists(src) or (os.path.exists(dst) and not os.path.islink(dst)):
+        return
+    if os.path.islink(dst):
+        if os.readlink(dst) == src:
+            return
+        os.unlink(dst)
+    os.symlink(src, dst)
+
+
 def make_test_cert(d, ca, name, san):
     """A CA (d/ca.pem, d/ca.key; made if missing) and a certificate d/name.pem
     + d/name.key it signed for the subjectAltNames san (openssl CLI)."""
@@ -161,7 +176,8 @@ class Sandbox:
     def __init__(self, root=None, build_dir=BUILD_DIR, conf_snippet=CONF_SNIPPET,
                  users=("alice", "bob", "carol"), new_plugin=True, batch_size=None,
                  old_extra="", new_extra="", new_userdb_extra=None, ports=None,
-                 doveadm_http=False, tls=False, new_sql_conf=None, sieve=False):
+                 doveadm_http=False, tls=False, new_sql_conf=None, sieve=False,
+                 dovecot_select=None):
         self.created_root = root is None
         self.root = os.path.abspath(root or tempfile.mkdtemp(prefix="ferry-"))
         self.build_dir = os.path.abspath(build_dir)
@@ -201,6 +217,15 @@ class Sandbox:
         # NEW asks its passdb sql first (proxy to OLD for users not cut over)
         # and its userdb sql first (ferry_phase), then its passwd-file
         self.new_sql_conf = os.path.abspath(new_sql_conf) if new_sql_conf else None
+        # which Dovecot runs OLD and NEW: 2.3, 2.4 or mixed (ferrytest.dovecot;
+        # default FERRY_DOVECOT)
+        self.dovecot_select = dovecot_select or dovecot.SELECT
+        if ASAN and dovecot.uses_24(self.dovecot_select):
+            raise SandboxError("the sanitizer pass runs on Dovecot 2.3 only")
+
+    def version(self, inst):
+        """'2.3' or '2.4': the Dovecot that runs inst."""
+        return dovecot.version(inst, self.dovecot_select)
 
     # ---- paths -----------------------------------------------------------
     def dir(self, inst):
@@ -233,15 +258,20 @@ class Sandbox:
                 os.makedirs(h)
                 os.chown(h, mail.pw_uid, mail.pw_gid)
         extra = self.new_userdb_extra if inst == "new" else {}
+        v24 = self.version(inst) == "2.4"
         with open(os.path.join(d, "passwd"), "w") as f:
             for user in self.users:
+                fields = extra.get(user, "")
                 f.write("%s:{PLAIN}%s:%d:%d::%s::%s\n" % (
                     user, password(user), mail.pw_uid, mail.pw_gid,
-                    self.home(inst, user), extra.get(user, "")))
+                    self.home(inst, user), conf24.userdb_extra(fields) if v24 else fields))
         with open(os.path.join(d, "masters"), "w") as f:
             f.write("%s:{PLAIN}%s\n" % (MASTER_USER, MASTER_PASSWORD))
+        text = self._conf_text(inst)
+        if v24:  # written in 2.3 syntax, by the harness and the tests
+            text = conf24.HEADER + conf24.convert(text)
         with open(self.conf_path(inst), "w") as f:
-            f.write(self._conf_text(inst))
+            f.write(text)
 
     def _conf_text(self, inst):
         d, ports = self.dir(inst), self.ports[inst]
@@ -312,7 +342,7 @@ service anvil {{
             return text + "mail_fsync = never\n" + self.old_extra + "\n"
         text += "mail_plugin_dir = %s\n" % self._plugin_dir()
         if self.new_plugin:
-            text += "!include %s\n" % self.conf_snippet
+            text += "!include %s\n" % self._snippet(inst)
         text += f"""imapc_host = 127.0.0.1
 imapc_port = {self.ports["old"]["imap"]}
 imapc_ssl = no
@@ -329,6 +359,11 @@ imapc_cmd_timeout = 5s
         if ASAN:
             text += self._asan_conf()
         return text + self.new_extra + "\n"
+
+    def _snippet(self, inst):
+        if self.version(inst) == "2.4" and self.conf_snippet == CONF_SNIPPET:
+            return CONF_SNIPPET_24
+        return self.conf_snippet
 
     def _plugin_dir(self):
         """The build dir; with sieve, a dir of links to the build's plugins
@@ -435,7 +470,12 @@ imapc_cmd_timeout = 5s
             print("\nsandbox kept: %s" % root)
 
     def doveadm_cmd(self, inst, *args):
-        return ["doveadm", "-c", self.conf_path(inst)] + list(args)
+        """argv of doveadm for inst (its Dovecot's doveadm: the 2.4 root's
+        for a 2.4 instance, where -o plugin/KEY=V is -o KEY=V)."""
+        ver = self.version(inst)
+        if ver == "2.4":
+            args = conf24.doveadm_args(args)
+        return dovecot.command(ver, ["doveadm", "-c", self.conf_path(inst)] + list(args))
 
     def doveadm_env(self, inst):
         env = dict(os.environ)
@@ -473,12 +513,17 @@ imapc_cmd_timeout = 5s
                 raise SandboxError("NEW needs %s: build the plugin (make) or use "
                                    "Sandbox(new_plugin=False)" % plugin)
         os.chmod(self.root, 0o755)  # mail/dovenull must traverse it
+        ver = self.version(inst)
+        if ver == "2.4":  # its files at the same paths inside the 2.4 root
+            for path in (self.root, self.build_dir):
+                dovecot.bind(path)
         self._write_conf(inst)
-        self._link_doveadm_plugin()
+        if inst == "new":
+            self._link_modules(ver)
         # output to a file, not a pipe: the daemon keeps stderr open forever
         out_path = os.path.join(self.dir(inst), "start.out")
         with open(out_path, "w+") as out:
-            rc = subprocess.run(["dovecot", "-c", self.conf_path(inst)],
+            rc = subprocess.run(dovecot.command(ver, ["dovecot", "-c", self.conf_path(inst)]),
                                 stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT).returncode
             out.seek(0)
@@ -545,17 +590,17 @@ imapc_cmd_timeout = 5s
     def __exit__(self, *exc):
         self.stop()
 
-    def _link_doveadm_plugin(self):
-        """doveadm loads its plugins only from its compiled-in module dir."""
-        src = os.path.join(self.build_dir, DOVEADM_PLUGIN)
-        dst = os.path.join(DOVEADM_MODULE_DIR, DOVEADM_PLUGIN)
-        if not os.path.exists(src) or (os.path.exists(dst) and not os.path.islink(dst)):
-            return
-        if os.path.islink(dst):
-            if os.readlink(dst) == src:
-                return
-            os.unlink(dst)
-        os.symlink(src, dst)
+    def _link_modules(self, ver):
+        """doveadm loads its plugins only from its compiled-in module dir,
+        and 2.4's config process settings modules (which declare the ferry_*
+        settings) only from its own: link the build's there (in the
+        private copies of those dirs, conftest.py)."""
+        doveadm_dir, settings_dir = dovecot.module_dirs(ver)
+        _link(os.path.join(self.build_dir, DOVEADM_PLUGIN), doveadm_dir)
+        if settings_dir and os.path.isdir(self.build_dir):
+            for name in os.listdir(self.build_dir):
+                if name.endswith("_settings.so"):
+                    _link(os.path.join(self.build_dir, name), settings_dir)
 
     # ---- clients ---------------------------------------------------------
     def doveadm(self, inst, *args, check=True, timeout=300, input=None):
@@ -617,7 +662,7 @@ imapc_cmd_timeout = 5s
         state = {k: getattr(self, k) for k in (
             "build_dir", "conf_snippet", "users", "new_plugin", "batch_size",
             "old_extra", "new_extra", "new_userdb_extra", "ports", "doveadm_http",
-            "tls", "new_sql_conf", "sieve")}
+            "tls", "new_sql_conf", "sieve", "dovecot_select")}
         with open(os.path.join(self.root, self.STATE), "w") as f:
             json.dump(state, f, indent=1)
 
