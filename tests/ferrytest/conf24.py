@@ -151,6 +151,8 @@ def convert(text):
         if db is not None and stack and stack[-1] == db["kind"]:
             db["lines"].append((key, value))
             continue
+        if key == "address" and stack and stack[-1] == "inet_listener":
+            key = "listen"  # a listener's address is its listen setting
         out.extend(_setting(key, value, indent))
     if stack:
         raise Unconvertible("unclosed block %s" % stack)

@@ -27,9 +27,6 @@ SELECTIONS = ("2.3", "2.4", "mixed")
 if SELECT not in SELECTIONS:
     raise SystemExit("FERRY_DOVECOT=%s: one of %s" % (SELECT, ", ".join(SELECTIONS)))
 TRIXIE_SCRIPT = os.path.join(REPO, "scripts", "trixie-root.sh")
-# what the 2.4 root needs beyond the script's packages: Pigeonhole for
-# test_sieve*.py (NEW's LMTP runs Sieve, both serve ManageSieve)
-TRIXIE_EXTRA = "dovecot-sieve dovecot-managesieved"
 MODULE_DIR = "/usr/lib/dovecot/modules"
 DOVEADM_MODULE_DIR = MODULE_DIR + "/doveadm"
 SETTINGS_MODULE_DIR = MODULE_DIR + "/settings"
@@ -106,8 +103,7 @@ def root24():
     if not private_namespace():
         raise DovecotError("Dovecot 2.4 runs only in a private mount namespace "
                            "(unshare refused: not root?)")
-    env = dict(os.environ, FERRY_TRIXIE_EXTRA=TRIXIE_EXTRA)
-    r = subprocess.run(["bash", TRIXIE_SCRIPT], capture_output=True, text=True, env=env)
+    r = subprocess.run(["bash", TRIXIE_SCRIPT], capture_output=True, text=True)
     if r.returncode != 0:
         raise DovecotError("scripts/trixie-root.sh failed: %s" % r.stderr.strip()[-2000:])
     root = r.stdout.strip().splitlines()[-1]

@@ -8,8 +8,8 @@ import uuid
 
 from .sandbox import wait_until
 
-# user, authenticating user, session id
-LOGIN = re.compile(r"imap-login: Info: Login: user=<([^>]*)>, auth=<([^>]*)>.*session=<([^>]*)>")
+# user, authenticating user, session id ("Login:" on 2.3, "Logged in:" on 2.4)
+LOGIN = re.compile(r"imap-login: Info: (?:Login|Logged in): user=<([^>]*)>, auth=<([^>]*)>.*session=<([^>]*)>")
 LOGOUT = re.compile(r"imap\(([^)]*)\)<\d+><[^>]*>: Info: .*\bbody_count=(\d+)")
 LOGOUT_BYTES = re.compile(r"imap\(([^)]*)\)<\d+><[^>]*>: Info: .*\bbody_bytes=(\d+)")
 SESSION_END = re.compile(
