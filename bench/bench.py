@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, HERE)
 
 from ferrytest import corpus as fc  # noqa: E402
+from ferrytest import dovecot  # noqa: E402
 from ferrytest import imapwire  # noqa: E402
 from ferrytest.logs import peak_sessions  # noqa: E402
 from ferrytest.sandbox import (MASTER_PASSWORD, MASTER_USER, Sandbox, password,  # noqa: E402
@@ -220,10 +221,11 @@ class Bench:
 
     # ---- helpers
     def doveadm_new(self, *args, opts=()):
-        cmd = ["doveadm", "-c", self.sb.conf_path("new")]
+        """NEW's doveadm (2.4: the trixie root's, FERRY_DOVECOT)."""
+        cmd = []
         for o in opts:
             cmd += ["-o", o]
-        return cmd + list(args)
+        return self.sb.doveadm_cmd("new", *(cmd + list(args)))
 
     def measured(self, cmd, insts=("old", "new"), cwd=None):
         with meter.Meter(self.sb, insts) as m:
@@ -941,10 +943,16 @@ def private_build(dst):
     session). The doveadm plugin stays where Sandbox links it from (not
     copied, so the shared symlink in Dovecot's module dir is left alone)."""
     from ferrytest import ferryd as ferryd_mod
-    from ferrytest.sandbox import BUILD_DIR, PLUGIN
+    from ferrytest.sandbox import BUILD_DIR, DOVEADM_PLUGIN, PLUGIN, PLUGIN_DIR
     os.makedirs(dst, exist_ok=True)
-    for name in (PLUGIN, "ferryd", "ferryctl"):
-        src = os.path.join(BUILD_DIR, name)
+    names = [(PLUGIN_DIR, PLUGIN), (BUILD_DIR, "ferryd"), (BUILD_DIR, "ferryctl")]
+    if dovecot.version("new") == "2.4":
+        # Sandbox links the 2.4 root's doveadm plugin and settings module
+        # from its build dir (the private copy of its module dirs)
+        names += [(PLUGIN_DIR, n) for n in os.listdir(PLUGIN_DIR)
+                  if n == DOVEADM_PLUGIN or n.endswith("_settings.so")]
+    for srcdir, name in names:
+        src = os.path.join(srcdir, name)
         if not os.path.exists(src):
             continue
 
@@ -957,7 +965,7 @@ def private_build(dst):
                     os.path.getsize(os.path.join(dst, name)) and
                     subprocess.run(["readelf", "-h", os.path.join(dst, name)],
                                    capture_output=True).returncode == 0)
-        wait_until(copied, 120, "a complete %s in %s" % (name, BUILD_DIR), interval=1)
+        wait_until(copied, 120, "a complete %s in %s" % (name, srcdir), interval=1)
     ferryd_mod.BUILD_DIR = dst
     return dst
 
@@ -1016,7 +1024,7 @@ def machine():
     mem = 0
     with open("/proc/meminfo") as f:
         mem = int(f.readline().split()[1]) // 1024
-    dv = subprocess.run(["dovecot", "--version"], capture_output=True, text=True).stdout.strip()
+    dv = dovecot.version_string(dovecot.version("new"))
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_mb": mem, "kernel": platform.release(),
             "os": _os_release(), "dovecot": dv, "python": platform.python_version()}
 

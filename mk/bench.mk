@@ -4,6 +4,7 @@
 #   make bench                         default corpus (BENCH_MESSAGES=20000)
 #   make bench BENCH_MESSAGES=5000     another size
 #   make bench-smoke                   the small mode (tests/test_bench_smoke.py runs it too)
+#   make bench DOVECOT=2.4             OLD and NEW on Dovecot 2.4.1 (the trixie root)
 # BENCH_ARGS passes more options to bench/bench.py (e.g. --set ferry_batch_size=1000,
 # --perf: perf record -g the Ferry full pass; needs Debian linux-perf).
 
@@ -13,12 +14,12 @@ DEB_PACKAGES   += isync time
 
 .PHONY: bench bench-smoke
 bench: deps
-	$(MAKE) all
-	$(PYTHON) bench/bench.py --messages $(BENCH_MESSAGES) $(BENCH_ARGS)
+	$(MAKE) all $(if $(filter 2.3,$(DOVECOT)),,$(BUILD24_TARGET))
+	$(DOVECOT_ENV) $(PYTHON) bench/bench.py --messages $(BENCH_MESSAGES) $(BENCH_ARGS)
 
 bench-smoke: deps
-	$(MAKE) all
-	$(PYTHON) bench/bench.py --small --out $(BUILD)/bench-smoke $(BENCH_ARGS)
+	$(MAKE) all $(if $(filter 2.3,$(DOVECOT)),,$(BUILD24_TARGET))
+	$(DOVECOT_ENV) $(PYTHON) bench/bench.py --small --out $(BUILD)/bench-smoke $(BENCH_ARGS)
 
 # make bench-scale: ferryd alone at 1k / 10k / 100k queued users, up to 1,000
 # pulls in flight against a fake instant doveadm (bench/scale.py, docs/bench.md

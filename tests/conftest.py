@@ -7,13 +7,12 @@ and, when its configuration needs the sandbox's root, a function
 FERRY_BUILD_DIR overrides the build directory; FERRY_KEEP=1 keeps the
 sandbox directory (it is always kept when a test of the module failed)."""
 import os
-import shutil
 
 import pytest
 
 from ferrytest import dovecot
 from ferrytest.logs import LogWatch
-from ferrytest.sandbox import BUILD_DIR, DOVEADM_MODULE_DIR, Sandbox
+from ferrytest.sandbox import DOVEADM_MODULE_DIR, PLUGIN_DIR, Sandbox
 
 
 def _private_doveadm_module_dir():
@@ -40,6 +39,19 @@ def pytest_unconfigure(config):
     dovecot.release()
 
 
+def pytest_collection_modifyitems(config, items):
+    """A module that does not involve Dovecot (or only its 2.3 packaging)
+    says so with DOVECOT_ONCE = "why": it runs in the 2.3 pass only
+    (tests/README.md, "Dovecot 2.3 and 2.4")."""
+    if dovecot.SELECT == "2.3":
+        return
+    for item in items:
+        why = getattr(item.module, "DOVECOT_ONCE", None)
+        if why:
+            item.add_marker(pytest.mark.skip(
+                reason="runs in the 2.3 pass only (FERRY_DOVECOT=%s): %s" % (dovecot.SELECT, why)))
+
+
 def pytest_report_header(config):
     return "Dovecot: FERRY_DOVECOT=%s (OLD %s, NEW %s)" % (
         dovecot.SELECT, dovecot.version("old"), dovecot.version("new"))
@@ -48,7 +60,7 @@ def pytest_report_header(config):
 @pytest.fixture(scope="module")
 def sandbox(request):
     kwargs = dict(getattr(request.module, "SANDBOX_KWARGS", {}))
-    kwargs.setdefault("build_dir", BUILD_DIR)
+    kwargs.setdefault("build_dir", PLUGIN_DIR)
     sb = Sandbox(**kwargs)
     prepare = getattr(request.module, "sandbox_prepare", None)
     failed_before = request.session.testsfailed

@@ -10,6 +10,9 @@ import pytest
 
 from ferrytest.sandbox import BUILD_DIR
 
+# tests/README.md, "Dovecot 2.3 and 2.4"
+DOVECOT_ONCE = "ferryctl's help and argument errors involve no Dovecot"
+
 FERRYCTL = os.path.join(BUILD_DIR, "ferryctl")
 COMMANDS = ["import", "wave", "start", "pause", "resume", "sync", "status", "log", "cutover",
             "rollback", "route", "preflight", "verify", "endpoint"]

@@ -29,7 +29,10 @@ import pytest
 
 from ferrytest import corpus, courier, oldservers
 from ferrytest.imapwire import check, mailbox_arg
-from ferrytest.sandbox import BUILD_DIR, PLUGIN, Sandbox
+from ferrytest.sandbox import BUILD_DIR, PLUGIN, PLUGIN_DIR, Sandbox
+
+# tests/README.md, "Dovecot 2.3 and 2.4"
+DOVECOT_ONCE = "ferryd's IMAP client against Cyrus and Courier (NEW on 2.4 pulling from them: test_oldservers.py)"
 
 CHECK = os.path.join(BUILD_DIR, "ferry-imapcheck")
 USER = "alice"
@@ -96,7 +99,7 @@ def report(r):
 @pytest.fixture(scope="module", params=KINDS)
 def env(request):
     """USER seeded on the OLD server and pulled completely by NEW."""
-    if not os.path.exists(CHECK) or not os.path.exists(os.path.join(BUILD_DIR, PLUGIN)):
+    if not os.path.exists(CHECK) or not os.path.exists(os.path.join(PLUGIN_DIR, PLUGIN)):
         pytest.skip("build ferry-imapcheck and the plugin first (make)")
     srv = oldservers.make(request.param, users=(USER,))
     sb = Sandbox(users=(USER,), new_extra=srv.new_extra())

@@ -30,6 +30,9 @@ import pytest
 from ferrytest import corpus
 from ferrytest.sandbox import BUILD_DIR, wait_until
 
+# tests/README.md, "Dovecot 2.3 and 2.4"
+DOVECOT_ONCE = "ferryd's IMAP client's XOAUTH2/OAUTHBEARER against OLD's oauth2 passdb; NEW is not used"
+
 CHECK = os.path.join(BUILD_DIR, "ferry-imapcheck")
 SPEC = corpus.small_spec()
 USER = "alice"

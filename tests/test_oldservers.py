@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from ferrytest import corpus, oldservers
-from ferrytest.sandbox import BUILD_DIR, PLUGIN, Sandbox, port_open, proc_alive
+from ferrytest.sandbox import PLUGIN, PLUGIN_DIR, Sandbox, port_open, proc_alive
 from ferrytest.snapshot import compare, snapshot
 
 USER = "alice"
@@ -125,7 +125,7 @@ def test_stop_leaves_no_process(kind):
         srv.cleanup()
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(BUILD_DIR, PLUGIN)),
+@pytest.mark.skipif(not os.path.exists(os.path.join(PLUGIN_DIR, PLUGIN)),
                     reason="the ferry plugin is not built")
 @pytest.mark.parametrize("kind", sorted(oldservers.KINDS))
 def test_ferry_migrates_from(kind):

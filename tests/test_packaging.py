@@ -34,6 +34,9 @@ import pytest
 from ferrytest import debroot
 from ferrytest.sandbox import REPO, _free_ports, wait_until
 
+# tests/README.md, "Dovecot 2.3 and 2.4"
+DOVECOT_ONCE = 'the bookworm packages are tested in a Debian 12 root with its own Dovecot 2.3'
+
 pytestmark = [
     pytest.mark.skipif(os.environ.get("FERRY_ASAN") == "1",
                        reason="packaging runs no sanitized code"),

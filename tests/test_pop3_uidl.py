@@ -27,13 +27,13 @@ import time
 import pytest
 
 from ferrytest import corpus, oldservers
-from ferrytest.sandbox import BUILD_DIR, PLUGIN, Sandbox, password
+from ferrytest.sandbox import PLUGIN, PLUGIN_DIR, Sandbox, password
 
 USER = "alice"
 # 30 kept messages plus 6 expunged: UIDs with gaps, so UID != sequence number
 SPEC = dict(name="INBOX", n=30, gaps=6)
 
-pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(BUILD_DIR, PLUGIN)),
+pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(PLUGIN_DIR, PLUGIN)),
                                 reason="the ferry plugin is not built")
 
 

@@ -31,6 +31,7 @@ UIDL_VARS = {"v": "uidvalidity", "u": "uid", "m": "md5", "f": "filename",
 # ferry_* settings declared as time intervals by the 2.4 settings module:
 # a bare number gets the unit the 2.3 setting meant
 FERRY_TIME_UNITS = {"ferry_lock_timeout": "s", "ferry_progress_interval": "s",
+                    "ferry_old_connect_timeout": "s",
                     "ferry_background_idle_msecs": "ms"}
 
 

@@ -28,6 +28,10 @@ from . import conf24, dovecot, imapwire
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD_DIR = os.environ.get("FERRY_BUILD_DIR", os.path.join(REPO, "build"))
+# The Dovecot modules (mail plugin, doveadm plugin, 2.4's settings module)
+# NEW loads: BUILD_DIR's, or those of FERRY_PLUGIN_DIR (the 2.4 passes:
+# build-24, built against Dovecot 2.4; ferryd and the tools stay in BUILD_DIR)
+PLUGIN_DIR = os.environ.get("FERRY_PLUGIN_DIR", BUILD_DIR)
 CONF_SNIPPET = os.path.join(REPO, "conf", "ferry.conf")
 # NEW on Dovecot 2.4 includes the 2.4 snippet instead of the default one
 CONF_SNIPPET_24 = os.path.join(REPO, "conf", "ferry-2.4.conf")
@@ -173,7 +177,7 @@ def make_test_cert(d, ca, name, san):
 
 
 class Sandbox:
-    def __init__(self, root=None, build_dir=BUILD_DIR, conf_snippet=CONF_SNIPPET,
+    def __init__(self, root=None, build_dir=PLUGIN_DIR, conf_snippet=CONF_SNIPPET,
                  users=("alice", "bob", "carol"), new_plugin=True, batch_size=None,
                  old_extra="", new_extra="", new_userdb_extra=None, ports=None,
                  doveadm_http=False, tls=False, new_sql_conf=None, sieve=False,
@@ -516,7 +520,8 @@ imapc_cmd_timeout = 5s
         ver = self.version(inst)
         if ver == "2.4":  # its files at the same paths inside the 2.4 root
             for path in (self.root, self.build_dir):
-                dovecot.bind(path)
+                if os.path.isdir(path):
+                    dovecot.bind(path)
         self._write_conf(inst)
         if inst == "new":
             self._link_modules(ver)
@@ -690,7 +695,7 @@ def main(argv=None):
     ap.add_argument("action", choices=("start", "stop", "env"))
     ap.add_argument("dir")
     ap.add_argument("--no-plugin", action="store_true", help="NEW without ferry")
-    ap.add_argument("--build-dir", default=BUILD_DIR)
+    ap.add_argument("--build-dir", default=PLUGIN_DIR)
     ap.add_argument("--conf-snippet", default=CONF_SNIPPET)
     ap.add_argument("--users", default="alice,bob,carol")
     ap.add_argument("--batch-size", type=int)
