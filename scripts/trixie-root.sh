@@ -21,8 +21,9 @@ set -euo pipefail
 
 ROOT=${FERRY_TRIXIE_ROOT:-/var/cache/ferry-test/trixie}
 SUITE=trixie
-# dovecot-sieve, dovecot-managesieved: the test suite's Sieve modules (tests/test_sieve*.py)
-PACKAGES="dovecot-core dovecot-imapd dovecot-lmtpd dovecot-pop3d dovecot-sieve dovecot-managesieved dovecot-dev gcc make libc6-dev ${FERRY_TRIXIE_EXTRA:-}"
+# dovecot-sieve, dovecot-managesieved, dovecot-sqlite: the test suite's Sieve
+# modules (tests/test_sieve*.py) and the SQL routing (test_cutover.py, test_runbook.py)
+PACKAGES="dovecot-core dovecot-imapd dovecot-lmtpd dovecot-pop3d dovecot-sieve dovecot-managesieved dovecot-sqlite dovecot-dev gcc make libc6-dev ${FERRY_TRIXIE_EXTRA:-}"
 # one line, sorted, no duplicates: what .ready records
 PACKAGES=$(printf '%s\n' $PACKAGES | sort -u | tr '\n' ' ' | sed 's/ $//')
 

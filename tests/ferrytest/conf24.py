@@ -23,7 +23,7 @@ LOGIN_VARS = {"u": "user", "m": "mechanism", "r": "remote_ip", "l": "local_ip",
 LOGOUT_VARS = {"i": "input", "o": "output"}
 USER_VARS = {"u": "user", "n": "user | username", "d": "user | domain",
              "Lu": "user | lower", "Ln": "user | username | lower",
-             "Ld": "user | domain | lower", "h": "home"}
+             "Ld": "user | domain | lower", "h": "home", "s": "protocol"}
 UIDL_VARS = {"v": "uidvalidity", "u": "uid", "m": "md5", "f": "filename",
              "g": "guid", "08Xv": "uidvalidity | hex(8)", "08Xu": "uid | hex(8)",
              "Xv": "uidvalidity | hex", "Xu": "uid | hex"}
@@ -91,11 +91,12 @@ def _sql_lines(path, indent, kind):
     settings (sql_driver, sqlite_path, query, iterate_query)."""
     conf = {}
     with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                k, v = line.split("=", 1)
-                conf[k.strip()] = v.strip()
+        text = re.sub(r"\\\n\s*", " ", f.read())  # continued lines
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            k, v = line.split("=", 1)
+            conf[k.strip()] = v.strip()
     if conf.get("driver") != "sqlite":
         raise Unconvertible("sql driver %r (only sqlite is converted)" % conf.get("driver"))
     out = []
