@@ -1,7 +1,7 @@
 # Phased cut-over (issue 6): routing read by Dovecot (passdb/userdb sql on
 # SQLite) and Postfix (sqlite transport_maps); tests/test_cutover.py runs a
 # private Postfix. The code is part of ferryd (mk/ferryd.mk).
-DEB_PACKAGES += dovecot-sqlite postfix postfix-sqlite sqlite3
+DEB_PACKAGES += dovecot-sqlite postfix postfix-sqlite sqlite3 dovecot-pgsql postfix-pgsql
 
 # Postfix's package asks what kind of mail system to set up; answer "No
 # configuration" so installing it creates no /etc/postfix/main.cf and starts

@@ -1,12 +1,13 @@
 # ferryd and ferryctl (service/), their Criterion unit tests (tests/unit/).
 # Included by the main Makefile; builds into $(BUILD)/ and honours $(SANITIZE).
 
+PQ_CFLAGS := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
 FERRYD_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
-                -Wmissing-prototypes -Wpointer-arith -iquote service -iquote include $(SANITIZE) $(EXTRA_CFLAGS)
+                -Wmissing-prototypes -Wpointer-arith -iquote service -iquote include -iquote $(BUILD)/service $(PQ_CFLAGS) $(SANITIZE) $(EXTRA_CFLAGS)
 FERRYD_LDFLAGS = $(SANITIZE) $(EXTRA_LDFLAGS)
-FERRYD_LIBS = -levent -lsqlite3 -ljansson -lcrypto -lresolv
+FERRYD_LIBS = -levent -lsqlite3 -lpq -ljansson -lcrypto -lresolv
 
-FERRYD_CORE = config store store_sqlite sched runq dispatch doveadm api csv evlog secret userstate \
+FERRYD_CORE = config store store_sqlite store_pgsql sched runq dispatch doveadm api csv evlog secret userstate \
               cutover cutover_check checks rekey runas pathcheck metrics dns sieve_step \
               report dashboard
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
@@ -20,13 +21,22 @@ FERRYD_UNIT = $(BUILD)/unit/test_csv $(BUILD)/unit/test_config \
               $(BUILD)/unit/test_runq
 UNIT_TESTS += $(FERRYD_UNIT)
 DEB_PACKAGES += libevent-dev libsqlite3-dev libjansson-dev libcriterion-dev \
-                libssl-dev pkg-config
+                libssl-dev pkg-config libpq-dev
+# store = pgsql: the tests start their own PostgreSQL 15 (tests/ferrytest/pgsql.py)
+DEB_PACKAGES += postgresql
 
 $(BUILD)/service $(BUILD)/unit:
 	mkdir -p $@
 
+# the routing views, one SQL file for both store backends, as a C string
+$(BUILD)/service/routing_views.h: service/routing_views.sql | $(BUILD)/service
+	{ echo '/* generated from $< by mk/ferryd.mk */'; \
+	  echo 'static const char routing_views_sql[] ='; \
+	  grep -v '^--' $< | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/'; \
+	  echo ';'; } > $@.tmp && mv $@.tmp $@
+
 FERRYD_OBJS = $(FERRYD_CORE_OBJS) $(BUILD)/service/ferryd.o $(BUILD)/service/ferryctl.o
-$(FERRYD_OBJS): $(BUILD)/service/%.o: service/%.c $(FERRYD_HDRS) | $(BUILD)/service
+$(FERRYD_OBJS): $(BUILD)/service/%.o: service/%.c $(FERRYD_HDRS) $(BUILD)/service/routing_views.h | $(BUILD)/service
 	$(CC) $(FERRYD_CFLAGS) -c -o $@ $<
 
 # checks.c formats reports with the IMAP library (preflight.c, verify.c);

@@ -52,6 +52,10 @@ void config_defaults(struct ferry_config *cfg)
 	cfg->dns_max_ttl = 3600;
 	cfg->dns_timeout_ms = 3000;
 	cfg->dns_interval = 300;
+	cfg->store = strdup("sqlite");
+	cfg->pgsql_connect_timeout = 5;
+	cfg->pgsql_statement_timeout_ms = 10000;
+	cfg->pgsql_lock_timeout_ms = 1000;
 }
 
 void config_free(struct ferry_config *cfg)
@@ -60,6 +64,9 @@ void config_free(struct ferry_config *cfg)
 	free(cfg->api_token_file);
 	free(cfg->viewer_token_file);
 	free(cfg->state_db);
+	free(cfg->store);
+	free(cfg->pgsql_conninfo);
+	free(cfg->pgsql_password_file);
 	free(cfg->doveadm_host);
 	free(cfg->doveadm_api_key_file);
 	free(cfg->log_file);
@@ -156,6 +163,9 @@ static const struct int_key int_keys[] = {
 	IK(dns_max_ttl, 0, 604800),
 	IK(dns_timeout_ms, 100, 60000),
 	IK(dns_interval, 0, 86400),
+	IK(pgsql_connect_timeout, 1, 600),
+	IK(pgsql_statement_timeout_ms, 100, 3600000),
+	IK(pgsql_lock_timeout_ms, 10, 3600000),
 };
 
 static char **str_key(struct ferry_config *cfg, const char *key)
@@ -168,6 +178,10 @@ static char **str_key(struct ferry_config *cfg, const char *key)
 		return &cfg->state_db;
 	if (strcmp(key, "doveadm_api_key_file") == 0)
 		return &cfg->doveadm_api_key_file;
+	if (strcmp(key, "pgsql_conninfo") == 0)
+		return &cfg->pgsql_conninfo;
+	if (strcmp(key, "pgsql_password_file") == 0)
+		return &cfg->pgsql_password_file;
 	if (strcmp(key, "log_file") == 0)
 		return &cfg->log_file;
 	if (strcmp(key, "secret_key_file") == 0)
@@ -199,6 +213,32 @@ static char **str_key(struct ferry_config *cfg, const char *key)
 	if (strcmp(key, "dkim_selectors") == 0)
 		return &cfg->dkim_selectors;
 	return NULL;
+}
+
+/* "password" as a conninfo keyword (key=value form) or in a URI's
+   userinfo/query: refused, the password comes from pgsql_password_file */
+static int conninfo_has_password(const char *v)
+{
+	const char *p, *at, *scheme_end;
+
+	for (p = v; (p = strcasestr(p, "password")) != NULL; p += 8) {
+		const char *q = p + 8;
+		if (p > v && (isalnum((unsigned char)p[-1]) || p[-1] == '_'))
+			continue;
+		while (*q == ' ')
+			q++;
+		if (*q == '=')
+			return 1;
+	}
+	/* postgresql://user:secret@host */
+	if ((scheme_end = strstr(v, "://")) != NULL &&
+	    (at = strchr(scheme_end + 3, '@')) != NULL) {
+		const char *slash = strchr(scheme_end + 3, '/');
+		const char *colon = strchr(scheme_end + 3, ':');
+		if ((slash == NULL || at < slash) && colon != NULL && colon < at)
+			return 1;
+	}
+	return 0;
 }
 
 static char *trim(char *s)
@@ -243,6 +283,18 @@ static int parse_line(char *line, int lineno, const char *name,
 				    name, lineno, key, value);
 		return 0;
 	}
+	if (strcmp(key, "store") == 0) {
+		if (strcmp(value, "sqlite") != 0 && strcmp(value, "pgsql") != 0)
+			return config_fail(err_r, "%s:%d: store: expected sqlite or pgsql, got \"%s\"",
+				    name, lineno, value);
+		free(cfg->store);
+		cfg->store = strdup(value);
+		return 0;
+	}
+	if (strcmp(key, "pgsql_conninfo") == 0 && conninfo_has_password(value))
+		return config_fail(err_r, "%s:%d: pgsql_conninfo: no password here (the file is"
+			    " readable by more than ferryd, and a password in conninfo ends up in"
+			    " messages): put it in pgsql_password_file", name, lineno);
 	if (strcmp(key, "new_tls") == 0) {
 		if (strcmp(value, "none") != 0 && strcmp(value, "imaps") != 0 &&
 		    strcmp(value, "starttls") != 0)
@@ -342,6 +394,9 @@ int config_load(const char *path, struct ferry_config *cfg, char **err_r)
 		return -1;
 	if (cfg->state_db == NULL || *cfg->state_db == '\0')
 		return config_fail(err_r, "%s: state_db is required", path);
+	if (strcmp(cfg->store, "pgsql") == 0 &&
+	    (cfg->pgsql_conninfo == NULL || *cfg->pgsql_conninfo == '\0'))
+		return config_fail(err_r, "%s: store = pgsql needs pgsql_conninfo", path);
 	if (cfg->api_token_file == NULL || *cfg->api_token_file == '\0')
 		return config_fail(err_r, "%s: api_token_file is required", path);
 	if (cfg->doveadm_api_key_file == NULL || *cfg->doveadm_api_key_file == '\0')

@@ -9,7 +9,14 @@ struct ferry_config {
 	int listen_port;          /* default 8025 */
 	char *api_token_file;     /* admin token (required) */
 	char *viewer_token_file;  /* read-only token (dashboard); optional */
-	char *state_db;           /* SQLite file (required) */
+	char *state_db;           /* SQLite file (required with store = sqlite;
+				     with pgsql its directory holds local files) */
+	char *store;              /* sqlite (default) | pgsql */
+	char *pgsql_conninfo;     /* libpq conninfo without a password */
+	char *pgsql_password_file; /* the role's password ("" = none/.pgpass) */
+	int pgsql_connect_timeout; /* seconds for a (re)connection */
+	int pgsql_statement_timeout_ms; /* server-side cap of one statement */
+	int pgsql_lock_timeout_ms; /* cap of one wait for a row/table lock */
 	char *doveadm_host;       /* NEW's doveadm HTTP API */
 	int doveadm_port;
 	char *doveadm_api_key_file; /* doveadm_api_key (required) */

@@ -375,7 +375,7 @@ static void keep_store_files(struct runas *ra, const char *db)
    group of ferryd's user. Dovecot's auth and Postfix read the routing views
    as members of that group, and SQLite in WAL mode needs them to create and
    write the -shm file (SQLite gives -wal/-shm the database's mode). */
-static int make_db_dir(const char *db, char **err_r)
+static int make_db_dir(const char *db, int with_file, char **err_r)
 {
 	char *copy = strdup(db), *dir = dirname(copy);
 	int ret = 0, fd;
@@ -391,6 +391,8 @@ static int make_db_dir(const char *db, char **err_r)
 		return -1;
 	}
 	free(copy);
+	if (!with_file) /* store = pgsql: the directory holds local files only */
+		return 0;
 	if ((fd = open(db, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0660)) >= 0) {
 		ret = fchmod(fd, 0660);
 		close(fd);
@@ -431,19 +433,23 @@ static int rekey_main(const char *conf_path, const struct ferry_config *cfg,
 		fprintf(stderr, "ferryd: --rekey: %s; nothing changed\n", err);
 		goto out;
 	}
-	if (stat(cfg->state_db, &sb) < 0) {
+	if (!store_is_pgsql(cfg) && stat(cfg->state_db, &sb) < 0) {
 		fprintf(stderr, "ferryd: --rekey: state database %s: %s\n", cfg->state_db,
 			strerror(errno));
 		goto out;
 	}
-	keep_store_files(ra, cfg->state_db);
+	if (!store_is_pgsql(cfg))
+		keep_store_files(ra, cfg->state_db);
+	if ((st = store_for_config(cfg, &err)) == NULL) {
+		fprintf(stderr, "ferryd: --rekey: %s\n", err);
+		goto out;
+	}
 	if (runas_drop(ra, &err) < 0) {
 		fprintf(stderr, "ferryd: --rekey: %s\n", err);
 		goto out;
 	}
-	st = store_sqlite_new();
-	if (st->open(st, cfg->state_db) < 0) {
-		fprintf(stderr, "ferryd: --rekey: state database %s: %s\n", cfg->state_db,
+	if (st->open(st, store_location(cfg)) < 0) {
+		fprintf(stderr, "ferryd: --rekey: state database %s: %s\n", store_location(cfg),
 			st->error(st));
 		goto out;
 	}
@@ -554,17 +560,20 @@ int main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 	metrics_init();
-	keep_store_files(&ra, d.cfg.state_db);
-	if (make_db_dir(d.cfg.state_db, &err) < 0) {
+	if (!store_is_pgsql(&d.cfg))
+		keep_store_files(&ra, d.cfg.state_db);
+	if (make_db_dir(d.cfg.state_db, !store_is_pgsql(&d.cfg), &err) < 0 ||
+	    (d.st = store_for_config(&d.cfg, &err)) == NULL) {
 		fprintf(stderr, "ferryd: %s\n", err);
 		evlog("error", "start-failed", "error", err, NULL);
 		free(err);
 		goto out;
 	}
-	d.st = store_sqlite_new();
-	if (d.st->open(d.st, d.cfg.state_db) < 0) {
-		fprintf(stderr, "ferryd: state database %s: %s\n", d.cfg.state_db, d.st->error(d.st));
-		evlog("error", "store-open-failed", "db", d.cfg.state_db, "error", d.st->error(d.st), NULL);
+	if (d.st->open(d.st, store_location(&d.cfg)) < 0) {
+		fprintf(stderr, "ferryd: state database %s: %s\n", store_location(&d.cfg),
+			d.st->error(d.st));
+		evlog("error", "store-open-failed", "db", store_location(&d.cfg), "store",
+		      d.st->backend, "error", d.st->error(d.st), NULL);
 		goto out;
 	}
 	metrics_set_sources(d.st, &d.run, &d.draining);
@@ -649,7 +658,7 @@ int main(int argc, char **argv)
 		snprintf(pid, sizeof(pid), "%d", (int)getpid());
 		snprintf(uid, sizeof(uid), "%u", (unsigned)geteuid());
 		evlog("info", "started", "listen", d.cfg.listen_host, "port", port, "pid", pid,
-		      "db", d.cfg.state_db, "uid", uid, NULL);
+		      "db", store_location(&d.cfg), "store", d.st->backend, "uid", uid, NULL);
 	}
 	kick(&d);
 	event_base_dispatch(d.base);

@@ -133,6 +133,7 @@ static int run_checks(const struct ferry_config *cfg, FILE *out, const char *use
 	check_secret(&c, "viewer_token_file", cfg->viewer_token_file);
 	check_secret(&c, "viewer_token_file", cfg->viewer_token_file);
 	check_secret(&c, "doveadm_api_key_file", cfg->doveadm_api_key_file);
+	check_secret(&c, "pgsql_password_file", cfg->pgsql_password_file);
 	check_secret(&c, "secret_key_file", cfg->secret_key_file);
 	check_secret(&c, "old_master_password_file", cfg->old_master_password_file);
 	check_secret(&c, "new_master_password_file", cfg->new_master_password_file);

@@ -1,5 +1,7 @@
 /* Backend-independent parts of the store interface. */
 #include "store.h"
+#include "config.h"
+#include "routing_views.h" /* generated from service/routing_views.sql */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +32,8 @@ void store_free(struct store *st)
 {
 	if (st == NULL)
 		return;
+	if (st->free_priv != NULL)
+		st->free_priv(st);
 	free(st->priv);
 	free(st);
 }
@@ -56,4 +60,50 @@ int store_log_event(struct store *st, const char *user, const char *folder,
 	l.messages = messages;
 	snprintf(l.error, sizeof(l.error), "%s", error != NULL ? error : "");
 	return st->log_add(st, &l);
+}
+
+const char *store_routing_views_sql(void)
+{
+	return routing_views_sql;
+}
+
+/* FNV-1a of the views file, in hex: a backend re-creates the views when
+   the hash it recorded differs */
+void store_routing_views_hash(char out[17])
+{
+	uint64_t h = 14695981039346656037ULL;
+
+	for (const unsigned char *p = (const unsigned char *)routing_views_sql; *p; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
+int store_is_pgsql(const struct ferry_config *cfg)
+{
+	return cfg->store != NULL && strcmp(cfg->store, "pgsql") == 0;
+}
+
+struct store *store_for_config(const struct ferry_config *cfg, char **err_r)
+{
+	struct store *st;
+	char *password = NULL;
+
+	*err_r = NULL;
+	if (!store_is_pgsql(cfg))
+		return store_sqlite_new();
+	if (cfg->pgsql_password_file != NULL && *cfg->pgsql_password_file != '\0' &&
+	    (password = config_read_private(cfg->pgsql_password_file, err_r)) == NULL)
+		return NULL;
+	st = store_pgsql_new(password, cfg->pgsql_connect_timeout,
+			     cfg->pgsql_statement_timeout_ms, cfg->pgsql_lock_timeout_ms);
+	if (password != NULL) {
+		explicit_bzero(password, strlen(password));
+		free(password);
+	}
+	return st;
+}
+
+const char *store_location(const struct ferry_config *cfg)
+{
+	return store_is_pgsql(cfg) ? cfg->pgsql_conninfo : cfg->state_db;
 }

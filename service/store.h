@@ -151,6 +151,7 @@ struct log_filter {
 struct store {
 	const char *backend;
 	void *priv;
+	void (*free_priv)(struct store *st); /* NULL: free(priv) is enough */
 
 	int (*open)(struct store *st, const char *path);
 	void (*close)(struct store *st);
@@ -252,6 +253,26 @@ struct store {
 
 /* Backends */
 struct store *store_sqlite_new(void);
+/* open() takes a libpq conninfo; password NULL = none (or ~/.pgpass);
+   every (re)connection waits at most connect_timeout s (non-blocking
+   connect), each statement is capped by statement_timeout_ms and each lock
+   wait by lock_timeout_ms on the server (docs/ferryd.md, "PostgreSQL") */
+struct store *store_pgsql_new(const char *password, int connect_timeout,
+			      int statement_timeout_ms, int lock_timeout_ms);
+
+struct ferry_config;
+/* The backend ferryd.conf's `store` names (password read from
+   pgsql_password_file); NULL with *err_r (malloc'd) on failure. */
+struct store *store_for_config(const struct ferry_config *cfg, char **err_r);
+/* what open() takes: state_db or pgsql_conninfo (never a password) */
+const char *store_location(const struct ferry_config *cfg);
+int store_is_pgsql(const struct ferry_config *cfg);
+
+/* service/routing_views.sql, the one definition of the routing views
+   both backends create, and its hash (16 hex digits + NUL) */
+const char *store_routing_views_sql(void);
+void store_routing_views_hash(char out[17]);
+#define STORE_VIEWS_HASH_KEY "routing_views_hash"
 /* Frees a store made by any backend (after close). */
 void store_free(struct store *st);
 

@@ -48,9 +48,7 @@ static const char *const migrations[] = {
 	/* 1 -> 2: log queries by user and time */
 	"CREATE INDEX log_user_time ON log (user, time);"
 	"CREATE INDEX users_wave ON users (wave_id);",
-	/* 2 -> 3: routing read by Dovecot and Postfix (docs/routing.md), cut-overs.
-	   The views use only standard SQL (CASE, COALESCE, ||) so the same
-	   queries work on PostgreSQL. */
+	/* 2 -> 3: routing read by Dovecot and Postfix (docs/routing.md), cut-overs */
 	"ALTER TABLE endpoints ADD COLUMN pop3_port INTEGER NOT NULL DEFAULT 0;"
 	"ALTER TABLE endpoints ADD COLUMN transport TEXT NOT NULL DEFAULT '';"
 	"CREATE TABLE routes (user_id INTEGER PRIMARY KEY REFERENCES users(id),"
@@ -62,28 +60,9 @@ static const char *const migrations[] = {
 	" started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,"
 	" users INTEGER NOT NULL, ok INTEGER NOT NULL, failed INTEGER NOT NULL,"
 	" error TEXT NOT NULL);"
-	"CREATE INDEX log_user_event ON log (user, event, time);"
-	"CREATE VIEW ferry_route AS SELECT u.name AS name, u.new_login AS login,"
-	" u.old_login AS old_login, COALESCE(r.target, 'old') AS target,"
-	" COALESCE(r.changed_at, 0) AS changed_at, e.host AS host, e.port AS imap_port,"
-	" CASE WHEN e.pop3_port > 0 THEN e.pop3_port WHEN e.tls = 'imaps' THEN 995"
-	" ELSE 110 END AS pop3_port, e.tls AS tls, e.transport AS transport"
-	" FROM users u JOIN endpoints e ON e.id = u.endpoint_id"
-	" LEFT JOIN routes r ON r.user_id = u.id;"
-	"CREATE VIEW " FERRY_VIEW_PASSDB " AS SELECT login, old_login AS destuser, host,"
-	" imap_port, pop3_port,"
-	" CASE WHEN tls = 'imaps' THEN 'yes' END AS ssl,"
-	" CASE WHEN tls = 'starttls' THEN 'yes' END AS starttls"
-	" FROM ferry_route WHERE target = 'old';"
-	"CREATE VIEW " FERRY_VIEW_USERDB " AS SELECT login,"
-	" CASE WHEN target = 'new' THEN '" FERRY_PHASE_CUTOVER "' ELSE '" FERRY_PHASE_PRESYNC "'"
-	" END AS ferry_phase"
-	" FROM ferry_route;"
-	"CREATE VIEW " FERRY_VIEW_TRANSPORT " AS SELECT login AS address,"
-	" CASE WHEN target = 'new' THEN COALESCE((SELECT value FROM settings"
-	" WHERE key = 'route_new_transport'), 'lmtp:unix:private/dovecot-lmtp')"
-	" WHEN transport <> '' THEN transport"
-	" ELSE 'smtp:[' || host || ']:25' END AS nexthop FROM ferry_route;",
+	"CREATE INDEX log_user_event ON log (user, event, time);",
+	/* (the routing views are service/routing_views.sql, created after the
+	   migrations by create_views()) */
 	/* 3 -> 4: preflight and verification reports (docs/ferryd.md), the old
 	   server's folder prefix per endpoint */
 	"ALTER TABLE endpoints ADD COLUMN old_prefix TEXT NOT NULL DEFAULT '';"
@@ -220,6 +199,29 @@ static int sq_schema_version(struct store *st)
 	return user_version(st);
 }
 
+static int sq_setting_get(struct store *st, const char *key, char *buf, int len);
+static int sq_setting_set(struct store *st, const char *key, const char *value);
+
+/* (Re)creates the routing views from service/routing_views.sql when the
+   file changed since the hash recorded in settings (inside migrate()'s
+   transaction, so readers see the old views or the new ones) */
+static int create_views(struct store *st)
+{
+	char want[17], have[32];
+
+	store_routing_views_hash(want);
+	if (sq_setting_get(st, STORE_VIEWS_HASH_KEY, have, sizeof(have)) == 0 &&
+	    strcmp(have, want) == 0)
+		return 0;
+	if (exec(st, "DROP VIEW IF EXISTS " FERRY_VIEW_TRANSPORT ";"
+		 "DROP VIEW IF EXISTS " FERRY_VIEW_USERDB ";"
+		 "DROP VIEW IF EXISTS " FERRY_VIEW_PASSDB ";"
+		 "DROP VIEW IF EXISTS ferry_route;") < 0 ||
+	    exec(st, store_routing_views_sql()) < 0)
+		return -1;
+	return sq_setting_set(st, STORE_VIEWS_HASH_KEY, want);
+}
+
 static int migrate(struct store *st)
 {
 	int v;
@@ -245,6 +247,13 @@ static int migrate(struct store *st)
 				 "migration to schema %d: %.400s", v + 1, keep);
 			return -1;
 		}
+	}
+	if (create_views(st) < 0) {
+		char keep[512];
+		snprintf(keep, sizeof(keep), "%s", SQ(st)->err);
+		exec(st, "ROLLBACK");
+		snprintf(SQ(st)->err, sizeof(SQ(st)->err), "routing views: %.400s", keep);
+		return -1;
 	}
 	return exec(st, "COMMIT");
 }

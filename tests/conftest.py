@@ -4,6 +4,10 @@ A test module configures its sandbox with a module-level dict, e.g.
     SANDBOX_KWARGS = {"new_plugin": False, "batch_size": 50}
 and, when its configuration needs the sandbox's root, a function
     def sandbox_prepare(sb): ...   (called before sb.start())
+It runs its ferryd on each store backend with
+    FERRY_STORES = ("sqlite", "pgsql")
+(the whole module, with a sandbox of its own, once per backend; pgsql is a
+PostgreSQL 15 the session starts: ferrytest.pgsql).
 FERRY_BUILD_DIR overrides the build directory; FERRY_KEEP=1 keeps the
 sandbox directory (it is always kept when a test of the module failed)."""
 import os
@@ -11,6 +15,7 @@ import os
 import pytest
 
 from ferrytest import dovecot
+from ferrytest import pgsql
 from ferrytest.logs import LogWatch
 from ferrytest.sandbox import DOVEADM_MODULE_DIR, PLUGIN_DIR, Sandbox
 
@@ -57,11 +62,38 @@ def pytest_report_header(config):
         dovecot.SELECT, dovecot.version("old"), dovecot.version("new"))
 
 
+def pytest_generate_tests(metafunc):
+    stores = getattr(metafunc.module, "FERRY_STORES", None)
+    if stores and "ferry_store" in metafunc.fixturenames:
+        metafunc.parametrize("ferry_store", stores, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The session's PostgreSQL (started on first use, stopped by PID)."""
+    why = pgsql.available()
+    if why:
+        pytest.skip(why)
+    pg = pgsql.PgServer().start()
+    yield pg
+    pg.stop()
+
+
 @pytest.fixture(scope="module")
-def sandbox(request):
+def ferry_store(request):
+    """The store backend of the module's ferryd: FERRY_STORES parametrizes
+    it; sqlite otherwise."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="module")
+def sandbox(request, ferry_store):
     kwargs = dict(getattr(request.module, "SANDBOX_KWARGS", {}))
     kwargs.setdefault("build_dir", PLUGIN_DIR)
     sb = Sandbox(**kwargs)
+    # Ferryd(sb) takes its store from here (ferrytest.ferryd)
+    sb.ferryd_store = ferry_store
+    sb.pg = request.getfixturevalue("pg_server") if ferry_store == "pgsql" else None
     prepare = getattr(request.module, "sandbox_prepare", None)
     failed_before = request.session.testsfailed
     try:

@@ -20,6 +20,8 @@ PER_HOST = 2
 WAVE_USERS = ["u%02d" % i for i in range(1, 51)]
 BAD = "badpw"  # NEW's imapc logs in to OLD with a wrong password for this one
 KILL_USERS = ["k%02d" % i for i in range(1, 7)]
+# the whole module on each store backend (conftest.py)
+FERRY_STORES = ("sqlite", "pgsql")
 SANDBOX_KWARGS = {
     "users": WAVE_USERS + [BAD] + KILL_USERS,
     "batch_size": BATCH,

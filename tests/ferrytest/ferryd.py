@@ -48,6 +48,9 @@ def parse_kv(line):
 
 
 class Ferryd:
+    """The store is the sandbox's (conftest: FERRY_STORES): SQLite in
+    DIR/ferryd.db, or a database of its own on the session's PostgreSQL
+    (self.pg_db: its name, role, conninfo, password_file)."""
     def __init__(self, sandbox, name="ferryd", **settings):
         self.sb = sandbox
         self.dir = os.path.join(sandbox.root, name)
@@ -79,6 +82,13 @@ class Ferryd:
             "drain_timeout": 20,
             "tick_ms": 200,
         }
+        self.pg = getattr(sandbox, "pg", None) if getattr(sandbox, "ferryd_store",
+                                                          "sqlite") == "pgsql" else None
+        self.pg_db = None
+        if self.pg is not None:
+            self.pg_db = self.pg.new_database(name)
+            self.settings.update(store="pgsql", pgsql_conninfo=self.pg_db["conninfo"],
+                                 pgsql_password_file=self.pg_db["password_file"])
         # the suite runs as root (CI); a real install sets user = ... instead
         if os.geteuid() == 0:
             self.settings["allow_root"] = "yes"
@@ -151,6 +161,9 @@ class Ferryd:
     def db_running(self):
         """Users the state database marks as running (read-only, so it can
         be read while ferryd is dead or alive)."""
+        if self.pg_db is not None:
+            out = self.pg.psql(self.pg_db["name"], "SELECT name FROM users WHERE running = 1")
+            return {line for line in out.splitlines() if line}
         con = sqlite3.connect("file:%s?mode=ro" % self.db_path, uri=True)
         try:
             return {r[0] for r in con.execute("SELECT name FROM users WHERE running = 1")}

@@ -92,3 +92,25 @@ Test(config, booleans_take_yes_no_true_false_1_0)
 		     "ferryd.conf:1: verify_after_pull: expected yes or no (true/false, 1/0), got \"maybe\"");
 	expect_error("allow_root = 2\n", "allow_root: expected yes or no");
 }
+
+Test(config, store_backend_and_pgsql_password_never_in_conninfo)
+{
+	struct ferry_config c;
+	char *err = NULL;
+
+	config_defaults(&c);
+	cr_assert_str_eq(c.store, "sqlite");
+	cr_assert_eq(config_parse("store = pgsql\npgsql_conninfo = host=127.0.0.1 dbname=ferry"
+				  " user=ferry passfile=/etc/ferry/pgpass\n"
+				  "pgsql_password_file = /etc/ferry/pgsql.pw\n"
+				  "pgsql_lock_timeout_ms = 250\n", "t", &c, &err), 0, "%s", err);
+	cr_assert_str_eq(c.store, "pgsql");
+	cr_assert_str_eq(c.pgsql_password_file, "/etc/ferry/pgsql.pw");
+	cr_assert_eq(c.pgsql_lock_timeout_ms, 250);
+	config_free(&c);
+	expect_error("store = mysql\n", "ferryd.conf:1: store: expected sqlite or pgsql");
+	expect_error("pgsql_conninfo = host=db password=secret\n",
+		     "ferryd.conf:1: pgsql_conninfo: no password here");
+	expect_error("pgsql_conninfo = host=db PASSWORD = secret\n", "no password here");
+	expect_error("pgsql_conninfo = postgresql://ferry:secret@db/ferry\n", "no password here");
+}

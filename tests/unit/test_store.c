@@ -3,6 +3,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
+#include "ferry-contract.h"
 #include "store.h"
 #include "unit_store.h"
 
@@ -227,4 +230,28 @@ Test(store, user_counts_and_pages)
 				   &total, name_cb, names), 0);
 	cr_assert_eq(total, 2);
 	cr_assert_str_eq(names, "p1 p3 ");
+}
+
+/* the views of service/routing_views.sql carry the contract's names, and a
+   reopen with the same file leaves them alone (hash recorded) */
+Test(store, routing_views_have_the_contract_names)
+{
+	static const char *const views[] = { FERRY_VIEW_PASSDB, FERRY_VIEW_USERDB,
+					      FERRY_VIEW_TRANSPORT };
+	char hash[17], have[32];
+	sqlite3 *db;
+
+	cr_assert_eq(sqlite3_open_v2(unit_store_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	for (size_t i = 0; i < sizeof(views) / sizeof(views[0]); i++) {
+		sqlite3_stmt *stmt;
+		cr_assert_eq(sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'view'"
+						" AND name = ?", -1, &stmt, NULL), SQLITE_OK);
+		sqlite3_bind_text(stmt, 1, views[i], -1, SQLITE_STATIC);
+		cr_assert_eq(sqlite3_step(stmt), SQLITE_ROW, "no view %s", views[i]);
+		sqlite3_finalize(stmt);
+	}
+	sqlite3_close(db);
+	store_routing_views_hash(hash);
+	cr_assert_eq(st->setting_get(st, STORE_VIEWS_HASH_KEY, have, sizeof(have)), 0);
+	cr_assert_str_eq(have, hash);
 }
