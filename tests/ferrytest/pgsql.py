@@ -127,10 +127,12 @@ class PgServer:
         self.databases.append(info)
         return info
 
-    def reader_role(self, db, role, password):
-        """A login role that may only read the routing views of DB (what
-        Dovecot and Postfix get)."""
+    def reader_role(self, role, password):
+        """A login role for Dovecot and Postfix (no rights yet: grant_views)."""
         self.psql("postgres", "CREATE ROLE %s LOGIN PASSWORD '%s'" % (role, password))
+
+    def grant_views(self, db, role):
+        """ROLE may read the routing views of DB and nothing else of it."""
         self.psql(db, "GRANT SELECT ON ferry_passdb, ferry_userdb, ferry_transport TO %s" % role)
 
     def stop(self):

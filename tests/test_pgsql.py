@@ -1,0 +1,178 @@
+"""ferryd on PostgreSQL (store = pgsql, issue 16): Dovecot's passdb and
+userdb (dovecot-pgsql) and Postfix's transport lookup (postfix-pgsql) read
+the routing from the same views with the same queries as on SQLite.
+
+The Dovecot configuration is conf/dovecot-sql.conf.ext with only `driver`
+and `connect` changed, the Postfix map conf/postfix/transport.pgsql.cf whose
+query is transport.sqlite.cf's; both connect as a role that may only read
+the three views. Where a login goes is checked on the servers themselves
+(the hierarchy separator: '.' = OLD through NEW's proxy, '/' = NEW), the
+userdb answer on NEW's auth-userdb socket, the nexthop with `postmap -q`.
+A real ferryd cuts a wave over; nothing writes the routes but ferryd."""
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from ferrytest import corpus, pgsql
+from ferrytest.ferryd import Ferryd
+from ferrytest.routing import DOMAIN, separator, userdb_phase
+from ferrytest.sandbox import REPO, Sandbox, wait_until
+
+PGSQL_MAP = "/usr/lib/postfix/postfix-pgsql.so"
+DOVECOT_PGSQL = "/usr/lib/dovecot/modules/auth/libdriver_pgsql.so"
+WHY_NOT = (pgsql.available() or
+           (None if os.path.exists(PGSQL_MAP) else "apt-get install postfix-pgsql") or
+           (None if os.path.exists("/usr/lib/dovecot/modules/libdriver_pgsql.so") or
+            os.path.exists(DOVECOT_PGSQL) else "apt-get install dovecot-pgsql"))
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
+
+STAY = "alice"            # wave "later": stays on OLD
+MOVE = ["bob", "carol"]   # wave "now": cut over
+USERS = [STAY] + MOVE
+READER, READER_PW = "ferry_reader", "reader-pw-for-tests"
+
+
+def query_lines(path):
+    with open(path) as f:
+        return [l for l in f.read().splitlines() if re.match(r"(password_query|user_query|"
+                                                             r"iterate_query|query) = ", l)
+                or l.startswith("  ")]
+
+
+def dovecot_pgsql_conf(root, pg, db):
+    """conf/dovecot-sql.conf.ext with driver pgsql and the reader role."""
+    with open(os.path.join(REPO, "conf", "dovecot-sql.conf.ext")) as f:
+        text = f.read()
+    text, n1 = re.subn(r"(?m)^driver = .*$", "driver = pgsql", text)
+    text, n2 = re.subn(r"(?m)^connect = .*$", "connect = host=127.0.0.1 port=%d dbname=%s"
+                       " user=%s password=%s" % (pg.port, db["name"], READER, READER_PW), text)
+    assert n1 == 1 and n2 == 1
+    path = os.path.join(root, "dovecot-pgsql.conf.ext")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def postfix_pgsql_cf(root, pg, db):
+    with open(os.path.join(REPO, "conf", "postfix", "transport.pgsql.cf")) as f:
+        text = f.read()
+    for key, value in (("hosts", "127.0.0.1:%d" % pg.port), ("user", READER),
+                       ("password", READER_PW), ("dbname", db["name"]), ("domain", DOMAIN)):
+        text, n = re.subn(r"(?m)^%s = .*$" % key, "%s = %s" % (key, value), text)
+        assert n == 1, key
+    confdir = os.path.join(root, "postfix-conf")
+    os.makedirs(confdir)
+    with open(os.path.join(confdir, "main.cf"), "w") as f:
+        f.write("compatibility_level = 3.6\n")
+    path = os.path.join(confdir, "transport.pgsql.cf")
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(request, pg_server):
+    root = tempfile.mkdtemp(prefix="ferry-pgsql-")
+    os.chmod(root, 0o755)
+    db = pg_server.new_database("routing")
+    # before Dovecot starts: its auth process connects at start (and
+    # Dovecot 2.3.19's crashed, signal 11, when that login was refused)
+    pg_server.reader_role(READER, READER_PW)
+    sb = Sandbox(root=root, users=USERS, doveadm_http=True,
+                 new_sql_conf=dovecot_pgsql_conf(root, pg_server, db))
+    fd = None
+    failed_before = request.session.testsfailed
+    try:
+        sb.start()
+        fd = Ferryd(sb, store="pgsql", pgsql_conninfo=db["conninfo"],
+                    pgsql_password_file=db["password_file"], max_concurrent=4)
+        fd.start()
+        # the views exist once ferryd has started: Dovecot's and Postfix's
+        # role may read them and nothing else
+        pg_server.grant_views(db["name"], READER)
+        yield sb, fd, pg_server, db, postfix_pgsql_cf(root, pg_server, db)
+    finally:
+        if fd is not None and fd.alive():
+            fd.stop()
+        sb.stop()
+        if request.session.testsfailed == failed_before and not os.environ.get("FERRY_KEEP"):
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print("\nsandbox kept: %s" % root)
+
+
+def postmap(cf, address):
+    """Postfix's own lookup of ADDRESS in the map (its directory holds a
+    main.cf for postmap -c: the system may have none)."""
+    confdir = os.path.dirname(cf)
+    r = subprocess.run(["postmap", "-c", confdir, "-q", address, "pgsql:" + cf],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode in (0, 1) and not r.stderr.strip(), r.stderr  # 1: not found
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def test_same_queries_as_on_sqlite():
+    """The PostgreSQL confs differ from the SQLite ones only in how they
+    connect: every query line is the same."""
+    assert query_lines(os.path.join(REPO, "conf", "postfix", "transport.pgsql.cf")) == \
+        query_lines(os.path.join(REPO, "conf", "postfix", "transport.sqlite.cf"))
+    with open(os.path.join(REPO, "conf", "dovecot-sql.conf.ext")) as f:
+        assert "password_query" in f.read()  # dovecot_pgsql_conf() changes driver/connect only
+
+
+def test_dovecot_and_postfix_route_from_postgresql(env):
+    sb, fd, pg, db, cf = env
+    for i, u in enumerate(USERS):
+        corpus.seed_old(sb, u, corpus.folder_spec("Bulk", n=5, seed=i))
+    fd.import_users(USERS, lambda u: "later" if u == STAY else "now")
+    new_t = "lmtp:inet:127.0.0.1:%d" % sb.port("new", "lmtp")
+    old_t = "smtp:[old.example.test]:25"
+    fd.ctl("route", "config", "--new-transport", new_t,
+           "--endpoint", "127.0.0.1:%d" % sb.port("old"), "--transport", old_t)
+
+    # before: everybody on OLD (NEW proxies the login; OLD's separator)
+    for u in USERS:
+        assert userdb_phase(sb, u) == "presync"
+        assert separator(sb, u) == "."
+        assert postmap(cf, "%s@%s" % (u, DOMAIN)) == old_t
+    assert postmap(cf, "stranger@%s" % DOMAIN) is None
+    assert postmap(cf, "alice@elsewhere.test") is None
+
+    # ferryd cuts wave "now" over: the routes change in PostgreSQL only
+    fd.ctl("cutover", "--wave", "now", "--force", "--settle", "0s", timeout=300)
+    for u in MOVE:
+        assert userdb_phase(sb, u) == "cutover"
+        assert separator(sb, u) == "/"
+        assert postmap(cf, "%s@%s" % (u, DOMAIN)) == new_t
+    assert userdb_phase(sb, STAY) == "presync"
+    assert separator(sb, STAY) == "."
+    assert postmap(cf, "%s@%s" % (STAY, DOMAIN)) == old_t
+    # the same answer from the views Dovecot's and Postfix's role reads
+    rows = pg.psql(db["name"], "SELECT login, ferry_phase FROM ferry_userdb ORDER BY login",
+                   user=READER)
+    assert rows.split() == ["alice|presync", "bob|cutover", "carol|cutover"]
+    # ... and that role cannot read ferryd's tables
+    with pytest.raises(RuntimeError, match="permission denied"):
+        pg.psql(db["name"], "SELECT password_enc FROM users", user=READER)
+
+
+def test_schema_versioned_and_reopen_keeps_views_and_grants(env):
+    """A restart migrates nothing and leaves the views (and the reader's
+    grant) alone; the schema version is recorded."""
+    sb, fd, pg, db, cf = env
+    assert pg.psql(db["name"], "SELECT version FROM ferry_schema").strip() == "1"
+    before = pg.psql(db["name"], "SELECT value FROM settings WHERE key = 'routing_views_hash'")
+    assert re.fullmatch(r"[0-9a-f]{16}\n", before)
+    fd.stop()
+    fd.start()
+    assert pg.psql(db["name"], "SELECT value FROM settings WHERE key = 'routing_views_hash'") \
+        == before
+    assert postmap(cf, "bob@%s" % DOMAIN).startswith("lmtp:")
+    # the migration log stays append-only on PostgreSQL too
+    with pytest.raises(RuntimeError, match="append-only"):
+        pg.psql(db["name"], "DELETE FROM log", user=db["role"])
