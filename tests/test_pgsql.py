@@ -11,7 +11,6 @@ userdb answer on NEW's auth-userdb socket, the nexthop with `postmap -q`.
 A real ferryd cuts a wave over; nothing writes the routes but ferryd."""
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 
@@ -100,10 +99,7 @@ def env(request, pg_server):
         if fd is not None and fd.alive():
             fd.stop()
         sb.stop()
-        if request.session.testsfailed == failed_before and not os.environ.get("FERRY_KEEP"):
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print("\nsandbox kept: %s" % root)
+        sb.finish(request.session, failed_before, root)
 
 
 def postmap(cf, address):
