@@ -28,6 +28,9 @@ WHY_NOT = (pgsql.available() or
            (None if os.path.exists("/usr/lib/dovecot/modules/libdriver_pgsql.so") or
             os.path.exists(DOVECOT_PGSQL) else "apt-get install dovecot-pgsql"))
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
+# to be lifted once scripts/trixie-root.sh installs dovecot-pgsql (adding it
+# rebuilds the shared root, so not while other runs use it)
+DOVECOT_ONCE = "Dovecot 2.4's pgsql driver is not in the trixie root yet (dovecot-pgsql)"
 
 STAY = "alice"            # wave "later": stays on OLD
 MOVE = ["bob", "carol"]   # wave "now": cut over
