@@ -96,6 +96,12 @@ static const char *const migrations[] = {
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 /* pg_advisory_xact_lock key of the migration: "ferry" */
 #define MIGRATION_LOCK "7066657272790001"
+/* Session advisory lock held by the one ferryd of a database for as long as
+   its connection lives (PostgreSQL drops it when the process dies, kill -9
+   included). ferryd's start-up recovery and its per-host limits assume it
+   is alone: a second ferryd on the same database is refused until several
+   can share it (docs/ferryd.md, "Several ferryd on one database"). */
+#define HOLDER_LOCK "7066657272790002"
 
 static struct pg *PG(struct store *st)
 {
@@ -164,6 +170,32 @@ static void disconnect(struct store *st)
 static PGresult *send_wait(struct store *st, const char *what, const char *sql, int n,
 			   const char *const *vals);
 
+/* The database's holder lock, retried until the deadline: a ferryd killed
+   a moment ago still holds it until its server process notices. */
+static int take_holder_lock(struct store *st, int64_t deadline)
+{
+	for (;;) {
+		PGresult *res = send_wait(st, "connect", "SELECT pg_try_advisory_lock(x'"
+					  HOLDER_LOCK "'::bigint)", 0, NULL);
+		int got;
+
+		if (res == NULL) {
+			disconnect(st);
+			return -1;
+		}
+		got = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+		PQclear(res);
+		if (got)
+			return 0;
+		if (now_ms() >= deadline) {
+			disconnect(st);
+			return pg_fail(st, "connect", "another ferryd uses this database (one ferryd"
+				       " per database: docs/ferryd.md)");
+		}
+		poll(NULL, 0, 100);
+	}
+}
+
 /* Non-blocking connect polled against connect_timeout, then the session's
    timeouts. (libpq resolves a host name with a blocking getaddrinfo: give
    hostaddr= or an address in pgsql_conninfo to keep that off the loop.) */
@@ -219,7 +251,7 @@ static int pg_connect(struct store *st)
 		return -1;
 	}
 	PQclear(res);
-	return 0;
+	return take_holder_lock(st, deadline);
 }
 
 /* Sends one statement and waits for its result against a deadline

@@ -13,13 +13,14 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 
 import pytest
 
 from ferrytest import corpus, pgsql
 from ferrytest.ferryd import Ferryd
 from ferrytest.routing import DOMAIN, separator, userdb_phase
-from ferrytest.sandbox import REPO, Sandbox, wait_until
+from ferrytest.sandbox import BUILD_DIR, REPO, Sandbox, wait_until
 
 PGSQL_MAP = "/usr/lib/postfix/postfix-pgsql.so"
 DOVECOT_PGSQL = "/usr/lib/dovecot/modules/auth/libdriver_pgsql.so"
@@ -115,6 +116,21 @@ def postmap(cf, address):
     return r.stdout.strip() if r.returncode == 0 else None
 
 
+@pytest.mark.parametrize("unit", ["test_store", "test_userstate", "test_runq"])
+def test_store_unit_tests_on_postgresql(pg_server, unit):
+    """The store's, the user-state transitions' (compare-and-set) and the run
+    queue's unit tests (tests/unit/, Criterion), as `make unit` runs them on
+    SQLite, against PostgreSQL: one database per test process."""
+    env = dict(os.environ, FERRY_UNIT_PGSQL="host=%s port=%d user=postgres dbname=postgres"
+               % (pg_server.root, pg_server.port))
+    r = subprocess.run([os.path.join(BUILD_DIR, "unit", unit), "--jobs=1"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"Tested: (\d+) \| Passing: (\d+) \| Failing: 0 \| Crashing: 0",
+                  r.stdout + r.stderr)
+    assert m and int(m.group(1)) > 0, r.stdout + r.stderr
+
+
 def test_same_queries_as_on_sqlite():
     """The PostgreSQL confs differ from the SQLite ones only in how they
     connect: every query line is the same."""
@@ -175,3 +191,56 @@ def test_schema_versioned_and_reopen_keeps_views_and_grants(env):
     # the migration log stays append-only on PostgreSQL too
     with pytest.raises(RuntimeError, match="append-only"):
         pg.psql(db["name"], "DELETE FROM log", user=db["role"])
+
+
+def test_locked_database_costs_the_loop_at_most_lock_timeout(env):
+    """Another session holds ferryd's users table locked for 5 s: every
+    API request meanwhile is answered (an error at worst) within about
+    pgsql_lock_timeout_ms (1 s), never after the 5 s; then all is well.
+    Wall-clock bounds are loose (a loaded machine); the printed maxima are
+    the measurement."""
+    sb, fd, pg, db, cf = env
+    holder = subprocess.Popen(
+        ["psql", "-X", "-q", "-h", pg.root, "-p", str(pg.port), "-U", "postgres", "-d",
+         db["name"], "-c", "BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE;"
+         " SELECT pg_sleep(5); COMMIT;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=pg._demote)
+    try:
+        wait_until(lambda: pg.psql(db["name"], "SELECT count(*) FROM pg_locks l JOIN pg_class c"
+                                   " ON c.oid = l.relation WHERE c.relname = 'users' AND"
+                                   " l.mode = 'AccessExclusiveLock' AND l.granted").strip()
+                   == "1", 10, "the lock on users")
+        worst = {"/v1/health": 0.0, "/v1/status?limit=10": 0.0}
+        codes = set()
+        t_end = time.monotonic() + 3.5
+        while time.monotonic() < t_end:
+            for path in worst:
+                t0 = time.monotonic()
+                code, _ = fd.api("GET", path)
+                worst[path] = max(worst[path], time.monotonic() - t0)
+                codes.add((path, code))
+        assert holder.poll() is None, "the lock was released before the measurement ended"
+    finally:
+        holder.wait(timeout=30)
+    print("\nAPI latency while users was locked (max, s): %s; answers %s" % (worst, sorted(codes)))
+    assert all(v < 2.5 for v in worst.values()), worst
+    assert ("/v1/health", 200) in codes
+    assert fd.alive()
+    assert fd.api("GET", "/v1/status?limit=10")[0] == 200
+
+
+def test_one_ferryd_per_database_until_the_holder_dies(env):
+    """A second ferryd on the same database is refused while the first
+    lives (start-up recovery and per-host limits assume one); once the
+    first is killed -9, PostgreSQL drops its lock and the second starts."""
+    sb, fd, pg, db, cf = env
+    second = Ferryd(sb, name="ferryd-second", store="pgsql", pgsql_conninfo=db["conninfo"],
+                    pgsql_password_file=db["password_file"], pgsql_connect_timeout=2)
+    with pytest.raises(RuntimeError, match="exited"):
+        second.start()
+    assert "another ferryd uses this database" in second.output()
+    fd.kill()
+    second.start()
+    assert second.users()[STAY]["state"] in ("pending", "presync", "done")
+    second.stop()
+    fd.start()
