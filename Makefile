@@ -8,8 +8,13 @@
 #   make install    plugins, ferryd, ferryctl, unit, man pages (mk/install.mk)
 #   make deb        the Debian packages (mk/deb.mk)
 
-DOVECOT_INC   ?= /usr/include/dovecot
 DOVECOT_LIB   ?= /usr/lib/dovecot
+# The Dovecot version is the installed one's: dovecot-config names its
+# headers, whose config.h has the version. DOVECOT=2.4 builds in the
+# Debian 13 root instead (mk/dovecot24.mk).
+DOVECOT_CONFIG ?= $(DOVECOT_LIB)/dovecot-config
+DOVECOT_INC   ?= $(or $(patsubst -I%,%,$(filter -I%,$(shell sed -n 's/^LIBDOVECOT_INCLUDE=//p' $(DOVECOT_CONFIG) 2>/dev/null | tr -d "'\""))),/usr/include/dovecot)
+DOVECOT_MINOR := $(shell sed -n 's/^\#define DOVECOT_VERSION_MINOR //p' $(DOVECOT_INC)/config.h 2>/dev/null)
 MODULEDIR     ?= $(DOVECOT_LIB)/modules
 BUILD         ?= build
 PYTHON        ?= /usr/bin/python3
@@ -27,7 +32,10 @@ PLUGIN_RPATH ?= -Wl,-rpath,$(DOVECOT_LIB)
 PLUGIN_LDFLAGS = -shared -L$(DOVECOT_LIB) $(PLUGIN_RPATH) $(SANITIZE) $(EXTRA_LDFLAGS)
 
 PLUGIN_SRCS = plugin/ferry-plugin.c plugin/state.c plugin/old.c plugin/old-identity.c plugin/old-body.c plugin/old-sizes.c plugin/old-list.c plugin/old-status.c plugin/map.c \
-              plugin/tree.c plugin/pull.c plugin/mirror.c plugin/rollback.c plugin/lazy.c plugin/background.c plugin/ferryd-notify.c plugin/workers.c
+              plugin/tree.c plugin/pull.c plugin/mirror.c plugin/rollback.c plugin/lazy.c plugin/background.c plugin/ferryd-notify.c plugin/workers.c \
+              $(DOVECOT_GLUE)
+# the one file per Dovecot version (dovecot-glue.h)
+DOVECOT_GLUE = $(if $(filter 4,$(DOVECOT_MINOR)),plugin/dovecot24.c plugin/dovecot24-settings.c,plugin/dovecot23.c)
 DOVEADM_SRCS = plugin/doveadm-ferry.c
 # plain C shared with the service (common/, headers in include/)
 COMMON_SRCS  = common/identity.c
@@ -37,6 +45,9 @@ PLUGIN_OBJS  = $(PLUGIN_SRCS:plugin/%.c=$(BUILD)/plugin/%.o) \
 DOVEADM_OBJS = $(DOVEADM_SRCS:plugin/%.c=$(BUILD)/plugin/%.o)
 PLUGIN_SO    = $(BUILD)/lib20_ferry_plugin.so
 DOVEADM_SO   = $(BUILD)/lib10_doveadm_ferry_plugin.so
+# Dovecot 2.4 accepts the ferry_* keys only with this module in
+# modules/settings/ (its config process loads it)
+SETTINGS_SO  = $(if $(filter 4,$(DOVECOT_MINOR)),$(BUILD)/libferry_settings.so)
 
 # DOVECOT=2.3 (the host's), 2.4 or mixed (OLD 2.3, NEW 2.4): the Dovecot
 # that make demo, make bench and the tests' sandbox run (FERRY_DOVECOT);
@@ -72,12 +83,12 @@ include $(sort $(wildcard mk/*.mk))
 .PHONY: all plugin deps check check-24 check-asan unit demo clean format
 
 all: $(ALL_TARGETS)
-plugin: $(PLUGIN_SO) $(DOVEADM_SO)
+plugin: $(PLUGIN_SO) $(DOVEADM_SO) $(SETTINGS_SO)
 
 unit: $(UNIT_TESTS)
 	@for t in $(UNIT_TESTS); do echo "== $$t"; $$t || exit 1; done
 
-$(BUILD)/plugin/%.o: plugin/%.c plugin/ferry-plugin.h $(COMMON_HDRS) | $(BUILD)/plugin
+$(BUILD)/plugin/%.o: plugin/%.c plugin/ferry-plugin.h plugin/dovecot-glue.h $(COMMON_HDRS) | $(BUILD)/plugin
 	$(CC) $(PLUGIN_CFLAGS) -c -o $@ $<
 
 $(BUILD)/plugin/common-%.o: common/%.c $(COMMON_HDRS) | $(BUILD)/plugin
@@ -93,6 +104,9 @@ $(PLUGIN_SO): $(PLUGIN_OBJS)
 # plugins after mail_plugins.
 $(DOVEADM_SO): $(DOVEADM_OBJS)
 	$(CC) $(PLUGIN_LDFLAGS) -o $@ $^ -ldovecot-storage -ldovecot
+
+$(BUILD)/libferry_settings.so: $(BUILD)/plugin/dovecot24-settings.o
+	$(CC) $(PLUGIN_LDFLAGS) -o $@ $^ -ldovecot
 
 deps:
 	@bash scripts/install-deps.sh $(DEB_PACKAGES)
@@ -129,4 +143,4 @@ format:
 	clang-format -i plugin/*.c plugin/*.h common/*.c include/*.h
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-24

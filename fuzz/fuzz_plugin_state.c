@@ -25,6 +25,21 @@
 struct ferry_user_module ferry_user_module =
 	MODULE_CONTEXT_INIT(&mail_user_module_register);
 
+/* map.c's calls into the Dovecot version glue (dovecot23.c/dovecot24.c):
+   the settings and the namespace's special-use folders, which the parsers
+   fuzzed here never reach */
+const char *ferry_setting_str(struct mail_user *user ATTR_UNUSED,
+			      const char *name ATTR_UNUSED)
+{
+	return NULL;
+}
+
+const char *ferry_special_use_box(struct mail_namespace *ns ATTR_UNUSED,
+				  const char *special_use ATTR_UNUSED)
+{
+	return NULL;
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

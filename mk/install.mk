@@ -35,17 +35,25 @@ define install_conf
 	    install -D -m $(3) $(1) $(DESTDIR)$(2) && echo "installed $(DESTDIR)$(2)"; fi
 endef
 
+# Dovecot 2.4 (the installed Dovecot's version, as for the build): the
+# settings module too, conf/2.4/ferry.conf, and 2.4's way to add a plugin
+FERRY_CONF = $(if $(SETTINGS_SO),conf/2.4/ferry.conf,conf/ferry.conf)
+FERRY_PLUGIN_LINE = $(if $(SETTINGS_SO),mail_plugins/ferry = yes,mail_plugins = $$mail_plugins ferry)
+FERRY_PLUGIN_RE = $(if $(SETTINGS_SO),^mail_plugins/ferry = yes$$,^mail_plugins = \$$mail_plugins ferry$$)
+
 install-plugin: plugin
 	install -d $(DESTDIR)$(MODULEDIR)/doveadm $(DESTDIR)$(DATADIR)/ferry \
 	    $(DESTDIR)$(MANDIR)/man7
 	install -m 0644 $(PLUGIN_SO) $(DESTDIR)$(MODULEDIR)/
 	install -m 0644 $(DOVEADM_SO) $(DESTDIR)$(MODULEDIR)/doveadm/
-	printf '# Loads the ferry plugin (installed with it; see conf.d/05-ferry.conf)\nmail_plugins = $$mail_plugins ferry\n' \
-	    > $(DESTDIR)$(PLUGIN_ENABLE)
+	$(if $(SETTINGS_SO),install -d $(DESTDIR)$(MODULEDIR)/settings && \
+	    install -m 0644 $(SETTINGS_SO) $(DESTDIR)$(MODULEDIR)/settings/)
+	printf '# Loads the ferry plugin (installed with it; see conf.d/05-ferry.conf)\n%s\n' \
+	    '$(FERRY_PLUGIN_LINE)' > $(DESTDIR)$(PLUGIN_ENABLE)
 	chmod 0644 $(DESTDIR)$(PLUGIN_ENABLE)
 	@mkdir -p $(BUILD)
-	sed 's|^mail_plugins = \$$mail_plugins ferry$$|!include_try $(PLUGIN_ENABLE)|' \
-	    conf/ferry.conf > $(BUILD)/05-ferry.conf
+	sed 's|$(FERRY_PLUGIN_RE)|!include_try $(PLUGIN_ENABLE)|' \
+	    $(FERRY_CONF) > $(BUILD)/05-ferry.conf
 	grep -q '^!include_try $(PLUGIN_ENABLE)$$' $(BUILD)/05-ferry.conf
 	$(call install_conf,$(BUILD)/05-ferry.conf,$(DOVECOT_CONFDIR)/conf.d/05-ferry.conf,0640)
 	$(call install_conf,conf/auth-ferry.conf.ext,$(DOVECOT_CONFDIR)/conf.d/auth-ferry.conf.ext,0644)

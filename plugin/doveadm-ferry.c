@@ -30,8 +30,43 @@ struct ferry_cmd_context {
 	/* -p N: ferry_parallel for this command (0: the setting's). ferryd
 	   sends 1: it counts one old-server session per command it sends. */
 	unsigned int parallel;
+	/* the command's own init: its table's headers */
+	void (*headers)(struct doveadm_mail_cmd_context *ctx);
 };
 
+static bool ferry_cmd_parallel(struct ferry_cmd_context *ctx, const char *value)
+{
+	if (str_to_uint(value, &ctx->parallel) < 0 || ctx->parallel == 0) {
+		i_error("ferry: -p %s: want a number of parallel folders >= 1",
+			value);
+		return FALSE;
+	}
+	return TRUE;
+}
+
+/* The one place where doveadm's interface differs: 2.4 hands a command its
+   options in init() (doveadm_cmd_param_*), 2.3 through getopt and
+   parse_arg(). */
+#if DOVECOT_VERSION_MAJOR > 2 || DOVECOT_VERSION_MINOR >= 4
+static void ferry_cmd_init(struct doveadm_mail_cmd_context *_ctx)
+{
+	struct ferry_cmd_context *ctx = (struct ferry_cmd_context *)_ctx;
+	const char *value;
+
+	if (doveadm_cmd_param_str(_ctx->cctx, "mailbox", &value))
+		ctx->mailbox = p_strdup(_ctx->pool, value);
+	if (doveadm_cmd_param_str(_ctx->cctx, FERRY_PARAM_PARALLEL, &value) &&
+	    !ferry_cmd_parallel(ctx, value))
+		i_fatal_status(EX_USAGE, "ferry: invalid -p");
+	ctx->headers(_ctx);
+}
+
+static void ferry_cmd_options(struct ferry_cmd_context *ctx,
+			      const char *getopt_args ATTR_UNUSED)
+{
+	ctx->ctx.v.init = ferry_cmd_init;
+}
+#else
 static bool ferry_cmd_parse_arg(struct doveadm_mail_cmd_context *_ctx, int c)
 {
 	struct ferry_cmd_context *ctx = (struct ferry_cmd_context *)_ctx;
@@ -41,16 +76,29 @@ static bool ferry_cmd_parse_arg(struct doveadm_mail_cmd_context *_ctx, int c)
 		ctx->mailbox = p_strdup(_ctx->pool, optarg);
 		return TRUE;
 	case 'p':
-		if (str_to_uint(optarg, &ctx->parallel) < 0 ||
-		    ctx->parallel == 0) {
-			i_error("ferry: -p %s: want a number of parallel "
-				"folders >= 1", optarg);
-			return FALSE;
-		}
-		return TRUE;
+		return ferry_cmd_parallel(ctx, optarg);
 	}
 	return FALSE;
 }
+
+static void ferry_cmd_init(struct doveadm_mail_cmd_context *_ctx,
+			   const char *const args[] ATTR_UNUSED)
+{
+	struct ferry_cmd_context *ctx = (struct ferry_cmd_context *)_ctx;
+
+	ctx->headers(_ctx);
+}
+
+static void ferry_cmd_options(struct ferry_cmd_context *ctx,
+			      const char *getopt_args)
+{
+	if (getopt_args != NULL) {
+		ctx->ctx.getopt_args = getopt_args;
+		ctx->ctx.v.parse_arg = ferry_cmd_parse_arg;
+	}
+	ctx->ctx.v.init = ferry_cmd_init;
+}
+#endif
 
 static void ferry_cmd_apply_parallel(struct ferry_cmd_context *ctx,
 				     struct mail_user *user)
@@ -64,19 +112,15 @@ static void ferry_cmd_apply_parallel(struct ferry_cmd_context *ctx,
 /* Every ferry command: a table, options from getopt_args (NULL: none). */
 static struct doveadm_mail_cmd_context *
 ferry_cmd_alloc(const char *getopt_args,
-		void (*init)(struct doveadm_mail_cmd_context *ctx,
-			     const char *const args[]),
+		void (*headers)(struct doveadm_mail_cmd_context *ctx),
 		int (*run)(struct doveadm_mail_cmd_context *ctx,
 			   struct mail_user *user))
 {
 	struct ferry_cmd_context *ctx;
 
 	ctx = doveadm_mail_cmd_alloc(struct ferry_cmd_context);
-	if (getopt_args != NULL) {
-		ctx->ctx.getopt_args = getopt_args;
-		ctx->ctx.v.parse_arg = ferry_cmd_parse_arg;
-	}
-	ctx->ctx.v.init = init;
+	ctx->headers = headers;
+	ferry_cmd_options(ctx, getopt_args);
 	ctx->ctx.v.run = run;
 	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
 	return &ctx->ctx;
@@ -157,8 +201,7 @@ static int ferry_cmd_pull_run(struct doveadm_mail_cmd_context *_ctx,
 	return ret;
 }
 
-static void ferry_cmd_pull_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
-				const char *const args[] ATTR_UNUSED)
+static void ferry_cmd_pull_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED)
 {
 	doveadm_print_header_simple(FERRY_COL_FOLDER);
 	doveadm_print_header_simple(FERRY_COL_STATE);
@@ -236,8 +279,7 @@ static int ferry_cmd_rollback_run(struct doveadm_mail_cmd_context *_ctx,
 	return 0;
 }
 
-static void ferry_cmd_rollback_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
-				    const char *const args[] ATTR_UNUSED)
+static void ferry_cmd_rollback_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED)
 {
 	doveadm_print_header_simple(FERRY_COL_FOLDER);
 	doveadm_print_header_simple(FERRY_COL_APPENDED);
@@ -397,8 +439,7 @@ static int ferry_cmd_status_run(struct doveadm_mail_cmd_context *_ctx,
 	return 0;
 }
 
-static void ferry_cmd_status_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED,
-				  const char *const args[] ATTR_UNUSED)
+static void ferry_cmd_status_init(struct doveadm_mail_cmd_context *ctx ATTR_UNUSED)
 {
 	doveadm_print_header_simple(FERRY_COL_FOLDER);
 	doveadm_print_header_simple(FERRY_COL_STATE);

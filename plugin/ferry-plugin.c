@@ -1,13 +1,9 @@
-/* Dovecot 2.3 glue: settings, hook registration, module contexts. This is
-   the file a Dovecot 2.4 variant replaces; the engine does not read
-   settings or register hooks anywhere else. */
+/* Hook registration and module contexts (the same on Dovecot 2.3 and 2.4;
+   what differs is in dovecot23.c / dovecot24.c). */
 
 #include "lib.h"
 #include "mail-storage-hooks.h"
 #include "mail-namespace.h"
-#include "settings-parser.h"
-#include "mail-storage-settings.h"
-#include "imapc-settings.h"
 #include "ferry-plugin.h"
 
 const char *ferry_plugin_version = DOVECOT_ABI_VERSION;
@@ -22,64 +18,6 @@ struct ferry_mailbox_list_module ferry_mailbox_list_module =
 /* Set while old.c initialises the old-server user, so that the hooks leave
    that user alone. */
 bool ferry_creating_old_user = FALSE;
-
-static unsigned int
-ferry_setting_uint(struct mail_user *user, const char *name,
-		   unsigned int def, unsigned int min)
-{
-	const char *value = mail_user_plugin_getenv(user, name);
-	unsigned int n;
-
-	if (value == NULL || *value == '\0')
-		return def;
-	if (str_to_uint(value, &n) < 0 || n < min) {
-		i_error(FERRY_LOG_PREFIX "Invalid %s=%s (want an integer >= %u), "
-			"using %u", name, value, min, def);
-		return def;
-	}
-	return n;
-}
-
-void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r)
-{
-	const char *value = mail_user_plugin_getenv(user, "ferry"), *error;
-
-	i_zero(set_r);
-	set_r->enabled = value != NULL &&
-		(strcasecmp(value, "yes") == 0 || strcasecmp(value, "y") == 0 ||
-		 strcmp(value, "1") == 0);
-	value = mail_user_plugin_getenv(user, "ferry_phase");
-	set_r->presync = value != NULL && strcasecmp(value, "presync") == 0;
-	if (value != NULL && !set_r->presync && *value != '\0' &&
-	    strcasecmp(value, "cutover") != 0) {
-		i_error(FERRY_LOG_PREFIX "Invalid ferry_phase=%s (want presync "
-			"or cutover), using cutover", value);
-	}
-	set_r->batch_size = ferry_setting_uint(user, "ferry_batch_size", 500, 1);
-	set_r->lock_timeout_secs =
-		ferry_setting_uint(user, "ferry_lock_timeout", 300, 1);
-	set_r->progress_interval_secs =
-		ferry_setting_uint(user, "ferry_progress_interval", 5, 1);
-	set_r->prefetch_count =
-		ferry_setting_uint(user, "ferry_prefetch_count", 50, 1);
-	value = mail_user_plugin_getenv(user, "ferry_max_message_size");
-	if (value != NULL && *value != '\0' &&
-	    settings_get_size(value, &set_r->max_message_size, &error) < 0) {
-		i_error(FERRY_LOG_PREFIX "Invalid ferry_max_message_size=%s: %s; "
-			"no limit", value, error);
-		set_r->max_message_size = 0;
-	}
-	set_r->big_message_size =
-		ferry_setting_uint(user, "ferry_big_message_size", 1024*1024, 4096);
-	set_r->max_folders =
-		ferry_setting_uint(user, "ferry_max_folders", 10000, 0);
-	set_r->old_connect_timeout_secs =
-		ferry_setting_uint(user, "ferry_old_connect_timeout", 30, 1);
-	set_r->parallel = ferry_setting_uint(user, "ferry_parallel",
-					     ferry_workers_default(), 1);
-	set_r->background_idle_msecs =
-		ferry_setting_uint(user, "ferry_background_idle_msecs", 300, 0);
-}
 
 bool ferry_user_is_internal(struct mail_user *user)
 {
@@ -113,28 +51,6 @@ static void ferry_user_deinit(struct mail_user *user)
 		mail_user_deinit(&fuser->old_user);
 	ferry_map_deinit(user);
 	fuser->module_ctx.super.deinit(user);
-}
-
-/* A package installs this plugin into a running Dovecot before the
-   administrator has named the old server: until imapc_host is set, Ferry
-   leaves every user alone (said once per process) instead of failing
-   their folders against a placeholder. */
-static bool ferry_old_server_configured(struct mail_user *user)
-{
-	static bool warned = FALSE;
-	const struct imapc_settings *imapc_set =
-		mail_user_set_get_driver_settings(user->set_info, user->set,
-						  "imapc");
-
-	if (imapc_set != NULL && imapc_set->imapc_host != NULL &&
-	    imapc_set->imapc_host[0] != '\0')
-		return TRUE;
-	if (!warned) {
-		i_warning(FERRY_LOG_PREFIX "imapc_host is not set: nothing is "
-			  "migrated until the old server's address is configured");
-		warned = TRUE;
-	}
-	return FALSE;
 }
 
 static void ferry_mail_user_created(struct mail_user *user)

@@ -4,13 +4,16 @@
 /* Internal interface of the ferry mail plugin: the copy engine (pull.c),
    the folder tree (tree.c), per-folder and per-user state (state.c), the
    old-server session (old.c) and the storage overrides that trigger pulls
-   (lazy.c). Settings and hook registration live in ferry-plugin.c, the only
-   file that knows which Dovecot version it is built for. */
+   (lazy.c). Hook registration lives in ferry-plugin.c; everything that
+   differs between Dovecot versions (settings, the old session's imapc
+   settings, a few library calls) in dovecot23.c / dovecot24.c behind
+   dovecot-glue.h. */
 
 #include "module-context.h"
 #include "mail-user.h"
 #include "mail-storage-private.h"
 #include "mailbox-list-private.h"
+#include "dovecot-glue.h"
 
 #define FERRY_LOG_PREFIX "ferry: "
 #define FERRY_BOX_LOCK_FNAME ".dovecot-box-sync.lock" /* shared with dsync */
@@ -76,9 +79,6 @@ extern MODULE_CONTEXT_DEFINE(ferry_storage_module, &mail_storage_module_register
 extern MODULE_CONTEXT_DEFINE(ferry_mailbox_list_module,
 			     &mailbox_list_module_register);
 
-/* ferry-plugin.c: settings (version-specific) */
-void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r);
-
 /* Per-folder state, an index header extension written in the same
    transaction as the messages it describes. */
 enum ferry_box_state {
@@ -127,9 +127,8 @@ const char *ferry_user_index_root(struct mail_user *user);
 int ferry_state_parse(const char *text, time_t *tree_r, time_t *done_r,
 		      const char **identity_r, const char **error_r);
 
-/* old.c: the old server, as Dovecot's imapc storage in a second user */
-/* the mailbox_list_created hook for the old user's lists */
-void ferry_old_list_created(struct mailbox_list *list);
+/* old.c: the old server, as Dovecot's imapc storage in a second user
+   (made by the glue's ferry_old_user_create) */
 int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 		       const char **error_r);
 struct imapc_storage_client *ferry_old_storage_client(struct mail_user *old);

@@ -9,7 +9,6 @@
 
 #include "lib.h"
 #include "str.h"
-#include "json-parser.h"
 #include "http-url.h"
 #include "http-client.h"
 #include "ferry-plugin.h"
@@ -40,9 +39,8 @@ static void ferry_notify_response(const struct http_response *resp,
 void ferry_notify_login(struct mail_user *user)
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
-	const char *url = mail_user_plugin_getenv(user, "ferry_ferryd_url");
-	const char *token = mail_user_plugin_getenv(user, "ferry_ferryd_token");
-	struct http_client_settings set;
+	const char *url = ferry_setting_str(user, "ferry_ferryd_url");
+	const char *token = ferry_setting_str(user, "ferry_ferryd_token");
 	struct ferry_notify *n;
 	string_t *body;
 
@@ -54,17 +52,12 @@ void ferry_notify_login(struct mail_user *user)
 			"ferry_ferryd_token is not: ferryd is not told of logins");
 		return;
 	}
-	i_zero(&set);
-	set.max_attempts = 1;
-	set.max_parallel_connections = 1;
-	set.connect_timeout_msecs = FERRY_NOTIFY_TIMEOUT_MSECS;
-	set.request_timeout_msecs = FERRY_NOTIFY_TIMEOUT_MSECS;
 	n = fuser->notify = p_new(user->pool, struct ferry_notify, 1);
-	n->client = http_client_init(&set);
+	n->client = ferry_http_client_init(user, FERRY_NOTIFY_TIMEOUT_MSECS);
 
 	body = t_str_new(128);
 	str_append(body, "{\"user\":\"");
-	json_append_escaped(body, user->username);
+	ferry_json_append_escaped(body, user->username);
 	str_append(body, "\",\"reason\":\"login\"}");
 	n->req = http_client_request_url_str(n->client, "POST",
 		t_strconcat(t_str_rtrim(url, "/"), "/v1/sync", NULL),

@@ -25,7 +25,6 @@
 #include "safe-mkstemp.h"
 #include "write-full.h"
 #include "mail-namespace.h"
-#include "mail-storage-settings.h"
 #include "ferry-plugin.h"
 
 #include <regex.h>
@@ -89,8 +88,8 @@ static struct ferry_map *ferry_map_get(struct mail_user *user)
 	for (unsigned int i = 1; i <= FERRY_MAX_RULES; i++) {
 		name = i == 1 ? "ferry_exclude" :
 			t_strdup_printf("ferry_exclude%u", i);
-		value = mail_user_plugin_getenv(user, name);
-		if (value == NULL || *value == '\0')
+		value = ferry_setting_str(user, name);
+		if (value == NULL)
 			break;
 		value = p_strdup(user->pool, value);
 		array_push_back(&map->excludes, &value);
@@ -102,8 +101,8 @@ static struct ferry_map *ferry_map_get(struct mail_user *user)
 
 		name = i == 1 ? "ferry_rename" :
 			t_strdup_printf("ferry_rename%u", i);
-		value = mail_user_plugin_getenv(user, name);
-		if (value == NULL || *value == '\0')
+		value = ferry_setting_str(user, name);
+		if (value == NULL)
 			break;
 		arrow = strstr(value, " => ");
 		if (arrow == NULL) {
@@ -180,16 +179,8 @@ static const char *
 ferry_local_special(struct mail_user *user, const char *special_use)
 {
 	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
-	struct mailbox_settings *const *boxp;
 
-	if (!array_is_created(&ns->set->mailboxes))
-		return NULL;
-	array_foreach(&ns->set->mailboxes, boxp) {
-		const char *const *uses = t_strsplit_spaces((*boxp)->special_use, " ");
-		if (str_array_icase_find(uses, special_use))
-			return (*boxp)->name;
-	}
-	return NULL;
+	return ferry_special_use_box(ns, special_use);
 }
 
 static const char *ferry_well_known_use(const char *name)

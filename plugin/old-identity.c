@@ -237,15 +237,11 @@ static int ferry_identity_master_alone(struct mail_user *old, pool_t pool,
 				       struct ferry_identity_evidence *ev,
 				       const char **error_r)
 {
-	struct imapc_client_settings set = session->set;
+	const char *master = ferry_imapc_master_user(session);
 	struct ferry_identity_io io;
 	struct imapc_client *client;
 
-	set.username = session->set.master_user;
-	set.master_user = NULL;
-	set.use_proxyauth = FALSE;
-	set.session_id_prefix = NULL;
-	client = imapc_client_init(&set, old->event);
+	client = ferry_imapc_master_client_init(old, session);
 	i_zero(&io);
 	io.pool = pool;
 	io.client = client;
@@ -261,13 +257,13 @@ static int ferry_identity_master_alone(struct mail_user *old, pool_t pool,
 		ev->master_login = FERRY_IDENTITY_MASTER_REFUSED;
 	else {
 		*error_r = t_strdup_printf("could not log in as %s alone to "
-			"compare (%s)", set.username, io.login_returned &&
+			"compare (%s)", master, io.login_returned &&
 			io.login_state != IMAPC_COMMAND_STATE_OK ?
 			io.login_text : io.failure);
 	}
 	if (io.login_returned && io.login_state == IMAPC_COMMAND_STATE_OK)
 		imapc_client_logout(client);
-	imapc_client_deinit(&client);
+	ferry_imapc_master_client_deinit(&client);
 	return ev->master_login == FERRY_IDENTITY_MASTER_NOT_TRIED ? -1 : 0;
 }
 
@@ -334,7 +330,8 @@ int ferry_old_identity_check(struct mail_user *user, struct mail_user *old,
 	int ret;
 
 	*permanent_r = FALSE;
-	ferry_identity_init(&ev, client->set.username, client->set.master_user);
+	ferry_identity_init(&ev, ferry_imapc_user(client),
+			    ferry_imapc_master_user(client));
 	i_zero(&io);
 	io.pool = pool_alloconly_create("ferry identity check", 1024);
 	io.client = client;

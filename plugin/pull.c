@@ -573,10 +573,8 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 	/* no fsync per message during the copy (ferry_pull_sync_batch); the
 	   process does nothing else meanwhile, so changing the storage's
 	   setting for the duration is contained */
-	struct mail_storage_settings *mail_set =
-		(struct mail_storage_settings *)pull->box->storage->set;
-	pull->saved_fsync_mode = mail_set->parsed_fsync_mode;
-	mail_set->parsed_fsync_mode = FSYNC_MODE_NEVER;
+	pull->saved_fsync_mode =
+		ferry_storage_fsync_swap(pull->box->storage, FSYNC_MODE_NEVER);
 	for (seq = seq1; ret == 0 && seq <= seq2; seq += batch) {
 		if (pull->max_batches > 0 &&
 		    (seq - seq1) / batch >= pull->max_batches) {
@@ -590,7 +588,8 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 			ret = ferry_pull_batch(pull, first, last);
 		} T_END;
 	}
-	mail_set->parsed_fsync_mode = pull->saved_fsync_mode;
+	(void)ferry_storage_fsync_swap(pull->box->storage,
+				       pull->saved_fsync_mode);
 	array_free(&pull->batch_uids);
 	return ret;
 }

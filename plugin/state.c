@@ -115,12 +115,12 @@ int ferry_state_parse(const char *text, time_t *tree_r, time_t *done_r,
 		const char *value;
 		long long n;
 
-		if (str_begins(*line, "identity=")) {
+		if (strncmp(*line, "identity=", 9) == 0) {
 			*identity_r = *line + 9;
 			continue;
 		}
-		if (str_begins(*line, "tree=")) value = *line + 5;
-		else if (str_begins(*line, "done=")) value = *line + 5;
+		if (strncmp(*line, "tree=", 5) == 0) value = *line + 5;
+		else if (strncmp(*line, "done=", 5) == 0) value = *line + 5;
 		else continue;
 		if (str_to_llong(value, &n) < 0 || n < 0) {
 			*error_r = t_strdup_printf("invalid line '%s'", *line);

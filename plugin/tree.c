@@ -204,7 +204,7 @@ static void ferry_tree_record(struct mail_user *user, struct mail_user *old,
 	}
 	/* ferry_local_name's reason for a ferry_exclude match */
 	ferry_map_add(user, NULL, f->vname, remote,
-		      str_begins(skip_reason, "excluded by ") ?
+		      strncmp(skip_reason, "excluded by ", 12) == 0 ?
 		      FERRY_STATE_EXCLUDED : FERRY_STATE_SKIPPED, skip_reason);
 }
 
@@ -522,8 +522,7 @@ static int ferry_tree_lock(struct mail_user *user, struct file_lock **lock_r,
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(user);
 	struct mail_namespace *ns = mail_namespace_find_inbox(user->namespaces);
-	const struct mail_storage_settings *mail_set =
-		mail_user_set_get_storage_set(user);
+	const struct mail_storage_settings *mail_set = ns->storage->set;
 	const char *root = ferry_user_index_root(user), *error;
 	struct file_create_settings set;
 	int ret;
