@@ -143,4 +143,4 @@ format:
 	clang-format -i plugin/*.c plugin/*.h common/*.c include/*.h
 
 clean:
-	rm -rf build build-asan build-24
+	rm -rf build build-asan build-24 build-24-asan
