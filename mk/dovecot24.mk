@@ -9,7 +9,7 @@
 TRIXIE_ROOT ?= $(or $(FERRY_TRIXIE_ROOT),/var/cache/ferry-test/trixie)
 BUILD24     ?= build-24
 
-.PHONY: trixie-root plugin24
+.PHONY: trixie-root plugin24 plugin-24
 trixie-root:
 	@FERRY_TRIXIE_ROOT=$(TRIXIE_ROOT) bash scripts/trixie-root.sh >/dev/null
 
@@ -20,6 +20,9 @@ plugin24: trixie-root
 		exec chroot "$(TRIXIE_ROOT)" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
 			make -C "$(CURDIR)" -j2 BUILD=$(BUILD24) PLUGIN_RPATH= \
 			SANITIZE="$(SANITIZE)" plugin'
+
+# the name the check-24/demo/bench rules ask for (BUILD24_TARGET)
+plugin-24: plugin24
 
 # `make DOVECOT=2.4` on a 2.3 host: the 2.4 build
 ifeq ($(DOVECOT),2.4)
