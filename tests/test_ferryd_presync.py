@@ -36,6 +36,8 @@ plugin {
   ferry_rename = ^Old/(.*)$ => Archive/\\1
 }
 """
+# the whole module on each store backend (conftest.py)
+FERRY_STORES = ("sqlite", "pgsql")
 SANDBOX_KWARGS = {"users": tuple(USERS), "doveadm_http": True, "new_extra": NEW_EXTRA,
                   "new_userdb_extra": {u: "userdb_ferry_phase=presync" for u in USERS}}
 # MAPPED's old folders (spec names, "/" for OLD's ".") -> the name on NEW

@@ -14,6 +14,8 @@ from ferrytest.imapwire import check, quote
 from ferrytest.sandbox import _free_ports, wait_until
 from ferrytest.snapshot import _list, compare, duplicates, snapshot
 
+# the whole module on each store backend (conftest.py)
+FERRY_STORES = ("sqlite", "pgsql")
 SANDBOX_KWARGS = {"users": ("sweep", "modseq", "idler", "loginner", "downer"),
                   # several batches per folder: the background goes batch by batch
                   "batch_size": 20,

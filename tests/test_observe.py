@@ -30,6 +30,8 @@ LAZY = "lazy1"     # not in ferryd: migrated by its own IMAP session
 VIEWER_TOKEN = "ferry-viewer-token-for-tests"
 SECRET_KEY = "ferry-secret-key-material-for-tests-0123456789"
 STATS_PORT = _free_ports(1)[0]  # NEW's OpenMetrics exporter
+# the whole module on each store backend (conftest.py)
+FERRY_STORES = ("sqlite", "pgsql")
 SANDBOX_KWARGS = {
     "users": W1 + W2 + [BAD, LAZY] + ["c1", "c2", "c3"],
     "batch_size": 10,

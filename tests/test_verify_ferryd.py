@@ -20,6 +20,8 @@ from ferrytest.sandbox import MASTER_PASSWORD, MASTER_USER, password, wait_until
 
 USERS = ["v1", "v2", "v3"]
 WAVE = "vw"
+# the whole module on each store backend (conftest.py)
+FERRY_STORES = ("sqlite", "pgsql")
 SANDBOX_KWARGS = {"users": USERS, "batch_size": 20, "doveadm_http": True}
 
 
