@@ -36,8 +36,8 @@ define install_conf
 endef
 
 # Dovecot 2.4 (the installed Dovecot's version, as for the build): the
-# settings module too, conf/2.4/ferry.conf, and 2.4's way to add a plugin
-FERRY_CONF = $(if $(SETTINGS_SO),conf/2.4/ferry.conf,conf/ferry.conf)
+# settings module too, conf/ferry-2.4.conf, and 2.4's way to add a plugin
+FERRY_CONF = $(if $(SETTINGS_SO),conf/ferry-2.4.conf,conf/ferry.conf)
 FERRY_PLUGIN_LINE = $(if $(SETTINGS_SO),mail_plugins/ferry = yes,mail_plugins = $$mail_plugins ferry)
 FERRY_PLUGIN_RE = $(if $(SETTINGS_SO),^mail_plugins/ferry = yes$$,^mail_plugins = \$$mail_plugins ferry$$)
 
