@@ -229,6 +229,26 @@ def test_locked_database_costs_the_loop_at_most_lock_timeout(env):
     assert fd.api("GET", "/v1/status?limit=10")[0] == 200
 
 
+def test_broken_connection_is_reestablished(env):
+    """PostgreSQL ends ferryd's session (a restart, a failover, an admin):
+    at most the call in flight fails, the next one reconnects and takes the
+    database's holder lock again."""
+    sb, fd, pg, db, cf = env
+
+    def ferryd_backends():
+        return pg.psql(db["name"], "SELECT pid FROM pg_stat_activity WHERE"
+                       " application_name = 'ferryd' AND datname = current_database()").split()
+    before = ferryd_backends()
+    assert len(before) == 1
+    pg.psql(db["name"], "SELECT pg_terminate_backend(%s)" % before[0])
+    wait_until(lambda: fd.api("GET", "/v1/status?limit=10")[0] == 200, 20, "status again")
+    after = ferryd_backends()
+    assert len(after) == 1 and after != before
+    assert fd.alive()
+    assert pg.psql(db["name"], "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                   " AND granted AND pid = %s" % after[0]).strip() == "1"
+
+
 def test_one_ferryd_per_database_until_the_holder_dies(env):
     """A second ferryd on the same database is refused while the first
     lives (start-up recovery and per-host limits assume one); once the
