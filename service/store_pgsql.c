@@ -335,6 +335,11 @@ static char *utf8_clean(const char *s)
 		for (k = 1; n > 1 && k < n; k++)
 			if (i + k >= len || (u[i + k] & 0xc0) != 0x80)
 				break;
+		/* overlong forms and surrogates, refused by PostgreSQL too */
+		if (n > 2 && k == n &&
+		    ((u[i] == 0xe0 && u[i + 1] < 0xa0) || (u[i] == 0xed && u[i + 1] >= 0xa0) ||
+		     (u[i] == 0xf0 && u[i + 1] < 0x90) || (u[i] == 0xf4 && u[i + 1] >= 0x90)))
+			k = 0;
 		if (n == 0 || k < n) {
 			if (out == NULL)
 				out = strdup(s);

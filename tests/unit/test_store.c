@@ -257,3 +257,19 @@ Test(store, routing_views_have_the_contract_names)
 	cr_assert_eq(st->setting_get(st, STORE_VIEWS_HASH_KEY, have, sizeof(have)), 0);
 	cr_assert_str_eq(have, hash);
 }
+
+/* PostgreSQL refuses text that is not UTF-8: a stray byte in an old
+   server's error message must not fail the transition that records it
+   (SQLite keeps the bytes, PostgreSQL gets '?' for each bad one) */
+Test(store, text_that_is_not_utf8_is_stored)
+{
+	static const char bad[] = "NO [\xff] caf\xc3\xa9 \xed\xa0\x80 end";
+	struct user_rec u;
+
+	add_user("mallory", "");
+	cr_assert_eq(st->user_get(st, "mallory", &u), 0);
+	snprintf(u.last_error, sizeof(u.last_error), "%s", bad);
+	cr_assert_eq(st->user_update(st, &u), 0, "%s", st->error(st));
+	cr_assert_eq(st->user_get(st, "mallory", &u), 0);
+	cr_assert_str_eq(u.last_error, unit_store_is_pgsql() ? "NO [?] caf\xc3\xa9 ??? end" : bad);
+}
