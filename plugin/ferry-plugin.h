@@ -241,11 +241,12 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 		      enum ferry_pull_mode mode,
 		      struct ferry_pull_result *result_r,
 		      enum mail_error *error_code_r, const char **error_r);
-/* A lazy pull of at most max_batches batches (the folder stays partial if
-   more remain), without progress lines, that leaves a folder locked by
-   another writer alone (result_r->busy): background.c's step. */
+/* A lazy pull that stops after the batch during which *stop became
+   non-zero (the folder stays partial if more remain), without progress
+   lines, and leaves a folder locked by another writer alone
+   (result_r->busy): background.c's workers. */
 int ferry_pull_folder_step(struct mail_user *user, const char *vname,
-			   unsigned int max_batches,
+			   const volatile uint32_t *stop,
 			   struct ferry_pull_result *result_r,
 			   enum mail_error *error_code_r, const char **error_r);
 /* A search of t's mailbox for the UIDs first..last (pull.c). */

@@ -46,10 +46,11 @@ struct ferry_pull {
 	enum fsync_mode saved_fsync_mode;
 	/* a copy that was interrupted before (crash, kill, lost server) */
 	bool resumed;
-	/* a background step (background.c): at most max_batches batches, no
-	   progress lines, a folder locked by another writer is left to it */
+	/* a background pull (background.c): stops after the batch during
+	   which *stop became non-zero, no progress lines, a folder locked by
+	   another writer is left to it */
 	bool background;
-	unsigned int max_batches;
+	const volatile uint32_t *stop;
 	/* the step ended before the last batch: the folder stays partial */
 	bool stopped;
 	bool busy;
@@ -576,8 +577,8 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 	pull->saved_fsync_mode =
 		ferry_storage_fsync_swap(pull->box->storage, FSYNC_MODE_NEVER);
 	for (seq = seq1; ret == 0 && seq <= seq2; seq += batch) {
-		if (pull->max_batches > 0 &&
-		    (seq - seq1) / batch >= pull->max_batches) {
+		if (pull->stop != NULL &&
+		    __atomic_load_n(pull->stop, __ATOMIC_SEQ_CST) != 0) {
 			pull->stopped = TRUE;
 			break;
 		}
@@ -899,7 +900,7 @@ out:
 
 static int ferry_pull_folder_full(struct mail_user *user, const char *vname,
 				  enum ferry_pull_mode mode,
-				  unsigned int max_batches,
+				  const volatile uint32_t *stop,
 				  struct ferry_pull_result *result_r,
 				  enum mail_error *error_code_r,
 				  const char **error_r)
@@ -914,8 +915,8 @@ static int ferry_pull_folder_full(struct mail_user *user, const char *vname,
 	pull.fuser = FERRY_USER_CONTEXT(user);
 	pull.vname = vname;
 	pull.mode = mode;
-	pull.background = max_batches > 0;
-	pull.max_batches = max_batches;
+	pull.background = stop != NULL;
+	pull.stop = stop;
 	pull.pool = pool_alloconly_create("ferry pull", 1024);
 	ferry_internal_begin(user);
 	pull.box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
@@ -983,17 +984,17 @@ int ferry_pull_folder(struct mail_user *user, const char *vname,
 		      struct ferry_pull_result *result_r,
 		      enum mail_error *error_code_r, const char **error_r)
 {
-	return ferry_pull_folder_full(user, vname, mode, 0, result_r,
+	return ferry_pull_folder_full(user, vname, mode, NULL, result_r,
 				      error_code_r, error_r);
 }
 
 int ferry_pull_folder_step(struct mail_user *user, const char *vname,
-			   unsigned int max_batches,
+			   const volatile uint32_t *stop,
 			   struct ferry_pull_result *result_r,
 			   enum mail_error *error_code_r, const char **error_r)
 {
-	i_assert(max_batches > 0);
-	return ferry_pull_folder_full(user, vname, FERRY_PULL_LAZY, max_batches,
+	i_assert(stop != NULL);
+	return ferry_pull_folder_full(user, vname, FERRY_PULL_LAZY, stop,
 				      result_r, error_code_r, error_r);
 }
 

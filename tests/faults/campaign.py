@@ -76,6 +76,14 @@ TMPFS_MB = 6
 PULL_TIMEOUT = 60
 
 
+
+def _ppid(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
 class CampaignError(AssertionError):
     pass
 
@@ -568,8 +576,11 @@ class Campaign:
     def _owner(self, w, names, user=None):
         def find():
             if user:  # the session's title names the user
-                for p in self.user_procs(user):
-                    if "/imap " in cmdline(p):
+                procs = [p for p in self.user_procs(user) if "/imap " in cmdline(p)]
+                # the session, not one of its background workers (forked
+                # from it, same title): killing it kills them
+                for p in procs:
+                    if _ppid(p) not in procs:
                         return p
             for port in w.proxy.client_ports():
                 pid = socket_owner(port, self.sb.pids("new"))
