@@ -6,7 +6,9 @@
   - CPU per scheduling decision: ferryd's CPU time over the window divided
     by the pulls it started in it (each start is one decision, its three
     doveadm calls and its state writes);
-  - `ferryctl status --once` latency (median of 5, while pulls run).
+  - `ferryctl status --once` latency (median of 6, while pulls run);
+  - with every pull paused and ended: ferryd's CPU time per `GET
+    /v1/status` and per `GET /metrics` (20 each) and their latency.
 Results in bench/results/scale.{json,md}.
 
 usage: scale.py [--users 1000,10000,100000] [--window 20]"""
@@ -25,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
 TOKEN = "bench-token-0123456789"
 TICK = os.sysconf("SC_CLK_TCK")
+QUIET_REQUESTS = 20
 
 
 def free_port():
@@ -117,7 +120,13 @@ def run(n, window):
         import_s = time.time() - t
         t = time.time()
         cpu_start = cpu_seconds(fd.pid)
-        subprocess.run(ctl + ["start", "--wave", "bench"], check=True, capture_output=True)
+        # the API directly: starting 100,000 users (a transition each) can
+        # outlast ferryctl's 60 s answer timeout on a loaded machine
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/start" % port,
+                                     data=json.dumps({"wave": "bench"}).encode(),
+                                     headers={"Authorization": "Bearer " + TOKEN,
+                                              "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=1800).read()
 
         def running():
             r = subprocess.run(ctl + ["status", "--once", "--json"], check=True,
@@ -138,6 +147,27 @@ def run(n, window):
             time.sleep(max(0, window / 6 - (time.time() - t)))
         cpu1, starts1, t1 = cpu_seconds(fd.pid), count_starts(log), time.time()
         decisions = starts1 - starts0
+        # the cost of one status and one scrape, ferryd otherwise idle (every
+        # pull paused and ended): CPU time per request, and the latency of a
+        # direct GET (no ferryctl process start)
+        subprocess.run(ctl + ["pause"], check=True, capture_output=True)
+
+        def quiet():
+            r = subprocess.run(ctl + ["status", "--once", "--json"], check=True,
+                               capture_output=True, text=True)
+            return json.loads(r.stdout)["running"] == 0
+        wait(quiet, 300, "the pulls in flight to end")
+        costs = {}
+        for path in ("/v1/status", "/metrics"):
+            c0, lat_q = cpu_seconds(fd.pid), []
+            for _ in range(QUIET_REQUESTS):
+                t = time.time()
+                req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
+                                             headers={"Authorization": "Bearer " + TOKEN})
+                urllib.request.urlopen(req, timeout=60).read()
+                lat_q.append((time.time() - t) * 1000)
+            costs[path] = ((cpu_seconds(fd.pid) - c0) / QUIET_REQUESTS * 1000,
+                           statistics.median(lat_q))
         overall = (cpu1 - cpu_start) / starts1 * 1e6 if starts1 else None
         return {"users": n, "import_s": round(import_s, 1),
                 "start_s": round(start_s, 1), "start_cpu_s": round(start_cpu, 2),
@@ -149,7 +179,11 @@ def run(n, window):
                 "pulls_since_start": starts1,
                 "cpu_per_pull_since_start_us": round(overall) if overall else None,
                 "status_ms_median": round(statistics.median(lat), 1),
-                "status_ms_max": round(max(lat), 1)}
+                "status_ms_max": round(max(lat), 1),
+                "status_cpu_ms": round(costs["/v1/status"][0], 1),
+                "status_quiet_ms_median": round(costs["/v1/status"][1], 1),
+                "metrics_cpu_ms": round(costs["/metrics"][0], 1),
+                "metrics_quiet_ms_median": round(costs["/metrics"][1], 1)}
     finally:
         fd.kill()
         fd.wait()
@@ -173,13 +207,18 @@ def main():
         json.dump(rows, f, indent=1)
     with open(os.path.join(out, "scale.md"), "w") as f:
         f.write("| users queued | RSS peak (MB) | pulls started in %gs | max in flight seen |"
-                " CPU per decision, steady (µs) | CPU per pull since start (µs) | status median / max (ms) | import (s) | start to first pull (s, CPU s) |\n"
-                "|---|---|---|---|---|---|---|---|---|\n" % a.window)
+                " CPU per decision, steady (µs) | CPU per pull since start (µs) |"
+                " ferryctl status during pulls, median / max (ms) |"
+                " status: ferryd CPU / latency, idle (ms) | metrics: ferryd CPU / latency, idle (ms) |"
+                " import (s) | start to first pull (s, CPU s) |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|\n" % a.window)
         for r in rows:
-            f.write("| %d | %s | %d | %d | %s | %s | %s / %s | %s | %s, %s |\n" % (
+            f.write("| %d | %s | %d | %d | %s | %s | %s / %s | %s / %s | %s / %s | %s | %s, %s |\n" % (
                 r["users"], r["rss_peak_mb"], r["pulls_started"], r["max_in_flight_seen"],
                 r["cpu_per_decision_us"] or "-", r["cpu_per_pull_since_start_us"],
                 r["status_ms_median"], r["status_ms_max"],
+                r["status_cpu_ms"], r["status_quiet_ms_median"],
+                r["metrics_cpu_ms"], r["metrics_quiet_ms_median"],
                 r["import_s"], r["start_s"], r["start_cpu_s"]))
     print(open(os.path.join(out, "scale.md")).read())
 

@@ -7,7 +7,7 @@ FERRYD_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
 FERRYD_LDFLAGS = $(SANITIZE) $(EXTRA_LDFLAGS)
 FERRYD_LIBS = -levent -lsqlite3 -lpq -ljansson -lcrypto -lresolv
 
-FERRYD_CORE = config store store_sqlite store_pgsql sched runq dispatch doveadm api csv evlog secret userstate \
+FERRYD_CORE = config store store_sqlite store_pgsql sched runq tally dispatch doveadm api csv evlog secret userstate \
               cutover cutover_check checks rekey runas pathcheck metrics dns sieve_step \
               report dashboard
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)
@@ -18,7 +18,7 @@ FERRYD_UNIT = $(BUILD)/unit/test_csv $(BUILD)/unit/test_config \
               $(BUILD)/unit/test_store $(BUILD)/unit/test_sched \
               $(BUILD)/unit/test_doveadm $(BUILD)/unit/test_cutover \
               $(BUILD)/unit/test_metrics $(BUILD)/unit/test_userstate \
-              $(BUILD)/unit/test_runq
+              $(BUILD)/unit/test_runq $(BUILD)/unit/test_tally
 UNIT_TESTS += $(FERRYD_UNIT)
 DEB_PACKAGES += libevent-dev libsqlite3-dev libjansson-dev libcriterion-dev \
                 libssl-dev pkg-config libpq-dev

@@ -21,6 +21,7 @@
 #include "checks.h"
 #include "dns.h"
 #include "sieve_step.h"
+#include "tally.h"
 #include "csv.h"
 #include "cutover.h"
 #include "evlog.h"
@@ -45,6 +46,7 @@ struct api {
 	struct checks *checks;   /* preflight and verification */
 	struct dns *dns;         /* DNS readiness and DNSBL checks */
 	struct sieve_step *sieve; /* Sieve scripts */
+	struct tally *tally;     /* the totals and pages of /v1/status */
 };
 
 struct call {
@@ -60,6 +62,24 @@ typedef void handler_fn(struct call *c);
 
 static void reply(struct call *c, int code, json_t *obj)
 {
+	struct store *st = c->a->st;
+
+	if (code == 500 && st->busy) {
+		/* a store call of this request found the write lock held by
+		   another process (st->busy is cleared before each request): the
+		   request was not carried out, or only partly (every admin
+		   request may be sent again); ferryctl sends it again
+		   (docs/ferryd.md, "A locked database") */
+		evlog("warning", "store-busy", "path",
+		      evhttp_uri_get_path(evhttp_request_get_evhttp_uri(c->req)),
+		      "error", st->error(st), NULL);
+		json_decref(obj);
+		evhttp_add_header(evhttp_request_get_output_headers(c->req), "Retry-After", "1");
+		code = 503;
+		obj = json_pack("{s:s, s:b}", "error", "the state database is locked by another "
+				"process; send the request again", "busy", 1);
+	}
+
 	char *text = json_dumps(obj, JSON_COMPACT);
 	struct evbuffer *out = evbuffer_new();
 
@@ -85,8 +105,11 @@ static void reply_error(struct call *c, int code, const char *fmt, ...)
 
 static void reply_store_error(struct call *c)
 {
-	evlog("error", "store-error", "error", c->a->st->error(c->a->st), NULL);
-	reply_error(c, 500, "state database error: %s", c->a->st->error(c->a->st));
+	struct store *st = c->a->st;
+
+	if (!st->busy)
+		evlog("error", "store-error", "error", st->error(st), NULL);
+	reply_error(c, 500, "state database error: %s", st->error(st));
 }
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -253,6 +276,8 @@ static void h_import(struct call *c)
 			goto out;
 		}
 	}
+	for (size_t i = 0; i < users.count && c->a->tally != NULL; i++)
+		tally_touch(c->a->tally, users.rows[i].user);
 	{
 		char n[32];
 		snprintf(n, sizeof(n), "%zu", users.count);
@@ -566,9 +591,10 @@ static int status_user(const struct user_rec *u, void *ctx)
 }
 
 /* the totals: one row per wave and state, whatever the number of users */
-static int status_count(const struct user_count *n, void *ctx)
+static int status_count(const struct tally_count *n, void *ctx)
 {
 	struct status_ctx *s = ctx;
+	char id[32];
 	json_t *ws;
 
 	s->old_total += n->old_messages;
@@ -576,7 +602,8 @@ static int status_count(const struct user_count *n, void *ctx)
 	s->states[n->state] += n->users;
 	s->paused += n->paused;
 	s->running += n->running;
-	ws = json_object_get(s->waves_stats, n->wave);
+	snprintf(id, sizeof(id), "%lld", (long long)n->wave_id);
+	ws = json_object_get(s->waves_stats, id);
 	if (ws != NULL) {
 		json_t *st = json_object_get(ws, "states");
 		const char *name = user_state_name(n->state);
@@ -593,7 +620,7 @@ static int status_count(const struct user_count *n, void *ctx)
 }
 
 struct wave_list {
-	json_t *arr, *by_name;
+	json_t *arr, *by_id;  /* keyed by the wave id */
 	const char *only;
 	struct store *st;
 };
@@ -623,12 +650,27 @@ static int wave_json(const struct wave_rec *w, void *ctx)
 			json_object_set_new(j, "cutover", json_null());
 	}
 	json_array_append_new(wl->arr, j);
-	json_object_set(wl->by_name, w->name, j);
+	{
+		char id[32];
+		snprintf(id, sizeof(id), "%lld", (long long)w->id);
+		json_object_set(wl->by_id, id, j);
+	}
 	return 0;
 }
 
 #define STATUS_PAGE 100
 #define STATUS_PAGE_MAX 1000
+
+/* a user of the page (the tally gives names in id order) */
+static int page_user(const char *name, void *ctx)
+{
+	struct status_ctx *s = ctx;
+	struct user_rec u;
+
+	if (s->st->user_get(s->st, name, &u) != 0)
+		return -1;
+	return status_user(&u, s);
+}
 
 static void h_status(struct call *c)
 {
@@ -636,7 +678,6 @@ static void h_status(struct call *c)
 	const char *wave = query_str(c, "wave"), *user = query_str(c, "user");
 	const char *state = query_str(c, "state"), *limit_s = query_str(c, "limit");
 	const char *offset_s = query_str(c, "offset");
-	struct user_filter f = { wave, state, user };
 	struct status_ctx s;
 	struct wave_list wl;
 	struct wave_rec w;
@@ -644,10 +685,14 @@ static void h_status(struct call *c)
 	enum user_state es;
 	char buf[16], *end;
 	json_t *states;
-	long long limit = STATUS_PAGE, offset = 0, total = 0;
-	int64_t total64 = 0;
+	long long limit = STATUS_PAGE, offset = 0;
+	int64_t total = 0;
 	int ret;
 
+	if (c->a->tally == NULL) {
+		reply_error(c, 500, "status is not available yet");
+		return;
+	}
 	if (state != NULL && user_state_parse(state, &es) < 0) {
 		reply_error(c, 400, "state: \"%.32s\" is no user state", state);
 		return;
@@ -675,24 +720,38 @@ static void h_status(struct call *c)
 			reply_store_error(c);
 		return;
 	}
+	/* the users changed since the last refresh, read once; on a store
+	   error the totals stay as last read (those users stay pending) */
+	if (tally_refresh(c->a->tally) < 0)
+		evlog("error", "store-error", "error", st->error(st), NULL);
 	memset(&s, 0, sizeof(s));
 	s.st = st;
 	s.users = json_array();
 	wl.arr = json_array();
-	wl.by_name = json_object();
+	wl.by_id = json_object();
 	wl.only = wave;
 	wl.st = st;
-	s.waves_stats = wl.by_name;
+	s.waves_stats = wl.by_id;
 	if (st->wave_each(st, wave_json, &wl) < 0 ||
-	    st->user_counts(st, wave, status_count, &s) < 0 ||
-	    st->user_page(st, &f, offset, (int)limit, &total64, status_user, &s) < 0) {
+	    tally_counts(c->a->tally, wave != NULL ? w.id : -1, status_count, &s) < 0)
+		total = -1;
+	else if (user != NULL) {
+		/* one user: the page is it, if it matches the filters */
+		total = (wave == NULL || strcmp(u.wave, wave) == 0) &&
+			(state == NULL || u.state == es);
+		if (total > 0 && offset == 0 && status_user(&u, &s) < 0)
+			total = -1;
+	} else
+		total = tally_page(c->a->tally, wave != NULL ? w.id : -1,
+				   state != NULL ? (int)es : -1, offset, (int)limit,
+				   page_user, &s);
+	if (total < 0) {
 		json_decref(s.users);
 		json_decref(wl.arr);
-		json_decref(wl.by_name);
+		json_decref(wl.by_id);
 		reply_store_error(c);
 		return;
 	}
-	total = total64;
 	states = json_object();
 	for (int i = 0; i < US_COUNT; i++)
 		json_object_set_new(states, user_state_name((enum user_state)i),
@@ -705,7 +764,7 @@ static void h_status(struct call *c)
 		"messages", (json_int_t)s.local_total, "waves", wl.arr, "users", s.users,
 		"users_total", (json_int_t)total, "offset", (json_int_t)offset,
 		"limit", (json_int_t)limit));
-	json_decref(wl.by_name);
+	json_decref(wl.by_id);
 }
 
 /* ---- log ---------------------------------------------------------------- */
@@ -865,6 +924,11 @@ static void h_sieve_api(struct call *c)
 void api_set_sieve(struct api *a, struct sieve_step *sieve)
 {
 	a->sieve = sieve;
+}
+
+void api_set_tally(struct api *a, struct tally *tally)
+{
+	a->tally = tally;
 }
 
 /* ---- reports (report.c) ---------------------------------------------------- */
@@ -1037,6 +1101,7 @@ static void handle(struct evhttp_request *req, void *arg)
 			}
 		}
 	}
+	c.a->st->busy = 0;
 	r->fn(&c);
 	json_decref(c.body);
 	evhttp_clear_headers(&c.query);

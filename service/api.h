@@ -31,6 +31,9 @@ void api_set_dns(struct api *a, struct dns *dns);
 /* serves POST /v1/sieve (sieve_step.h) */
 struct sieve_step;
 void api_set_sieve(struct api *a, struct sieve_step *sieve);
+/* the user totals and pages /v1/status answers from (tally.h) */
+struct tally;
+void api_set_tally(struct api *a, struct tally *tally);
 
 /* "1700000000", "2025-01-31", "2025-01-31T08:00[:SS]" or "... 08:00" (local
    time), or "90s" "10m" "2h" "3d" ago. -1 if invalid. */

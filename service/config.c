@@ -81,6 +81,7 @@ void config_free(struct ferry_config *cfg)
 	free(cfg->user);
 	free(cfg->new_sieve_host);
 	free(cfg->dns_resolver);
+	free(cfg->resolv_conf);
 	free(cfg->dns_domains);
 	free(cfg->dns_hosts);
 	free(cfg->dns_old_ips);
@@ -200,6 +201,8 @@ static char **str_key(struct ferry_config *cfg, const char *key)
 		return &cfg->user;
 	if (strcmp(key, "dns_resolver") == 0)
 		return &cfg->dns_resolver;
+	if (strcmp(key, "resolv_conf") == 0)
+		return &cfg->resolv_conf;
 	if (strcmp(key, "dns_domains") == 0)
 		return &cfg->dns_domains;
 	if (strcmp(key, "dns_hosts") == 0)

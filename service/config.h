@@ -51,6 +51,7 @@ struct ferry_config {
 	/* DNS readiness and blacklists (service/dns.c); lists are
 	   space-separated */
 	char *dns_resolver;       /* "IP[:PORT]" ("" = first nameserver of resolv.conf) */
+	char *resolv_conf;        /* what evdns reads for host names (NULL = /etc/resolv.conf) */
 	char *dns_domains;        /* mail domains: MX, SPF, DMARC, DKIM */
 	char *dns_hosts;          /* client-facing names (IMAP, POP3, submission) */
 	char *dns_old_ips;        /* the old server's addresses */

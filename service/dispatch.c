@@ -12,6 +12,7 @@
    ring buffer), filtered to this user's doveadm session. */
 #include "dispatch.h"
 
+#include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +45,15 @@ struct job {
 	int64_t copied;
 	char error[1024];
 	int permanent;
+	/* a doveadm answer kept while another process holds the database's
+	   write lock, applied again every HOLD_RETRY_MS */
+	struct event *hold;
+	struct doveadm_reply held;
+	int holding;
+	struct timespec hold_since;  /* 0: not waiting */
 };
+
+#define HOLD_RETRY_MS 100
 
 struct dispatch {
 	struct store *st;
@@ -56,7 +65,21 @@ struct dispatch {
 	int n;
 	dispatch_complete_cb *complete_cb;
 	void *complete_ctx;
+	dispatch_folders_cb *folders_cb;
+	void *folders_ctx;
 };
+
+void dispatch_set_folders_cb(struct dispatch *d, dispatch_folders_cb *cb, void *ctx)
+{
+	d->folders_cb = cb;
+	d->folders_ctx = ctx;
+}
+
+static void folders_written(struct dispatch *d, const char *user)
+{
+	if (d->folders_cb != NULL)
+		d->folders_cb(user, d->folders_ctx);
+}
 
 void dispatch_set_complete_cb(struct dispatch *d, dispatch_complete_cb *cb, void *ctx)
 {
@@ -112,6 +135,10 @@ static void job_free(struct job *j)
 	}
 	j->d->n--;
 	folders_free(j);
+	if (j->hold != NULL)
+		event_free(j->hold);
+	if (j->holding)
+		json_decref(j->held.rows);
 	free(j);
 }
 
@@ -184,6 +211,7 @@ static void record_status(struct job *j, json_t *rows, int *all_complete_r)
 			all = 0;
 		j->nfolders++;
 	}
+	folders_written(d, j->user);
 	*all_complete_r = all;
 }
 
@@ -225,6 +253,7 @@ static void record_pull(struct job *j, json_t *rows)
 		      "state", f.state, "copied", copied, "messages", messages,
 		      "bytes", bytes[0] != '-' ? bytes : NULL, NULL);
 	}
+	folders_written(d, j->user);
 }
 
 static void job_finish(struct job *j, int ok)
@@ -336,12 +365,11 @@ static void job_fail(struct job *j, const struct doveadm_reply *r)
 		job_finish(j, 0);
 }
 
-static void on_reply(const struct doveadm_reply *r, void *ctx)
+/* what one doveadm answer changes (the job may end and be freed) */
+static void handle_reply(struct job *j, const struct doveadm_reply *r)
 {
-	struct job *j = ctx;
 	int all_complete = 0;
 
-	j->req = NULL;
 	if (!r->ok) {
 		job_fail(j, r);
 		return;
@@ -401,6 +429,82 @@ static void on_reply(const struct doveadm_reply *r, void *ctx)
 	job_step(j);
 }
 
+static void deliver(struct job *j, const struct doveadm_reply *r);
+
+static void on_hold(evutil_socket_t fd, short what, void *ctx)
+{
+	struct job *j = ctx;
+	struct doveadm_reply r = j->held;
+
+	(void)fd;
+	(void)what;
+	j->holding = 0;
+	deliver(j, &r);  /* may hold it again, or free j */
+	json_decref(r.rows);
+}
+
+/* the write lock is held by another process: keep the answer, try again
+   soon; the job keeps its claim and its slot meanwhile */
+static void hold(struct job *j, const struct doveadm_reply *r)
+{
+	struct timeval tv = { 0, HOLD_RETRY_MS * 1000 };
+
+	if (j->hold == NULL &&
+	    (j->hold = evtimer_new(doveadm_client_base(j->d->dc), on_hold, j)) == NULL)
+		abort();
+	if (j->hold_since.tv_sec == 0) {
+		clock_gettime(CLOCK_MONOTONIC, &j->hold_since);
+		evlog("warning", "store-busy", "user", j->user, "held", "doveadm-answer",
+		      "error", j->d->st->error(j->d->st), NULL);
+	}
+	j->held = *r;
+	json_incref(r->rows);
+	j->holding = 1;
+	evtimer_add(j->hold, &tv);
+}
+
+/* One doveadm answer's writes in one transaction (all or nothing). If
+   another process holds the write lock, BEGIN IMMEDIATE says so within the
+   store's short busy timeout and the answer is held, not lost
+   (docs/ferryd.md, "A locked database"). */
+static void deliver(struct job *j, const struct doveadm_reply *r)
+{
+	struct store *st = j->d->st;
+
+	if (st->begin(st) < 0) {
+		if (st->busy) {
+			hold(j, r);
+			return;
+		}
+		/* inside a transaction already: its writes join it */
+		handle_reply(j, r);
+		return;
+	}
+	if (j->hold_since.tv_sec != 0) {
+		struct timespec now;
+		char ms[32];
+
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		snprintf(ms, sizeof(ms), "%lld", (long long)((now.tv_sec - j->hold_since.tv_sec) *
+			1000 + (now.tv_nsec - j->hold_since.tv_nsec) / 1000000));
+		evlog("info", "store-resumed", "user", j->user, "waited_ms", ms, NULL);
+		j->hold_since.tv_sec = 0;
+	}
+	handle_reply(j, r);
+	if (st->commit(st) < 0) {
+		evlog("error", "store-error", "error", st->error(st), NULL);
+		st->rollback(st);
+	}
+}
+
+static void on_reply(const struct doveadm_reply *r, void *ctx)
+{
+	struct job *j = ctx;
+
+	j->req = NULL;
+	deliver(j, r);
+}
+
 static void job_call(struct job *j, const char *command, const char *mailbox)
 {
 	json_t *params = json_pack("{s:s}", "user", j->login);
@@ -457,8 +561,8 @@ int dispatch_start(struct dispatch *d, const char *user)
 
 	/* the claim: no other job (cut-over, rollback, pull) holds the user */
 	if ((ret = userstate_claim(d->st, user, &cur)) != 0) {
-		if (ret == USERSTATE_BUSY)
-			return -1;
+		if (ret == USERSTATE_BUSY || d->st->busy)
+			return -1;  /* busy: the write lock is held elsewhere, picked again later */
 		evlog("error", "store-error", "user", user, "error", d->st->error(d->st), NULL);
 		return -1;
 	}

@@ -24,6 +24,10 @@ int dispatch_in_flight(const struct dispatch *d);
    is done. */
 typedef int dispatch_complete_cb(const struct user_rec *u, void *ctx);
 void dispatch_set_complete_cb(struct dispatch *d, dispatch_complete_cb *cb, void *ctx);
+/* Called after the user's folder rows were written (the user's name), so
+   the totals kept in memory (tally.h) follow them; NULL: none. */
+typedef void dispatch_folders_cb(const char *user, void *ctx);
+void dispatch_set_folders_cb(struct dispatch *d, dispatch_folders_cb *cb, void *ctx);
 /* drops every job in flight (drain timeout): users stay resumable */
 void dispatch_cancel_all(struct dispatch *d);
 

@@ -3,6 +3,7 @@
 #include "doveadm.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <openssl/evp.h>
@@ -30,6 +31,11 @@ struct doveadm_req {
 	void *ctx;
 	char tag[32];
 };
+
+struct event_base *doveadm_client_base(const struct doveadm_client *c)
+{
+	return c->base;
+}
 
 struct doveadm_client *doveadm_client_new(struct event_base *base, struct evdns_base *dns)
 {
@@ -203,6 +209,11 @@ struct doveadm_req *doveadm_call(struct doveadm_client *c, const char *command,
 		return NULL;
 	}
 	evhttp_connection_set_timeout(dr->evcon, c->timeout);
+	/* the loop's lowest priority (ferryd.c sets three): with a thousand
+	   replies ready at once, the admin API, the scheduler's timers and the
+	   totals' refresh run first (docs/ferryd.md, "Event loop") */
+	bufferevent_priority_set(evhttp_connection_get_bufferevent(dr->evcon),
+				 event_base_get_npriorities(c->base) - 1);
 	dr->req = evhttp_request_new(req_done, dr);
 	h = evhttp_request_get_output_headers(dr->req);
 	snprintf(hostport, sizeof(hostport), "%s:%d", c->host, c->port);

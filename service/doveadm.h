@@ -26,6 +26,8 @@ struct evdns_base;
 /* dns: the resolver of every host name (never a blocking getaddrinfo in
    the event loop); NULL only for a caller with no event loop to protect */
 struct doveadm_client *doveadm_client_new(struct event_base *base, struct evdns_base *dns);
+/* the event loop it runs in */
+struct event_base *doveadm_client_base(const struct doveadm_client *c);
 /* (re)configures the target; the key is kept only as the header value */
 void doveadm_client_configure(struct doveadm_client *c, const char *host, int port,
 			      const char *api_key, int timeout_secs);

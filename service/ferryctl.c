@@ -258,6 +258,9 @@ static char *request(const char *method, const char *path, json_t *body, int *st
 	return r.body;
 }
 
+#define BUSY_RETRY_MS 200
+#define BUSY_WAIT_S 60
+
 /* returns the JSON answer of a 2xx; dies with the server's message otherwise */
 static json_t *call(const char *method, const char *path, json_t *body)
 {
@@ -265,8 +268,24 @@ static json_t *call(const char *method, const char *path, json_t *body)
 	json_t *j;
 	json_error_t jerr;
 
-	r.body = request(method, path, body, &r.status, r.reason, sizeof(r.reason));
-	j = json_loads(r.body, 0, &jerr);
+	/* 503 with "busy": another process held ferryd's state database (a
+	   backup, a sqlite3 shell): the request was not carried out; sent
+	   again every BUSY_RETRY_MS for up to BUSY_WAIT_S seconds */
+	for (int tries = 0;; tries++) {
+		json_incref(body);
+		r.body = request(method, path, body, &r.status, r.reason, sizeof(r.reason));
+		j = json_loads(r.body, 0, &jerr);
+		if (r.status != 503 || !json_is_true(json_object_get(j, "busy")) ||
+		    tries >= BUSY_WAIT_S * 1000 / BUSY_RETRY_MS)
+			break;
+		if (tries == 0)
+			fprintf(stderr, "ferryctl: ferryd's state database is locked by another "
+				"process; retrying\n");
+		json_decref(j);
+		free(r.body);
+		usleep(BUSY_RETRY_MS * 1000);
+	}
+	json_decref(body);
 	if (r.status < 200 || r.status > 299) {
 		const char *msg = json_string_value(json_object_get(j, "error"));
 		if (msg != NULL)

@@ -39,8 +39,12 @@
 #include "scheduler.h"
 #include "secret.h"
 #include "runq.h"
+#include "tally.h"
 #include "store.h"
 #include "userstate.h"
+
+#define PICK_BATCH 32        /* pulls started per scheduler call */
+#define LOOP_SLICE_US 10000  /* callbacks run before the loop looks again */
 
 struct daemon {
 	const char *conf_path;
@@ -57,19 +61,40 @@ struct daemon {
 	struct sieve_step *sieve;
 	struct sched_running run;
 	struct runq *rq;  /* the users due, in memory */
+	struct tally *tally;  /* the totals of status and metrics, in memory */
 	struct event *tick, *kick, *due_timer, *drain_timer;
 	int draining;
 };
+
+/* userstate's observer: the queue and the totals read the user again */
+static void on_user_changed(const char *user, void *arg)
+{
+	struct daemon *d = arg;
+
+	runq_touch(d->rq, user);
+	if (d->tally != NULL)
+		tally_touch(d->tally, user);
+}
+
+static void on_folders_written(const char *user, void *arg)
+{
+	tally_touch_folders(((struct daemon *)arg)->tally, user);
+}
 
 static int start_pull(const char *user, void *arg)
 {
 	return dispatch_start(((struct daemon *)arg)->disp, user);
 }
 
-/* the due users from the in-memory queue (runq.h): no store scan */
+static void kick(void *arg);
+
+/* the due users from the in-memory queue (runq.h): no store scan. At most
+   PICK_BATCH starts per call: the rest after the loop has looked at what
+   is ready (an API request waits for one batch, not for a thousand). */
 static void schedule(struct daemon *d)
 {
 	struct sched_limits lim = { d->cfg.max_concurrent, d->cfg.max_per_host };
+	int started;
 	char buf[16];
 	time_t now = time(NULL), due;
 	struct tm tm;
@@ -83,8 +108,13 @@ static void schedule(struct daemon *d)
 	if (d->st->setting_get(d->st, "paused", buf, sizeof(buf)) == 0 && buf[0] == '1')
 		return;
 	localtime_r(&now, &tm);
-	if (runq_pick(d->rq, &lim, &d->run, now, tm.tm_hour * 60 + tm.tm_min, start_pull, d) < 0)
+	if (lim.max_concurrent > d->run.total + PICK_BATCH)
+		lim.max_concurrent = d->run.total + PICK_BATCH;
+	started = runq_pick(d->rq, &lim, &d->run, now, tm.tm_hour * 60 + tm.tm_min, start_pull, d);
+	if (started < 0)
 		evlog("error", "store-error", "error", d->st->error(d->st), NULL);
+	else if (started >= PICK_BATCH && d->run.total < d->cfg.max_concurrent)
+		kick(d);
 	/* the next retry wakes the scheduler even between ticks */
 	if ((due = runq_next_due(d->rq)) > 0) {
 		struct timeval tv = { due > now ? due - now : 0, 0 };
@@ -137,9 +167,12 @@ static void slot_release(const char *host, void *arg)
 static void kick(void *arg)
 {
 	struct daemon *d = arg;
+	struct timeval now = { 0, 0 };
 
+	/* a zero timeout, not event_active: it runs after the loop has looked
+	   for new events (an API request is not queued behind it) */
 	if (d->kick != NULL)  /* NULL: a start that failed, nothing runs */
-		event_active(d->kick, EV_TIMEOUT, 0);
+		evtimer_add(d->kick, &now);
 }
 
 static int in_flight(struct daemon *d)
@@ -576,7 +609,6 @@ int main(int argc, char **argv)
 		      d.st->backend, "error", d.st->error(d.st), NULL);
 		goto out;
 	}
-	metrics_set_sources(d.st, &d.run, &d.draining);
 	if (d.st->user_each(d.st, NULL, recover_one, d.st) < 0) {
 		fprintf(stderr, "ferryd: recovery: %s\n", d.st->error(d.st));
 		goto out;
@@ -587,12 +619,44 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ferryd: loading the queue: %s\n", d.st->error(d.st));
 		goto out;
 	}
-	userstate_set_observer(runq_touch_cb, d.rq);
-	d.base = event_base_new();
-	/* resolv.conf and hosts read now, before dropping root */
-	d.dnsbase = evdns_base_new(d.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+	/* 0 unused, 1 (the default) the API, timers and signals, 2 the doveadm
+	   replies (doveadm.c); after LOOP_SLICE_US of callbacks the loop looks
+	   for new events again, so a saturated loop serves the API within a
+	   slice (docs/ferryd.md, "Event loop") */
+	{
+		struct event_config *ec = event_config_new();
+		struct timeval slice = { 0, LOOP_SLICE_US };
+
+		if (ec != NULL && event_config_set_max_dispatch_interval(ec, &slice, -1, 1) == 0)
+			d.base = event_base_new_with_config(ec);
+		event_config_free(ec);
+	}
+	if (d.base == NULL || event_base_priority_init(d.base, 3) < 0) {
+		fprintf(stderr, "ferryd: cannot set up the event loop\n");
+		goto out;
+	}
+	d.tally = tally_new(d.st, d.base);
+	if (tally_load(d.tally) < 0) {
+		fprintf(stderr, "ferryd: loading the totals: %s\n", d.st->error(d.st));
+		goto out;
+	}
+	userstate_set_observer(on_user_changed, &d);
+	metrics_set_sources(d.st, d.tally, &d.run, &d.draining);
+	/* every name ferryd resolves (the doveadm host) goes through evdns:
+	   nameservers, options and /etc/hosts read now, before dropping root;
+	   /etc/resolv.conf missing or without nameservers: 127.0.0.1, as the
+	   C library does. A resolv_conf that was set must be readable. */
+	d.dnsbase = evdns_base_new(d.base, 0);
+	if (d.dnsbase != NULL &&
+	    evdns_base_resolv_conf_parse(d.dnsbase, DNS_OPTIONS_ALL, d.cfg.resolv_conf != NULL ?
+					 d.cfg.resolv_conf : "/etc/resolv.conf") == 1 &&
+	    d.cfg.resolv_conf != NULL) {
+		evdns_base_free(d.dnsbase, 0);
+		d.dnsbase = NULL;
+	}
 	if (d.dnsbase == NULL) {
-		fprintf(stderr, "ferryd: cannot set up the DNS resolver (/etc/resolv.conf)\n");
+		fprintf(stderr, "ferryd: cannot set up the DNS resolver (%s)\n",
+			d.cfg.resolv_conf != NULL ? d.cfg.resolv_conf : "/etc/resolv.conf");
 		evlog("error", "start-failed", "error", "cannot set up the DNS resolver", NULL);
 		goto out;
 	}
@@ -636,6 +700,8 @@ int main(int argc, char **argv)
 	api_set_dns(d.api, d.dns);
 	d.sieve = sieve_step_new(d.st, d.dc, d.checks, &d.cfg, kick, &d);
 	api_set_sieve(d.api, d.sieve);
+	api_set_tally(d.api, d.tally);
+	dispatch_set_folders_cb(d.disp, on_folders_written, &d);
 	if (d.st->check_abort_all(d.st, "ferryd stopped before the run ended") < 0)
 		evlog("error", "store-error", "error", d.st->error(d.st), NULL);
 	d.cut = cutover_new(d.base, d.st, d.dc, &d.cfg, kick, slot_take, slot_release, &d);
@@ -698,6 +764,8 @@ out:
 	sched_running_free(&d.run);
 	userstate_set_observer(NULL, NULL);
 	runq_free(d.rq);
+	metrics_set_sources(NULL, NULL, NULL, NULL);
+	tally_free(d.tally);
 	if (d.base != NULL)
 		event_base_free(d.base);
 	if (d.st != NULL) {

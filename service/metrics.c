@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "evlog.h"
+#include "tally.h"
 
 static const double duration_buckets[] = {
 	0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600
@@ -49,6 +50,7 @@ struct running {
 
 static struct {
 	struct store *st;
+	struct tally *tally;
 	const struct sched_running *run;
 	const int *draining;
 	time_t start_time;
@@ -256,10 +258,11 @@ void metrics_init(void)
 	evlog_set_observer(on_event);
 }
 
-void metrics_set_sources(struct store *st, const struct sched_running *run,
-			 const int *draining)
+void metrics_set_sources(struct store *st, struct tally *tally,
+			 const struct sched_running *run, const int *draining)
 {
 	m.st = st;
+	m.tally = tally;
 	m.run = run;
 	m.draining = draining;
 }
@@ -319,8 +322,10 @@ static void gauge(struct evbuffer *out, const char *name, const char *help, doub
 	evbuffer_add_printf(out, "%s %.17g\n", name, v);
 }
 
-/* users per wave and state, from the store */
+/* users per wave and state, from the totals kept in memory (tally.h): a
+   scrape costs the number of waves, not of users */
 struct wave_count {
+	int64_t id;
 	char name[128];
 	long long states[US_COUNT];
 };
@@ -330,58 +335,51 @@ struct scan {
 	size_t n, cap;
 	long long paused, running, queued;
 	long long old_messages, new_messages, copied;
-	struct store *st;
-	int failed;
 };
 
-static struct wave_count *scan_wave(struct scan *s, const char *name)
+static struct wave_count *scan_wave(struct scan *s, int64_t id, const char *name)
 {
 	for (size_t i = 0; i < s->n; i++)
-		if (strcmp(s->waves[i].name, name) == 0)
+		if (s->waves[i].id == id)
 			return &s->waves[i];
 	if (s->n == s->cap) {
 		s->cap = s->cap ? s->cap * 2 : 16;
-		s->waves = realloc(s->waves, s->cap * sizeof(*s->waves));
+		if ((s->waves = realloc(s->waves, s->cap * sizeof(*s->waves))) == NULL)
+			abort();
 	}
 	memset(&s->waves[s->n], 0, sizeof(s->waves[s->n]));
+	s->waves[s->n].id = id;
 	snprintf(s->waves[s->n].name, sizeof(s->waves[s->n].name), "%s", name);
 	return &s->waves[s->n++];
 }
 
 static int scan_wave_cb(const struct wave_rec *w, void *ctx)
 {
-	scan_wave(ctx, w->name);
+	scan_wave(ctx, w->id, w->name);
 	return 0;
 }
 
-static int scan_folder_cb(const struct folder_rec *f, void *ctx)
+static int scan_count_cb(const struct tally_count *c, void *ctx)
 {
 	struct scan *s = ctx;
 
-	s->old_messages += f->old_messages > 0 ? f->old_messages : 0;
-	s->new_messages += f->messages > 0 ? f->messages : 0;
-	s->copied += f->copied > 0 ? f->copied : 0;
+	scan_wave(s, c->wave_id, "")->states[c->state] += c->users;
+	s->paused += c->paused;
+	s->running += c->running;
+	s->queued += c->queued;
+	s->old_messages += c->old_messages;
+	s->new_messages += c->messages;
+	s->copied += c->copied;
 	return 0;
-}
-
-static int scan_user_cb(const struct user_rec *u, void *ctx)
-{
-	struct scan *s = ctx;
-
-	scan_wave(s, u->wave)->states[u->state]++;
-	s->paused += u->paused != 0;
-	s->running += u->running != 0;
-	if ((u->state == US_PRESYNC || u->state == US_CUTOVER) && !u->running && !u->paused)
-		s->queued++;
-	return s->st->folder_each(s->st, u->name, scan_folder_cb, s);
 }
 
 static void store_gauges(struct evbuffer *out)
 {
-	struct scan s = { .st = m.st };
+	struct scan s;
 
-	if (m.st == NULL || m.st->wave_each(m.st, scan_wave_cb, &s) < 0 ||
-	    m.st->user_each(m.st, NULL, scan_user_cb, &s) < 0) {
+	memset(&s, 0, sizeof(s));
+	if (m.st == NULL || m.tally == NULL || m.st->wave_each(m.st, scan_wave_cb, &s) < 0 ||
+	    tally_refresh(m.tally) < 0 || tally_counts(m.tally, -1, scan_count_cb, &s) < 0) {
 		gauge(out, "ferry_store_up", "1 if the state database answered this scrape", 0);
 		free(s.waves);
 		return;

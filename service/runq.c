@@ -344,6 +344,7 @@ struct pick {
 	struct rq_entry **aside;  /* popped, not started: pushed back after */
 	size_t naside, acap;
 	int started;
+	int busy;  /* the store's write lock is held elsewhere: stop picking */
 };
 
 static void set_aside(struct pick *p, struct rq_entry *e)
@@ -361,7 +362,7 @@ static void drain(struct pick *p, struct heap *h)
 {
 	struct rq_entry *e;
 
-	while (p->run->total < p->lim->max_concurrent && (e = heap_pop(h)) != NULL) {
+	while (!p->busy && p->run->total < p->lim->max_concurrent && (e = heap_pop(h)) != NULL) {
 		struct sched_cand c = { &e->u, e->u.wave_id != 0 ? wave_find(p->q, e->u.wave_id) : NULL };
 		if (!sched_eligible(&c, 0, p->now, p->now_minutes, NULL) ||
 		    sched_running_count(p->run, e->u.host) >= p->lim->max_per_host) {
@@ -369,9 +370,13 @@ static void drain(struct pick *p, struct heap *h)
 			continue;
 		}
 		sched_running_add(p->run, e->u.host);
+		p->q->st->busy = 0;
 		if (p->start(e->u.name, p->ctx) < 0) {
 			sched_running_remove(p->run, e->u.host);
 			runq_touch(p->q, e->u.name);  /* read again: what kept it */
+			/* each further claim would wait for the lock too: the next
+			   pick tries again (docs/ferryd.md, "A locked database") */
+			p->busy = p->q->st->busy;
 			continue;
 		}
 		e->u.running = 1;  /* the claim's transition confirms it */
@@ -393,7 +398,7 @@ static int wave_open(const struct runq *q, int64_t wave_id, time_t now, int now_
 int runq_pick(struct runq *q, const struct sched_limits *lim, struct sched_running *run,
 	      time_t now, int now_minutes, runq_start_fn *start, void *ctx)
 {
-	struct pick p = { q, lim, run, now, now_minutes, start, ctx, NULL, 0, 0, 0 };
+	struct pick p = { q, lim, run, now, now_minutes, start, ctx, NULL, 0, 0, 0, 0 };
 	struct rq_entry *e;
 	int ret = 0;
 

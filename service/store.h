@@ -152,6 +152,12 @@ struct store {
 	const char *backend;
 	void *priv;
 	void (*free_priv)(struct store *st); /* NULL: free(priv) is enough */
+	/* set by the backend at each failure: 1 when another process holds
+	   the database's write lock (SQLite: still SQLITE_BUSY after a short
+	   busy timeout, so the event loop is never held for long): the call
+	   may succeed later and the caller retries it or answers "busy"
+	   (docs/ferryd.md, "A locked database"); 0 for any other failure */
+	int busy;
 
 	int (*open)(struct store *st, const char *path);
 	void (*close)(struct store *st);
@@ -199,6 +205,7 @@ struct store {
 			 int (*cb)(const struct user_rec *u, void *ctx), void *ctx);
 
 	int (*folder_put)(struct store *st, const struct folder_rec *f);
+	/* user NULL: every user's folders (in user id order) */
 	int (*folder_each)(struct store *st, const char *user,
 			   int (*cb)(const struct folder_rec *f, void *ctx), void *ctx);
 

@@ -906,11 +906,15 @@ static int pg_folder_put(struct store *st, const struct folder_rec *f)
 static int pg_folder_each(struct store *st, const char *user,
 			  int (*cb)(const struct folder_rec *, void *), void *ctx)
 {
-	/* COLLATE "C": the byte order SQLite gives */
-	PGresult *res = q(st, "folder_each", "SELECT u.name, f.name, f.state, f.old_messages,"
-			  " f.messages, f.copied, f.renumbered, f.bytes, f.updated_at"
-			  " FROM folders f JOIN users u ON u.id = f.user_id"
-			  " WHERE u.name = $1 ORDER BY f.name COLLATE \"C\"", "s", user);
+	/* COLLATE "C": the byte order SQLite gives; user NULL: every user's
+	   folders, in user id order (store.h) */
+#define PG_FOLDER_SELECT "SELECT u.name, f.name, f.state, f.old_messages, f.messages," \
+	" f.copied, f.renumbered, f.bytes, f.updated_at FROM folders f" \
+	" JOIN users u ON u.id = f.user_id"
+	PGresult *res = user != NULL ?
+		q(st, "folder_each", PG_FOLDER_SELECT " WHERE u.name = $1"
+		  " ORDER BY f.name COLLATE \"C\"", "s", user) :
+		q(st, "folder_each", PG_FOLDER_SELECT " ORDER BY f.user_id, f.name COLLATE \"C\"", "");
 	struct folder_rec f;
 	int ret = 0;
 

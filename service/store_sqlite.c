@@ -10,6 +10,8 @@
 #include <string.h>
 #include <time.h>
 
+#define STORE_BUSY_MS 5  /* longest wait for the write lock in the event loop */
+
 struct sq {
 	sqlite3 *db;
 	char err[512];
@@ -92,10 +94,19 @@ static struct sq *SQ(struct store *st)
 	return st->priv;
 }
 
+/* the write lock held by another process (a busy timeout ran out) */
+static int is_busy(sqlite3 *db)
+{
+	int rc = db != NULL ? sqlite3_errcode(db) : SQLITE_OK;
+
+	return rc == SQLITE_BUSY || rc == SQLITE_LOCKED;
+}
+
 static int sq_fail(struct store *st, const char *what)
 {
 	struct sq *s = SQ(st);
 
+	st->busy = is_busy(s->db);
 	snprintf(s->err, sizeof(s->err), "%s: %s", what,
 		 s->db != NULL ? sqlite3_errmsg(s->db) : "no database");
 	return -1;
@@ -111,6 +122,7 @@ static int exec(struct store *st, const char *sql)
 	char *msg = NULL;
 
 	if (sqlite3_exec(SQ(st)->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		st->busy = is_busy(SQ(st)->db);
 		snprintf(SQ(st)->err, sizeof(SQ(st)->err), "%s", msg ? msg : "sqlite error");
 		sqlite3_free(msg);
 		return -1;
@@ -265,12 +277,17 @@ static int sq_open(struct store *st, const char *path)
 	if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
 			    NULL) != SQLITE_OK)
 		return sq_fail(st, path);
+	/* opening and migrating may wait (ferryd is not serving yet) */
 	sqlite3_busy_timeout(s->db, 5000);
 	if (exec(st, "PRAGMA journal_mode = WAL") < 0 ||
 	    exec(st, "PRAGMA synchronous = NORMAL") < 0 ||
-	    exec(st, "PRAGMA foreign_keys = ON") < 0)
+	    exec(st, "PRAGMA foreign_keys = ON") < 0 || migrate(st) < 0)
 		return -1;
-	return migrate(st);
+	/* then never long: a write the lock refuses fails with st->busy and is
+	   retried by its caller, the event loop goes on (reads are not
+	   blocked by a writer in WAL mode) */
+	sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
+	return 0;
 }
 
 static void sq_close(struct store *st)
@@ -618,10 +635,13 @@ static int sq_folder_put(struct store *st, const struct folder_rec *f)
 static int sq_folder_each(struct store *st, const char *user,
 			  int (*cb)(const struct folder_rec *, void *), void *ctx)
 {
-	sqlite3_stmt *stmt = prepf(st, "SELECT u.name, f.name, f.state, f.old_messages,"
-				   " f.messages, f.copied, f.renumbered, f.bytes, f.updated_at"
-				   " FROM folders f JOIN users u ON u.id = f.user_id"
-				   " WHERE u.name = ? ORDER BY f.name", "s", user);
+#define FOLDER_SELECT "SELECT u.name, f.name, f.state, f.old_messages, f.messages," \
+	" f.copied, f.renumbered, f.bytes, f.updated_at FROM folders f" \
+	" JOIN users u ON u.id = f.user_id"
+	/* two statements: an OR of both would not use the name's index */
+	sqlite3_stmt *stmt = user != NULL ?
+		prepf(st, FOLDER_SELECT " WHERE u.name = ? ORDER BY f.name", "s", user) :
+		prep(st, FOLDER_SELECT " ORDER BY f.user_id, f.name");
 	struct folder_rec f;
 	int rc, ret = 0;
 

@@ -1,0 +1,170 @@
+"""No blocking call in ferryd's event loop (issue 16), measured against the
+sandbox's real Dovecot pair:
+
+- a slow DNS answer: the doveadm host is a name that a DNS responder on
+  127.0.0.1 answers only after 5 s (ferrytest/slowdns.py: a scripted UDP
+  responder, since a real server cannot be told to answer late); while
+  ferryd's evdns lookup waits, the API (status, metrics) answers within
+  100 ms (90% of the answers, every one within 1 s: the machine is
+  shared, see check_latency); then the pull runs through that name;
+- the state database held locked for 5 s by another process (`BEGIN
+  EXCLUSIVE`): the API answers within 100 ms meanwhile (reads, and a write
+  answered 503 "busy" at once), the doveadm answers that arrive during the
+  lock are held and applied afterwards (event log store-busy /
+  store-resumed), a `ferryctl pause` sent during the lock is carried out
+  when it ends, and nothing is lost: every user done, NEW equal to OLD."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ferrytest import corpus
+from ferrytest.ferryd import Ferryd
+from ferrytest.sandbox import BUILD_DIR, wait_until
+from ferrytest.slowdns import SlowDns
+from ferrytest.snapshot import compare, snapshot
+
+DNS_USER = "dnsu"
+LOCK_USERS = ["lk%02d" % i for i in range(1, 9)]
+IDLE = "idle"  # imported, never started: paused during the lock
+SANDBOX_KWARGS = {"users": [DNS_USER, IDLE] + LOCK_USERS, "doveadm_http": True}
+LIMIT_MS = 100
+HOLD_S = 5
+# The machine is shared (up to 8 test runs on 2 cores): one request can be
+# delayed by the kernel's scheduling whatever ferryd does. A loop that
+# waited for the lock or the DNS answer would hold every request of the
+# window for seconds, so: 90% of the answers within LIMIT_MS, every one
+# within 1 s.
+SHARE_WITHIN = 0.9
+MAX_MS = 1000
+
+
+def check_latency(lat, what):
+    ms = sorted(m for _, _, m in lat)
+    within = sum(1 for m in ms if m < LIMIT_MS) / len(ms)
+    summary = "%s: %d answers, median %.1f ms, 90%% %.1f ms, max %.1f ms" % (
+        what, len(ms), ms[len(ms) // 2], ms[int(len(ms) * 0.9)], ms[-1])
+    print(summary)
+    assert within >= SHARE_WITHIN and ms[-1] < MAX_MS, summary
+
+
+def timed(fd, method, path, body=None):
+    t = time.monotonic()
+    code, _ = fd.api(method, path, body)
+    return code, (time.monotonic() - t) * 1000
+
+
+def probe(fd, until, writes=False):
+    """GET /v1/status and /metrics (and, with writes, a POST) every 50 ms
+    until until() is true; -> [(path, HTTP status, ms)]"""
+    out = []
+    while not until():
+        for method, path in (("GET", "/v1/status?limit=10"), ("GET", "/metrics")):
+            code, ms = timed(fd, method, path)
+            out.append((path, code, ms))
+        if writes:
+            code, ms = timed(fd, "POST", "/v1/pause", {"user": IDLE})
+            out.append(("POST /v1/pause", code, ms))
+        time.sleep(0.05)
+    return out
+
+
+def test_slow_dns_answer_does_not_block_the_api(sandbox):
+    corpus.seed_old(sandbox, DNS_USER, corpus.folder_spec("Bulk", n=20, seed=16, gaps=2))
+    dns = SlowDns("doveadm.ferry.test", "127.0.0.1", delay=HOLD_S, slow=2).start()
+    resolv = os.path.join(sandbox.root, "resolv-slow.conf")
+    with open(resolv, "w") as f:
+        # one attempt that outlasts the late answer: the lookup waits for it
+        f.write("nameserver 127.0.0.1:%d\noptions timeout:15 attempts:1\n" % dns.port)
+    fd = Ferryd(sandbox, name="ferryd-dns", resolv_conf=resolv,
+                doveadm="doveadm.ferry.test:%d" % sandbox.doveadm_http_port)
+    try:
+        fd.start()
+        fd.import_users([DNS_USER], "wd")
+        fd.ctl("start", "--wave", "wd")
+        wait_until(lambda: len(dns.queries) > 0, 20, "ferryd to ask for the doveadm host")
+        asked = dns.queries[0][0]
+        lat = probe(fd, lambda: len(dns.answers) > 0 or time.time() > asked + HOLD_S + 5)
+        answered = dns.answers[0][0] if dns.answers else None
+        assert answered is not None and answered - asked >= HOLD_S - 0.5, \
+            "the first answer came %s s after the question" % (
+                None if answered is None else round(answered - asked, 2))
+        assert len(lat) >= 20, lat
+        assert all(code == 200 for _, code, _ in lat), lat
+        check_latency(lat, "while the DNS answer waited")
+        wait_until(lambda: fd.settled([DNS_USER]), 120, "the pull through the slow name")
+        assert fd.users()[DNS_USER]["state"] in ("done", "verified"), fd.users()[DNS_USER]
+        assert any(e.get("event") == "folder-pulled" and e.get("user") == DNS_USER
+                   for e in fd.events())
+    finally:
+        fd.stop()
+        dns.stop()
+
+
+LOCKER = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+con.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+con.execute("COMMIT")
+print("unlocked", flush=True)
+"""
+
+
+def test_locked_database_does_not_block_the_api(sandbox):
+    for i, u in enumerate(LOCK_USERS):
+        corpus.seed_old(sandbox, u, corpus.folder_spec("Bulk", n=150, seed=100 + i, gaps=5))
+    fd = Ferryd(sandbox, name="ferryd-lock", max_concurrent=2, max_per_host=2)
+    try:
+        fd.start()
+        fd.import_users(LOCK_USERS, "wl")
+        fd.import_users([IDLE], "wi")
+        fd.ctl("start", "--wave", "wl")
+        wait_until(lambda: any(u["running"] for u in fd.status()["users"]), 30,
+                   "the first pulls")
+        locker = subprocess.Popen([sys.executable, "-c", LOCKER, fd.db_path, str(HOLD_S)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert locker.stdout.readline().strip() == "locked"
+            locked_at = time.monotonic()
+            # an admin's change sent during the lock: ferryctl is told
+            # "busy" and sends it again until the lock is gone
+            pause = subprocess.Popen([os.path.join(BUILD_DIR, "ferryctl"), "-c", fd.conf_path,
+                                      "pause", IDLE], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+            lat = probe(fd, lambda: time.monotonic() > locked_at + HOLD_S - 0.5, writes=True)
+            during = locker.poll() is None  # every probe ran while the lock was held
+            assert locker.stdout.readline().strip() == "unlocked"
+        finally:
+            locker.wait(timeout=30)
+        out, err = pause.communicate(timeout=60)
+        assert pause.returncode == 0, err
+        assert "locked by another process" in err
+        assert len(lat) >= 30, lat
+        reads = [(p, c, ms) for p, c, ms in lat if not p.startswith("POST")]
+        writes = [(p, c, ms) for p, c, ms in lat if p.startswith("POST")]
+        assert all(c == 200 for _, c, _ in reads), reads
+        # the write refused at once (nothing waits for the lock in the loop)
+        assert writes and all(c == 503 for _, c, _ in writes), writes
+        check_latency(lat, "during the lock")
+        assert during, "the lock ended before the probes did"
+        # nothing lost: the answers that came during the lock were applied
+        wait_until(lambda: fd.settled(LOCK_USERS), 180, "every locked-out pull to end")
+        users = fd.users()
+        assert users[IDLE]["paused"], users[IDLE]
+        assert all(users[u]["state"] in ("done", "verified") for u in LOCK_USERS), \
+            {u: users[u]["state"] for u in LOCK_USERS}
+        ev = fd.events()
+        held = [e for e in ev if e.get("event") == "store-busy" and e.get("held")]
+        resumed = [e for e in ev if e.get("event") == "store-resumed"]
+        assert held, "no doveadm answer arrived during the lock (nothing was measured)"
+        assert {e["user"] for e in resumed} == {e["user"] for e in held}
+        for u in LOCK_USERS:
+            assert compare(snapshot(sandbox, "old", u), snapshot(sandbox, "new", u)) == []
+        assert not fd.db_running()
+    finally:
+        fd.stop()
+
