@@ -11,12 +11,13 @@ import pytest
 from ferrytest import corpus
 from ferrytest.ferryd import TOKEN, Ferryd
 from ferrytest.imapwire import check, quote
-from ferrytest.sandbox import _free_ports, wait_until
+from ferrytest.logs import peak_sessions
+from ferrytest.sandbox import MASTER_USER, _free_ports, wait_until
 from ferrytest.snapshot import _list, compare, duplicates, snapshot
 
 # the whole module on each store backend (conftest.py)
 FERRY_STORES = ("sqlite", "pgsql")
-SANDBOX_KWARGS = {"users": ("sweep", "modseq", "idler", "loginner", "downer"),
+SANDBOX_KWARGS = {"users": ("sweep", "modseq", "idler", "loginner", "downer", "worker"),
                   # several batches per folder: the background goes batch by batch
                   "batch_size": 20,
                   "doveadm_http": True}
@@ -38,7 +39,9 @@ def sandbox_prepare(sb):
         "modseq": "userdb_ferry_background_idle_msecs=0",
         "idler": _notify(down),
         # ferryd alone completes this one (the session's background is off)
-        "loginner": _notify(fd.port) + " userdb_ferry_background_idle_msecs=0"}
+        "loginner": _notify(fd.port) + " userdb_ferry_background_idle_msecs=0",
+        # two background workers whatever the machine's CPUs
+        "worker": "userdb_ferry_parallel=2"}
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +217,46 @@ def test_old_server_down_backs_off(sandbox, new_log):
         sandbox.start_old()
     assert _sweep(conn) == first
     conn.logout()
+
+
+def test_background_workers_keep_to_ferry_parallel_and_yield(sandbox, new_log, old_log):
+    """The idle session's background workers (ferry_parallel=2 here) never
+    have more sessions open on OLD than ferry_parallel (the session closes
+    its own while they run); a SELECT of a folder a worker is copying
+    stops the workers after their batch and completes the folder itself;
+    once idle again the workers finish the user: every message once, with
+    its UID."""
+    spec = corpus._spec(24, [("INBOX", 10, "inbox", True)] + [
+        (name, 300, "plain", True) for name in ("P", "Q", "R", "S")], {}, [])
+    corpus.seed_old(sandbox, "worker", spec)
+    old = snapshot(sandbox, "old", "worker")
+    begin = new_log.mark()
+    conn = sandbox.imap("new", "worker")
+    _list(conn, "LIST")  # the folder tree; then the client is idle
+    # a folder with mail files but not complete yet; looked at on disk
+    # (doveadm ferry status would open a session on OLD of its own)
+    maildir = os.path.join(sandbox.home("new", "worker"), "Maildir")
+
+    def in_flight():
+        for name in ("P", "Q", "R", "S"):
+            cur = os.path.join(maildir, "." + name, "cur")
+            if (os.path.isdir(cur) and os.listdir(cur) and
+                    "folder=%s event=complete" % name not in new_log.text(begin)):
+                return name
+        return None
+    partial = wait_until(in_flight, 60, "a background worker in the middle of a folder")
+    mark = new_log.mark()
+    typ, data = conn.select(partial)
+    assert typ == "OK", data
+    assert int(data[0]) == len(old.folders[partial].messages)
+    # the SELECT found the folder's lock free within a batch: no NO [INUSE]
+    assert "event=failed" not in new_log.text(mark)
+    wait_until(lambda: "event=user-done" in new_log.text(begin), 120, "user done")
+    assert re.search(r"worker.*event=background folders=5", new_log.text(begin))
+    conn.logout()
+    new = snapshot(sandbox, "new", "worker")
+    assert compare(old, new) == []
+    assert duplicates(new, old) == {}
+    old_log.barrier()
+    peak, detail = peak_sessions(old_log.text(), MASTER_USER)
+    assert 1 <= peak <= 2, "\n".join(detail)
