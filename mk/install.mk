@@ -38,6 +38,7 @@ endef
 # Dovecot 2.4 (the installed Dovecot's version, as for the build): the
 # settings module too, conf/ferry-2.4.conf, and 2.4's way to add a plugin
 FERRY_CONF = $(if $(SETTINGS_SO),conf/ferry-2.4.conf,conf/ferry.conf)
+FERRY_AUTH_CONF = $(if $(SETTINGS_SO),conf/auth-ferry-2.4.conf.ext,conf/auth-ferry.conf.ext)
 FERRY_PLUGIN_LINE = $(if $(SETTINGS_SO),mail_plugins/ferry = yes,mail_plugins = $$mail_plugins ferry)
 FERRY_PLUGIN_RE = $(if $(SETTINGS_SO),^mail_plugins/ferry = yes$$,^mail_plugins = \$$mail_plugins ferry$$)
 
@@ -56,7 +57,7 @@ install-plugin: plugin
 	    $(FERRY_CONF) > $(BUILD)/05-ferry.conf
 	grep -q '^!include_try $(PLUGIN_ENABLE)$$' $(BUILD)/05-ferry.conf
 	$(call install_conf,$(BUILD)/05-ferry.conf,$(DOVECOT_CONFDIR)/conf.d/05-ferry.conf,0640)
-	$(call install_conf,conf/auth-ferry.conf.ext,$(DOVECOT_CONFDIR)/conf.d/auth-ferry.conf.ext,0644)
+	$(call install_conf,$(FERRY_AUTH_CONF),$(DOVECOT_CONFDIR)/conf.d/auth-ferry.conf.ext,0644)
 	$(call install_conf,conf/dovecot-sql.conf.ext,$(DOVECOT_CONFDIR)/dovecot-ferry-sql.conf.ext,0640)
 	@# the group that reads it: Dovecot's (not when staging into DESTDIR)
 	@if [ -z "$(DESTDIR)" ] && getent group dovecot >/dev/null; then \
