@@ -65,7 +65,11 @@ def sizes(a):
 
 FERRY_SETTINGS = {}  # filled from the command line (ferry_batch_size=... etc.)
 FSYNC_MODES = ("never", "optimized")
-DSYNC_OPTS = ("imapc_features=rfc822.size fetch-headers", "mail_prefetch_count=20")
+# Dovecot's recommended imapc settings for dsync; on 2.4 the two features
+# are imapc's defaults (and the names are gone: the opt-outs are no-fetch-size,
+# no-fetch-headers)
+DSYNC_OPTS = (("mail_prefetch_count=20",) if dovecot.version("new") == "2.4" else
+              ("imapc_features=rfc822.size fetch-headers", "mail_prefetch_count=20"))
 
 
 def new_extra(a):
@@ -469,7 +473,7 @@ SyncState {d}/state/
                      "index after one UID FETCH 1:* FLAGS per folder)")
         r, out, err = self.measured(self.doveadm_new(
             "backup", "-R", "-u", "dsync", "imapc:",
-            opts=("imapc_features=rfc822.size fetch-headers", "mail_prefetch_count=20")))
+            opts=DSYNC_OPTS))
         judge("dsync", r, "dsync")
         if shutil.which("mbsync"):
             r, out, err = self.measured(["mbsync", "-c", self.mbsync_conf, "-a"])
@@ -977,6 +981,7 @@ def plugin_loaded(sb, user):
     """Is lib20_ferry_plugin.so mapped in user's IMAP session process?"""
     conn = sb.imap("new", user)
     try:
+        conn.noop()  # Dovecot 2.4 titles a session at its first command
         pids = [p for p, title in sb.processes("new").items()
                 if "/imap [%s " % user in title or title.endswith("/imap [%s]" % user)
                 or "imap [%s" % user in title]

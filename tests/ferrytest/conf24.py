@@ -165,7 +165,10 @@ def _db_block(db, top_extra):
     kind, settings = db["kind"], dict(db["lines"])
     driver = settings.pop("driver", None)
     args = settings.pop("args", "")
-    lines = ["%s %s {" % (kind, db["name"]), "  driver = %s" % driver]
+    # a driver's own settings (passdb_sql_query) are found in a block
+    # named after the driver
+    name = "sql" if driver == "sql" else db["name"]
+    lines = ["%s %s {" % (kind, name), "  driver = %s" % driver]
     if driver == "passwd-file":
         words = args.split()
         path = [w for w in words if "=" not in w]
