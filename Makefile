@@ -52,9 +52,8 @@ SETTINGS_SO  = $(if $(filter 4,$(DOVECOT_MINOR)),$(BUILD)/libferry_settings.so)
 # DOVECOT=2.3 (the host's), 2.4 or mixed (OLD 2.3, NEW 2.4): the Dovecot
 # that make demo, make bench and the tests' sandbox run (FERRY_DOVECOT);
 # 2.4 runs from the Debian 13 root of scripts/trixie-root.sh with the
-# plugin built against it into BUILD24 (by BUILD24_TARGET)
+# plugin built against it into BUILD24 (by BUILD24_TARGET, mk/dovecot24.mk)
 DOVECOT   ?= 2.3
-BUILD24   ?= build-24
 BUILD24_TARGET ?= plugin24
 DOVECOT_ENV_2.3   = FERRY_DOVECOT=2.3
 DOVECOT_ENV_2.4   = FERRY_DOVECOT=2.4 FERRY_PLUGIN_DIR=$(CURDIR)/$(BUILD24)
