@@ -11,6 +11,7 @@ import os
 import pytest
 
 from faults.campaign import KINDS, Campaign
+from ferrytest import dovecot
 from ferrytest.sandbox import ASAN, BUILD_DIR
 
 PER_KIND = int(os.environ.get("FERRY_FAULTS_PER_KIND", "10" if ASAN else "100"))
@@ -41,7 +42,9 @@ def campaign(request):
     finally:
         camp.teardown()
         reports = camp.sb.sanitizer_reports()
-        out = os.path.join(BUILD_DIR, "faults")
+        # one report per Dovecot pass (FERRY_DOVECOT): build/faults, faults-2.4, faults-mixed
+        out = os.path.join(BUILD_DIR, "faults" + ("" if dovecot.SELECT == "2.3"
+                                                  else "-" + dovecot.SELECT))
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "report-check.md"), "w") as f:
             f.write(camp.markdown())

@@ -34,7 +34,7 @@ BUILD_DIR = os.environ.get("FERRY_BUILD_DIR", os.path.join(REPO, "build"))
 PLUGIN_DIR = os.environ.get("FERRY_PLUGIN_DIR", BUILD_DIR)
 CONF_SNIPPET = os.path.join(REPO, "conf", "ferry.conf")
 # NEW on Dovecot 2.4 includes the 2.4 snippet instead of the default one
-CONF_SNIPPET_24 = os.path.join(REPO, "conf", "2.4", "ferry.conf")
+CONF_SNIPPET_24 = os.path.join(REPO, "conf", "ferry-2.4.conf")
 # FERRY_ASAN=1: the plugin in BUILD_DIR was built with ASan+UBSan; the
 # sanitizer runtimes are preloaded into NEW's processes and doveadm, and
 # any report lands in <root>/sanitizer (see sanitizer_reports()).
