@@ -138,7 +138,7 @@ static bool ferry_bg_list(struct ferry_background *bg)
 static unsigned int ferry_bg_worker_count(struct ferry_background *bg)
 {
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(bg->user);
-	const char *url = mail_user_plugin_getenv(bg->user, "ferry_ferryd_url");
+	const char *url = ferry_setting_str(bg->user, "ferry_ferryd_url");
 	unsigned int n = fuser->set.parallel;
 
 	if (url != NULL && *url != '\0')
