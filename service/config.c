@@ -55,7 +55,7 @@ void config_defaults(struct ferry_config *cfg)
 	cfg->store = strdup("sqlite");
 	cfg->pgsql_connect_timeout = 5;
 	cfg->pgsql_statement_timeout_ms = 10000;
-	cfg->pgsql_lock_timeout_ms = 1000;
+	cfg->pgsql_lock_timeout_ms = 5;
 }
 
 void config_free(struct ferry_config *cfg)
@@ -166,7 +166,7 @@ static const struct int_key int_keys[] = {
 	IK(dns_interval, 0, 86400),
 	IK(pgsql_connect_timeout, 1, 600),
 	IK(pgsql_statement_timeout_ms, 100, 3600000),
-	IK(pgsql_lock_timeout_ms, 10, 3600000),
+	IK(pgsql_lock_timeout_ms, 1, 3600000),
 };
 
 static char **str_key(struct ferry_config *cfg, const char *key)

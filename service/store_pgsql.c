@@ -35,6 +35,10 @@ struct pg {
 	int statement_timeout_ms;
 	int lock_timeout_ms;
 	int in_tx;
+	int tx_failed;            /* a statement failed: PostgreSQL aborted the
+				     transaction, COMMIT would only roll back */
+	int tx_busy;              /* ... because of a lock held elsewhere */
+	char tx_err[512];
 };
 
 /* Migration N brings the schema from version N to N+1. Append only.
@@ -167,6 +171,16 @@ static void disconnect(struct store *st)
 	p->in_tx = 0;
 }
 
+/* a lock held elsewhere (lock_timeout), a deadlock, a serialization
+   failure: the call may succeed later (store.h: busy) */
+static int sqlstate_busy(const PGresult *res)
+{
+	const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+	return code != NULL && (strcmp(code, "55P03") == 0 || strcmp(code, "40P01") == 0 ||
+				strcmp(code, "40001") == 0);
+}
+
 static PGresult *send_wait(struct store *st, const char *what, const char *sql, int n,
 			   const char *const *vals);
 
@@ -266,6 +280,8 @@ static PGresult *send_wait(struct store *st, const char *what, const char *sql, 
 		(int64_t)p->connect_timeout * 1000;
 	PGresult *res, *keep = NULL;
 
+	st->busy = 0;
+
 	if (!(n == 0 && vals == NULL ? PQsendQuery(p->conn, sql) :
 	      PQsendQueryParams(p->conn, sql, n, NULL, vals, NULL, NULL, 0))) {
 		pg_fail(st, what, PQerrorMessage(p->conn));
@@ -310,6 +326,12 @@ static PGresult *send_wait(struct store *st, const char *what, const char *sql, 
 	}
 	if (PQresultStatus(keep) != PGRES_COMMAND_OK && PQresultStatus(keep) != PGRES_TUPLES_OK) {
 		pg_fail(st, what, PQresultErrorMessage(keep));
+		st->busy = sqlstate_busy(keep);
+		if (p->in_tx && !p->tx_failed) {
+			p->tx_failed = 1;
+			p->tx_busy = st->busy;
+			snprintf(p->tx_err, sizeof(p->tx_err), "%s", p->err);
+		}
 		PQclear(keep);
 		if (PQstatus(p->conn) != CONNECTION_OK)
 			disconnect(st);
@@ -496,7 +518,10 @@ static int migrate(struct store *st)
 	if (simple(st, "migrate", "BEGIN") < 0)
 		return -1;
 	PG(st)->in_tx = 1;
-	if (simple(st, "migrate", "SELECT pg_advisory_xact_lock(x'" MIGRATION_LOCK "'::bigint)") < 0 ||
+	/* like SQLite's 5 s busy timeout while opening: ferryd does not serve
+	   yet, and a view being read by Dovecot must not fail the start */
+	if (simple(st, "migrate", "SET LOCAL lock_timeout = 5000") < 0 ||
+	    simple(st, "migrate", "SELECT pg_advisory_xact_lock(x'" MIGRATION_LOCK "'::bigint)") < 0 ||
 	    simple(st, "migrate", "CREATE TABLE IF NOT EXISTS ferry_schema (version INTEGER NOT NULL)") < 0 ||
 	    simple(st, "migrate", "INSERT INTO ferry_schema SELECT 0 WHERE NOT EXISTS"
 		   " (SELECT 1 FROM ferry_schema)") < 0)
@@ -565,19 +590,55 @@ static void pg_free_priv(struct store *st)
 	}
 }
 
+/* BEGIN, then the lock every write takes anyway (ROW EXCLUSIVE, which
+   only SHARE and stronger locks conflict with: a maintenance LOCK TABLE, a
+   migration), so that a database locked by another process is found here,
+   within lock_timeout, with st->busy, before any write: like SQLite's
+   BEGIN IMMEDIATE, the caller can keep its writes and try again (the
+   dispatcher holds a doveadm answer; docs/ferryd.md, "A locked
+   database"). */
 static int pg_begin(struct store *st)
 {
+	struct pg *p = PG(st);
+	int busy;
+
 	if (simple(st, "begin", "BEGIN") < 0)
 		return -1;
-	PG(st)->in_tx = 1;
-	return 0;
+	p->in_tx = 1;
+	p->tx_failed = p->tx_busy = 0;
+	if (simple(st, "begin", "LOCK TABLE settings, endpoints, waves, users, folders, log,"
+		   " routes, cutovers, checks IN ROW EXCLUSIVE MODE") == 0)
+		return 0;
+	busy = st->busy;
+	if (p->conn != NULL)
+		simple(st, "begin", "ROLLBACK");
+	p->in_tx = 0;
+	st->busy = busy;
+	return -1;
 }
 
+/* A transaction PostgreSQL aborted at a failed statement cannot commit
+   (SQLite would keep its other writes): COMMIT says so, with the first
+   error, and st->busy when a lock caused it. */
 static int pg_commit(struct store *st)
 {
-	int ret = simple(st, "commit", "COMMIT");
+	struct pg *p = PG(st);
+	int ret;
 
-	PG(st)->in_tx = 0;
+	if (p->tx_failed) {
+		char keep[512];
+		int busy = p->tx_busy;
+
+		snprintf(keep, sizeof(keep), "%s", p->tx_err);
+		if (p->conn != NULL)
+			simple(st, "commit", "ROLLBACK");
+		p->in_tx = p->tx_failed = 0;
+		snprintf(p->err, sizeof(p->err), "commit: rolled back after: %.480s", keep);
+		st->busy = busy;
+		return -1;
+	}
+	ret = simple(st, "commit", "COMMIT");
+	p->in_tx = 0;
 	return ret;
 }
 
@@ -585,7 +646,7 @@ static int pg_rollback(struct store *st)
 {
 	int ret = PG(st)->conn != NULL ? simple(st, "rollback", "ROLLBACK") : 0;
 
-	PG(st)->in_tx = 0;
+	PG(st)->in_tx = PG(st)->tx_failed = 0;
 	return ret;
 }
 
@@ -1246,7 +1307,7 @@ struct store *store_pgsql_new(const char *password, int connect_timeout,
 	p->password = password != NULL ? strdup(password) : NULL;
 	p->connect_timeout = connect_timeout > 0 ? connect_timeout : 5;
 	p->statement_timeout_ms = statement_timeout_ms > 0 ? statement_timeout_ms : 10000;
-	p->lock_timeout_ms = lock_timeout_ms > 0 ? lock_timeout_ms : 1000;
+	p->lock_timeout_ms = lock_timeout_ms > 0 ? lock_timeout_ms : 5;
 	st->backend = "pgsql";
 	st->priv = p;
 	st->free_priv = pg_free_priv;

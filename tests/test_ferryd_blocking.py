@@ -7,8 +7,9 @@ sandbox's real Dovecot pair:
   ferryd's evdns lookup waits, the API (status, metrics) answers within
   100 ms (90% of the answers, every one within 1 s: the machine is
   shared, see check_latency); then the pull runs through that name;
-- the state database held locked for 5 s by another process (`BEGIN
-  EXCLUSIVE`): the API answers within 100 ms meanwhile (reads, and a write
+- the state database held locked for 5 s by another process (SQLite:
+  `BEGIN EXCLUSIVE`; PostgreSQL: `LOCK TABLE ... IN EXCLUSIVE MODE` on
+  every table, which lets readers through like SQLite's WAL): the API answers within 100 ms meanwhile (reads, and a write
   answered 503 "busy" at once), the doveadm answers that arrive during the
   lock are held and applied afterwards (event log store-busy /
   store-resumed), a `ferryctl pause` sent during the lock is carried out
@@ -30,6 +31,8 @@ DNS_USER = "dnsu"
 LOCK_USERS = ["lk%02d" % i for i in range(1, 9)]
 IDLE = "idle"  # imported, never started: paused during the lock
 SANDBOX_KWARGS = {"users": [DNS_USER, IDLE] + LOCK_USERS, "doveadm_http": True}
+# the whole module on each store backend (conftest.py)
+FERRY_STORES = ("sqlite", "pgsql")
 LIMIT_MS = 100
 HOLD_S = 5
 # The machine is shared (up to 8 test runs on 2 cores): one request can be
@@ -113,6 +116,33 @@ con.execute("COMMIT")
 print("unlocked", flush=True)
 """
 
+PG_LOCKER = """
+import subprocess, sys, time
+host, port, db, secs = sys.argv[1:5]
+p = subprocess.Popen(["psql", "-X", "-q", "-A", "-t", "-h", host, "-p", port, "-U", "postgres",
+                      "-d", db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+p.stdin.write("BEGIN; LOCK TABLE settings, endpoints, waves, users, folders, log, routes,"
+              " cutovers, checks IN EXCLUSIVE MODE; SELECT 'locked';\\n")
+p.stdin.flush()
+assert p.stdout.readline().strip() == "locked"
+print("locked", flush=True)
+time.sleep(float(secs))
+p.stdin.write("COMMIT;\\n")
+p.stdin.close()
+p.wait()
+print("unlocked", flush=True)
+"""
+
+
+def locker(fd, seconds):
+    """Another process holding ferryd's database write-locked for SECONDS;
+    it prints "locked", then "unlocked"."""
+    if fd.pg_db is None:
+        args = [LOCKER, fd.db_path, str(seconds)]
+    else:
+        args = [PG_LOCKER, fd.pg.root, str(fd.pg.port), fd.pg_db["name"], str(seconds)]
+    return subprocess.Popen([sys.executable, "-c"] + args, stdout=subprocess.PIPE, text=True)
+
 
 def test_locked_database_does_not_block_the_api(sandbox):
     for i, u in enumerate(LOCK_USERS):
@@ -125,10 +155,9 @@ def test_locked_database_does_not_block_the_api(sandbox):
         fd.ctl("start", "--wave", "wl")
         wait_until(lambda: any(u["running"] for u in fd.status()["users"]), 30,
                    "the first pulls")
-        locker = subprocess.Popen([sys.executable, "-c", LOCKER, fd.db_path, str(HOLD_S)],
-                                  stdout=subprocess.PIPE, text=True)
+        lk = locker(fd, HOLD_S)
         try:
-            assert locker.stdout.readline().strip() == "locked"
+            assert lk.stdout.readline().strip() == "locked"
             locked_at = time.monotonic()
             # an admin's change sent during the lock: ferryctl is told
             # "busy" and sends it again until the lock is gone
@@ -136,10 +165,10 @@ def test_locked_database_does_not_block_the_api(sandbox):
                                       "pause", IDLE], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
             lat = probe(fd, lambda: time.monotonic() > locked_at + HOLD_S - 0.5, writes=True)
-            during = locker.poll() is None  # every probe ran while the lock was held
-            assert locker.stdout.readline().strip() == "unlocked"
+            during = lk.poll() is None  # every probe ran while the lock was held
+            assert lk.stdout.readline().strip() == "unlocked"
         finally:
-            locker.wait(timeout=30)
+            lk.wait(timeout=30)
         out, err = pause.communicate(timeout=60)
         assert pause.returncode == 0, err
         assert "locked by another process" in err

@@ -194,9 +194,10 @@ def test_schema_versioned_and_reopen_keeps_views_and_grants(env):
 
 
 def test_locked_database_costs_the_loop_at_most_lock_timeout(env):
-    """Another session holds ferryd's users table locked for 5 s: every
-    API request meanwhile is answered (an error at worst) within about
-    pgsql_lock_timeout_ms (1 s), never after the 5 s; then all is well.
+    """Another session holds ferryd's users table locked for 5 s (reads
+    too): every API request meanwhile is answered (an error at worst)
+    within about pgsql_lock_timeout_ms (5 ms), never after the 5 s; then
+    all is well. (tests/test_ferryd_blocking.py: the write lock, with pulls.)
     Wall-clock bounds are loose (a loaded machine); the printed maxima are
     the measurement."""
     sb, fd, pg, db, cf = env
@@ -223,7 +224,7 @@ def test_locked_database_costs_the_loop_at_most_lock_timeout(env):
     finally:
         holder.wait(timeout=30)
     print("\nAPI latency while users was locked (max, s): %s; answers %s" % (worst, sorted(codes)))
-    assert all(v < 2.5 for v in worst.values()), worst
+    assert all(v < 1.0 for v in worst.values()), worst
     assert ("/v1/health", 200) in codes
     assert fd.alive()
     assert fd.api("GET", "/v1/status?limit=10")[0] == 200
