@@ -13,6 +13,7 @@ Each ferryd gets its own database and role (`ferry_<name>`, owner), so
 side-by-side ferryd instances never see each other's state unless a test
 hands them the same database.
 """
+import ctypes
 import os
 import pwd
 import secrets
@@ -57,6 +58,13 @@ class PgServer:
         os.setgroups([])
         os.setuid(self.uid)
 
+    def _demote_and_follow(self):
+        """The server: as postgres, and told to shut down (SIGINT: fast
+        shutdown) if the test run dies without stopping it. Set after the
+        uid change, which clears it."""
+        self._demote()
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGINT), 0, 0, 0)  # PR_SET_PDEATHSIG
+
     def _run(self, *cmd, input=None, check=True):
         r = subprocess.run(list(cmd), preexec_fn=self._demote, capture_output=True, text=True,
                            input=input, cwd=self.root, timeout=120)
@@ -82,7 +90,7 @@ class PgServer:
                     "max_connections = 100\nshared_buffers = 32MB\n" % (self.port, self.root))
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen([os.path.join(PG_BIN, "postgres"), "-D", self.data],
-                                     preexec_fn=self._demote, stdin=subprocess.DEVNULL,
+                                     preexec_fn=self._demote_and_follow, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
         log.close()
 
