@@ -204,7 +204,7 @@ def _setting(key, value, indent):
         return ["%s%s = %s" % (indent, key, _vars(value, LOGIN_VARS))]
     if key == "imap_logout_format":
         return ["%s%s = %s" % (indent, key, _vars(value, LOGOUT_VARS))]
-    if key == "auth_username_format":
+    if key in ("auth_username_format", "imapc_user"):
         return ["%s%s = %s" % (indent, key, _vars(value, USER_VARS))]
     if key == "pop3_uidl_format":
         return ["%s%s = %s" % (indent, key, uidl_format(value))]
