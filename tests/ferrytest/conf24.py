@@ -121,7 +121,7 @@ def convert(text):
         if not line or line.startswith("#") or line.startswith("!include"):
             out.append(raw)
             continue
-        m = re.match(r"^([A-Za-z0-9_]+)(?:\s+(\S+))?\s*\{$", line)
+        m = re.match(r"^([A-Za-z0-9_]+)(?:\s+(\"[^\"]*\"|\S+))?\s*\{$", line)
         if m:
             kind, name = m.group(1), m.group(2)
             if kind == "plugin" and not name:
