@@ -3,7 +3,7 @@ memory (docs/bench.md, "Where the CPU goes" and "Memory").
 
     python3 bench/onefolder.py setup DIR --messages 3000 [--mix text|mixed] [--big MB]
     python3 bench/onefolder.py run DIR ferry|dsync [--fsync never|optimized]
-                               [--callgrind] [--rawlog] [--set k=v ...]
+                               [--callgrind] [--rawlog] [--perf] [--set k=v ...]
     python3 bench/onefolder.py stop DIR
 
 setup starts a sandbox (OLD + NEW, the build's plugin) in its own mount
@@ -152,9 +152,35 @@ def run(a):
         cmd = ["sh", "-c", 'f="$0.$$"; : > "$f"; chmod 666 "$f"; exec valgrind '
                '--tool=callgrind --trace-children=yes --callgrind-out-file="$f" "$@"',
                res_cg] + cmd
+    old_perf = None
+    if a.trace:
+        # syscall summary of the pull: where its wall time waits
+        pdir = os.path.join(a.dir, "perf")
+        os.makedirs(pdir, exist_ok=True)
+        cmd = ["perf", "trace", "-s", "-o", os.path.join(pdir, "trace.%s.txt" % user),
+               "--"] + cmd
+    elif a.stat:
+        # instructions (user, kernel) of the pull: comparable under load
+        pdir = os.path.join(a.dir, "perf")
+        os.makedirs(pdir, exist_ok=True)
+        cmd = ["perf", "stat", "-x,", "-e", "instructions:u,instructions:k,task-clock",
+               "-o", os.path.join(pdir, "stat.%s.txt" % user), "--"] + cmd
+    elif a.perf:
+        # perf record -g of the pull (NEW side) and of OLD's processes
+        # (its master and every child forked during the pull)
+        pdir = os.path.join(a.dir, "perf")
+        os.makedirs(pdir, exist_ok=True)
+        cmd = ["perf", "record", "-q", "-g", "-o",
+               os.path.join(pdir, "new.%s.data" % user), "--"] + cmd
+        old_perf = subprocess.Popen(["perf", "record", "-q", "-g", "-o",
+                                     os.path.join(pdir, "old.%s.data" % user),
+                                     "-p", str(sb.master_pid("old"))])
     cmd = ["nsenter", "-m", "-t", str(st["ns_pid"])] + cmd
     with meter.Meter(sb, ("old",)) as m:
         rc, out_, err, cpu, rss, wall = meter.run_tool(cmd, env=sb.doveadm_env("new"))
+    if old_perf is not None:
+        old_perf.send_signal(2)
+        old_perf.wait()
     r = m.result()
     res = {"tool": a.tool, "user": user, "fsync": a.fsync, "rc": rc, "wall_s": wall,
            "tool_cpu_s": cpu, "tool_rss_mb": rss, "old_cpu_s": r["cpu_s"].get("old"),
@@ -183,6 +209,12 @@ def main():
     ap.add_argument("--fsync", default="never")
     ap.add_argument("--callgrind", action="store_true")
     ap.add_argument("--rawlog", action="store_true")
+    ap.add_argument("--stat", action="store_true",
+                    help="perf stat the pull: instructions user/kernel (DIR/perf/)")
+    ap.add_argument("--trace", action="store_true",
+                    help="perf trace -s the pull: syscall time summary (DIR/perf/)")
+    ap.add_argument("--perf", action="store_true",
+                    help="perf record -g the pull and OLD's processes (DIR/perf/)")
     ap.add_argument("--massif", action="store_true", help="valgrind --tool=massif (heap)")
     ap.add_argument("--set", action="append", default=[])
     a = ap.parse_args()

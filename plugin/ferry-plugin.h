@@ -9,6 +9,7 @@
    settings, a few library calls) in dovecot23.c / dovecot24.c behind
    dovecot-glue.h. */
 
+#include <pthread.h>
 #include "module-context.h"
 #include "mail-user.h"
 #include "mail-storage-private.h"
@@ -190,6 +191,8 @@ void ferry_map_read_entries(struct istream *input, pool_t pool,
 			    ARRAY_TYPE(ferry_map_entry) *entries);
 
 /* old-body.c: large old messages, fetched in ranges */
+/* old.c: the next prefetched FETCH sent while this one is still read */
+void ferry_old_fetch_ahead(struct mailbox *obox, unsigned int prefetch_count);
 void ferry_old_body_register(struct mailbox *obox);
 int ferry_old_body_fetch(struct mailbox *obox, uint32_t uid, uoff_t size,
 			 struct istream **input_r, const char **error_r);
@@ -205,6 +208,19 @@ void ferry_old_sizes_register(struct mailbox *obox);
 int ferry_old_sizes_fetch(struct mailbox *obox, uint32_t first, uint32_t last,
 			  ARRAY_TYPE(ferry_old_size) *sizes,
 			  const char **error_r);
+
+/* durable.c: a batch's syncfs() in a helper thread, overlapped with the
+   next batch; wait() before the next commit and before completing */
+struct ferry_durable {
+	pthread_t thread;
+	int fd;
+	int error; /* syncfs()'s errno, 0 when it succeeded */
+	bool running;
+	char *path;
+};
+int ferry_durable_start(struct ferry_durable *d, const char *path,
+			const char **error_r);
+int ferry_durable_wait(struct ferry_durable *d, const char **error_r);
 
 /* tree.c: folders and subscriptions, once per user */
 int ferry_tree_sync(struct mail_user *user, const char **error_r);

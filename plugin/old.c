@@ -5,9 +5,11 @@
    never connects. */
 
 #include "lib.h"
+#include "array.h"
 #include "str.h"
 #include "mail-namespace.h"
 #include "imapc-storage.h"
+#include "imapc-mail.h"
 #include "imapc-client-private.h"
 #include "ferry-plugin.h"
 
@@ -90,4 +92,20 @@ struct imapc_storage_client *ferry_old_storage_client(struct mail_user *old)
 	struct imapc_storage *storage = IMAPC_STORAGE(ns->storage);
 
 	return storage->client;
+}
+
+/* Keeps the old server busy while this process saves: imapc sends the
+   bodies its search prefetches only when it next waits for one, i.e. once
+   every message of the FETCH in flight was saved, and the old server then
+   idles while this process saves the last of them and waits for the first
+   of the next. Sending the next FETCH once it has half a prefetch window
+   of messages keeps one in flight while this process saves the other. */
+void ferry_old_fetch_ahead(struct mailbox *obox, unsigned int prefetch_count)
+{
+	struct imapc_mailbox *mbox = IMAPC_MAILBOX(obox);
+	unsigned int half = I_MAX(prefetch_count / 2, 1);
+
+	if (mbox->pending_fetch_request != NULL &&
+	    array_count(&mbox->pending_fetch_request->mails) >= half)
+		imapc_mail_fetch_flush(mbox);
 }

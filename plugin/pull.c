@@ -44,6 +44,8 @@ struct ferry_pull {
 	bool uidvalidity_changed;
 	unsigned int flag_changes, expunged, skipped;
 	enum fsync_mode saved_fsync_mode;
+	/* the last committed batch's syncfs(), in flight */
+	struct ferry_durable durable;
 	/* a copy that was interrupted before (crash, kill, lost server) */
 	bool resumed;
 	/* a background pull (background.c): stops after the batch during
@@ -118,28 +120,32 @@ static void ferry_pull_notify(struct ferry_pull *pull)
 /* Durability per batch rather than per message: the messages of a batch
    are saved without an fsync each (see ferry_pull_messages), and after the
    batch's commit one syncfs() makes the mail files, their renames and the
-   index durable together. A crash re-fetches at most one batch anyway, and
-   the resume rule (highest local UID below old UIDNEXT) holds whatever the
-   index kept. */
+   index durable together, in a helper thread while the next batch is
+   fetched and saved (durable.c); the next commit, and the completion,
+   wait for it. A crash re-fetches what was not durable, and the resume
+   rule (highest local UID below old UIDNEXT) holds whatever the index
+   kept. */
 static int ferry_pull_sync_batch(struct ferry_pull *pull)
 {
-	const char *path;
-	int fd, ret;
+	const char *path, *error;
 
 	if (pull->saved_fsync_mode == FSYNC_MODE_NEVER)
 		return 0; /* the admin chose no fsyncs at all */
 	if (mailbox_get_path_to(pull->box, MAILBOX_LIST_PATH_TYPE_MAILBOX,
 				&path) <= 0)
 		return 0;
-	fd = open(path, O_RDONLY | O_DIRECTORY);
-	if (fd == -1)
-		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE,
-			t_strdup_printf("open(%s) failed: %m", path));
-	ret = syncfs(fd);
-	i_close_fd(&fd);
-	if (ret < 0)
-		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE,
-			t_strdup_printf("syncfs(%s) failed: %m", path));
+	if (ferry_durable_start(&pull->durable, path, &error) < 0)
+		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, error);
+	return 0;
+}
+
+/* The previous batch is durable (or failed to become so). */
+static int ferry_pull_sync_wait(struct ferry_pull *pull)
+{
+	const char *error;
+
+	if (ferry_durable_wait(&pull->durable, &error) < 0)
+		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, error);
 	return 0;
 }
 
@@ -150,6 +156,9 @@ static int ferry_pull_commit(struct ferry_pull *pull)
 
 	if (pull->t == NULL)
 		return 0;
+	/* a batch is committed only once the one before it is durable */
+	if (ferry_pull_sync_wait(pull) < 0)
+		return -1;
 	ferry_box_hdr_update(pull->t, &pull->hdr);
 	if (mailbox_transaction_commit_get_changes(&pull->t, &changes) < 0)
 		return ferry_pull_fail_local(pull, "saving a batch");
@@ -511,6 +520,9 @@ static int ferry_pull_run_of(struct ferry_pull *pull,
 		if (ret == 0) {
 			pull->hdr.copied_upto = mail->uid;
 			ferry_pull_notify(pull);
+			if (!big)
+				ferry_old_fetch_ahead(pull->obox,
+					pull->fuser->set.prefetch_count);
 		}
 	}
 	if (mailbox_search_deinit(&search) < 0 && ret == 0)
@@ -588,6 +600,13 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 		T_BEGIN {
 			ret = ferry_pull_batch(pull, first, last);
 		} T_END;
+	}
+	/* the last batch is durable before the folder can be completed */
+	if (ret == 0)
+		ret = ferry_pull_sync_wait(pull);
+	else {
+		const char *error;
+		(void)ferry_durable_wait(&pull->durable, &error);
 	}
 	(void)ferry_storage_fsync_swap(pull->box->storage,
 				       pull->saved_fsync_mode);
