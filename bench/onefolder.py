@@ -4,6 +4,7 @@ memory (docs/bench.md, "Where the CPU goes" and "Memory").
     python3 bench/onefolder.py setup DIR --messages 3000 [--mix text|mixed] [--big MB]
     python3 bench/onefolder.py run DIR ferry|dsync [--fsync never|optimized]
                                [--callgrind] [--rawlog] [--perf] [--set k=v ...]
+    python3 bench/onefolder.py select DIR     # the lazy path: IMAP SELECT of INBOX
     python3 bench/onefolder.py stop DIR
 
 setup starts a sandbox (OLD + NEW, the build's plugin) in its own mount
@@ -191,13 +192,44 @@ def run(a):
     return 0 if rc == 0 else 1
 
 
+def select(a):
+    """The lazy path itself: a fresh NEW user logs in over IMAP and SELECTs
+    INBOX, the first SELECT of a never-copied folder (bench scenario 3's
+    largest folder, alone); wall s of the SELECT, NEW's and OLD's CPU."""
+    path = os.path.join(a.dir, "onefolder.json")
+    with open(path) as fp:
+        st = json.load(fp)
+    sb = Sandbox.load(os.path.join(a.dir, "sb"))
+    n = st["next"]["ferry"]
+    st["next"]["ferry"] = n + 1
+    with open(path, "w") as fp:
+        json.dump(st, fp)
+    user = "f%02d" % n
+    import time
+    conn = sb.imap("new", user, timeout=600)
+    try:
+        with meter.Meter(sb) as m:
+            t = time.monotonic()
+            typ, data = conn.select("INBOX")
+            wall = time.monotonic() - t
+    finally:
+        conn.logout()
+    r = m.result()
+    res = {"tool": "ferry-select", "user": user, "ok": typ == "OK",
+           "exists": int(data[0]) if typ == "OK" else None, "wall_s": round(wall, 3),
+           "new_cpu_s": r["cpu_s"].get("new"), "old_cpu_s": r["cpu_s"].get("old"),
+           "messages": st["messages"]}
+    print(json.dumps(res))
+    return 0 if typ == "OK" else 1
+
+
 def stop(a):
     Sandbox.load(os.path.join(a.dir, "sb")).stop()
 
 
 def main():
     ap = argparse.ArgumentParser(prog="onefolder.py")
-    ap.add_argument("action", choices=("setup", "run", "stop"))
+    ap.add_argument("action", choices=("setup", "run", "select", "stop"))
     ap.add_argument("dir")
     ap.add_argument("tool", nargs="?", choices=("ferry", "dsync"))
     ap.add_argument("--messages", type=int, default=3000)
@@ -219,7 +251,7 @@ def main():
     ap.add_argument("--set", action="append", default=[])
     a = ap.parse_args()
     a.dir = os.path.abspath(a.dir)
-    return {"setup": setup, "run": run, "stop": stop}[a.action](a) or 0
+    return {"setup": setup, "run": run, "select": select, "stop": stop}[a.action](a) or 0
 
 
 if __name__ == "__main__":

@@ -53,6 +53,10 @@ struct ferry_pull {
 	   another writer is left to it */
 	bool background;
 	const volatile uint32_t *stop;
+	/* a client's command waits for this pull (imap, pop3, lmtp; not a
+	   background pull, not doveadm): the old server is kept busy with
+	   the next FETCH while this process saves (ferry_old_fetch_ahead) */
+	bool waiting;
 	/* the step ended before the last batch: the folder stays partial */
 	bool stopped;
 	bool busy;
@@ -520,7 +524,7 @@ static int ferry_pull_run_of(struct ferry_pull *pull,
 		if (ret == 0) {
 			pull->hdr.copied_upto = mail->uid;
 			ferry_pull_notify(pull);
-			if (!big)
+			if (!big && pull->waiting)
 				ferry_old_fetch_ahead(pull->obox,
 					pull->fuser->set.prefetch_count);
 		}
@@ -936,6 +940,8 @@ static int ferry_pull_folder_full(struct mail_user *user, const char *vname,
 	pull.mode = mode;
 	pull.background = stop != NULL;
 	pull.stop = stop;
+	pull.waiting = !pull.background && user->service != NULL &&
+		strcmp(user->service, "doveadm") != 0;
 	pull.pool = pool_alloconly_create("ferry pull", 1024);
 	ferry_internal_begin(user);
 	pull.box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
