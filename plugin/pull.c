@@ -57,6 +57,9 @@ struct ferry_pull {
 	   background pull, not doveadm): the old server is kept busy with
 	   the next FETCH while this process saves (ferry_old_fetch_ahead) */
 	bool waiting;
+	/* batches of half ferry_batch_size, each made durable while the next
+	   one is copied (ferry_pull_sync_batch) */
+	bool overlap;
 	/* the step ended before the last batch: the folder stays partial */
 	bool stopped;
 	bool busy;
@@ -124,11 +127,16 @@ static void ferry_pull_notify(struct ferry_pull *pull)
 /* Durability per batch rather than per message: the messages of a batch
    are saved without an fsync each (see ferry_pull_messages), and after the
    batch's commit one syncfs() makes the mail files, their renames and the
-   index durable together, in a helper thread while the next batch is
-   fetched and saved (durable.c); the next commit, and the completion,
-   wait for it. A crash re-fetches what was not durable, and the resume
-   rule (highest local UID below old UIDNEXT) holds whatever the index
-   kept. */
+   index durable together. A crash re-fetches at most one batch anyway, and
+   the resume rule (highest local UID below old UIDNEXT) holds whatever the
+   index kept.
+
+   When a client's command waits for the pull, the syncfs() runs in a
+   helper thread while the next batch is fetched and saved (durable.c);
+   the next commit, and the completion, wait for it. Batches are then half
+   of ferry_batch_size (ferry_pull_messages), so that what a power loss
+   can take - the batch being made durable and the one being fetched - is
+   still at most ferry_batch_size messages. */
 static int ferry_pull_sync_batch(struct ferry_pull *pull)
 {
 	const char *path, *error;
@@ -138,7 +146,8 @@ static int ferry_pull_sync_batch(struct ferry_pull *pull)
 	if (mailbox_get_path_to(pull->box, MAILBOX_LIST_PATH_TYPE_MAILBOX,
 				&path) <= 0)
 		return 0;
-	if (ferry_durable_start(&pull->durable, path, &error) < 0)
+	if (ferry_durable_start(&pull->durable, path, &error) < 0 ||
+	    (!pull->overlap && ferry_durable_wait(&pull->durable, &error) < 0))
 		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, error);
 	return 0;
 }
@@ -592,6 +601,12 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 	   setting for the duration is contained */
 	pull->saved_fsync_mode =
 		ferry_storage_fsync_swap(pull->box->storage, FSYNC_MODE_NEVER);
+	/* a waiting command's batches are made durable in the background,
+	   two at a time at most: half a batch each (ferry_pull_sync_batch) */
+	pull->overlap = pull->waiting && batch >= 2 &&
+		pull->saved_fsync_mode != FSYNC_MODE_NEVER;
+	if (pull->overlap)
+		batch /= 2;
 	for (seq = seq1; ret == 0 && seq <= seq2; seq += batch) {
 		if (pull->stop != NULL &&
 		    __atomic_load_n(pull->stop, __ATOMIC_SEQ_CST) != 0) {
