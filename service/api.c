@@ -720,9 +720,11 @@ static void h_status(struct call *c)
 			reply_store_error(c);
 		return;
 	}
-	/* the users changed since the last refresh, read once; on a store
-	   error the totals stay as last read (those users stay pending) */
-	if (tally_refresh(c->a->tally) < 0)
+	/* the users changed since the last refresh, read once (at most
+	   TALLY_REQUEST_MAX: after a start of 100,000 users the rest are read
+	   in the background and "totals_pending" says how many are not counted
+	   yet); on a store error the totals stay as last read */
+	if (tally_refresh(c->a->tally, TALLY_REQUEST_MAX) < 0)
 		evlog("error", "store-error", "error", st->error(st), NULL);
 	memset(&s, 0, sizeof(s));
 	s.st = st;
@@ -756,14 +758,15 @@ static void h_status(struct call *c)
 	for (int i = 0; i < US_COUNT; i++)
 		json_object_set_new(states, user_state_name((enum user_state)i),
 				    json_integer(s.states[i]));
-	reply(c, 200, json_pack("{s:I, s:b, s:I, s:I, s:o, s:I, s:I, s:o, s:o, s:I, s:I, s:I}",
+	reply(c, 200, json_pack("{s:I, s:b, s:I, s:I, s:o, s:I, s:I, s:o, s:o, s:I, s:I, s:I, s:I}",
 		"time", (json_int_t)time(NULL),
 		"paused", st->setting_get(st, "paused", buf, sizeof(buf)) == 0 && buf[0] == '1',
 		"running", (json_int_t)s.running, "users_paused", (json_int_t)s.paused,
 		"states", states, "old_messages", (json_int_t)s.old_total,
 		"messages", (json_int_t)s.local_total, "waves", wl.arr, "users", s.users,
 		"users_total", (json_int_t)total, "offset", (json_int_t)offset,
-		"limit", (json_int_t)limit));
+		"limit", (json_int_t)limit,
+		"totals_pending", (json_int_t)tally_pending(c->a->tally)));
 	json_decref(wl.by_id);
 }
 

@@ -167,12 +167,11 @@ static void slot_release(const char *host, void *arg)
 static void kick(void *arg)
 {
 	struct daemon *d = arg;
-	struct timeval now = { 0, 0 };
 
-	/* a zero timeout, not event_active: it runs after the loop has looked
-	   for new events (an API request is not queued behind it) */
+	/* runs after the callbacks already due; the loop's dispatch slice
+	   (LOOP_SLICE_US) still lets new events in between */
 	if (d->kick != NULL)  /* NULL: a start that failed, nothing runs */
-		evtimer_add(d->kick, &now);
+		event_active(d->kick, EV_TIMEOUT, 0);
 }
 
 static int in_flight(struct daemon *d)

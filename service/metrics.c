@@ -379,7 +379,8 @@ static void store_gauges(struct evbuffer *out)
 
 	memset(&s, 0, sizeof(s));
 	if (m.st == NULL || m.tally == NULL || m.st->wave_each(m.st, scan_wave_cb, &s) < 0 ||
-	    tally_refresh(m.tally) < 0 || tally_counts(m.tally, -1, scan_count_cb, &s) < 0) {
+	    tally_refresh(m.tally, TALLY_REQUEST_MAX) < 0 ||
+	    tally_counts(m.tally, -1, scan_count_cb, &s) < 0) {
 		gauge(out, "ferry_store_up", "1 if the state database answered this scrape", 0);
 		free(s.waves);
 		return;

@@ -342,9 +342,18 @@ static int reread(struct tally *t, uint32_t k, int what)
 	return 0;
 }
 
-int tally_refresh(struct tally *t)
+int tally_refresh(struct tally *t, size_t max)
 {
-	return refresh(t, SIZE_MAX);
+	return refresh(t, max > 0 ? max : SIZE_MAX);
+}
+
+size_t tally_pending(const struct tally *t)
+{
+	size_t n = t->nfresh;
+
+	for (size_t i = 0; i < t->ndirty; i++)
+		n += t->recs[t->dirty[i]].dirty != 0;
+	return n;
 }
 
 /* reads up to max pending users, oldest first */

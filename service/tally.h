@@ -18,6 +18,10 @@
 struct event_base;
 struct tally;
 
+/* users a status request or a scrape reads before answering, at most (the
+   rest stay for the background refresh) */
+#define TALLY_REQUEST_MAX 2048
+
 struct tally_count {
 	int64_t wave_id;        /* 0: in no wave */
 	enum user_state state;
@@ -34,8 +38,11 @@ int tally_load(struct tally *t);
 /* the user's row changed (userstate observer) / its folders changed */
 void tally_touch(struct tally *t, const char *user);
 void tally_touch_folders(struct tally *t, const char *user);
-/* reads the changed users now; -1 on a store error (they stay pending) */
-int tally_refresh(struct tally *t);
+/* reads the changed users now (at most max of them, oldest first; 0: all);
+   -1 on a store error (they stay pending) */
+int tally_refresh(struct tally *t, size_t max);
+/* changed users not read yet (their change is not in the totals) */
+size_t tally_pending(const struct tally *t);
 
 /* the totals, one call per wave and state with users (wave_id < 0: all) */
 int tally_counts(struct tally *t, int64_t wave_id,

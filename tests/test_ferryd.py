@@ -132,7 +132,16 @@ def test_kill9_mid_run_resumes_without_recopying(sandbox, ferryd, old_log):
     def some_done():
         return sum(1 for e in ferryd.events() if e.get("event") == "user-done"
                    and e.get("user") in KILL_USERS)
-    wait_until(some_done, 120, "a first kwave user to finish")
+    def in_flight():
+        ev = ferryd.events()
+        started = {e["user"] for e in ev if e.get("event") == "pull-start"
+                   and e.get("user") in KILL_USERS}
+        done = {e["user"] for e in ev if e.get("event") == "user-done"
+                and e.get("user") in KILL_USERS}
+        return started - done
+    # a user done and the next one's pull started (its claim is written
+    # before its pull-start line): the kill lands mid-run
+    wait_until(lambda: some_done() and in_flight(), 120, "a first kwave user to finish")
     ferryd.kill()
     running = ferryd.db_running()
     done_before = {e["user"] for e in ferryd.events()

@@ -109,7 +109,8 @@ static void check_equal(void)
 	const char *waves[] = { NULL, "w1", "w2" };
 	const char *states[] = { NULL, "presync", "done", "failed" };
 
-	cr_assert_eq(tally_refresh(t), 0, "%s", st->error(st));
+	cr_assert_eq(tally_refresh(t, 0), 0, "%s", st->error(st));
+	cr_assert_eq(tally_pending(t), 0);
 	cr_assert_eq(st->user_counts(st, NULL, store_count_cb, &store_users), 0);
 	tally_counts(t, -1, tally_sum_cb, &tally_users_n);
 	cr_expect_eq(store_users, tally_users_n);
