@@ -122,11 +122,15 @@ def root24():
 
 
 def _bind(src, dst):
+    """src at dst too, as peers (this namespace only): what is mounted under
+    src later (a test's tmpfs home) is seen at dst as well."""
     if os.path.ismount(dst):
         return
     os.makedirs(dst, exist_ok=True)
+    if not os.path.ismount(src):
+        subprocess.run(["mount", "--rbind", src, src], check=True)
+    subprocess.run(["mount", "--make-shared", src], check=True)
     subprocess.run(["mount", "--rbind", src, dst], check=True)
-    subprocess.run(["mount", "--make-rslave", dst], capture_output=True)
 
 
 def bind(path):
