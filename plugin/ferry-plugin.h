@@ -321,8 +321,14 @@ struct ferry_mirror_result {
 	unsigned int missing;
 	uint32_t first_missing_uid;
 };
+/* fast: since its last full sync (the one under the folder's lock, before
+   the copy) the folder was written only by this process's own committed
+   saves, and the copy was not resumed: its index is trusted without a scan
+   of every mail file (MAILBOX_SYNC_FLAG_FAST on a box opened with
+   MAILBOX_FLAG_SAVEONLY), unless the pass itself changes something */
 int ferry_mirror_messages(struct mailbox *box, struct mailbox *obox,
-			  uint32_t old_uidnext, struct ferry_mirror_result *res_r,
+			  uint32_t old_uidnext, bool fast,
+			  struct ferry_mirror_result *res_r,
 			  const char **error_r);
 int ferry_tree_mirror(struct mail_user *user, const char **error_r);
 int ferry_mirror_recreate(struct mail_user *user, const char *vname,

@@ -83,6 +83,12 @@ struct ferry_pull {
 	const char *error;
 };
 
+/* The folder being filled: SAVEONLY lets a fast sync trust the index
+   (ferry_mirror_messages) and reads the cache file in small reads rather
+   than mapping it whole. */
+#define FERRY_PULL_BOX_FLAGS \
+	(MAILBOX_FLAG_IGNORE_ACLS | MAILBOX_FLAG_SAVEONLY)
+
 static int ferry_pull_fail(struct ferry_pull *pull, enum mail_error code,
 			   const char *error)
 {
@@ -347,6 +353,18 @@ static void ferry_pull_saved(struct ferry_pull *pull, uint32_t uid,
 	pull->hdr.copied++;
 }
 
+/* The old message's flags and keywords, without \Recent: the copies are
+   not recent (the user has seen them on the old server; STATUS answered
+   from there says RECENT 0), and on maildir a message saved with only
+   \Recent goes to new/, which the completion's sync would then rename
+   into cur/ one file at a time. */
+static void ferry_pull_save_flags(struct mail_save_context *save,
+				  struct mail *mail)
+{
+	mailbox_save_copy_flags(save, mail);
+	save->data.flags &= ENUM_NEGATE(MAIL_RECENT);
+}
+
 static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail,
 			       uoff_t size)
 {
@@ -366,7 +384,7 @@ static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail,
 	}
 	ferry_pull_begin(pull);
 	save = mailbox_save_alloc(pull->t);
-	mailbox_save_copy_flags(save, mail);
+	ferry_pull_save_flags(save, mail);
 	if (pull->keep_uids)
 		mailbox_save_set_uid(save, mail->uid);
 	if (mail_get_save_date(mail, &save_date) >= 0)
@@ -461,7 +479,7 @@ static int ferry_pull_copy_big(struct ferry_pull *pull, struct mail *mail,
 		return 0; /* expunged on the old server meanwhile */
 	ferry_pull_begin(pull);
 	save = mailbox_save_alloc(pull->t);
-	mailbox_save_copy_flags(save, mail);
+	ferry_pull_save_flags(save, mail);
 	if (pull->keep_uids)
 		mailbox_save_set_uid(save, mail->uid);
 	if (mail_get_received_date(mail, &date) < 0) {
@@ -655,7 +673,7 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 		    mailbox_sync(pull->box, MAILBOX_SYNC_FLAG_FORCE_RESYNC) < 0)
 			return ferry_pull_fail_local(pull, "re-reading the folder");
 		if (ferry_mirror_messages(pull->box, pull->obox, pull->ost.uidnext,
-					  &mres, &error) < 0)
+					  !pull->resumed, &mres, &error) < 0)
 			return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, error);
 		pull->flag_changes += mres.flag_changes;
 		pull->expunged += mres.expunged;
@@ -959,7 +977,7 @@ static int ferry_pull_folder_full(struct mail_user *user, const char *vname,
 		strcmp(user->service, "doveadm") != 0;
 	pull.pool = pool_alloconly_create("ferry pull", 1024);
 	ferry_internal_begin(user);
-	pull.box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
+	pull.box = mailbox_alloc(ns->list, vname, FERRY_PULL_BOX_FLAGS);
 	ret = ferry_pull_run(&pull);
 	if (ret < 0 && pull.needs_recopy) {
 		/* nobody has seen this folder yet (it was never complete):
@@ -981,12 +999,12 @@ static int ferry_pull_folder_full(struct mail_user *user, const char *vname,
 			pull.error = NULL;
 			i_zero(&pull.hdr);
 			pull.box = mailbox_alloc(ns->list, vname,
-						 MAILBOX_FLAG_IGNORE_ACLS);
+						 FERRY_PULL_BOX_FLAGS);
 			ret = ferry_pull_run(&pull);
 		}
 		if (pull.box == NULL)
 			pull.box = mailbox_alloc(ns->list, vname,
-						 MAILBOX_FLAG_IGNORE_ACLS);
+						 FERRY_PULL_BOX_FLAGS);
 	}
 
 	i_zero(result_r);
@@ -1002,7 +1020,7 @@ static int ferry_pull_folder_full(struct mail_user *user, const char *vname,
 	result_r->uidvalidity_changed = pull.uidvalidity_changed;
 	result_r->old_messages = pull.ost.messages;
 	result_r->busy = pull.busy;
-	if (pull.box->opened && mailbox_sync(pull.box, 0) == 0 &&
+	if (pull.box->opened && mailbox_sync(pull.box, MAILBOX_SYNC_FLAG_FAST) == 0 &&
 	    mailbox_get_status(pull.box, STATUS_MESSAGES, &status) == 0)
 		result_r->local_messages = status.messages;
 	if (ret < 0) {
