@@ -1,8 +1,9 @@
 # Ferry: Dovecot plugin (plugin/), ferryd service (service/), tests (tests/).
 #   make            build into build/
 #   make check      install missing Debian packages (as root), build, run all tests
-#                   on Dovecot 2.3, then check-24 (2.4 and mixed passes)
-#   make check-asan the suite with the plugin built with ASan+UBSan (2.3)
+#                   on Dovecot 2.3, then check-24 (the 2.4 pass and the mixed pass)
+#   make check-asan the suite with the plugin built with ASan+UBSan (2.3);
+#                   .ci/run runs make check, then make check-asan
 #   make demo       the same prerequisites, then a live migration on the sandbox
 #                   (DOVECOT=2.4: on Dovecot 2.4.1 from the trixie root)
 #   make install    plugins, ferryd, ferryctl, unit, man pages (mk/install.mk)
@@ -114,7 +115,7 @@ check: deps
 	$(MAKE) all
 	$(MAKE) unit
 	cd tests && $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
-	$(MAKE) check-asan
+	$(MAKE) check-24
 
 # Dovecot 2.4 (issue 14; tests/README.md "Dovecot 2.3 and 2.4"): the suite
 # with OLD and NEW on Dovecot 2.4.1 from the trixie root (made on first use,
