@@ -132,7 +132,7 @@ check-24: deps
 # sanitizer runtime preloaded into NEW's Dovecot processes and doveadm;
 # any sanitizer report fails the run.
 check-asan: deps
-	$(MAKE) BUILD=build-asan SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" all
+	$(MAKE) BUILD=build-asan SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" all unit
 	cd tests && FERRY_BUILD_DIR=$(CURDIR)/build-asan FERRY_ASAN=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: deps

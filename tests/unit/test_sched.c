@@ -132,6 +132,7 @@ Test(sched, priorities)
 	cr_assert_eq(sched_pick(&lim, c, 5, &run, 0, 1000, 0, out, 5), 5);
 	cr_assert_str_eq(c[out[0]].user->name, "u5");  /* login */
 	cr_assert_str_eq(c[out[1]].user->name, "u4");  /* sync now */
+	sched_running_free(&run);
 }
 
 Test(sched, eligibility)
