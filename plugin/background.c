@@ -35,7 +35,6 @@
 #include <signal.h>
 #include <unistd.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 
 /* another writer holds a folder: look again after */
@@ -317,7 +316,7 @@ static void ferry_bg_start_workers(struct ferry_background *bg)
 	struct ferry_user *fuser = FERRY_USER_CONTEXT(bg->user);
 	unsigned int i, n = ferry_bg_worker_count(bg);
 	pid_t parent = getpid();
-	int fds[2];
+	int open_fds[n + 1], fd;
 
 	i_zero(bg->shared);
 	/* the workers' sessions replace this one while they run */
@@ -326,31 +325,16 @@ static void ferry_bg_start_workers(struct ferry_background *bg)
 	for (i = 0; i < n; i++) {
 		struct ferry_bg_worker *w = &bg->workers[i];
 
-		if (pipe(fds) < 0) {
-			i_error(FERRY_LOG_PREFIX "pipe() failed: %m");
+		/* a worker never outlives the session */
+		pid_t pid = ferry_worker_fork(parent, open_fds, i, &fd);
+		if (pid < 0)
 			break;
-		}
-		pid_t pid = fork();
-		if (pid < 0) {
-			i_error(FERRY_LOG_PREFIX "fork() failed: %m");
-			i_close_fd(&fds[0]);
-			i_close_fd(&fds[1]);
-			break;
-		}
-		if (pid == 0) {
-			/* a worker never outlives the session */
-			if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 ||
-			    getppid() != parent)
-				_exit(1);
-			for (unsigned int j = 0; j < i; j++)
-				i_close_fd(&bg->workers[j].fd);
-			i_close_fd(&fds[0]);
-			ferry_bg_worker_main(bg, fds[1]);
-		}
-		i_close_fd(&fds[1]);
+		if (pid == 0)
+			ferry_bg_worker_main(bg, fd);
+		open_fds[i] = fd;
 		w->bg = bg;
 		w->pid = pid;
-		w->fd = fds[0];
+		w->fd = fd;
 		w->io = io_add_to(io_loop_get_root(), w->fd, IO_READ,
 				  ferry_bg_worker_input, w);
 		bg->running++;

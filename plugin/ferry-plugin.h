@@ -293,6 +293,12 @@ typedef void ferry_pass_folder_func_t(struct mail_user *user, const char *vname,
 				      void *report_ctx, void *context);
 /* ferry_parallel's default: CPUs, at most 4 */
 unsigned int ferry_workers_default(void);
+/* Forks a worker that dies with parent (this process) and answers through
+   a pipe: its pid and *fd_r the read end here; 0 and *fd_r the write end
+   in the worker, where open_fds (earlier workers' ends) are closed; -1
+   after logging why. */
+pid_t ferry_worker_fork(pid_t parent, const int *open_fds,
+			unsigned int open_count, int *fd_r);
 /* func runs in a worker for each of names; report in this process for
    each result (a folder whose worker died is reported failed). */
 int ferry_workers_run(struct mail_user *user, const char *const *names,

@@ -200,6 +200,38 @@ static void ferry_workers_collect(struct ferry_user *fuser,
 	}
 }
 
+pid_t ferry_worker_fork(pid_t parent, const int *open_fds,
+			unsigned int open_count, int *fd_r)
+{
+	int fds[2];
+
+	if (pipe(fds) < 0) {
+		i_error(FERRY_LOG_PREFIX "pipe() failed: %m");
+		return -1;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		i_error(FERRY_LOG_PREFIX "fork() failed: %m");
+		i_close_fd(&fds[0]);
+		i_close_fd(&fds[1]);
+		return -1;
+	}
+	if (pid == 0) {
+		/* a worker never outlives the process that started it */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 ||
+		    getppid() != parent)
+			_exit(1);
+		for (unsigned int j = 0; j < open_count; j++)
+			(void)close(open_fds[j]);
+		i_close_fd(&fds[0]);
+		*fd_r = fds[1];
+		return 0;
+	}
+	i_close_fd(&fds[1]);
+	*fd_r = fds[0];
+	return pid;
+}
+
 int ferry_workers_run(struct mail_user *user, const char *const *names,
 		      unsigned int count, unsigned int workers,
 		      ferry_pass_folder_func_t *func, void *context,
@@ -211,7 +243,7 @@ int ferry_workers_run(struct mail_user *user, const char *const *names,
 	uint32_t *next;
 	bool *reported;
 	unsigned int nw = 0, i;
-	int fds[2], status;
+	int open_fds[workers], fd, status;
 
 	next = mmap(NULL, sizeof(*next), PROT_READ | PROT_WRITE,
 		    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -225,31 +257,16 @@ int ferry_workers_run(struct mail_user *user, const char *const *names,
 	       workers, count);
 	for (i = 1; i < workers; i++) {
 		/* fewer workers than asked for: the ones there are do all */
-		if (pipe(fds) < 0) {
-			i_error(FERRY_LOG_PREFIX "pipe() failed: %m");
+		pid_t pid = ferry_worker_fork(parent, open_fds, nw, &fd);
+		if (pid < 0)
 			break;
-		}
-		pid_t pid = fork();
-		if (pid < 0) {
-			i_error(FERRY_LOG_PREFIX "fork() failed: %m");
-			i_close_fd(&fds[0]);
-			i_close_fd(&fds[1]);
-			break;
-		}
 		if (pid == 0) {
-			/* a worker never outlives the pull that started it */
-			if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 ||
-			    getppid() != parent)
-				_exit(1);
-			for (unsigned int j = 0; j < nw; j++)
-				i_close_fd(&w[j].fd);
-			i_close_fd(&fds[0]);
-			ferry_worker_main(user, names, count, next, fds[1],
+			ferry_worker_main(user, names, count, next, fd,
 					  func, context);
 		}
-		i_close_fd(&fds[1]);
+		open_fds[nw] = fd;
 		w[nw].pid = pid;
-		w[nw].fd = fds[0];
+		w[nw].fd = fd;
 		w[nw].input = t_str_new(256);
 		nw++;
 	}
