@@ -1,5 +1,5 @@
 /* Per-batch durability of a pull (docs/design.md, "The UID rule", step 2),
-   overlapped with the next batch.
+   overlapped with the next batch where the pull asks for it.
 
    A batch's mail files are written without an fsync each; after the
    batch's commit one syncfs() makes files, renames and index durable
@@ -8,6 +8,8 @@
    commit) while the disk writes this one; the next commit waits for it
    first. So a batch is committed only once the batch before it is
    durable, and a folder is marked complete only once its last batch is.
+   A pull that does not overlap (it would wait at once) gets its syncfs()
+   in the calling thread: no thread is made only to be joined.
 
    The thread calls nothing but syncfs() and sees no signal (they stay
    with the process's main thread and Dovecot's handlers). If it cannot be
@@ -52,7 +54,7 @@ static int ferry_durable_result(struct ferry_durable *d, const char **error_r)
 }
 
 int ferry_durable_start(struct ferry_durable *d, const char *path,
-			const char **error_r)
+			bool overlap, const char **error_r)
 {
 	pthread_attr_t attr;
 	sigset_t all, old;
@@ -66,6 +68,10 @@ int ferry_durable_start(struct ferry_durable *d, const char *path,
 	}
 	d->path = i_strdup(path);
 	d->error = 0;
+	if (!overlap) {
+		ferry_durable_thread(d);
+		return ferry_durable_result(d, error_r);
+	}
 
 	sigfillset(&all);
 	if (pthread_attr_init(&attr) != 0) {

@@ -209,8 +209,9 @@ int ferry_old_sizes_fetch(struct mailbox *obox, uint32_t first, uint32_t last,
 			  ARRAY_TYPE(ferry_old_size) *sizes,
 			  const char **error_r);
 
-/* durable.c: a batch's syncfs() in a helper thread, overlapped with the
-   next batch; wait() before the next commit and before completing */
+/* durable.c: a batch's syncfs(); with overlap in a helper thread while the
+   next batch is copied (wait() before the next commit and before
+   completing), without it in the calling thread before start() returns */
 struct ferry_durable {
 	pthread_t thread;
 	int fd;
@@ -219,7 +220,7 @@ struct ferry_durable {
 	char *path;
 };
 int ferry_durable_start(struct ferry_durable *d, const char *path,
-			const char **error_r);
+			bool overlap, const char **error_r);
 int ferry_durable_wait(struct ferry_durable *d, const char **error_r);
 
 /* tree.c: folders and subscriptions, once per user */

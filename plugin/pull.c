@@ -142,7 +142,9 @@ static void ferry_pull_notify(struct ferry_pull *pull)
    the next commit, and the completion, wait for it. Batches are then half
    of ferry_batch_size (ferry_pull_messages), so that what a power loss
    can take - the batch being made durable and the one being fetched - is
-   still at most ferry_batch_size messages. */
+   still at most ferry_batch_size messages. Any other pull (doveadm,
+   ferryd's bulk pulls, background workers) waits anyway: its syncfs()
+   runs in line, in this thread. */
 static int ferry_pull_sync_batch(struct ferry_pull *pull)
 {
 	const char *path, *error;
@@ -152,8 +154,8 @@ static int ferry_pull_sync_batch(struct ferry_pull *pull)
 	if (mailbox_get_path_to(pull->box, MAILBOX_LIST_PATH_TYPE_MAILBOX,
 				&path) <= 0)
 		return 0;
-	if (ferry_durable_start(&pull->durable, path, &error) < 0 ||
-	    (!pull->overlap && ferry_durable_wait(&pull->durable, &error) < 0))
+	if (ferry_durable_start(&pull->durable, path, pull->overlap,
+				&error) < 0)
 		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, error);
 	return 0;
 }
