@@ -21,7 +21,8 @@ import sqlite3
 import subprocess
 
 from . import valgrind
-from .sandbox import ASAN, BUILD_DIR, MASTER_PASSWORD, _free_ports, proc_alive, wait_until
+from .sandbox import ASAN, BUILD_DIR, MASTER_PASSWORD, _free_ports, proc_alive, read_text, \
+    wait_until
 
 TOKEN = "ferry-admin-token-for-tests"
 KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -174,19 +175,12 @@ class Ferryd:
         os.kill(self.proc.pid, signal.SIGHUP)
 
     def output(self):
-        try:
-            with open(self.out_path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_text(self.out_path)
 
     def events(self):
         """ferryd's key=value log lines, parsed."""
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return [parse_kv(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
+        return [parse_kv(line) for line in read_text(self.log_path).split("\n")
+                if line.strip()]
 
     # ---- clients -----------------------------------------------------------
     def ctl(self, *args, check=True, timeout=60):

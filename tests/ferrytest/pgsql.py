@@ -22,7 +22,7 @@ import signal
 import subprocess
 import tempfile
 
-from .sandbox import _free_ports, proc_alive, wait_until
+from .sandbox import _free_ports, proc_alive, read_text, wait_until
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 RUN_AS = "postgres"
@@ -104,11 +104,7 @@ class PgServer:
         return self
 
     def log(self):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_text(self.log_path)
 
     def psql(self, db, sql, user="postgres"):
         """Runs SQL over the socket (trust) as USER; -> stdout (unaligned,

@@ -66,6 +66,16 @@ def wait_until(pred, timeout, what, interval=0.02):
         time.sleep(interval)
 
 
+def read_text(path, since=0):
+    """A log file's text from byte `since` on, "" while it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(since)
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
 def password(user):
     return user + "-pw"
 
@@ -627,12 +637,7 @@ imapc_cmd_timeout = 5s
         return path
 
     def log_text(self, inst, since=0):
-        try:
-            with open(self.log_path(inst), "rb") as f:
-                f.seek(since)
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return read_text(self.log_path(inst), since)
 
     def log_size(self, inst):
         try:
