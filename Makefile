@@ -35,8 +35,10 @@ PLUGIN_LDFLAGS = -shared -L$(DOVECOT_LIB) $(PLUGIN_RPATH) $(SANITIZE) $(EXTRA_LD
 PLUGIN_SRCS = plugin/ferry-plugin.c plugin/state.c plugin/old.c plugin/old-identity.c plugin/old-body.c plugin/old-sizes.c plugin/old-list.c plugin/old-status.c plugin/map.c \
               plugin/tree.c plugin/pull.c plugin/mirror.c plugin/rollback.c plugin/lazy.c plugin/background.c plugin/ferryd-notify.c plugin/workers.c plugin/durable.c \
               $(DOVECOT_GLUE)
-# the one file per Dovecot version (dovecot-glue.h)
-DOVECOT_GLUE = $(if $(filter 4,$(DOVECOT_MINOR)),plugin/dovecot24.c plugin/dovecot24-settings.c,plugin/dovecot23.c)
+# the one file per Dovecot version (dovecot-glue.h), and the imapc
+# internals both versions share (dovecot-imapc.c)
+DOVECOT_GLUE = $(if $(filter 4,$(DOVECOT_MINOR)),plugin/dovecot24.c plugin/dovecot24-settings.c,plugin/dovecot23.c) \
+               plugin/dovecot-imapc.c
 DOVEADM_SRCS = plugin/doveadm-ferry.c
 # plain C shared with the service (common/, headers in include/)
 COMMON_SRCS  = common/identity.c

@@ -3,16 +3,21 @@
 
 /* What differs between Dovecot versions, behind one interface: each
    version has one file implementing it (dovecot23.c, dovecot24.c; the
-   Makefile picks one from the installed Dovecot's config.h). The engine
-   includes this header and nothing version-specific. */
+   Makefile picks one from the installed Dovecot's config.h), plus
+   dovecot-imapc.c for the imapc internals that are the same in every
+   version tested. The engine includes this header and nothing
+   version-specific, and rewrites none of imapc's callbacks itself. */
 
 #include "fsync-mode.h"
+#include "imapc-client.h"
 
 struct mail_user;
 struct mail_storage;
 struct mail_namespace;
 struct mailbox_list;
 struct imapc_client;
+struct imapc_storage_client;
+struct imapc_untagged_reply;
 struct http_client;
 struct ferry_settings;
 
@@ -49,6 +54,43 @@ struct imapc_client *
 ferry_imapc_master_client_init(struct mail_user *old,
 			       struct imapc_client *session);
 void ferry_imapc_master_client_deinit(struct imapc_client **client);
+
+/* imapc internals (dovecot-imapc.c): imapc-storage's untagged handlers
+   and an imapc client's callbacks, which no public API orders, replaces
+   or gives back. */
+typedef void ferry_imapc_untagged_cb_t(const struct imapc_untagged_reply *reply,
+				       struct imapc_storage_client *client);
+/* cb sees each untagged NAME line before imapc-storage's own handlers do
+   (registered once per client; again is a no-op) */
+void ferry_imapc_untagged_first(struct imapc_storage_client *client,
+				const char *name,
+				ferry_imapc_untagged_cb_t *cb);
+/* imapc-storage's own NAME handlers (all but ours) ignore the lines from
+   now on, until unmuted; may be called from ours while imapc dispatches a
+   line. Returns the handler muted (NULL if none was). */
+ferry_imapc_untagged_cb_t *
+ferry_imapc_untagged_mute(struct imapc_storage_client *client,
+			  const char *name, ferry_imapc_untagged_cb_t *ours);
+void ferry_imapc_untagged_unmute(struct imapc_storage_client *client,
+				 const char *name,
+				 ferry_imapc_untagged_cb_t *muted);
+/* The client's untagged and state-change callbacks, taken over for a
+   while (the untagged one replaces imapc-storage's own handler) and given
+   back as they were. */
+struct ferry_imapc_taken {
+	imapc_untagged_callback_t *untagged;
+	void *untagged_context;
+	imapc_state_change_callback_t *state_change;
+	void *state_change_context;
+};
+void ferry_imapc_client_take(struct imapc_client *client,
+			     imapc_untagged_callback_t *untagged,
+			     imapc_state_change_callback_t *state_change,
+			     void *context, struct ferry_imapc_taken *saved_r);
+void ferry_imapc_client_give_back(struct imapc_client *client,
+				  const struct ferry_imapc_taken *saved);
+/* FALSE when a connection's capabilities are known and lack AUTH=PLAIN */
+bool ferry_imapc_client_offers_plain(struct imapc_client *client);
 
 /* Storage */
 /* Switches the storage's fsync mode (for the duration of a pull: one

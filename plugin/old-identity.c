@@ -17,8 +17,7 @@
 #include "array.h"
 #include "imap-arg.h"
 #include "mail-namespace.h"
-#include "imapc-client-private.h"
-#include "imapc-connection.h"
+#include "imapc-client.h"
 #include "imapc-storage.h"
 #include "ferry-identity.h"
 #include "ferry-plugin.h"
@@ -168,20 +167,6 @@ static void ferry_identity_list_cb(const struct imapc_command_reply *reply,
 	ferry_identity_done(io);
 }
 
-static bool ferry_identity_offers_plain(struct imapc_client *client)
-{
-	struct imapc_client_connection *const *connp;
-
-	array_foreach(&client->conns, connp) {
-		enum imapc_capability caps =
-			imapc_connection_get_capabilities((*connp)->conn);
-
-		if (caps != 0 && (caps & IMAPC_CAPABILITY_AUTH_PLAIN) == 0)
-			return FALSE;
-	}
-	return TRUE;
-}
-
 /* called by imapc as a login fails, before it disconnects: the
    capabilities are still the connection's */
 static void ferry_identity_state_cb(void *context,
@@ -191,7 +176,7 @@ static void ferry_identity_state_cb(void *context,
 	struct ferry_identity_io *io = context;
 
 	if (event == IMAPC_STATE_CHANGE_AUTH_FAILED &&
-	    !ferry_identity_offers_plain(io->client))
+	    !ferry_imapc_client_offers_plain(io->client))
 		io->no_auth_plain = TRUE;
 }
 
@@ -323,8 +308,7 @@ int ferry_old_identity_check(struct mail_user *user, struct mail_user *old,
 {
 	struct imapc_storage_client *sclient = ferry_old_storage_client(old);
 	struct imapc_client *client = sclient->client;
-	imapc_untagged_callback_t *saved_untagged = client->untagged_callback;
-	void *saved_untagged_ctx = client->untagged_context;
+	struct ferry_imapc_taken saved;
 	struct ferry_identity_evidence ev;
 	struct ferry_identity_io io;
 	int ret;
@@ -338,15 +322,10 @@ int ferry_old_identity_check(struct mail_user *user, struct mail_user *old,
 	io.ev = &ev;
 	io.view = &ev.session;
 	io.session = TRUE;
-	client->untagged_callback = ferry_identity_untagged;
-	client->untagged_context = &io;
-	imapc_client_register_state_change_callback(client,
-		ferry_identity_state_cb, &io);
+	ferry_imapc_client_take(client, ferry_identity_untagged,
+				ferry_identity_state_cb, &io, &saved);
 	ferry_identity_gather(&io);
-	client->state_change_callback = NULL;
-	client->state_change_context = NULL;
-	client->untagged_callback = saved_untagged;
-	client->untagged_context = saved_untagged_ctx;
+	ferry_imapc_client_give_back(client, &saved);
 
 	ret = ferry_identity_judge(user, old, sclient, &ev, &io, permanent_r,
 				   error_r);

@@ -19,25 +19,18 @@ struct ferry_list_guard {
 	struct imapc_storage_client *client;
 	unsigned int max, seen_list, seen_lsub;
 	bool overflow;
-	/* imapc's handlers, put back when disarmed */
-	imapc_storage_callback_t *saved_list, *saved_lsub;
+	/* imapc's handlers, given back when disarmed */
+	ferry_imapc_untagged_cb_t *saved_list, *saved_lsub;
 };
 
 /* one old session lists at a time in a process */
 static struct ferry_list_guard ferry_list_guard;
 
 static void
-ferry_list_ignore(const struct imapc_untagged_reply *reply ATTR_UNUSED,
-		  struct imapc_storage_client *client ATTR_UNUSED)
-{
-}
-
-static void
 ferry_list_count(const struct imapc_untagged_reply *reply,
 		 struct imapc_storage_client *client)
 {
 	struct ferry_list_guard *g = &ferry_list_guard;
-	struct imapc_storage_event_callback *cb;
 
 	if (g->client != client || g->overflow)
 		return;
@@ -45,40 +38,10 @@ ferry_list_count(const struct imapc_untagged_reply *reply,
 	     ++g->seen_lsub) <= g->max)
 		return;
 	g->overflow = TRUE;
-	array_foreach_modifiable(&client->untagged_callbacks, cb) {
-		if (cb->callback == ferry_list_count ||
-		    cb->callback == ferry_list_ignore)
-			continue;
-		if (strcasecmp(cb->name, "LIST") == 0) {
-			g->saved_list = cb->callback;
-			cb->callback = ferry_list_ignore;
-		} else if (strcasecmp(cb->name, "LSUB") == 0) {
-			g->saved_lsub = cb->callback;
-			cb->callback = ferry_list_ignore;
-		}
-	}
-}
-
-/* Registers the counter in front of imapc's handlers (once per session). */
-static void ferry_list_register(struct imapc_storage_client *client,
-				const char *name)
-{
-	const struct imapc_storage_event_callback *cb;
-	struct imapc_storage_event_callback *first;
-
-	array_foreach(&client->untagged_callbacks, cb) {
-		if (cb->callback == ferry_list_count &&
-		    strcasecmp(cb->name, name) == 0)
-			return;
-	}
-	imapc_storage_client_register_untagged(client, name, ferry_list_count);
-	/* move it first: it must see each line before imapc's tree does */
-	struct imapc_storage_event_callback ours =
-		*array_back(&client->untagged_callbacks);
-	array_pop_back(&client->untagged_callbacks);
-	array_insert(&client->untagged_callbacks, 0, &ours, 1);
-	first = array_idx_modifiable(&client->untagged_callbacks, 0);
-	i_assert(first->callback == ferry_list_count);
+	g->saved_list = ferry_imapc_untagged_mute(client, "LIST",
+						  ferry_list_count);
+	g->saved_lsub = ferry_imapc_untagged_mute(client, "LSUB",
+						  ferry_list_count);
 }
 
 void ferry_old_list_guard_arm(struct mail_user *old, unsigned int max)
@@ -89,8 +52,9 @@ void ferry_old_list_guard_arm(struct mail_user *old, unsigned int max)
 	i_zero(g);
 	if (max == 0)
 		return;
-	ferry_list_register(client, "LIST");
-	ferry_list_register(client, "LSUB");
+	/* the counter must see each line before imapc's tree does */
+	ferry_imapc_untagged_first(client, "LIST", ferry_list_count);
+	ferry_imapc_untagged_first(client, "LSUB", ferry_list_count);
 	g->client = client;
 	g->max = max;
 }
@@ -98,16 +62,11 @@ void ferry_old_list_guard_arm(struct mail_user *old, unsigned int max)
 bool ferry_old_list_guard_disarm(void)
 {
 	struct ferry_list_guard *g = &ferry_list_guard;
-	struct imapc_storage_event_callback *cb;
 	bool overflow = g->overflow;
 
 	if (g->client != NULL && g->overflow) {
-		array_foreach_modifiable(&g->client->untagged_callbacks, cb) {
-			if (cb->callback != ferry_list_ignore)
-				continue;
-			cb->callback = strcasecmp(cb->name, "LIST") == 0 ?
-				g->saved_list : g->saved_lsub;
-		}
+		ferry_imapc_untagged_unmute(g->client, "LIST", g->saved_list);
+		ferry_imapc_untagged_unmute(g->client, "LSUB", g->saved_lsub);
 	}
 	i_zero(g);
 	return overflow;
