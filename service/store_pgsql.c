@@ -15,6 +15,7 @@
    from service/routing_views.sql (store_routing_views_sql()). */
 #include "ferry-contract.h"
 #include "store.h"
+#include "store_sql.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -667,7 +668,7 @@ static int one_row(PGresult *res, PGresult **res_r)
 static int pg_setting_get(struct store *st, const char *key, char *buf, int len)
 {
 	PGresult *res;
-	int ret = one_row(q(st, "setting_get", "SELECT value FROM settings WHERE key = $1",
+	int ret = one_row(q(st, "setting_get", SQL_SETTING_GET,
 			    "s", key), &res);
 
 	if (ret == 0) {
@@ -679,8 +680,7 @@ static int pg_setting_get(struct store *st, const char *key, char *buf, int len)
 
 static int pg_setting_set(struct store *st, const char *key, const char *value)
 {
-	return cmd_res(st, q(st, "setting_set", "INSERT INTO settings (key, value) VALUES ($1, $2)"
-			     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+	return cmd_res(st, q(st, "setting_set", SQL_SETTING_SET,
 			     "ss", key, value)) < 0 ? -1 : 0;
 }
 
@@ -692,9 +692,8 @@ static int pg_endpoint_ensure(struct store *st, struct endpoint_rec *ep)
 			  " VALUES ($1, $2, $3, $4) ON CONFLICT (host, port, tls, auth) DO NOTHING",
 			  "siss", ep->host, (int64_t)ep->port, ep->tls, ep->auth)) < 0)
 		return -1;
-	res = q(st, "endpoint_ensure", "SELECT id FROM endpoints WHERE host = $1 AND port = $2"
-		" AND tls = $3 AND auth = $4", "siss", ep->host, (int64_t)ep->port, ep->tls,
-		ep->auth);
+	res = q(st, "endpoint_ensure", SQL_ENDPOINT_ID, "siss", ep->host, (int64_t)ep->port,
+		ep->tls, ep->auth);
 	if (res == NULL)
 		return -1;
 	if (PQntuples(res) != 1) {
@@ -705,8 +704,6 @@ static int pg_endpoint_ensure(struct store *st, struct endpoint_rec *ep)
 	PQclear(res);
 	return 0;
 }
-
-#define WAVE_COLS "id, name, start_after, win_start, win_end, paused"
 
 static void wave_row(const PGresult *res, int r, struct wave_rec *w)
 {
@@ -736,7 +733,7 @@ static int pg_wave_add(struct store *st, struct wave_rec *w)
 static int pg_wave_get(struct store *st, const char *name, struct wave_rec *w)
 {
 	PGresult *res;
-	int ret = one_row(q(st, "wave_get", "SELECT " WAVE_COLS " FROM waves WHERE name = $1",
+	int ret = one_row(q(st, "wave_get", SQL_WAVE_GET,
 			    "s", name), &res);
 
 	if (ret == 0) {
@@ -748,8 +745,7 @@ static int pg_wave_get(struct store *st, const char *name, struct wave_rec *w)
 
 static int pg_wave_update(struct store *st, const struct wave_rec *w)
 {
-	return cmd_res(st, q(st, "wave_update", "UPDATE waves SET start_after = $1,"
-			     " win_start = $2, win_end = $3, paused = $4 WHERE id = $5", "iiiii",
+	return cmd_res(st, q(st, "wave_update", SQL_WAVE_UPDATE, "iiiii",
 			     w->start_after, (int64_t)w->win_start, (int64_t)w->win_end,
 			     (int64_t)w->paused, w->id)) < 0 ? -1 : 0;
 }
@@ -757,7 +753,7 @@ static int pg_wave_update(struct store *st, const struct wave_rec *w)
 static int pg_wave_each(struct store *st, int (*cb)(const struct wave_rec *, void *),
 			void *ctx)
 {
-	PGresult *res = q(st, "wave_each", "SELECT " WAVE_COLS " FROM waves ORDER BY id", "");
+	PGresult *res = q(st, "wave_each", SQL_WAVE_EACH, "");
 	struct wave_rec w;
 	int ret = 0;
 
@@ -770,13 +766,6 @@ static int pg_wave_each(struct store *st, int (*cb)(const struct wave_rec *, voi
 	PQclear(res);
 	return ret;
 }
-
-#define USER_COLS "u.id, u.name, u.old_login, u.new_login, u.endpoint_id, e.host," \
-	" e.port, e.tls, e.auth, COALESCE(w.name, ''), COALESCE(u.wave_id, 0), u.state," \
-	" u.paused, u.running, u.attempts, u.next_attempt, u.sync_seq, u.last_error," \
-	" u.started_at, u.finished_at, u.updated_at, e.old_prefix, u.login_at"
-#define USER_FROM " FROM users u JOIN endpoints e ON e.id = u.endpoint_id" \
-	" LEFT JOIN waves w ON w.id = u.wave_id"
 
 static void user_row(const PGresult *res, int r, struct user_rec *u)
 {
@@ -843,7 +832,7 @@ static int pg_user_add(struct store *st, struct user_rec *u)
 static int pg_user_get(struct store *st, const char *name, struct user_rec *u)
 {
 	PGresult *res;
-	int ret = one_row(q(st, "user_get", "SELECT " USER_COLS USER_FROM " WHERE u.name = $1",
+	int ret = one_row(q(st, "user_get", SQL_USER_GET,
 			    "s", name), &res);
 
 	if (ret == 0) {
@@ -853,14 +842,9 @@ static int pg_user_get(struct store *st, const char *name, struct user_rec *u)
 	return ret;
 }
 
-#define USER_SET "UPDATE users SET wave_id = (SELECT id FROM waves WHERE name = $1)," \
-	" state = $2, paused = $3, running = $4, attempts = $5, next_attempt = $6," \
-	" sync_seq = $7, last_error = $8, started_at = $9, finished_at = $10," \
-	" updated_at = $11, login_at = $12 WHERE id = $13"
-
 static int pg_user_update(struct store *st, const struct user_rec *u)
 {
-	return cmd_res(st, q(st, "user_update", USER_SET, "tsiiiiisiiiii",
+	return cmd_res(st, q(st, "user_update", SQL_USER_UPDATE, "tsiiiiisiiiii",
 			     u->wave, user_state_name(u->state), (int64_t)u->paused,
 			     (int64_t)u->running, (int64_t)u->attempts, u->next_attempt,
 			     u->sync_seq, u->last_error, u->started_at, u->finished_at,
@@ -873,8 +857,7 @@ static int pg_user_update(struct store *st, const struct user_rec *u)
 static int pg_user_update_if(struct store *st, const struct user_rec *u,
 			     const struct user_rec *expect)
 {
-	int changed = cmd_res(st, q(st, "user_update_if", USER_SET " AND state = $14 AND"
-				    " running = $15 AND sync_seq = $16 AND paused = $17",
+	int changed = cmd_res(st, q(st, "user_update_if", SQL_USER_UPDATE_IF,
 				    "tsiiiiisiiiiisiii",
 				    u->wave, user_state_name(u->state), (int64_t)u->paused,
 				    (int64_t)u->running, (int64_t)u->attempts, u->next_attempt,
@@ -891,7 +874,7 @@ static int pg_user_update_if(struct store *st, const struct user_rec *u,
 static int pg_user_each(struct store *st, const char *wave,
 			int (*cb)(const struct user_rec *, void *), void *ctx)
 {
-	return users_cb(q(st, "user_each", "SELECT " USER_COLS USER_FROM
+	return users_cb(q(st, "user_each", "SELECT " SQL_USER_COLS SQL_USER_FROM
 			  " WHERE $1::text IS NULL OR w.name = $1 ORDER BY u.id", "s", wave),
 			cb, ctx);
 }
@@ -937,7 +920,7 @@ static int pg_user_page(struct store *st, const struct user_filter *f, int64_t o
 			int limit, int64_t *total_r,
 			int (*cb)(const struct user_rec *u, void *ctx), void *ctx)
 {
-	PGresult *res = q(st, "user_page", "SELECT COUNT(*)" USER_FROM USER_FILTER, "sss",
+	PGresult *res = q(st, "user_page", "SELECT COUNT(*)" SQL_USER_FROM USER_FILTER, "sss",
 			  f->wave, f->state, f->user);
 
 	if (res == NULL)
@@ -945,7 +928,7 @@ static int pg_user_page(struct store *st, const struct user_filter *f, int64_t o
 	*total_r = gi(res, 0, 0);
 	PQclear(res);
 	/* SQLite's LIMIT -1 is "no limit": NULL here */
-	return users_cb(q(st, "user_page", "SELECT " USER_COLS USER_FROM USER_FILTER
+	return users_cb(q(st, "user_page", "SELECT " SQL_USER_COLS SQL_USER_FROM USER_FILTER
 			  " ORDER BY u.id LIMIT $4 OFFSET $5", "sssni", f->wave, f->state,
 			  f->user, (int64_t)limit, offset < 0 ? (int64_t)0 : offset), cb, ctx);
 }
@@ -969,13 +952,10 @@ static int pg_folder_each(struct store *st, const char *user,
 {
 	/* COLLATE "C": the byte order SQLite gives; user NULL: every user's
 	   folders, in user id order (store.h) */
-#define PG_FOLDER_SELECT "SELECT u.name, f.name, f.state, f.old_messages, f.messages," \
-	" f.copied, f.renumbered, f.bytes, f.updated_at FROM folders f" \
-	" JOIN users u ON u.id = f.user_id"
 	PGresult *res = user != NULL ?
-		q(st, "folder_each", PG_FOLDER_SELECT " WHERE u.name = $1"
+		q(st, "folder_each", SQL_FOLDER_SELECT " WHERE u.name = $1"
 		  " ORDER BY f.name COLLATE \"C\"", "s", user) :
-		q(st, "folder_each", PG_FOLDER_SELECT " ORDER BY f.user_id, f.name COLLATE \"C\"", "");
+		q(st, "folder_each", SQL_FOLDER_SELECT " ORDER BY f.user_id, f.name COLLATE \"C\"", "");
 	struct folder_rec f;
 	int ret = 0;
 
@@ -1001,8 +981,7 @@ static int pg_folder_each(struct store *st, const char *user,
 static int pg_route_get(struct store *st, const char *user, struct route_rec *r)
 {
 	PGresult *res;
-	int ret = one_row(q(st, "route_get", "SELECT name, target, changed_at FROM ferry_route"
-			    " WHERE name = $1", "s", user), &res);
+	int ret = one_row(q(st, "route_get", SQL_ROUTE_GET, "s", user), &res);
 
 	if (ret == 0) {
 		memset(r, 0, sizeof(*r));
@@ -1046,8 +1025,7 @@ static int pg_route_set_wave(struct store *st, const char *wave, const char *tar
 static int pg_endpoint_route_set(struct store *st, const char *host, int port,
 				 int pop3_port, const char *transport)
 {
-	int n = cmd_res(st, q(st, "endpoint_route_set", "UPDATE endpoints SET pop3_port = $1,"
-			      " transport = $2 WHERE host = $3 AND port = $4", "issi",
+	int n = cmd_res(st, q(st, "endpoint_route_set", SQL_ENDPOINT_ROUTE_SET, "issi",
 			      (int64_t)pop3_port, transport, host, (int64_t)port));
 
 	if (n < 0)
@@ -1058,8 +1036,8 @@ static int pg_endpoint_route_set(struct store *st, const char *host, int port,
 static int pg_endpoint_prefix_set(struct store *st, const char *host, int port,
 				  const char *old_prefix)
 {
-	int n = cmd_res(st, q(st, "endpoint_prefix_set", "UPDATE endpoints SET old_prefix = $1"
-			      " WHERE host = $2 AND port = $3", "ssi", old_prefix, host,
+	int n = cmd_res(st, q(st, "endpoint_prefix_set", SQL_ENDPOINT_PREFIX_SET, "ssi",
+			      old_prefix, host,
 			      (int64_t)port));
 
 	if (n < 0)
@@ -1073,8 +1051,7 @@ static int pg_user_password_get(struct store *st, const char *user, char **enc_r
 	int ret;
 
 	*enc_r = NULL;
-	ret = one_row(q(st, "user_password_get", "SELECT password_enc FROM users WHERE"
-			" name = $1 AND password_enc IS NOT NULL", "s", user), &res);
+	ret = one_row(q(st, "user_password_get", SQL_USER_PASSWORD_GET, "s", user), &res);
 	if (ret == 0) {
 		*enc_r = strdup(PQgetvalue(res, 0, 0));
 		PQclear(res);
@@ -1085,8 +1062,7 @@ static int pg_user_password_get(struct store *st, const char *user, char **enc_r
 static int pg_user_password_each(struct store *st,
 				 int (*cb)(const char *, const char *, void *), void *ctx)
 {
-	PGresult *res = q(st, "user_password_each", "SELECT name, password_enc FROM users"
-			  " WHERE password_enc IS NOT NULL ORDER BY id", "");
+	PGresult *res = q(st, "user_password_each", SQL_USER_PASSWORD_EACH, "");
 	int ret = 0;
 
 	if (res == NULL)
@@ -1099,8 +1075,7 @@ static int pg_user_password_each(struct store *st,
 
 static int pg_user_password_set(struct store *st, const char *user, const char *enc)
 {
-	int n = cmd_res(st, q(st, "user_password_set", "UPDATE users SET password_enc = $1"
-			      " WHERE name = $2", "ss", enc, user));
+	int n = cmd_res(st, q(st, "user_password_set", SQL_USER_PASSWORD_SET, "ss", enc, user));
 
 	if (n < 0)
 		return -1;
@@ -1137,10 +1112,7 @@ static int pg_check_get(struct store *st, const char *user, const char *kind,
 	int ret;
 
 	memset(c, 0, sizeof(*c));
-	ret = one_row(q(st, "check_get", "SELECT c.state, c.result, c.after_pull,"
-			" c.requested_at, c.finished_at, c.error, c.report_json, c.report_text"
-			" FROM checks c JOIN users u ON u.id = c.user_id"
-			" WHERE u.name = $1 AND c.kind = $2", "ss", user, kind), &res);
+	ret = one_row(q(st, "check_get", SQL_CHECK_GET, "ss", user, kind), &res);
 	if (ret != 0)
 		return ret;
 	snprintf(c->user, sizeof(c->user), "%s", user);
@@ -1161,13 +1133,9 @@ static int pg_check_get(struct store *st, const char *user, const char *kind,
 
 static int pg_check_abort_all(struct store *st, const char *error)
 {
-	return cmd_res(st, q(st, "check_abort_all", "UPDATE checks SET state = 'error',"
-			     " error = $1, finished_at = $2 WHERE state IN ('queued', 'running')",
+	return cmd_res(st, q(st, "check_abort_all", SQL_CHECK_ABORT_ALL,
 			     "si", error, (int64_t)time(NULL))) < 0 ? -1 : 0;
 }
-
-#define CUTOVER_COLS "w.name, c.kind, c.state, c.at, c.forced, c.max_age," \
-	" c.started_at, c.finished_at, c.users, c.ok, c.failed, c.error, c.settle"
 
 static void cutover_row(const PGresult *res, int r, struct cutover_rec *c)
 {
@@ -1190,8 +1158,7 @@ static void cutover_row(const PGresult *res, int r, struct cutover_rec *c)
 static int pg_cutover_get(struct store *st, const char *wave, struct cutover_rec *c)
 {
 	PGresult *res;
-	int ret = one_row(q(st, "cutover_get", "SELECT " CUTOVER_COLS " FROM cutovers c"
-			    " JOIN waves w ON w.id = c.wave_id WHERE w.name = $1", "s", wave),
+	int ret = one_row(q(st, "cutover_get", SQL_CUTOVER_GET, "s", wave),
 			  &res);
 
 	if (ret == 0) {
@@ -1228,8 +1195,7 @@ static int pg_cutover_put(struct store *st, const struct cutover_rec *c)
 static int pg_cutover_each(struct store *st, int (*cb)(const struct cutover_rec *, void *),
 			   void *ctx)
 {
-	PGresult *res = q(st, "cutover_each", "SELECT " CUTOVER_COLS " FROM cutovers c"
-			  " JOIN waves w ON w.id = c.wave_id ORDER BY w.id", "");
+	PGresult *res = q(st, "cutover_each", SQL_CUTOVER_EACH, "");
 	struct cutover_rec c;
 	int ret = 0;
 

@@ -2,6 +2,7 @@
    and brought up to date by the migrations below at open. */
 #include "ferry-contract.h"
 #include "store.h"
+#include "store_sql.h"
 
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -130,11 +131,40 @@ static int exec(struct store *st, const char *sql)
 	return 0;
 }
 
+/* The statements shared with PostgreSQL (store_sql.h) number their
+   parameters $1..$N. SQLite would take "$1" for a named parameter and
+   number it by first appearance; ?1..?N it numbers exactly. A copy with
+   each $<digits> outside quotes made ?<digits> (malloc'd), or NULL when
+   there is none (or no memory: the text is prepared as it is). */
+static char *sq_numbered(const char *sql)
+{
+	const char *p;
+	char *copy, quote = 0;
+
+	if (strchr(sql, '$') == NULL || (copy = strdup(sql)) == NULL)
+		return NULL;
+	for (p = sql; *p != '\0'; p++) {
+		if (quote != 0) {
+			if (*p == quote)
+				quote = 0;
+		} else if (*p == '\'' || *p == '"') {
+			quote = *p;
+		} else if (*p == '$' && p[1] >= '0' && p[1] <= '9') {
+			copy[p - sql] = '?';
+		}
+	}
+	return copy;
+}
+
 static sqlite3_stmt *prep(struct store *st, const char *sql)
 {
 	sqlite3_stmt *stmt = NULL;
+	char *numbered = sq_numbered(sql);
+	int rc = sqlite3_prepare_v2(SQ(st)->db, numbered != NULL ? numbered : sql, -1,
+				    &stmt, NULL);
 
-	if (sqlite3_prepare_v2(SQ(st)->db, sql, -1, &stmt, NULL) != SQLITE_OK) {
+	free(numbered);
+	if (rc != SQLITE_OK) {
 		sq_fail(st, "prepare");
 		return NULL;
 	}
@@ -324,7 +354,7 @@ static int one_row_end(struct store *st, sqlite3_stmt *stmt, int rc,
 
 static int sq_setting_get(struct store *st, const char *key, char *buf, int len)
 {
-	sqlite3_stmt *stmt = prepf(st, "SELECT value FROM settings WHERE key = ?", "s", key);
+	sqlite3_stmt *stmt = prepf(st, SQL_SETTING_GET, "s", key);
 	int rc;
 
 	if (stmt == NULL)
@@ -337,8 +367,7 @@ static int sq_setting_get(struct store *st, const char *key, char *buf, int len)
 
 static int sq_setting_set(struct store *st, const char *key, const char *value)
 {
-	return run(st, prepf(st, "INSERT INTO settings (key, value) VALUES (?, ?)"
-			     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+	return run(st, prepf(st, SQL_SETTING_SET,
 			     "ss", key, value), "setting_set");
 }
 
@@ -350,8 +379,7 @@ static int sq_endpoint_ensure(struct store *st, struct endpoint_rec *ep)
 			  " VALUES (?, ?, ?, ?)", "siss", ep->host, (int64_t)ep->port,
 			  ep->tls, ep->auth), "endpoint_ensure") < 0)
 		return -1;
-	stmt = prepf(st, "SELECT id FROM endpoints WHERE host = ? AND port = ? AND"
-		     " tls = ? AND auth = ?", "siss", ep->host, (int64_t)ep->port,
+	stmt = prepf(st, SQL_ENDPOINT_ID, "siss", ep->host, (int64_t)ep->port,
 		     ep->tls, ep->auth);
 	if (stmt == NULL)
 		return -1;
@@ -363,8 +391,6 @@ static int sq_endpoint_ensure(struct store *st, struct endpoint_rec *ep)
 	sqlite3_finalize(stmt);
 	return 0;
 }
-
-#define WAVE_COLS "id, name, start_after, win_start, win_end, paused"
 
 static void wave_row(sqlite3_stmt *stmt, struct wave_rec *w)
 {
@@ -390,7 +416,7 @@ static int sq_wave_add(struct store *st, struct wave_rec *w)
 
 static int sq_wave_get(struct store *st, const char *name, struct wave_rec *w)
 {
-	sqlite3_stmt *stmt = prepf(st, "SELECT " WAVE_COLS " FROM waves WHERE name = ?",
+	sqlite3_stmt *stmt = prepf(st, SQL_WAVE_GET,
 				   "s", name);
 	int rc;
 
@@ -404,8 +430,7 @@ static int sq_wave_get(struct store *st, const char *name, struct wave_rec *w)
 
 static int sq_wave_update(struct store *st, const struct wave_rec *w)
 {
-	return run(st, prepf(st, "UPDATE waves SET start_after = ?, win_start = ?,"
-			     " win_end = ?, paused = ? WHERE id = ?", "iiiii", w->start_after,
+	return run(st, prepf(st, SQL_WAVE_UPDATE, "iiiii", w->start_after,
 			     (int64_t)w->win_start, (int64_t)w->win_end, (int64_t)w->paused,
 			     w->id), "wave_update");
 }
@@ -413,7 +438,7 @@ static int sq_wave_update(struct store *st, const struct wave_rec *w)
 static int sq_wave_each(struct store *st, int (*cb)(const struct wave_rec *, void *),
 			void *ctx)
 {
-	sqlite3_stmt *stmt = prep(st, "SELECT " WAVE_COLS " FROM waves ORDER BY id");
+	sqlite3_stmt *stmt = prep(st, SQL_WAVE_EACH);
 	struct wave_rec w;
 	int rc, ret = 0;
 
@@ -428,13 +453,6 @@ static int sq_wave_each(struct store *st, int (*cb)(const struct wave_rec *, voi
 	sqlite3_finalize(stmt);
 	return ret;
 }
-
-#define USER_COLS "u.id, u.name, u.old_login, u.new_login, u.endpoint_id, e.host," \
-	" e.port, e.tls, e.auth, COALESCE(w.name, ''), COALESCE(u.wave_id, 0), u.state," \
-	" u.paused, u.running, u.attempts, u.next_attempt, u.sync_seq, u.last_error," \
-	" u.started_at, u.finished_at, u.updated_at, e.old_prefix, u.login_at"
-#define USER_FROM " FROM users u JOIN endpoints e ON e.id = u.endpoint_id" \
-	" LEFT JOIN waves w ON w.id = u.wave_id"
 
 static void user_row(sqlite3_stmt *stmt, struct user_rec *u)
 {
@@ -483,7 +501,7 @@ static int sq_user_add(struct store *st, struct user_rec *u)
 
 static int sq_user_get(struct store *st, const char *name, struct user_rec *u)
 {
-	sqlite3_stmt *stmt = prepf(st, "SELECT " USER_COLS USER_FROM " WHERE u.name = ?",
+	sqlite3_stmt *stmt = prepf(st, SQL_USER_GET,
 				   "s", name);
 	int rc;
 
@@ -497,10 +515,7 @@ static int sq_user_get(struct store *st, const char *name, struct user_rec *u)
 
 static int sq_user_update(struct store *st, const struct user_rec *u)
 {
-	return run(st, prepf(st, "UPDATE users SET wave_id = (SELECT id FROM waves WHERE"
-			     " name = ?), state = ?, paused = ?, running = ?, attempts = ?,"
-			     " next_attempt = ?, sync_seq = ?, last_error = ?, started_at = ?,"
-			     " finished_at = ?, updated_at = ?, login_at = ? WHERE id = ?",
+	return run(st, prepf(st, SQL_USER_UPDATE,
 			     "tsiiiiisiiiii",
 			     u->wave, user_state_name(u->state), (int64_t)u->paused,
 			     (int64_t)u->running, (int64_t)u->attempts, u->next_attempt,
@@ -511,11 +526,7 @@ static int sq_user_update(struct store *st, const struct user_rec *u)
 static int sq_user_update_if(struct store *st, const struct user_rec *u,
 			     const struct user_rec *expect)
 {
-	if (run(st, prepf(st, "UPDATE users SET wave_id = (SELECT id FROM waves WHERE"
-			  " name = ?), state = ?, paused = ?, running = ?, attempts = ?,"
-			  " next_attempt = ?, sync_seq = ?, last_error = ?, started_at = ?,"
-			  " finished_at = ?, updated_at = ?, login_at = ? WHERE id = ? AND"
-			  " state = ? AND running = ? AND sync_seq = ? AND paused = ?",
+	if (run(st, prepf(st, SQL_USER_UPDATE_IF,
 			  "tsiiiiisiiiiisiii",
 			  u->wave, user_state_name(u->state), (int64_t)u->paused,
 			  (int64_t)u->running, (int64_t)u->attempts, u->next_attempt,
@@ -534,8 +545,8 @@ static int sq_user_each(struct store *st, const char *wave,
 	struct user_rec u;
 	int rc, ret = 0;
 
-	stmt = wave == NULL ? prep(st, "SELECT " USER_COLS USER_FROM " ORDER BY u.id") :
-		prepf(st, "SELECT " USER_COLS USER_FROM " WHERE w.name = ? ORDER BY u.id",
+	stmt = wave == NULL ? prep(st, "SELECT " SQL_USER_COLS SQL_USER_FROM " ORDER BY u.id") :
+		prepf(st, "SELECT " SQL_USER_COLS SQL_USER_FROM " WHERE w.name = ? ORDER BY u.id",
 		      "s", wave);
 	if (stmt == NULL)
 		return -1;
@@ -591,7 +602,7 @@ static int sq_user_page(struct store *st, const struct user_filter *f, int64_t o
 			int limit, int64_t *total_r,
 			int (*cb)(const struct user_rec *u, void *ctx), void *ctx)
 {
-	sqlite3_stmt *stmt = prepf(st, "SELECT COUNT(*)" USER_FROM USER_FILTER, "sss",
+	sqlite3_stmt *stmt = prepf(st, "SELECT COUNT(*)" SQL_USER_FROM USER_FILTER, "sss",
 				   f->wave, f->state, f->user);
 	struct user_rec u;
 	int rc, ret = 0;
@@ -604,7 +615,7 @@ static int sq_user_page(struct store *st, const struct user_filter *f, int64_t o
 	}
 	*total_r = sqlite3_column_int64(stmt, 0);
 	sqlite3_finalize(stmt);
-	stmt = prepf(st, "SELECT " USER_COLS USER_FROM USER_FILTER " ORDER BY u.id LIMIT ?4"
+	stmt = prepf(st, "SELECT " SQL_USER_COLS SQL_USER_FROM USER_FILTER " ORDER BY u.id LIMIT ?4"
 		     " OFFSET ?5", "sssii", f->wave, f->state, f->user, (int64_t)limit, offset);
 	if (stmt == NULL)
 		return -1;
@@ -635,13 +646,10 @@ static int sq_folder_put(struct store *st, const struct folder_rec *f)
 static int sq_folder_each(struct store *st, const char *user,
 			  int (*cb)(const struct folder_rec *, void *), void *ctx)
 {
-#define FOLDER_SELECT "SELECT u.name, f.name, f.state, f.old_messages, f.messages," \
-	" f.copied, f.renumbered, f.bytes, f.updated_at FROM folders f" \
-	" JOIN users u ON u.id = f.user_id"
 	/* two statements: an OR of both would not use the name's index */
 	sqlite3_stmt *stmt = user != NULL ?
-		prepf(st, FOLDER_SELECT " WHERE u.name = ? ORDER BY f.name", "s", user) :
-		prep(st, FOLDER_SELECT " ORDER BY f.user_id, f.name");
+		prepf(st, SQL_FOLDER_SELECT " WHERE u.name = ? ORDER BY f.name", "s", user) :
+		prep(st, SQL_FOLDER_SELECT " ORDER BY f.user_id, f.name");
 	struct folder_rec f;
 	int rc, ret = 0;
 
@@ -668,8 +676,7 @@ static int sq_folder_each(struct store *st, const char *user,
 
 static int sq_route_get(struct store *st, const char *user, struct route_rec *r)
 {
-	sqlite3_stmt *stmt = prepf(st, "SELECT name, target, changed_at FROM ferry_route"
-				   " WHERE name = ?", "s", user);
+	sqlite3_stmt *stmt = prepf(st, SQL_ROUTE_GET, "s", user);
 	int rc;
 
 	if (stmt == NULL)
@@ -714,8 +721,7 @@ static int sq_route_set_wave(struct store *st, const char *wave, const char *tar
 static int sq_endpoint_route_set(struct store *st, const char *host, int port,
 				 int pop3_port, const char *transport)
 {
-	if (run(st, prepf(st, "UPDATE endpoints SET pop3_port = ?, transport = ?"
-			  " WHERE host = ? AND port = ?", "issi", (int64_t)pop3_port,
+	if (run(st, prepf(st, SQL_ENDPOINT_ROUTE_SET, "issi", (int64_t)pop3_port,
 			  transport, host, (int64_t)port), "endpoint_route_set") < 0)
 		return -1;
 	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
@@ -724,7 +730,7 @@ static int sq_endpoint_route_set(struct store *st, const char *host, int port,
 static int sq_endpoint_prefix_set(struct store *st, const char *host, int port,
 				  const char *old_prefix)
 {
-	if (run(st, prepf(st, "UPDATE endpoints SET old_prefix = ? WHERE host = ? AND port = ?",
+	if (run(st, prepf(st, SQL_ENDPOINT_PREFIX_SET,
 			  "ssi", old_prefix, host, (int64_t)port), "endpoint_prefix_set") < 0)
 		return -1;
 	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
@@ -732,8 +738,7 @@ static int sq_endpoint_prefix_set(struct store *st, const char *host, int port,
 
 static int sq_user_password_get(struct store *st, const char *user, char **enc_r)
 {
-	sqlite3_stmt *stmt = prepf(st, "SELECT password_enc FROM users WHERE name = ?"
-				   " AND password_enc IS NOT NULL", "s", user);
+	sqlite3_stmt *stmt = prepf(st, SQL_USER_PASSWORD_GET, "s", user);
 	int rc;
 
 	*enc_r = NULL;
@@ -748,8 +753,7 @@ static int sq_user_password_get(struct store *st, const char *user, char **enc_r
 static int sq_user_password_each(struct store *st,
 				 int (*cb)(const char *, const char *, void *), void *ctx)
 {
-	sqlite3_stmt *stmt = prep(st, "SELECT name, password_enc FROM users"
-				  " WHERE password_enc IS NOT NULL ORDER BY id");
+	sqlite3_stmt *stmt = prep(st, SQL_USER_PASSWORD_EACH);
 	int rc, ret = 0;
 
 	if (stmt == NULL)
@@ -765,7 +769,7 @@ static int sq_user_password_each(struct store *st,
 
 static int sq_user_password_set(struct store *st, const char *user, const char *enc)
 {
-	if (run(st, prepf(st, "UPDATE users SET password_enc = ? WHERE name = ?", "ss",
+	if (run(st, prepf(st, SQL_USER_PASSWORD_SET, "ss",
 			  enc, user), "user_password_set") < 0)
 		return -1;
 	return sqlite3_changes(SQ(st)->db) == 0 ? STORE_NOTFOUND : 0;
@@ -796,10 +800,7 @@ static int sq_check_put(struct store *st, const struct check_rec *c)
 static int sq_check_get(struct store *st, const char *user, const char *kind,
 			struct check_rec *c, int with_reports)
 {
-	sqlite3_stmt *stmt = prepf(st, "SELECT c.state, c.result, c.after_pull, c.requested_at,"
-				   " c.finished_at, c.error, c.report_json, c.report_text"
-				   " FROM checks c JOIN users u ON u.id = c.user_id"
-				   " WHERE u.name = ? AND c.kind = ?", "ss", user, kind);
+	sqlite3_stmt *stmt = prepf(st, SQL_CHECK_GET, "ss", user, kind);
 	int rc;
 
 	memset(c, 0, sizeof(*c));
@@ -825,13 +826,9 @@ static int sq_check_get(struct store *st, const char *user, const char *kind,
 
 static int sq_check_abort_all(struct store *st, const char *error)
 {
-	return run(st, prepf(st, "UPDATE checks SET state = 'error', error = ?,"
-			     " finished_at = ? WHERE state IN ('queued', 'running')", "si",
+	return run(st, prepf(st, SQL_CHECK_ABORT_ALL, "si",
 			     error, (int64_t)time(NULL)), "check_abort_all");
 }
-
-#define CUTOVER_COLS "w.name, c.kind, c.state, c.at, c.forced, c.max_age," \
-	" c.started_at, c.finished_at, c.users, c.ok, c.failed, c.error, c.settle"
 
 static void cutover_row(sqlite3_stmt *stmt, struct cutover_rec *c)
 {
@@ -853,8 +850,7 @@ static void cutover_row(sqlite3_stmt *stmt, struct cutover_rec *c)
 
 static int sq_cutover_get(struct store *st, const char *wave, struct cutover_rec *c)
 {
-	sqlite3_stmt *stmt = prepf(st, "SELECT " CUTOVER_COLS " FROM cutovers c JOIN waves w"
-				   " ON w.id = c.wave_id WHERE w.name = ?", "s", wave);
+	sqlite3_stmt *stmt = prepf(st, SQL_CUTOVER_GET, "s", wave);
 	int rc;
 
 	if (stmt == NULL)
@@ -888,8 +884,7 @@ static int sq_cutover_put(struct store *st, const struct cutover_rec *c)
 static int sq_cutover_each(struct store *st, int (*cb)(const struct cutover_rec *, void *),
 			   void *ctx)
 {
-	sqlite3_stmt *stmt = prep(st, "SELECT " CUTOVER_COLS " FROM cutovers c JOIN waves w"
-				  " ON w.id = c.wave_id ORDER BY w.id");
+	sqlite3_stmt *stmt = prep(st, SQL_CUTOVER_EACH);
 	struct cutover_rec c;
 	int rc, ret = 0;
 
