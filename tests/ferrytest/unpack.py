@@ -339,12 +339,8 @@ class OldServer:
         self.stop()
 
     def log_text(self, since=0):
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(since)
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        from .sandbox import read_text
+        return read_text(self.log_path, since)
 
     def log_tail(self, n=3000):
         return self.log_text()[-n:]
