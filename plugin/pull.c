@@ -67,6 +67,8 @@ struct ferry_pull {
 	bool stragglers;
 	/* the interrupted copy cannot be trusted: copy the folder again */
 	bool needs_recopy;
+	/* copied_upto as of the last batch known to keep its UIDs */
+	uint32_t trusted_upto;
 	/* the highest old UID looked at, skipped ones included */
 	uint32_t last_seen_uid;
 
@@ -202,6 +204,30 @@ static int ferry_pull_commit(struct ferry_pull *pull)
 					pull->vname, uid);
 			}
 		}
+		if (kept < pull->batch_count &&
+		    pull->hdr.state == FERRY_BOX_PENDING && !pull->stragglers) {
+			/* Nobody has seen this folder: rather than carry on
+			   with fresh UIDs, its trusted part is kept and the
+			   rest copied again. Seen after a kill -9 inside
+			   maildir's commit: dovecot-uidlist already had the
+			   batch, the index not, and the resumed copy's UIDs
+			   were taken. */
+			uint32_t first_new = 0;
+			array_foreach(&changes.saved_uids, range) {
+				if (!seq_range_exists(&pull->batch_uids, range->seq1)) {
+					first_new = range->seq1;
+					break;
+				}
+			}
+			pool_unref(&changes.pool);
+			pull->hdr.copied_upto = pull->trusted_upto;
+			(void)ferry_box_hdr_write(pull->box, &pull->hdr);
+			pull->needs_recopy = TRUE;
+			return ferry_pull_fail(pull, MAIL_ERROR_TEMP, t_strdup_printf(
+				"%u of %u messages of a batch could not keep their "
+				"old UIDs (first new UID %u)", pull->batch_count - kept,
+				pull->batch_count, first_new));
+		}
 		if (kept < pull->batch_count) {
 			pull->renumbered += pull->batch_count - kept;
 			pull->hdr.renumbered += pull->batch_count - kept;
@@ -211,6 +237,8 @@ static int ferry_pull_commit(struct ferry_pull *pull)
 	pool_unref(&changes.pool);
 	array_clear(&pull->batch_uids);
 	pull->batch_count = 0;
+	if (pull->keep_uids)
+		pull->trusted_upto = pull->hdr.copied_upto;
 	/* The folder's view follows the index after every batch: a view left
 	   behind pins every transaction log record since it last synced, in
 	   memory (measured: 6.5 MB at 200,000 messages in one folder). A fast
@@ -797,6 +825,12 @@ static int ferry_pull_locked(struct ferry_pull *pull)
 		pull->keep_uids = FALSE;
 		if (pull->hdr.old_uidnext > start + 1)
 			start = pull->hdr.old_uidnext - 1;
+	}
+	pull->trusted_upto = start;
+	if (pull->resumed) {
+		i_info(FERRY_LOG_PREFIX "folder=%s event=resume after_uid=%u "
+		       "copied_upto=%u local_messages=%u", pull->vname, start,
+		       pull->hdr.copied_upto, pull->lst.messages);
 	}
 	if (ferry_pull_messages(pull, start) < 0)
 		return -1;

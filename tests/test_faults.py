@@ -299,7 +299,8 @@ def test_kill_parallel_pull_mid_folders(sandbox, old_log):
     old = _assert_equal(sandbox, user)
     total = sum(len(f.messages) for f in old.folders.values())
     refetched = fetched - total
-    recopied = "event=recopy" in sandbox.log_text("new", new_mark)
+    # doveadm logs to its stderr, not to NEW's log
+    recopied = "event=recopy" in r.stderr + sandbox.log_text("new", new_mark)
     print("\nparallel kill -9: bodies fetched %d, fetched twice %d (3 workers, batch %d)%s"
           % (fetched, refetched, BATCH, ", a folder copied again" if recopied else ""))
     assert 0 <= refetched <= (3 * BATCH + (1000 if recopied else 0))
