@@ -26,6 +26,9 @@
 #define FERRY_VIEW_PASSDB "ferry_passdb"
 #define FERRY_VIEW_USERDB "ferry_userdb"
 #define FERRY_VIEW_TRANSPORT "ferry_transport"
+/* the proxy in front of several NEW backends (conf/dovecot-proxy-sql.conf.ext):
+   host = OLD until the cut-over, then the user's backend (users.new_host) */
+#define FERRY_VIEW_PROXY "ferry_proxy"
 
 /* Folder states, as the state column of pull, sync and status prints them */
 #define FERRY_STATE_NEW "new"

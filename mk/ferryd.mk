@@ -7,7 +7,7 @@ FERRYD_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
 FERRYD_LDFLAGS = $(SANITIZE) $(EXTRA_LDFLAGS)
 FERRYD_LIBS = -levent -lsqlite3 -lpq -ljansson -lcrypto -lresolv
 
-FERRYD_CORE = config store store_sqlite store_pgsql sched runq tally dispatch doveadm api csv evlog secret userstate \
+FERRYD_CORE = config backend store store_sqlite store_pgsql sched runq tally dispatch doveadm api csv evlog secret userstate \
               cutover cutover_check checks rekey runas pathcheck metrics dns sieve_step \
               report dashboard
 FERRYD_CORE_OBJS = $(FERRYD_CORE:%=$(BUILD)/service/%.o)

@@ -167,9 +167,10 @@ long long api_parse_time(const char *s, long long now)
 
 static json_t *user_brief(const struct user_rec *u)
 {
-	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:i, s:s}",
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:i, s:s}",
 			 "name", u->name, "wave", u->wave, "state", user_state_name(u->state),
-			 "host", u->ep.host, "new_login", u->new_login, "paused", u->paused,
+			 "host", u->ep.host, "new_login", u->new_login, "new_host", u->new_host,
+			 "paused", u->paused,
 			 "running", u->running, "attempts", u->attempts, "error", u->last_error);
 }
 
@@ -248,6 +249,7 @@ static void h_import(struct call *c)
 		snprintf(u.old_login, sizeof(u.old_login), "%s", r->old_login);
 		snprintf(u.new_login, sizeof(u.new_login), "%s", r->new_login);
 		snprintf(u.wave, sizeof(u.wave), "%s", r->wave);
+		snprintf(u.new_host, sizeof(u.new_host), "%s", r->new_host);
 		u.state = US_PENDING;
 		if (r->password != NULL)
 			u.password_enc = secret_encrypt(c->a->secret, r->password);

@@ -10,6 +10,8 @@
    child as a "names=JSON" line after the credentials. */
 #include "checks.h"
 
+#include "backend.h"
+
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -204,6 +206,7 @@ struct argv {
 	int n;
 	char num[8][32];
 	int nnum;
+	char new_host[256];  /* the user's NEW backend (backend.h) */
 };
 
 static void arg(struct argv *a, const char *s)
@@ -272,8 +275,14 @@ static int build(struct run *r, const struct user_rec *u, struct argv *a, char *
 		goto out;
 	}
 	if (nh != HOW_NONE) {
+		/* the backend that owns the user's mailbox, never the proxy
+		   (which sends a user not cut over yet to OLD) */
+		if (backend_host(sieve ? cfg->new_sieve_host : cfg->new_imap_host, u->new_host,
+				 sieve ? "new_sieve" : "new_imap", a->new_host,
+				 sizeof(a->new_host), why, wl) < 0)
+			goto out;
 		arg(a, "--new-host");
-		arg(a, sieve ? cfg->new_sieve_host : cfg->new_imap_host);
+		arg(a, a->new_host);
 		arg(a, "--new-port");
 		arg(a, num(a, "%.0f", sieve ? cfg->new_sieve_port : cfg->new_imap_port));
 		arg(a, "--new-tls");
@@ -536,11 +545,12 @@ static int run_start(struct run *r, char *why, size_t wl)
 			return -1;
 		}
 		r->names_req = ch->dc == NULL ? NULL :
-			doveadm_call(ch->dc, FERRY_CMD_STATUS,
+			doveadm_call(ch->dc, u.new_host, FERRY_CMD_STATUS,
 				     json_pack("{s:s}", "user", u.new_login), on_names, r);
 		if (r->names_req == NULL) {
 			snprintf(why, wl, "could not ask the new server's doveadm for the user's"
-				 " folder names");
+				 " folder names%s%s", ch->dc != NULL ? ": " : "",
+				 ch->dc != NULL ? doveadm_client_error(ch->dc) : "");
 			return -1;
 		}
 	} else if (run_spawn(r, why, wl) < 0)

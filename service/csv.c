@@ -11,9 +11,11 @@
 
 #define MAX_FIELDS 16
 
-enum col { C_USER, C_OLD, C_NEW, C_ENDPOINT, C_TLS, C_AUTH, C_WAVE, C_PASSWORD, C_COUNT };
+enum col { C_USER, C_OLD, C_NEW, C_ENDPOINT, C_TLS, C_AUTH, C_WAVE, C_PASSWORD,
+	   C_NEW_HOST, C_COUNT };
 static const char *const col_names[C_COUNT] = {
 	"user", "old_login", "new_login", "endpoint", "tls", "auth", "wave", "password",
+	"new_host",
 };
 
 struct reader {
@@ -195,6 +197,7 @@ static void user_free(struct csv_user *u)
 	free(u->tls);
 	free(u->auth);
 	free(u->wave);
+	free(u->new_host);
 	if (u->password != NULL) {
 		explicit_bzero(u->password, strlen(u->password));
 		free(u->password);
@@ -250,6 +253,10 @@ static int make_user(char **f, const int *map, int line, struct csv_user *u, cha
 	if (*u->wave != '\0' && !csv_valid_wave(u->wave))
 		return fail(err_r, line, "wave: \"%.64s\" is not a valid wave name "
 			    "(letters, digits, . _ -)", u->wave);
+	u->new_host = strdup(v[C_NEW_HOST]);
+	if (*u->new_host != '\0' && !valid_host(u->new_host))
+		return fail(err_r, line, "new_host: \"%.64s\" is not a host name or address "
+			    "(the NEW backend that owns the mailbox)", u->new_host);
 	return 0;
 }
 
@@ -296,7 +303,7 @@ int csv_parse_users(const char *text, size_t len, struct csv_users *out, char **
 				break;
 		if (c == C_COUNT)
 			ret = fail(err_r, line, "unknown column \"%.32s\" (known: user, "
-				   "old_login, new_login, endpoint, tls, auth, wave, password)", name);
+				   "old_login, new_login, endpoint, tls, auth, wave, password, new_host)", name);
 		else if (map[c] >= 0)
 			ret = fail(err_r, line, "column \"%s\" given twice", name);
 		else

@@ -16,6 +16,7 @@ struct csv_user {
 	char *auth;         /* master | password (default: password if given) */
 	char *wave;         /* "" = none */
 	char *password;     /* NULL = none */
+	char *new_host;     /* the NEW backend that owns the mailbox ("" = the one NEW) */
 };
 
 struct csv_users {

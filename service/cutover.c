@@ -21,6 +21,7 @@ enum op_stage { ST_CLAIM, ST_FINAL_SYNC, ST_STRAGGLERS, ST_ROLLBACK, ST_DONE };
 
 struct member {
 	char name[256], login[256], host[256];
+	char backend[256]; /* the NEW backend that owns the mailbox ("" = the one NEW) */
 	enum user_state state;
 	int claimed;       /* the operation holds the user (userstate_claim) */
 	int waited;        /* "waiting" logged */
@@ -159,6 +160,7 @@ static int member_cb(const struct user_rec *u, void *ctx)
 	snprintf(m->name, sizeof(m->name), "%s", u->name);
 	snprintf(m->login, sizeof(m->login), "%s", u->new_login);
 	snprintf(m->host, sizeof(m->host), "%s", u->ep.host);
+	snprintf(m->backend, sizeof(m->backend), "%s", u->new_host);
 	m->state = u->state;
 	return 0;
 }
@@ -604,14 +606,15 @@ static void op_pump(struct op *o)
 		json_t *params = o->stage == ST_ROLLBACK ?
 			json_pack("{s:s}", "user", m->login) :
 			json_pack("{s:s, s:s}", "user", m->login, FERRY_PARAM_PARALLEL, "1");
-		if (doveadm_call(o->c->dc, stage_command(o->stage), params, on_reply, cc) == NULL) {
+		if (doveadm_call(o->c->dc, m->backend, stage_command(o->stage), params, on_reply,
+				 cc) == NULL) {
 			free(cc);
 			o->in_flight--;
 			o->c->slot_release(m->host, o->c->ctx);
 			m->done = 1;
 			m->failed = 1;
 			o->stage_failed++;
-			snprintf(m->error, sizeof(m->error), "could not send a request to doveadm");
+			snprintf(m->error, sizeof(m->error), "%s", doveadm_client_error(o->c->dc));
 			if (o->stage == ST_ROLLBACK)
 				member_release(o, m);
 			open--;

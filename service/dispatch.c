@@ -35,6 +35,7 @@ struct job {
 	struct dispatch *d;
 	struct job *next;
 	char user[256], login[256], host[256];
+	char backend[256];  /* the NEW backend that owns the mailbox ("" = the one NEW) */
 	enum phase phase;
 	struct doveadm_req *req;
 	struct job_folder *folders;
@@ -360,7 +361,7 @@ static void job_fail(struct job *j, const struct doveadm_reply *r)
 	}
 	j->phase = P_LOGERR;
 	params = json_pack("{s:I}", "since", (json_int_t)(j->started - 1));
-	j->req = doveadm_call(j->d->dc, "logErrors", params, on_log_errors, j);
+	j->req = doveadm_call(j->d->dc, j->backend, "logErrors", params, on_log_errors, j);
 	if (j->req == NULL)
 		job_finish(j, 0);
 }
@@ -513,10 +514,10 @@ static void job_call(struct job *j, const char *command, const char *mailbox)
 		json_object_set_new(params, FERRY_PARAM_PARALLEL, json_string("1"));
 	if (mailbox != NULL)
 		json_object_set_new(params, "mailbox", json_string(mailbox));
-	j->req = doveadm_call(j->d->dc, command, params, on_reply, j);
+	j->req = doveadm_call(j->d->dc, j->backend, command, params, on_reply, j);
 	if (j->req == NULL) {
 		struct doveadm_reply e = { 0 };
-		snprintf(e.error, sizeof(e.error), "could not send a request to doveadm");
+		snprintf(e.error, sizeof(e.error), "%s", doveadm_client_error(j->d->dc));
 		job_fail(j, &e);
 	}
 }
@@ -571,6 +572,7 @@ int dispatch_start(struct dispatch *d, const char *user)
 	snprintf(j->user, sizeof(j->user), "%s", cur.name);
 	snprintf(j->login, sizeof(j->login), "%s", cur.new_login);
 	snprintf(j->host, sizeof(j->host), "%s", cur.ep.host);
+	snprintf(j->backend, sizeof(j->backend), "%s", cur.new_host);
 	j->started = time(NULL);
 	j->seq = cur.sync_seq;
 	j->presync = cur.state == US_PRESYNC;
@@ -580,7 +582,8 @@ int dispatch_start(struct dispatch *d, const char *user)
 	d->n++;
 	log_event(d, j->user, NULL, "pull-start", 0, 0, NULL);
 	evlog("info", "pull-start", "user", j->user, "host", j->host,
-	      "sync_now", cur.sync_seq > 0 ? "yes" : "no", NULL);
+	      "sync_now", cur.sync_seq > 0 ? "yes" : "no",
+	      "new_host", j->backend[0] != '\0' ? j->backend : NULL, NULL);
 	job_step(j);
 	return 0;
 }

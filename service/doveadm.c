@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "ferry-contract.h"
 
 struct doveadm_client {
@@ -21,6 +22,7 @@ struct doveadm_client {
 	char *auth_header;
 	int timeout;
 	unsigned tag_seq;
+	char error[512];  /* why the last doveadm_call() returned NULL */
 };
 
 struct doveadm_req {
@@ -30,7 +32,13 @@ struct doveadm_req {
 	doveadm_cb *cb;
 	void *ctx;
 	char tag[32];
+	char host[256];  /* the backend this request went to */
 };
+
+const char *doveadm_client_error(const struct doveadm_client *c)
+{
+	return c->error;
+}
 
 struct event_base *doveadm_client_base(const struct doveadm_client *c)
 {
@@ -172,7 +180,7 @@ static void req_done(struct evhttp_request *req, void *arg)
 		memset(&r, 0, sizeof(r));
 		snprintf(r.error, sizeof(r.error),
 			 "doveadm HTTP API at %s:%d: no answer (connection refused, closed or timed out)",
-			 dr->client->host, dr->client->port);
+			 dr->host, dr->client->port);
 	} else {
 		struct evbuffer *in = evhttp_request_get_input_buffer(req);
 		size_t len = evbuffer_get_length(in);
@@ -185,8 +193,8 @@ static void req_done(struct evhttp_request *req, void *arg)
 	free(dr);
 }
 
-struct doveadm_req *doveadm_call(struct doveadm_client *c, const char *command,
-				 json_t *params, doveadm_cb *cb, void *ctx)
+struct doveadm_req *doveadm_call(struct doveadm_client *c, const char *backend,
+				 const char *command, json_t *params, doveadm_cb *cb, void *ctx)
 {
 	struct doveadm_req *dr = calloc(1, sizeof(*dr));
 	struct evkeyvalq *h;
@@ -194,6 +202,13 @@ struct doveadm_req *doveadm_call(struct doveadm_client *c, const char *command,
 	char *text;
 	char hostport[300];
 
+	snprintf(c->error, sizeof(c->error), "could not send a request to doveadm");
+	if (backend_host(c->host, backend, "doveadm", dr->host, sizeof(dr->host),
+			 c->error, sizeof(c->error)) < 0) {
+		json_decref(params);
+		free(dr);
+		return NULL;
+	}
 	dr->client = c;
 	dr->cb = cb;
 	dr->ctx = ctx;
@@ -201,7 +216,7 @@ struct doveadm_req *doveadm_call(struct doveadm_client *c, const char *command,
 	body = json_pack("[[s o s]]", command, params, dr->tag);
 	text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
 	json_decref(body);
-	dr->evcon = text != NULL ? evhttp_connection_base_new(c->base, c->dns, c->host,
+	dr->evcon = text != NULL ? evhttp_connection_base_new(c->base, c->dns, dr->host,
 							       (ev_uint16_t)c->port) : NULL;
 	if (dr->evcon == NULL) {
 		free(text);
@@ -216,7 +231,7 @@ struct doveadm_req *doveadm_call(struct doveadm_client *c, const char *command,
 				 event_base_get_npriorities(c->base) - 1);
 	dr->req = evhttp_request_new(req_done, dr);
 	h = evhttp_request_get_output_headers(dr->req);
-	snprintf(hostport, sizeof(hostport), "%s:%d", c->host, c->port);
+	snprintf(hostport, sizeof(hostport), "%s:%d", dr->host, c->port);
 	evhttp_add_header(h, "Host", hostport);
 	evhttp_add_header(h, "Authorization", c->auth_header);
 	evhttp_add_header(h, "Content-Type", "application/json");

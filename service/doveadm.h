@@ -28,16 +28,23 @@ struct evdns_base;
 struct doveadm_client *doveadm_client_new(struct event_base *base, struct evdns_base *dns);
 /* the event loop it runs in */
 struct event_base *doveadm_client_base(const struct doveadm_client *c);
-/* (re)configures the target; the key is kept only as the header value */
+/* (re)configures the target; the key is kept only as the header value.
+   host is one NEW's, or a pattern with %{host} (backend.h): each call
+   then goes to the backend named with it. */
 void doveadm_client_configure(struct doveadm_client *c, const char *host, int port,
 			      const char *api_key, int timeout_secs);
 void doveadm_client_free(struct doveadm_client *c);
 
-/* params is stolen. Returns NULL (and calls nothing) if the request could
-   not even be queued; the callback runs exactly once otherwise, unless
-   doveadm_cancel() is called first. */
-struct doveadm_req *doveadm_call(struct doveadm_client *c, const char *command,
-				 json_t *params, doveadm_cb *cb, void *ctx);
+/* params is stolen. backend: the user's NEW backend from the routing
+   (user_rec.new_host; "" or NULL = none), resolved against the configured
+   host by backend_host(). Returns NULL (and calls nothing) if the request
+   could not even be queued, with the reason in doveadm_client_error(); the
+   callback runs exactly once otherwise, unless doveadm_cancel() is called
+   first. */
+struct doveadm_req *doveadm_call(struct doveadm_client *c, const char *backend,
+				 const char *command, json_t *params, doveadm_cb *cb, void *ctx);
+/* why the last doveadm_call() returned NULL */
+const char *doveadm_client_error(const struct doveadm_client *c);
 void doveadm_cancel(struct doveadm_req *req);
 
 /* Parses a response body of a single command with tag; fills r (rows are

@@ -12,7 +12,8 @@ CREATE VIEW ferry_route AS SELECT u.name AS name, u.new_login AS login,
  u.old_login AS old_login, COALESCE(r.target, 'old') AS target,
  COALESCE(r.changed_at, 0) AS changed_at, e.host AS host, e.port AS imap_port,
  CASE WHEN e.pop3_port > 0 THEN e.pop3_port WHEN e.tls = 'imaps' THEN 995
- ELSE 110 END AS pop3_port, e.tls AS tls, e.transport AS transport
+ ELSE 110 END AS pop3_port, e.tls AS tls, e.transport AS transport,
+ u.new_host AS new_host
  FROM users u JOIN endpoints e ON e.id = u.endpoint_id
  LEFT JOIN routes r ON r.user_id = u.id;
 
@@ -21,6 +22,18 @@ CREATE VIEW ferry_passdb AS SELECT login, old_login AS destuser, host,
  CASE WHEN tls = 'imaps' THEN 'yes' END AS ssl,
  CASE WHEN tls = 'starttls' THEN 'yes' END AS starttls
  FROM ferry_route WHERE target = 'old';
+
+-- The proxy in front of several NEW backends (docs/routing.md, "Several
+-- NEW backends"): every user it can route, to OLD until the cut-over, then
+-- to the backend that owns the mailbox (users.new_host, the host ferryd's
+-- pulls run on). A cut-over user without a backend has no row.
+CREATE VIEW ferry_proxy AS SELECT login, target,
+ CASE WHEN target = 'new' THEN new_host ELSE host END AS host,
+ CASE WHEN target = 'new' THEN login ELSE old_login END AS destuser,
+ imap_port, pop3_port,
+ CASE WHEN target = 'old' AND tls = 'imaps' THEN 'yes' END AS ssl,
+ CASE WHEN target = 'old' AND tls = 'starttls' THEN 'yes' END AS starttls
+ FROM ferry_route WHERE target = 'old' OR new_host <> '';
 
 CREATE VIEW ferry_userdb AS SELECT login,
  CASE WHEN target = 'new' THEN 'cutover' ELSE 'presync' END AS ferry_phase

@@ -144,8 +144,8 @@ int sieve_step_user(struct sieve_step *s, const struct user_rec *u, char *why, s
 	snprintf(p->user, sizeof(p->user), "%s", u->name);
 	p->next = s->pending;
 	s->pending = p;
-	p->req = doveadm_call(s->dc, FERRY_CMD_STATUS, json_pack("{s:s}", "user", u->new_login),
-			      on_status, p);
+	p->req = doveadm_call(s->dc, u->new_host, FERRY_CMD_STATUS,
+			      json_pack("{s:s}", "user", u->new_login), on_status, p);
 	if (p->req == NULL) {
 		s->pending = p->next;
 		free(p);

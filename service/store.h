@@ -45,6 +45,8 @@ struct user_rec {
 	char name[256];
 	char old_login[256];
 	char new_login[256];
+	char new_host[256];     /* the NEW backend that owns the mailbox, from
+				   the routing ("" = the one NEW): backend.h */
 	int64_t endpoint_id;
 	struct endpoint_rec ep; /* filled by user_get/user_each */
 	char wave[128];         /* "" = none */

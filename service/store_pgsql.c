@@ -97,6 +97,8 @@ static const char *const migrations[] = {
 	" requested_at BIGINT NOT NULL, finished_at BIGINT NOT NULL,"
 	" error TEXT NOT NULL, report_json TEXT, report_text TEXT,"
 	" PRIMARY KEY (user_id, kind));",
+	/* 1 -> 2: SQLite's 6 -> 7, the NEW backend that owns the user's mailbox */
+	"ALTER TABLE users ADD COLUMN new_host TEXT NOT NULL DEFAULT '';",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 /* pg_advisory_xact_lock key of the migration: "ferry" */
@@ -501,7 +503,7 @@ static int create_views(struct store *st)
 		ret = simple(st, "views", "ROLLBACK TO SAVEPOINT views");
 		if (ret == 0)
 			ret = simple(st, "views", "DROP VIEW IF EXISTS " FERRY_VIEW_TRANSPORT ", "
-				     FERRY_VIEW_USERDB ", " FERRY_VIEW_PASSDB ", ferry_route");
+				     FERRY_VIEW_PROXY ", " FERRY_VIEW_USERDB ", " FERRY_VIEW_PASSDB ", ferry_route");
 		if (ret == 0)
 			ret = simple(st, "views", src);
 	}
@@ -797,6 +799,7 @@ static void user_row(const PGresult *res, int r, struct user_rec *u)
 	u->finished_at = gi(res, r, 19);
 	u->updated_at = gi(res, r, 20);
 	u->login_at = gi(res, r, 22);
+	gt(res, r, 23, u->new_host, sizeof(u->new_host));
 }
 
 static int users_cb(PGresult *res, int (*cb)(const struct user_rec *, void *), void *ctx)
@@ -817,10 +820,11 @@ static int users_cb(PGresult *res, int (*cb)(const struct user_rec *, void *), v
 static int pg_user_add(struct store *st, struct user_rec *u)
 {
 	PGresult *res = q(st, "user_add", "INSERT INTO users (name, old_login, new_login,"
-			  " endpoint_id, wave_id, state, password_enc, updated_at) VALUES ($1, $2,"
-			  " $3, $4, (SELECT id FROM waves WHERE name = $5), $6, $7, $8) RETURNING id",
-			  "sssitsti", u->name, u->old_login, u->new_login, u->endpoint_id, u->wave,
-			  user_state_name(u->state), u->password_enc, (int64_t)time(NULL));
+			  " endpoint_id, wave_id, state, password_enc, updated_at, new_host) VALUES"
+			  " ($1, $2, $3, $4, (SELECT id FROM waves WHERE name = $5), $6, $7, $8, $9)"
+			  " RETURNING id", "sssitstis", u->name, u->old_login, u->new_login,
+			  u->endpoint_id, u->wave, user_state_name(u->state), u->password_enc,
+			  (int64_t)time(NULL), u->new_host);
 
 	if (res == NULL)
 		return -1;

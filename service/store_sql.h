@@ -14,7 +14,7 @@
 #define SQL_USER_COLS "u.id, u.name, u.old_login, u.new_login, u.endpoint_id, e.host," \
 	" e.port, e.tls, e.auth, COALESCE(w.name, ''), COALESCE(u.wave_id, 0), u.state," \
 	" u.paused, u.running, u.attempts, u.next_attempt, u.sync_seq, u.last_error," \
-	" u.started_at, u.finished_at, u.updated_at, e.old_prefix, u.login_at"
+	" u.started_at, u.finished_at, u.updated_at, e.old_prefix, u.login_at, u.new_host"
 #define SQL_USER_FROM " FROM users u JOIN endpoints e ON e.id = u.endpoint_id" \
 	" LEFT JOIN waves w ON w.id = u.wave_id"
 #define SQL_FOLDER_SELECT "SELECT u.name, f.name, f.state, f.old_messages, f.messages," \

@@ -87,6 +87,10 @@ static const char *const migrations[] = {
 	"INSERT INTO checks6 SELECT * FROM checks;"
 	"DROP TABLE checks;"
 	"ALTER TABLE checks6 RENAME TO checks;",
+	/* 6 -> 7: the NEW backend that owns the user's mailbox ('' = the one
+	   NEW): where its pulls run, where the proxy sends it after the
+	   cut-over (docs/routing.md, "Several NEW backends") */
+	"ALTER TABLE users ADD COLUMN new_host TEXT NOT NULL DEFAULT '';",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -256,6 +260,7 @@ static int create_views(struct store *st)
 	    strcmp(have, want) == 0)
 		return 0;
 	if (exec(st, "DROP VIEW IF EXISTS " FERRY_VIEW_TRANSPORT ";"
+		 "DROP VIEW IF EXISTS " FERRY_VIEW_PROXY ";"
 		 "DROP VIEW IF EXISTS " FERRY_VIEW_USERDB ";"
 		 "DROP VIEW IF EXISTS " FERRY_VIEW_PASSDB ";"
 		 "DROP VIEW IF EXISTS ferry_route;") < 0 ||
@@ -484,16 +489,17 @@ static void user_row(sqlite3_stmt *stmt, struct user_rec *u)
 	u->finished_at = sqlite3_column_int64(stmt, 19);
 	u->updated_at = sqlite3_column_int64(stmt, 20);
 	u->login_at = sqlite3_column_int64(stmt, 22);
+	col_text(stmt, 23, u->new_host, sizeof(u->new_host));
 }
 
 static int sq_user_add(struct store *st, struct user_rec *u)
 {
 	if (run(st, prepf(st, "INSERT INTO users (name, old_login, new_login, endpoint_id,"
-			  " wave_id, state, password_enc, updated_at) VALUES (?, ?, ?, ?,"
-			  " (SELECT id FROM waves WHERE name = ?), ?, ?, ?)", "sssitsti",
+			  " wave_id, state, password_enc, updated_at, new_host) VALUES (?, ?, ?, ?,"
+			  " (SELECT id FROM waves WHERE name = ?), ?, ?, ?, ?)", "sssitstis",
 			  u->name, u->old_login, u->new_login, u->endpoint_id, u->wave,
 			  user_state_name(u->state), u->password_enc,
-			  (int64_t)time(NULL)), "user_add") < 0)
+			  (int64_t)time(NULL), u->new_host), "user_add") < 0)
 		return -1;
 	u->id = sqlite3_last_insert_rowid(SQ(st)->db);
 	return 0;

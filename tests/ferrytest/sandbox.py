@@ -137,18 +137,18 @@ def _kill(pid, sig):
         pass
 
 
-def port_open(port):
+def port_open(port, addr="127.0.0.1"):
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        socket.create_connection((addr, port), timeout=0.5).close()
         return True
     except OSError:
         return False
 
 
-def _greets(port):
+def _greets(port, addr="127.0.0.1"):
     """The service answers with a greeting line (its login process is up)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with socket.create_connection((addr, port), timeout=5) as s:
             return s.makefile("rb").readline().startswith((b"* OK", b"+OK", b"220",
                                                            b'"IMPLEMENTATION"'))
     except OSError:
@@ -191,7 +191,7 @@ class Sandbox:
                  users=("alice", "bob", "carol"), new_plugin=True, batch_size=None,
                  old_extra="", new_extra="", new_userdb_extra=None, ports=None,
                  doveadm_http=False, tls=False, new_sql_conf=None, sieve=False,
-                 dovecot_select=None):
+                 dovecot_select=None, new_backends=None, proxy_sql_conf=None):
         self.created_root = root is None
         self.root = os.path.abspath(root or tempfile.mkdtemp(prefix="ferry-"))
         self.build_dir = os.path.abspath(build_dir)
@@ -209,6 +209,20 @@ class Sandbox:
                 q = _free_ports(3)
                 ports["old"]["sieve"], ports["new"]["sieve"] = q[0], q[1]
                 ports["smtp_sink"] = q[2]
+        # new_backends: loopback addresses of several NEW backends, e.g.
+        # ("127.0.0.2", "127.0.0.3"): instances "new" (the first), "new2",
+        # ... each a NEW with the plugin on its own address and the same
+        # ports (so doveadm = %{host}:PORT reaches each), and "proxy": a
+        # Dovecot proxy on 127.0.0.1 whose passdb is proxy_sql_conf
+        # (conf/dovecot-proxy-sql.conf.ext) with ports of its own
+        self.new_backends = list(new_backends or [])
+        self.proxy_sql_conf = os.path.abspath(proxy_sql_conf) if proxy_sql_conf else None
+        if self.new_backends:
+            for i in range(2, len(self.new_backends) + 1):
+                ports.setdefault("new%d" % i, dict(ports["new"]))
+            if "proxy" not in ports:
+                q = _free_ports(2)
+                ports["proxy"] = {"imap": q[0], "pop3": q[1]}
         self.ports = ports
         # sieve: Pigeonhole on both (ManageSieve on ports[inst]["sieve"],
         # scripts in ~/sieve, ~/.dovecot.sieve the active one); NEW's LMTP
@@ -239,7 +253,29 @@ class Sandbox:
 
     def version(self, inst):
         """'2.3' or '2.4': the Dovecot that runs inst."""
-        return dovecot.version(inst, self.dovecot_select)
+        return dovecot.version("old" if inst == "old" else "new", self.dovecot_select)
+
+    @property
+    def instances(self):
+        """In start order: old, new (new2, ..., proxy with new_backends)."""
+        if not self.new_backends:
+            return list(INSTANCES)
+        return ["old"] + self.backends() + ["proxy"]
+
+    def backends(self):
+        """The NEW instances: ["new"], or one per new_backends address."""
+        if not self.new_backends:
+            return ["new"]
+        return ["new"] + ["new%d" % i for i in range(2, len(self.new_backends) + 1)]
+
+    def is_new(self, inst):
+        return inst in self.backends()
+
+    def addr(self, inst):
+        """The address inst listens on (127.0.0.1 unless a backend)."""
+        if self.new_backends and self.is_new(inst):
+            return self.new_backends[self.backends().index(inst)]
+        return "127.0.0.1"
 
     # ---- paths -----------------------------------------------------------
     def dir(self, inst):
@@ -271,7 +307,7 @@ class Sandbox:
             if not os.path.isdir(h):
                 os.makedirs(h)
                 os.chown(h, mail.pw_uid, mail.pw_gid)
-        extra = self.new_userdb_extra if inst == "new" else {}
+        extra = self.new_userdb_extra if self.is_new(inst) else {}
         v24 = self.version(inst) == "2.4"
         with open(os.path.join(d, "passwd"), "w") as f:
             for user in self.users:
@@ -289,6 +325,7 @@ class Sandbox:
 
     def _conf_text(self, inst):
         d, ports = self.dir(inst), self.ports[inst]
+        addr = self.addr(inst)
         listeners = []
         for proto, port in ports.items():
             svc = proto if proto == "lmtp" else proto + "-login"
@@ -296,8 +333,8 @@ class Sandbox:
                 svc = "managesieve-login"
             chroot = "" if proto == "lmtp" else "  chroot =\n"
             listeners.append("service %s {\n%s  inet_listener %s {\n"
-                             "    address = 127.0.0.1\n    port = %d\n  }\n}\n"
-                             % (svc, chroot, proto, port))
+                             "    address = %s\n    port = %d\n  }\n}\n"
+                             % (svc, chroot, proto, addr, port))
         sep = "." if inst == "old" else "/"
         text = f"""# generated by ferrytest.sandbox ({inst})
 base_dir = {d}/run
@@ -305,7 +342,7 @@ state_dir = {d}/state
 log_path = {d}/dovecot.log
 log_timestamp = "%b %d %H:%M:%S.%{{usecs}} "
 instance_name = ferry-{inst}-{os.path.basename(self.root)}
-listen = 127.0.0.1
+listen = {addr}
 protocols = {" ".join(ports)}
 default_internal_user = dovecot
 default_login_user = dovenull
@@ -347,6 +384,8 @@ service anvil {{
   chroot =
 }}
 """ + "".join(listeners)
+        if inst == "proxy":
+            return self._proxy_conf(text)
         if inst == "old" and self.tls:
             text += self._tls_conf()
         if self.sieve:
@@ -368,8 +407,8 @@ imapc_cmd_timeout = 5s
             text += "plugin {\n  ferry_batch_size = %d\n}\n" % self.batch_size
         if self.doveadm_http:
             text += ("doveadm_api_key = %s\nservice doveadm {\n  inet_listener http {\n"
-                     "    address = 127.0.0.1\n    port = %d\n  }\n}\n"
-                     % (self.doveadm_api_key, self.doveadm_http))
+                     "    address = %s\n    port = %d\n  }\n}\n"
+                     % (self.doveadm_api_key, addr, self.doveadm_http))
         if ASAN:
             text += self._asan_conf()
         return text + self.new_extra + "\n"
@@ -399,7 +438,7 @@ imapc_cmd_timeout = 5s
     def _sieve_conf(self, inst):
         text = ("plugin {\n  sieve = file:~/sieve;active=~/.dovecot.sieve\n}\n"
                 "protocol sieve {\n  mail_max_userip_connections = 100\n}\n")
-        if inst == "new":
+        if self.is_new(inst):
             text += ("protocol lmtp {\n  mail_plugins = $mail_plugins sieve\n}\n"
                      "submission_host = 127.0.0.1:%d\n"
                      "postmaster_address = postmaster@example.org\n"
@@ -407,15 +446,22 @@ imapc_cmd_timeout = 5s
         return text
 
     def _sql_passdb(self, inst):
-        if inst != "new" or not self.new_sql_conf:
+        if inst == "proxy":
+            return "passdb {\n  driver = sql\n  args = %s\n}\n" % self.proxy_sql_conf
+        if not self.is_new(inst) or not self.new_sql_conf:
             return ""
         return "passdb {\n  driver = sql\n  args = %s\n}\n" % self.new_sql_conf
 
     def _sql_userdb(self, inst):
-        if inst != "new" or not self.new_sql_conf:
+        if not self.is_new(inst) or not self.new_sql_conf:
             return ""
         return ("userdb {\n  driver = sql\n  args = %s\n  result_success = continue-ok\n}\n"
                 % self.new_sql_conf)
+
+    def _proxy_conf(self, text):
+        """The proxy in front of the backends: every login is proxied
+        (passdb sql with proxy=y host=...), nothing is stored here."""
+        return text + "# a proxy: its sql passdb answers proxy=y host=...\n"
 
     # ---- TLS (OLD only) ------------------------------------------------------
     def tls_dir(self):
@@ -521,7 +567,7 @@ imapc_cmd_timeout = 5s
     def start_instance(self, inst):
         if self.master_pid(inst):
             return
-        if inst == "new" and self.new_plugin:
+        if self.is_new(inst) and self.new_plugin:
             plugin = os.path.join(self.build_dir, PLUGIN)
             if not os.path.exists(plugin):
                 raise SandboxError("NEW needs %s: build the plugin (make) or use "
@@ -533,7 +579,7 @@ imapc_cmd_timeout = 5s
                 if os.path.isdir(path):
                     dovecot.bind(path)
         self._write_conf(inst)
-        if inst == "new":
+        if self.is_new(inst):
             self._link_modules(ver)
         # output to a file, not a pipe: the daemon keeps stderr open forever
         out_path = os.path.join(self.dir(inst), "start.out")
@@ -545,11 +591,12 @@ imapc_cmd_timeout = 5s
             if rc != 0:
                 raise SandboxError("dovecot %s failed to start (rc %d): %s%s" % (
                     inst, rc, out.read(), self.log_text(inst)[-2000:]))
+        addr = self.addr(inst)
         for port in self.ports[inst].values():
-            wait_until(lambda: _greets(port), 10, "%s greeting on port %d" % (inst, port))
-        if inst == "new" and self.doveadm_http:
-            wait_until(lambda: port_open(self.doveadm_http), 10,
-                       "doveadm HTTP on port %d" % self.doveadm_http)
+            wait_until(lambda: _greets(port, addr), 10, "%s greeting on %s:%d" % (inst, addr, port))
+        if self.is_new(inst) and self.doveadm_http:
+            wait_until(lambda: port_open(self.doveadm_http, addr), 10,
+                       "doveadm HTTP on %s:%d" % (addr, self.doveadm_http))
 
     def stop_instance(self, inst, timeout=15):
         pid = self.master_pid(inst)
@@ -574,18 +621,22 @@ imapc_cmd_timeout = 5s
                        "dovecot %s to die after SIGKILL" % inst)
 
     def start(self):
-        self.start_instance("old")
+        started = []
         try:
-            self.start_instance("new")
+            for inst in self.instances:
+                self.start_instance(inst)
+                started.append(inst)
         except BaseException:
-            self.stop_instance("old")
+            for inst in reversed(started):
+                self.stop_instance(inst)
             raise
         self.save()
         return self
 
     def stop(self):
-        self.stop_instance("new")  # first: it may hold imapc sessions to OLD
-        self.stop_instance("old")
+        # NEW first: it may hold imapc sessions to OLD
+        for inst in reversed(self.instances):
+            self.stop_instance(inst)
 
     def start_old(self):
         self.start_instance("old")
@@ -649,9 +700,9 @@ imapc_cmd_timeout = 5s
         """Logged-in imaplib.IMAP4; master=True logs in as user*ferry-master
         (or AUTHENTICATE PLAIN with authzid if authzid=True)."""
         if master:
-            return imapwire.connect("127.0.0.1", self.port(inst), user,
+            return imapwire.connect(self.addr(inst), self.port(inst), user,
                                     MASTER_PASSWORD, MASTER_USER, authzid, timeout)
-        return imapwire.connect("127.0.0.1", self.port(inst), user,
+        return imapwire.connect(self.addr(inst), self.port(inst), user,
                                 password(user), timeout=timeout)
 
     def lmtp_deliver(self, user, message, sender="sender@example.org", timeout=120):
@@ -672,7 +723,8 @@ imapc_cmd_timeout = 5s
         state = {k: getattr(self, k) for k in (
             "build_dir", "conf_snippet", "users", "new_plugin", "batch_size",
             "old_extra", "new_extra", "new_userdb_extra", "ports", "doveadm_http",
-            "tls", "new_sql_conf", "sieve", "dovecot_select")}
+            "tls", "new_sql_conf", "sieve", "dovecot_select", "new_backends",
+            "proxy_sql_conf")}
         with open(os.path.join(self.root, self.STATE), "w") as f:
             json.dump(state, f, indent=1)
 
@@ -685,7 +737,7 @@ imapc_cmd_timeout = 5s
         e = {"FERRY_DIR": self.root, "FERRY_USERS": " ".join(self.users),
              "FERRY_MASTER_USER": MASTER_USER, "FERRY_MASTER_PASSWORD": MASTER_PASSWORD,
              "FERRY_PASSWORD_SUFFIX": password("")}
-        for inst in INSTANCES:
+        for inst in self.instances:
             I = inst.upper()
             e["FERRY_%s_CONF" % I] = self.conf_path(inst)
             e["FERRY_%s_LOG" % I] = self.log_path(inst)

@@ -29,6 +29,21 @@ Test(csv, minimal_with_defaults)
 	csv_users_free(&u);
 }
 
+Test(csv, new_host_column)
+{
+	struct csv_users u;
+	char *err;
+
+	cr_assert_eq(parse("user,endpoint,new_host\nalice,old,10.0.0.2\nbob,old,\n", &u, &err),
+		     0, "%s", err);
+	cr_assert_str_eq(u.rows[0].new_host, "10.0.0.2");
+	cr_assert_str_eq(u.rows[1].new_host, "");
+	csv_users_free(&u);
+	cr_assert_eq(parse("user,endpoint,new_host\nalice,old,back end\n", &u, &err), -1);
+	cr_assert(strstr(err, "line 2: new_host") != NULL, "%s", err);
+	free(err);
+}
+
 Test(csv, all_columns_quotes_semicolons_comments)
 {
 	struct csv_users u;

@@ -1,6 +1,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
+#include "backend.h"
 #include "doveadm.h"
 #include "secret.h"
 
@@ -38,6 +39,36 @@ Test(doveadm, errors)
 	cr_assert_not(r.ok);
 	parse(200, "[[\"doveadmResponse\",[],\"other\"]]", &r);
 	cr_assert_not(r.ok);
+}
+
+/* a user's NEW backend put into doveadm, new_imap, new_sieve (backend.h) */
+Test(backend, host_from_pattern_or_the_one_new)
+{
+	char out[64], err[256];
+
+	/* shipped default: one NEW, users without a backend */
+	cr_assert_eq(backend_host("127.0.0.1", "", "doveadm", out, sizeof(out), err,
+				  sizeof(err)), 0);
+	cr_assert_str_eq(out, "127.0.0.1");
+	cr_assert_eq(backend_host("127.0.0.1", "127.0.0.1", "doveadm", out, sizeof(out), err,
+				  sizeof(err)), 0);
+	cr_assert_str_eq(out, "127.0.0.1");
+	/* the pattern names each user's backend */
+	cr_assert_eq(backend_host("%{host}", "10.0.0.3", "doveadm", out, sizeof(out), err,
+				  sizeof(err)), 0);
+	cr_assert_str_eq(out, "10.0.0.3");
+	cr_assert_eq(backend_host("adm.%{host}", "b2.example", "doveadm", out, sizeof(out), err,
+				  sizeof(err)), 0);
+	cr_assert_str_eq(out, "adm.b2.example");
+	/* never a pull where the mailbox is not */
+	cr_assert_eq(backend_host("127.0.0.1", "10.0.0.3", "doveadm", out, sizeof(out), err,
+				  sizeof(err)), -1);
+	cr_assert(strstr(err, "set doveadm = %{host}:PORT") != NULL, "%s", err);
+	cr_assert_eq(backend_host("%{host}", "", "new_imap", out, sizeof(out), err,
+				  sizeof(err)), -1);
+	cr_assert(strstr(err, "no NEW backend") != NULL, "%s", err);
+	cr_assert_eq(backend_host("%{host}", "a-very-long-backend-name-that-does-not-fit-in-64-bytes-of-output."
+				  "example", "doveadm", out, sizeof(out), err, sizeof(err)), -1);
 }
 
 Test(secret, roundtrip_and_tamper)

@@ -237,7 +237,7 @@ Test(store, user_counts_and_pages)
 Test(store, routing_views_have_the_contract_names)
 {
 	static const char *const views[] = { FERRY_VIEW_PASSDB, FERRY_VIEW_USERDB,
-					      FERRY_VIEW_TRANSPORT };
+					      FERRY_VIEW_TRANSPORT, FERRY_VIEW_PROXY };
 	char hash[17], have[32];
 	sqlite3 *db;
 
@@ -256,6 +256,62 @@ Test(store, routing_views_have_the_contract_names)
 	store_routing_views_hash(hash);
 	cr_assert_eq(st->setting_get(st, STORE_VIEWS_HASH_KEY, have, sizeof(have)), 0);
 	cr_assert_str_eq(have, hash);
+}
+
+/* the user's NEW backend (users.new_host) is read back with the user and
+   is where the proxy's view sends it once cut over; before, OLD */
+static void proxy_row(const char *login, char *host, size_t hl, char *destuser, size_t dl)
+{
+	sqlite3 *db;
+	sqlite3_stmt *stmt;
+
+	*host = *destuser = '\0';
+	cr_assert_eq(sqlite3_open_v2(unit_store_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	cr_assert_eq(sqlite3_prepare_v2(db, "SELECT host, destuser FROM " FERRY_VIEW_PROXY
+					" WHERE login = ?", -1, &stmt, NULL), SQLITE_OK);
+	sqlite3_bind_text(stmt, 1, login, -1, SQLITE_STATIC);
+	if (sqlite3_step(stmt) == SQLITE_ROW) {
+		snprintf(host, hl, "%s", (const char *)sqlite3_column_text(stmt, 0));
+		snprintf(destuser, dl, "%s", (const char *)sqlite3_column_text(stmt, 1));
+	}
+	sqlite3_finalize(stmt);
+	sqlite3_close(db);
+}
+
+Test(store, new_host_round_trip_and_proxy_view)
+{
+	struct endpoint_rec ep = { .port = 143 };
+	struct user_rec u;
+	char host[64], destuser[64];
+
+	snprintf(ep.host, sizeof(ep.host), "old.example");
+	snprintf(ep.tls, sizeof(ep.tls), "none");
+	snprintf(ep.auth, sizeof(ep.auth), "master");
+	cr_assert_eq(st->endpoint_ensure(st, &ep), 0, "%s", st->error(st));
+	memset(&u, 0, sizeof(u));
+	snprintf(u.name, sizeof(u.name), "alice");
+	snprintf(u.old_login, sizeof(u.old_login), "alice@old");
+	snprintf(u.new_login, sizeof(u.new_login), "alice");
+	snprintf(u.new_host, sizeof(u.new_host), "10.0.0.2");
+	u.endpoint_id = ep.id;
+	cr_assert_eq(st->user_add(st, &u), 0, "%s", st->error(st));
+	add_user("bob", "");  /* no backend: the one NEW */
+	cr_assert_eq(st->user_get(st, "alice", &u), 0);
+	cr_assert_str_eq(u.new_host, "10.0.0.2");
+	cr_assert_eq(st->user_get(st, "bob", &u), 0);
+	cr_assert_str_eq(u.new_host, "");
+	if (unit_store_is_pgsql()) /* tests/test_pgsql.py reads the views there */
+		return;
+	proxy_row("alice", host, sizeof(host), destuser, sizeof(destuser));
+	cr_assert_str_eq(host, "old.example");
+	cr_assert_str_eq(destuser, "alice@old");
+	cr_assert_eq(st->route_set(st, "alice", "new", 0), 0, "%s", st->error(st));
+	cr_assert_eq(st->route_set(st, "bob", "new", 0), 0, "%s", st->error(st));
+	proxy_row("alice", host, sizeof(host), destuser, sizeof(destuser));
+	cr_assert_str_eq(host, "10.0.0.2");
+	cr_assert_str_eq(destuser, "alice");
+	proxy_row("bob", host, sizeof(host), destuser, sizeof(destuser));
+	cr_assert_str_eq(host, "", "a cut-over user without a backend has no proxy row");
 }
 
 /* PostgreSQL refuses text that is not UTF-8: a stray byte in an old
