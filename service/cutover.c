@@ -815,10 +815,10 @@ static int route_user_json(const struct user_rec *u, void *ctx)
 		return 0;
 	if (c->st->route_get(c->st, u->name, &r) != 0)
 		return -1;
-	json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:I}",
+	json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}",
 		"user", u->name, "login", u->new_login, "wave", u->wave,
 		"route", r.target, "phase", strcmp(r.target, "new") == 0 ? FERRY_PHASE_CUTOVER : FERRY_PHASE_PRESYNC,
-		"changed_at", (json_int_t)r.changed_at));
+		"changed_at", (json_int_t)r.changed_at, "new_host", u->new_host));
 	return 0;
 }
 

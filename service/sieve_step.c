@@ -149,8 +149,9 @@ int sieve_step_user(struct sieve_step *s, const struct user_rec *u, char *why, s
 	if (p->req == NULL) {
 		s->pending = p->next;
 		free(p);
-		checks_release(s->ch, u->name, "sieve", NULL, "cannot ask the new server (doveadm)");
-		snprintf(why, wl, "cannot ask the new server (doveadm)");
+		snprintf(why, wl, "cannot ask the new server (doveadm): %s",
+			 doveadm_client_error(s->dc));
+		checks_release(s->ch, u->name, "sieve", NULL, why);
 		return -1;
 	}
 	return 0;

@@ -89,9 +89,13 @@ def separator(conn):
 
 def doveadm_commands(sb, inst):
     """{user: {commands}} of the doveadm HTTP API's commands run on inst
-    ("Executing command 'ferry pull' as 'a1'")."""
+    (2.3: "Executing command 'ferry pull' as 'a1'", 2.4: "cmd ferry pull:
+    Executing command as 'a1'")."""
     out = {}
-    for cmd, user in re.findall(r"Executing command '([^']+)' as '([^']+)'", sb.log_text(inst)):
+    text = sb.log_text(inst)
+    found = re.findall(r"Executing command '([^']+)' as '([^']+)'", text) + \
+        re.findall(r"cmd ([^:]+): Executing command as '([^']+)'", text)
+    for cmd, user in found:
         out.setdefault(user, set()).add(cmd)
     return out
 
@@ -160,6 +164,8 @@ def test_pulls_run_on_the_owning_backend_and_logins_go_through_the_proxy(env):
             assert compare(old, take(conn)) == []
         finally:
             conn.logout()
+    route = fd.api("GET", "/v1/route?user=b1")[1]["routes"][0]
+    assert route["route"] == "new" and route["new_host"] == sb.addr("new2"), route
     proxied = dict(re.findall(r"proxy\(([^,)]+),([0-9.]+):\d+\): Started proxying",
                               sb.log_text("proxy", proxy_log)))
     assert proxied == {u: sb.addr(OWNER[u]) for u in USERS}
