@@ -43,7 +43,8 @@ struct pg {
 };
 
 /* Migration N brings the schema from version N to N+1. Append only.
-   Version 1 is SQLite's schema 6 (store_sqlite.c) in PostgreSQL types. */
+   Version 1 is SQLite's schema 6 (store_sqlite.c) in PostgreSQL types; 2 is
+   SQLite's 7. */
 static const char *const migrations[] = {
 	/* 0 -> 1 */
 	"CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"

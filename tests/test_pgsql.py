@@ -180,7 +180,7 @@ def test_schema_versioned_and_reopen_keeps_views_and_grants(env):
     """A restart migrates nothing and leaves the views (and the reader's
     grant) alone; the schema version is recorded."""
     sb, fd, pg, db, cf = env
-    assert pg.psql(db["name"], "SELECT version FROM ferry_schema").strip() == "1"
+    assert pg.psql(db["name"], "SELECT version FROM ferry_schema").strip() == "2"
     before = pg.psql(db["name"], "SELECT value FROM settings WHERE key = 'routing_views_hash'")
     assert re.fullmatch(r"[0-9a-f]{16}\n", before)
     fd.stop()
