@@ -53,7 +53,15 @@ struct run {
 	struct bufferevent *out, *err, *in;
 	int out_done, err_done;
 	struct event *deadline;
+	/* the result, held while another process holds the state database's
+	   write lock (docs/ferryd.md, "A locked database") */
+	struct event *hold_ev;
+	json_t *held_rep;
+	char held_error[1024];
+	struct timespec hold_since;
 };
+
+#define HOLD_RETRY_MS 100
 
 struct checks {
 	struct event_base *base;
@@ -359,6 +367,7 @@ out:
 }
 
 static void run_end(struct run *r);
+static void conclude(struct run *r, json_t *rep, const char *error);
 
 static void on_read(struct bufferevent *bev, void *arg)
 {
@@ -780,6 +789,9 @@ static void run_free(struct run *r)
 		bufferevent_free(r->err);
 	if (r->deadline != NULL)
 		event_free(r->deadline);
+	if (r->hold_ev != NULL)
+		event_free(r->hold_ev);
+	json_decref(r->held_rep);
 	free(r);
 }
 
@@ -808,7 +820,7 @@ static void stderr_line(struct run *r, char *buf, size_t len)
 static void run_end(struct run *r)
 {
 	struct checks *ch = r->ch;
-	char host[256], error[1024] = "";
+	char error[1024] = "";
 	int status = 0, code = -1;
 	json_t *rep = NULL;
 
@@ -838,23 +850,87 @@ static void run_end(struct run *r)
 			snprintf(error, sizeof(error), "ferry-imapcheck ended with status %d",
 				 WIFSIGNALED(status) ? 128 + WTERMSIG(status) : code);
 	}
-	finish(r, rep, error);
+	r->pid = 0;  /* reaped */
+	conclude(r, rep, error);
 	json_decref(rep);
-	snprintf(host, sizeof(host), "%s", r->host);
-	run_unlink(r);
-	ch->nrunning--;
-	run_free(r);
-	ch->cb(host, ch->ctx);
 }
 
 /* A run that ended before its child did anything (the names could not be
    had, the child could not start, the deadline): no process to reap. */
 static void run_end_early(struct run *r, const char *error)
 {
+	conclude(r, NULL, error);
+}
+
+/* finish()'s writes in one transaction: 0 written (or failed for another
+   reason, logged store-error), 1 the write lock is held by another
+   process (nothing written: try again) */
+static int finish_tx(struct run *r, json_t *rep, const char *error)
+{
+	struct store *st = r->ch->st;
+
+	st->busy = 0;
+	if (st->begin(st) < 0) {
+		if (st->busy)
+			return 1;
+		finish(r, rep, error);  /* inside a transaction already: joins it */
+		return 0;
+	}
+	finish(r, rep, error);
+	if (st->commit(st) < 0) {
+		int busy = st->busy;
+		if (!busy)
+			evlog("error", "store-error", "user", r->user, "error", st->error(st), NULL);
+		st->rollback(st);
+		return busy;
+	}
+	return 0;
+}
+
+static void on_hold(evutil_socket_t fd, short what, void *ctx)
+{
+	struct run *r = ctx;
+
+	(void)fd;
+	(void)what;
+	conclude(r, r->held_rep, r->held_error);
+}
+
+/* the run's result written (or held and tried again every HOLD_RETRY_MS
+   while the database is locked: the run keeps its old-host slot and its
+   place, so the same check is not queued twice), then the run ends */
+static void conclude(struct run *r, json_t *rep, const char *error)
+{
 	struct checks *ch = r->ch;
 	char host[256];
 
-	finish(r, NULL, error);
+	if (finish_tx(r, rep, error) > 0) {
+		struct timeval tv = { 0, HOLD_RETRY_MS * 1000 };
+		if (r->deadline != NULL)
+			event_del(r->deadline);
+		if (r->hold_ev == NULL) {
+			if ((r->hold_ev = evtimer_new(ch->base, on_hold, r)) == NULL)
+				abort();
+			clock_gettime(CLOCK_MONOTONIC, &r->hold_since);
+			evlog("warning", "store-busy", "user", r->user, "held", "check-result",
+			      "kind", r->kind, "error", ch->st->error(ch->st), NULL);
+			r->held_rep = json_incref(rep);
+			snprintf(r->held_error, sizeof(r->held_error), "%s",
+				 error != NULL ? error : "");
+		}
+		evtimer_add(r->hold_ev, &tv);
+		return;
+	}
+	if (r->hold_ev != NULL) {
+		struct timespec now;
+		char ms[32];
+
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		snprintf(ms, sizeof(ms), "%lld", (long long)((now.tv_sec - r->hold_since.tv_sec) *
+			1000 + (now.tv_nsec - r->hold_since.tv_nsec) / 1000000));
+		evlog("info", "store-resumed", "user", r->user, "kind", r->kind, "waited_ms", ms,
+		      NULL);
+	}
 	snprintf(host, sizeof(host), "%s", r->host);
 	run_unlink(r);
 	ch->nrunning--;
@@ -995,6 +1071,15 @@ void checks_cancel_all(struct checks *ch)
 
 	while (ch->runs != NULL) {
 		struct run *r = ch->runs;
+		if (r->hold_ev != NULL && finish_tx(r, r->held_rep, r->held_error) == 0) {
+			/* a held result: written if the lock is gone now */
+			ch->nrunning--;
+			snprintf(host, sizeof(host), "%s", r->host);
+			run_unlink(r);
+			run_free(r);
+			ch->cb(host, ch->ctx);
+			continue;
+		}
 		if (r->started) {
 			if (r->pid > 0) {
 				kill(r->pid, SIGKILL);

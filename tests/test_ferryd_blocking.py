@@ -13,8 +13,13 @@ sandbox's real Dovecot pair:
   answered 503 "busy" at once), the doveadm answers that arrive during the
   lock are held and applied afterwards (event log store-busy /
   store-resumed), a `ferryctl pause` sent during the lock is carried out
-  when it ends, and nothing is lost: every user done, NEW equal to OLD."""
+  when it ends, and nothing is lost: every user done, NEW equal to OLD;
+- a verification whose result comes while the database is locked (its
+  ferry-imapcheck child stopped with SIGSTOP until the lock is taken, then
+  let go): the result is held and written when the lock ends (event log
+  store-busy held=check-result / store-resumed), not lost."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,15 +27,16 @@ import time
 import pytest
 
 from ferrytest import corpus
-from ferrytest.ferryd import Ferryd
-from ferrytest.sandbox import BUILD_DIR, wait_until
+from ferrytest.ferryd import Ferryd, master_password_file
+from ferrytest.sandbox import BUILD_DIR, MASTER_USER, wait_until
 from ferrytest.slowdns import SlowDns
 from ferrytest.snapshot import compare, snapshot
 
 DNS_USER = "dnsu"
 LOCK_USERS = ["lk%02d" % i for i in range(1, 9)]
 IDLE = "idle"  # imported, never started: paused during the lock
-SANDBOX_KWARGS = {"users": [DNS_USER, IDLE] + LOCK_USERS, "doveadm_http": True}
+CHECK_USER = "ck"  # verified while the database is locked
+SANDBOX_KWARGS = {"users": [DNS_USER, IDLE, CHECK_USER] + LOCK_USERS, "doveadm_http": True}
 # the whole module on each store backend (conftest.py)
 FERRY_STORES = ("sqlite", "pgsql")
 LIMIT_MS = 100
@@ -197,3 +203,90 @@ def test_locked_database_does_not_block_the_api(sandbox):
     finally:
         fd.stop()
 
+
+
+def imapcheck_child(ppid):
+    """pid of a ferry-imapcheck child of ppid, or None"""
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % p) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        if comm == "ferry-imapcheck" and int(rest.split()[1]) == ppid:
+            return int(p)
+    return None
+
+
+def proc_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_check_result_during_lock_is_kept(sandbox):
+    corpus.seed_old(sandbox, CHECK_USER, corpus.folder_spec("Bulk", n=300, seed=160, gaps=3))
+    secret = master_password_file(sandbox)
+    fd = Ferryd(sandbox, name="ferryd-check", old_master_user=MASTER_USER,
+                old_master_password_file=secret, new_master_user=MASTER_USER,
+                new_master_password_file=secret, new_imap="127.0.0.1:%d" % sandbox.port("new"),
+                verify_sample=1, check_timeout=60)
+    try:
+        fd.start()
+        fd.import_users([CHECK_USER], "wc")
+        fd.ctl("start", "--wave", "wc")
+        wait_until(lambda: fd.settled([CHECK_USER]), 60, "the pull and its verification")
+        assert fd.users()[CHECK_USER]["state"] == "verified", fd.users()[CHECK_USER]
+        # an admin's verify; its child stopped before it wrote its report
+        # (a run that ended before it could be stopped is asked for again)
+        stopped = None
+        for _ in range(20):
+            code, body = fd.api("POST", "/v1/verify", {"user": CHECK_USER})
+            assert code == 202, body
+            # polled without a pause: the run may last a fraction of a second
+            pid, end = None, time.monotonic() + 20
+            while pid is None and time.monotonic() < end:
+                pid = imapcheck_child(fd.pid)
+                if pid is None and fd.api("GET", "/v1/check?user=%s&kind=verify" %
+                                          CHECK_USER)[1].get("state") in ("done", "error"):
+                    break
+            if pid is None:
+                continue
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            wait_until(lambda: proc_state(pid) in ("T", "Z", None), 10, "the child to stop")
+            if proc_state(pid) == "T":
+                stopped = pid
+                break
+            wait_until(lambda: fd.api("GET", "/v1/check?user=%s&kind=verify" % CHECK_USER)[1]
+                       .get("state") == "done", 20, "the run that ended to be written")
+        assert stopped is not None, "every verification ended before it could be stopped"
+        lk = locker(fd, HOLD_S)
+        try:
+            assert lk.stdout.readline().strip() == "locked"
+            os.kill(stopped, signal.SIGCONT)
+
+            def held():
+                return any(e.get("event") == "store-busy" and e.get("held") == "check-result"
+                           and e.get("user") == CHECK_USER for e in fd.events())
+            wait_until(held, HOLD_S - 1, "the result to be held during the lock")
+            assert lk.poll() is None, "the lock ended before the result came"
+            assert lk.stdout.readline().strip() == "unlocked"
+        finally:
+            lk.wait(timeout=30)
+        wait_until(lambda: any(e.get("event") == "store-resumed" and
+                               e.get("user") == CHECK_USER and e.get("kind") == "verify"
+                               for e in fd.events()), 20, "the held result to be written")
+        code, chk = fd.api("GET", "/v1/check?user=%s&kind=verify" % CHECK_USER)
+        assert code == 200 and chk["state"] == "done" and chk["result"] == "pass", chk
+        assert fd.users()[CHECK_USER]["state"] == "verified"
+        assert not [e for e in fd.events() if e.get("event") == "store-error"]
+    finally:
+        fd.stop()
