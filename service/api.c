@@ -47,6 +47,7 @@ struct api {
 	struct dns *dns;         /* DNS readiness and DNSBL checks */
 	struct sieve_step *sieve; /* Sieve scripts */
 	struct tally *tally;     /* the totals and pages of /v1/status */
+	struct start_job *starts; /* starts being carried out (h_start) */
 };
 
 struct call {
@@ -385,17 +386,6 @@ struct bulk {
 	int failed;
 };
 
-static int start_one(const struct user_rec *cu, void *ctx)
-{
-	struct bulk *b = ctx;
-	int ret = userstate_start(b->st, cu->name);
-
-	if (ret < 0)
-		return -1;
-	b->changed += ret;
-	return 0;
-}
-
 static int pause_one(const struct user_rec *cu, void *ctx)
 {
 	struct bulk *b = ctx;
@@ -426,24 +416,167 @@ static int get_wave_arg(struct call *c, const char **wave_r, struct wave_rec *w)
 	return -1;
 }
 
+/* A start is carried out in slices from the event loop (docs/ferryd.md,
+   "Event loop"): a 100,000-user wave is 100,000 compare-and-set
+   transitions, seconds of CPU that would otherwise hold every other
+   request. The users are taken from the totals in memory (tally.c, once
+   the changes it has not read yet are read), each slice is one
+   transaction of at most START_SLICE_MS, and the answer is sent when the
+   last slice is written. Each transition decides on the row as it is then
+   (another request between two slices is no problem); a slice that fails
+   is rolled back and the request answered 500/503 (a start may be sent
+   again: the users already started are left as they are). */
+#define START_SLICE_MS 10
+#define START_REFRESH 1024  /* tally changes read per turn before collecting */
+
+struct start_job {
+	struct api *a;
+	struct evhttp_request *req;
+	int64_t wave_id;     /* -1: every user */
+	char wave[128];      /* "" = every user */
+	char **names;
+	size_t n, cap, next;
+	int collected;
+	int changed;
+	struct event *ev;
+	struct start_job *next_job;
+};
+
+static int start_collect(const char *user, void *ctx)
+{
+	struct start_job *j = ctx;
+
+	if (j->n == j->cap) {
+		j->cap = j->cap ? j->cap * 2 : 1024;
+		if ((j->names = realloc(j->names, j->cap * sizeof(*j->names))) == NULL)
+			abort();
+	}
+	if ((j->names[j->n++] = strdup(user)) == NULL)
+		abort();
+	return 0;
+}
+
+static int start_collect_rec(const struct user_rec *u, void *ctx)
+{
+	return u->state == US_PENDING || u->state == US_FAILED ? start_collect(u->name, ctx) : 0;
+}
+
+static void start_job_free(struct start_job *j)
+{
+	for (struct start_job **p = &j->a->starts; *p != NULL; p = &(*p)->next_job)
+		if (*p == j) {
+			*p = j->next_job;
+			break;
+		}
+	for (size_t i = 0; i < j->n; i++)
+		free(j->names[i]);
+	free(j->names);
+	event_free(j->ev);
+	free(j);
+}
+
+static long long ms_since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (long long)(t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+static void start_slice(evutil_socket_t fd, short what, void *ctx)
+{
+	struct start_job *j = ctx;
+	struct store *st = j->a->st;
+	struct call c = { j->a, j->req, NULL, { 0 } };
+	struct timeval now = { 0, 0 };
+	struct timespec t0;
+	int ret = 0;
+
+	(void)fd;
+	(void)what;
+	TAILQ_INIT(&c.query);
+	st->busy = 0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (!j->collected) {
+		/* the totals' records say who is pending or failed once they
+		   have read every change (an import just before, a wave add) */
+		struct tally *t = j->a->tally;
+		if (t != NULL && tally_pending(t) > 0) {
+			/* at most START_REFRESH a turn; the last ones now, so
+			   that changes coming meanwhile cannot keep it waiting */
+			int more = tally_pending(t) > START_REFRESH;
+			if (tally_refresh(t, more ? START_REFRESH : 0) < 0) {
+				reply_store_error(&c);
+				start_job_free(j);
+				return;
+			}
+			if (more) {
+				event_add(j->ev, &now);
+				return;
+			}
+		}
+		if (t != NULL) {
+			tally_page(t, j->wave_id, US_PENDING, 0, INT32_MAX, start_collect, j);
+			tally_page(t, j->wave_id, US_FAILED, 0, INT32_MAX, start_collect, j);
+		} else if (st->user_each(st, j->wave[0] ? j->wave : NULL, start_collect_rec, j) < 0) {
+			reply_store_error(&c);
+			start_job_free(j);
+			return;
+		}
+		j->collected = 1;
+	}
+	if (j->next < j->n) {
+		if (st->begin(st) < 0)
+			ret = -1;
+		while (ret == 0 && j->next < j->n) {
+			int r = userstate_start(st, j->names[j->next]);
+			if (r < 0 && r != STORE_NOTFOUND) {  /* NOTFOUND: gone meanwhile */
+				ret = -1;
+				break;
+			}
+			j->changed += r > 0;
+			j->next++;
+			if ((j->next & 15) == 0 && ms_since(&t0) >= START_SLICE_MS)
+				break;
+		}
+		if (ret == 0 && st->commit(st) < 0)
+			ret = -1;
+		if (ret < 0) {
+			st->rollback(st);
+			reply_store_error(&c);
+			start_job_free(j);
+			return;
+		}
+		j->a->kick(j->a->ctx);
+	}
+	if (j->next < j->n) {
+		event_add(j->ev, &now);  /* after the events that came meanwhile */
+		return;
+	}
+	evlog("info", "start", "wave", j->wave[0] ? j->wave : NULL, NULL);
+	reply(&c, 200, json_pack("{s:i}", "started", j->changed));
+	start_job_free(j);
+}
+
 static void h_start(struct call *c)
 {
-	struct store *st = c->a->st;
-	struct bulk b = { st, "start", 0, 0 };
+	struct start_job *j;
 	struct wave_rec w;
 	const char *wave;
 
 	if (get_wave_arg(c, &wave, &w) < 0)
 		return;
-	if (st->begin(st) < 0 || st->user_each(st, wave, start_one, &b) < 0 ||
-	    st->commit(st) < 0) {
-		st->rollback(st);
-		reply_store_error(c);
-		return;
-	}
-	evlog("info", "start", "wave", wave, NULL);
-	c->a->kick(c->a->ctx);
-	reply(c, 200, json_pack("{s:i}", "started", b.changed));
+	if ((j = calloc(1, sizeof(*j))) == NULL)
+		abort();
+	j->a = c->a;
+	j->req = c->req;
+	j->wave_id = wave != NULL ? w.id : -1;
+	snprintf(j->wave, sizeof(j->wave), "%s", wave != NULL ? wave : "");
+	if ((j->ev = evtimer_new(c->a->base, start_slice, j)) == NULL)
+		abort();
+	j->next_job = c->a->starts;
+	c->a->starts = j;
+	start_slice(-1, 0, j);
 }
 
 static void pause_resume(struct call *c, const char *action)
@@ -1190,6 +1323,8 @@ void api_free(struct api *a)
 {
 	if (a == NULL)
 		return;
+	while (a->starts != NULL)  /* unanswered: evhttp_free drops the request */
+		start_job_free(a->starts);
 	if (a->http != NULL)
 		evhttp_free(a->http);
 	if (a->secret != NULL) {

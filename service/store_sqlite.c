@@ -13,9 +13,23 @@
 
 #define STORE_BUSY_MS 5  /* longest wait for the write lock in the event loop */
 
+/* prepared statements kept for the next call of the same SQL: parsing
+   was three quarters of a user_get's CPU (perf, docs/bench.md "ferryd at
+   scale"); a statement in use is not handed out twice (a nested call of
+   the same SQL gets its own, finalized after) */
+#define STMT_CACHE 64
+
+struct cached_stmt {
+	char *sql;  /* as the caller gives it (before sq_numbered) */
+	sqlite3_stmt *stmt;
+	int in_use;
+};
+
 struct sq {
 	sqlite3 *db;
 	char err[512];
+	struct cached_stmt cache[STMT_CACHE];
+	int ncache;
 };
 
 /* Migration N brings the schema from version N to N+1. Append only. */
@@ -162,17 +176,46 @@ static char *sq_numbered(const char *sql)
 
 static sqlite3_stmt *prep(struct store *st, const char *sql)
 {
+	struct sq *s = SQ(st);
 	sqlite3_stmt *stmt = NULL;
-	char *numbered = sq_numbered(sql);
-	int rc = sqlite3_prepare_v2(SQ(st)->db, numbered != NULL ? numbered : sql, -1,
-				    &stmt, NULL);
+	char *numbered;
+	int rc;
 
+	for (int i = 0; i < s->ncache; i++)
+		if (!s->cache[i].in_use && strcmp(s->cache[i].sql, sql) == 0) {
+			s->cache[i].in_use = 1;
+			return s->cache[i].stmt;
+		}
+	numbered = sq_numbered(sql);
+	rc = sqlite3_prepare_v3(s->db, numbered != NULL ? numbered : sql, -1,
+				s->ncache < STMT_CACHE ? SQLITE_PREPARE_PERSISTENT : 0, &stmt, NULL);
 	free(numbered);
 	if (rc != SQLITE_OK) {
+		sqlite3_finalize(stmt);
 		sq_fail(st, "prepare");
 		return NULL;
 	}
+	if (s->ncache < STMT_CACHE && (s->cache[s->ncache].sql = strdup(sql)) != NULL) {
+		s->cache[s->ncache].stmt = stmt;
+		s->cache[s->ncache++].in_use = 1;
+	}
 	return stmt;
+}
+
+/* the end of a statement's use: reset for the next call (which also ends
+   its read of the database), or finalized if it is not kept */
+static void release(struct store *st, sqlite3_stmt *stmt)
+{
+	struct sq *s = SQ(st);
+
+	for (int i = 0; i < s->ncache; i++)
+		if (s->cache[i].stmt == stmt) {
+			sqlite3_reset(stmt);
+			sqlite3_clear_bindings(stmt);
+			s->cache[i].in_use = 0;
+			return;
+		}
+	sqlite3_finalize(stmt);
 }
 
 /* binds "s" text, "i" int64, "t" text-or-NULL; one type per parameter */
@@ -189,7 +232,7 @@ static sqlite3_stmt *prepf(struct store *st, const char *sql, const char *types,
 	if (sqlite3_bind_parameter_count(stmt) != (int)strlen(types)) {
 		snprintf(SQ(st)->err, sizeof(SQ(st)->err), "prepare: %d parameters, %d types",
 			 sqlite3_bind_parameter_count(stmt), (int)strlen(types));
-		sqlite3_finalize(stmt);
+		release(st, stmt);
 		return NULL;
 	}
 	va_start(ap, types);
@@ -216,7 +259,7 @@ static int run(struct store *st, sqlite3_stmt *stmt, const char *what)
 	if (stmt == NULL)
 		return -1;
 	rc = sqlite3_step(stmt);
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	if (rc != SQLITE_DONE)
 		return sq_fail(st, what);
 	return 0;
@@ -236,7 +279,7 @@ static int user_version(struct store *st)
 
 	if (stmt != NULL && sqlite3_step(stmt) == SQLITE_ROW)
 		v = sqlite3_column_int(stmt, 0);
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	return v;
 }
 
@@ -327,6 +370,11 @@ static int sq_open(struct store *st, const char *path)
 
 static void sq_close(struct store *st)
 {
+	for (int i = 0; i < SQ(st)->ncache; i++) {
+		sqlite3_finalize(SQ(st)->cache[i].stmt);
+		free(SQ(st)->cache[i].sql);
+	}
+	SQ(st)->ncache = 0;
 	if (SQ(st)->db != NULL)
 		sqlite3_close(SQ(st)->db);
 	SQ(st)->db = NULL;
@@ -351,7 +399,7 @@ static int sq_rollback(struct store *st)
 static int one_row_end(struct store *st, sqlite3_stmt *stmt, int rc,
 		       const char *what)
 {
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	if (rc == SQLITE_ROW)
 		return 0;
 	return rc == SQLITE_DONE ? STORE_NOTFOUND : sq_fail(st, what);
@@ -389,11 +437,11 @@ static int sq_endpoint_ensure(struct store *st, struct endpoint_rec *ep)
 	if (stmt == NULL)
 		return -1;
 	if (sqlite3_step(stmt) != SQLITE_ROW) {
-		sqlite3_finalize(stmt);
+		release(st, stmt);
 		return sq_fail(st, "endpoint_ensure");
 	}
 	ep->id = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	return 0;
 }
 
@@ -455,7 +503,7 @@ static int sq_wave_each(struct store *st, int (*cb)(const struct wave_rec *, voi
 	}
 	if (ret == 0 && rc != SQLITE_DONE)
 		ret = sq_fail(st, "wave_each");
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	return ret;
 }
 
@@ -562,7 +610,7 @@ static int sq_user_each(struct store *st, const char *wave,
 	}
 	if (ret == 0 && rc != SQLITE_DONE)
 		ret = sq_fail(st, "user_each");
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	return ret;
 }
 
@@ -597,7 +645,7 @@ static int sq_user_counts(struct store *st, const char *wave,
 	}
 	if (ret == 0 && rc != SQLITE_DONE)
 		ret = sq_fail(st, "user_counts");
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	return ret;
 }
 
@@ -616,11 +664,11 @@ static int sq_user_page(struct store *st, const struct user_filter *f, int64_t o
 	if (stmt == NULL)
 		return -1;
 	if (sqlite3_step(stmt) != SQLITE_ROW) {
-		sqlite3_finalize(stmt);
+		release(st, stmt);
 		return sq_fail(st, "user_page");
 	}
 	*total_r = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	stmt = prepf(st, "SELECT " SQL_USER_COLS SQL_USER_FROM USER_FILTER " ORDER BY u.id LIMIT ?4"
 		     " OFFSET ?5", "sssii", f->wave, f->state, f->user, (int64_t)limit, offset);
 	if (stmt == NULL)
@@ -631,7 +679,7 @@ static int sq_user_page(struct store *st, const struct user_filter *f, int64_t o
 	}
 	if (ret == 0 && rc != SQLITE_DONE)
 		ret = sq_fail(st, "user_page");
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	return ret;
 }
 
@@ -676,7 +724,7 @@ static int sq_folder_each(struct store *st, const char *user,
 	}
 	if (ret == 0 && rc != SQLITE_DONE)
 		ret = sq_fail(st, "folder_each");
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	return ret;
 }
 
@@ -769,7 +817,7 @@ static int sq_user_password_each(struct store *st,
 			 (const char *)sqlite3_column_text(stmt, 1), ctx);
 	if (ret == 0 && rc != SQLITE_DONE)
 		ret = sq_fail(st, "user_password_each");
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	return ret;
 }
 
@@ -902,7 +950,7 @@ static int sq_cutover_each(struct store *st, int (*cb)(const struct cutover_rec 
 	}
 	if (ret == 0 && rc != SQLITE_DONE)
 		ret = sq_fail(st, "cutover_each");
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	return ret;
 }
 
@@ -920,7 +968,7 @@ static int sq_log_last(struct store *st, const char *user, const char *event,
 		*time_r = sqlite3_column_int64(stmt, 0);
 		found = 1;
 	}
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	if (rc != SQLITE_ROW)
 		return sq_fail(st, "log_last");
 	return found ? 0 : STORE_NOTFOUND;
@@ -963,7 +1011,7 @@ static int sq_log_each(struct store *st, const struct log_filter *flt,
 	}
 	if (ret == 0 && rc != SQLITE_DONE)
 		ret = sq_fail(st, "log_each");
-	sqlite3_finalize(stmt);
+	release(st, stmt);
 	return ret;
 }
 

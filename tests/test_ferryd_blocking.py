@@ -17,11 +17,16 @@ sandbox's real Dovecot pair:
 - a verification whose result comes while the database is locked (its
   ferry-imapcheck child stopped with SIGSTOP until the lock is taken, then
   let go): the result is held and written when the lock ends (event log
-  store-busy held=check-result / store-resumed), not lost."""
+  store-busy held=check-result / store-resumed), not lost;
+- the start of a wave of 8,000 users (1,000 on PostgreSQL; a transition
+  each, carried out in slices from the loop): the API answers meanwhile,
+  ferryd spending less than 100 ms of CPU between a request and its
+  answer."""
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -42,40 +47,53 @@ FERRY_STORES = ("sqlite", "pgsql")
 LIMIT_MS = 100
 HOLD_S = 5
 # The machine is shared (up to 8 test runs on 2 cores): one request can be
-# delayed by the kernel's scheduling whatever ferryd does. A loop that
-# waited for the lock or the DNS answer would hold every request of the
-# window for seconds, so: 90% of the answers within LIMIT_MS, every one
-# within 1 s.
+# delayed by the kernel's scheduling whatever ferryd does, so wall clock is
+# not the measure of ferryd (tests/README.md). Asserted for every answer:
+# the CPU time ferryd spent between the request and its answer is under
+# LIMIT_MS (a loop held by the lock, the DNS answer or a long callback would
+# show its whole duration there, whatever the load), and its wall time under
+# MAX_MS; for the lock and DNS answers also 90% of them within LIMIT_MS of
+# wall time (their callbacks are short: ferryd needs little CPU).
 SHARE_WITHIN = 0.9
 MAX_MS = 1000
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-def check_latency(lat, what):
-    ms = sorted(m for _, _, m in lat)
+def cpu_ms(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / TICK
+
+
+def check_latency(lat, what, share=SHARE_WITHIN):
+    ms = sorted(m for _, _, m, _ in lat)
+    cpu = sorted(c for _, _, _, c in lat)
     within = sum(1 for m in ms if m < LIMIT_MS) / len(ms)
-    summary = "%s: %d answers, median %.1f ms, 90%% %.1f ms, max %.1f ms" % (
-        what, len(ms), ms[len(ms) // 2], ms[int(len(ms) * 0.9)], ms[-1])
+    summary = ("%s: %d answers, wall median %.1f ms, 90%% %.1f ms, max %.1f ms; ferryd CPU"
+               " during an answer: median %.0f ms, max %.0f ms (%d ms ticks)") % (
+        what, len(ms), ms[len(ms) // 2], ms[int(len(ms) * 0.9)], ms[-1],
+        cpu[len(cpu) // 2], cpu[-1], 1000 // TICK)
     print(summary)
-    assert within >= SHARE_WITHIN and ms[-1] < MAX_MS, summary
+    assert cpu[-1] < LIMIT_MS and within >= share and ms[-1] < MAX_MS, summary
 
 
 def timed(fd, method, path, body=None):
-    t = time.monotonic()
+    c, t = cpu_ms(fd.pid), time.monotonic()
     code, _ = fd.api(method, path, body)
-    return code, (time.monotonic() - t) * 1000
+    return code, (time.monotonic() - t) * 1000, cpu_ms(fd.pid) - c
 
 
 def probe(fd, until, writes=False):
     """GET /v1/status and /metrics (and, with writes, a POST) every 50 ms
-    until until() is true; -> [(path, HTTP status, ms)]"""
+    until until() is true; -> [(path, HTTP status, wall ms, ferryd CPU ms)]"""
     out = []
     while not until():
         for method, path in (("GET", "/v1/status?limit=10"), ("GET", "/metrics")):
-            code, ms = timed(fd, method, path)
-            out.append((path, code, ms))
+            code, ms, cpu = timed(fd, method, path)
+            out.append((path, code, ms, cpu))
         if writes:
-            code, ms = timed(fd, "POST", "/v1/pause", {"user": IDLE})
-            out.append(("POST /v1/pause", code, ms))
+            code, ms, cpu = timed(fd, "POST", "/v1/pause", {"user": IDLE})
+            out.append(("POST /v1/pause", code, ms, cpu))
         time.sleep(0.05)
     return out
 
@@ -101,7 +119,7 @@ def test_slow_dns_answer_does_not_block_the_api(sandbox):
             "the first answer came %s s after the question" % (
                 None if answered is None else round(answered - asked, 2))
         assert len(lat) >= 20, lat
-        assert all(code == 200 for _, code, _ in lat), lat
+        assert all(code == 200 for _, code, _, _ in lat), lat
         check_latency(lat, "while the DNS answer waited")
         wait_until(lambda: fd.settled([DNS_USER]), 120, "the pull through the slow name")
         assert fd.users()[DNS_USER]["state"] in ("done", "verified"), fd.users()[DNS_USER]
@@ -179,11 +197,11 @@ def test_locked_database_does_not_block_the_api(sandbox):
         assert pause.returncode == 0, err
         assert "locked by another process" in err
         assert len(lat) >= 30, lat
-        reads = [(p, c, ms) for p, c, ms in lat if not p.startswith("POST")]
-        writes = [(p, c, ms) for p, c, ms in lat if p.startswith("POST")]
-        assert all(c == 200 for _, c, _ in reads), reads
+        reads = [x for x in lat if not x[0].startswith("POST")]
+        writes = [x for x in lat if x[0].startswith("POST")]
+        assert all(x[1] == 200 for x in reads), reads
         # the write refused at once (nothing waits for the lock in the loop)
-        assert writes and all(c == 503 for _, c, _ in writes), writes
+        assert writes and all(x[1] == 503 for x in writes), writes
         check_latency(lat, "during the lock")
         assert during, "the lock ended before the probes did"
         # nothing lost: the answers that came during the lock were applied
@@ -288,5 +306,44 @@ def test_check_result_during_lock_is_kept(sandbox):
         assert code == 200 and chk["state"] == "done" and chk["result"] == "pass", chk
         assert fd.users()[CHECK_USER]["state"] == "verified"
         assert not [e for e in fd.events() if e.get("event") == "store-error"]
+    finally:
+        fd.stop()
+
+
+# users of the big wave per store: a transition costs PostgreSQL round trips
+# (about 5 ms a user on the loaded machine), SQLite about 20 us of CPU
+BIG_WAVE = {"sqlite": 8000, "pgsql": 1000}
+
+
+def test_start_of_a_big_wave_does_not_block_the_api(sandbox):
+    fd = Ferryd(sandbox, name="ferryd-bigstart")
+    n = BIG_WAVE["pgsql" if fd.pg_db is not None else "sqlite"]
+    try:
+        fd.start()
+        csv = os.path.join(sandbox.root, "big.csv")
+        with open(csv, "w") as f:
+            f.write("user,old_login,new_login,endpoint,wave\n")
+            for i in range(n):
+                f.write("b%05d,b%05d,b%05d,127.0.0.%d:143,big\n" % (i, i, i, 1 + i % 20))
+        fd.ctl("import", csv)
+        fd.ctl("pause")  # every pull: only the start itself is measured
+        answer = []
+        t = threading.Thread(target=lambda: answer.append(fd.api("POST", "/v1/start",
+                                                                  {"wave": "big"})))
+        t.start()
+        lat = probe(fd, lambda: not t.is_alive())
+        t.join()
+        assert answer[0][0] == 200 and answer[0][1]["started"] == n, answer
+        assert len(lat) >= 2, lat  # answers came during the start: something was measured
+        assert all(code == 200 for _, code, _, _ in lat), lat
+        # every answer within LIMIT_MS of ferryd's CPU; wall clock: within
+        # MAX_MS (the start's slices keep ferryd busy: on a loaded machine
+        # its share of a core, not its work, sets the wait)
+        check_latency(lat, "during the start of %d users" % n, share=0)
+        st = fd.api("GET", "/v1/status?wave=big&limit=1")[1]
+        wait_until(lambda: fd.api("GET", "/v1/status?wave=big&limit=1")[1]
+                   ["totals_pending"] == 0, 30, "the totals to read the start")
+        st = fd.api("GET", "/v1/status?wave=big&limit=1")[1]
+        assert st["states"]["presync"] == n, st["states"]
     finally:
         fd.stop()
