@@ -10,8 +10,12 @@ after --answer-delay seconds (bench/fakedoveadm.py), to measure ferryd itself
   - `ferryctl status --once` latency (median of 6, while pulls run, the
     window opened once the totals caught up with the start);
   - with every pull paused and ended: ferryd's CPU time per `GET
-    /v1/status` and per `GET /metrics` (20 each) and their latency.
-Results in bench/results/scale.{json,md}.
+    /v1/status` and per `GET /metrics` (20 each) and their latency;
+  - the start of the whole wave (answered after its last slice): how long,
+    ferryd's CPU, and `GET /v1/status` every 100 ms meanwhile (latency and
+    ferryd's CPU time between request and answer).
+Results in bench/results/scale.{json,md}; the issue's figures printed last
+as one table.
 
 usage: scale.py [--users 1000,10000,100000] [--window 20] [--answer-delay 1]"""
 import argparse
@@ -22,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -122,19 +127,30 @@ def run(n, window, delay):
         import_s = time.time() - t
         t = time.time()
         cpu_start = cpu_seconds(fd.pid)
-        # the API directly: starting 100,000 users (a transition each) can
-        # outlast ferryctl's 60 s answer timeout on a loaded machine
+        # the API directly (the start is answered after its last slice);
+        # meanwhile GET /v1/status every 100 ms: its latency and ferryd's
+        # CPU time between request and answer (the start runs in slices
+        # from the event loop: docs/ferryd.md, "Event loop")
         req = urllib.request.Request("http://127.0.0.1:%d/v1/start" % port,
                                      data=json.dumps({"wave": "bench"}).encode(),
                                      headers={"Authorization": "Bearer " + TOKEN,
                                               "Content-Type": "application/json"})
-        try:
-            urllib.request.urlopen(req, timeout=1800).read()
-        except ConnectionError:
-            # the start of 100,000 users (one callback) outlasted evhttp's
-            # 30 s connection timeout on a loaded machine: the answer is
-            # lost, the start itself is done (waited for below)
-            pass
+        started = []
+        th = threading.Thread(target=lambda: started.append(
+            json.loads(urllib.request.urlopen(req, timeout=1800).read())))
+        th.start()
+        during = []
+        while th.is_alive():
+            c0, t0 = cpu_seconds(fd.pid), time.time()
+            sreq = urllib.request.Request("http://127.0.0.1:%d/v1/status?limit=10" % port,
+                                          headers={"Authorization": "Bearer " + TOKEN})
+            urllib.request.urlopen(sreq, timeout=600).read()
+            during.append(((time.time() - t0) * 1000, (cpu_seconds(fd.pid) - c0) * 1000))
+            time.sleep(0.1)
+        th.join()
+        start_answer_s, start_answer_cpu = time.time() - t, cpu_seconds(fd.pid) - cpu_start
+        if not started or "started" not in started[0]:
+            raise SystemExit("start: %s" % started)
 
         def status_json():
             req = urllib.request.Request("http://127.0.0.1:%d/v1/status" % port,
@@ -181,7 +197,14 @@ def run(n, window, delay):
             costs[path] = ((cpu_seconds(fd.pid) - c0) / QUIET_REQUESTS * 1000,
                            statistics.median(lat_q))
         overall = (cpu1 - cpu_start) / starts1 * 1e6 if starts1 else None
+        wall = sorted(w for w, _ in during) or [0]
         return {"users": n, "import_s": round(import_s, 1),
+                "start_answer_s": round(start_answer_s, 1),
+                "start_answer_cpu_s": round(start_answer_cpu, 2),
+                "status_during_start": len(during),
+                "status_during_start_ms_median": round(statistics.median(wall), 1),
+                "status_during_start_ms_max": round(wall[-1], 1),
+                "status_during_start_cpu_ms_max": round(max([c for _, c in during] or [0])),
                 "start_s": round(start_s, 1), "start_cpu_s": round(start_cpu, 2),
                 "rss_peak_mb": round(mem_kb(fd.pid, "VmHWM") / 1024, 1),
                 "window_s": round(t1 - t0, 1), "pulls_started": decisions,
@@ -236,6 +259,21 @@ def main():
                 r["metrics_cpu_ms"], r["metrics_quiet_ms_median"],
                 r["import_s"], r["start_s"], r["start_cpu_s"]))
     print(open(os.path.join(out, "scale.md")).read())
+    # the issue's three figures (docs/bench.md, "ferryd at scale"); wall
+    # clock is the machine's load as much as ferryd's: the CPU columns are
+    # ferryd's own
+    print("| users queued | ferryd RSS peak (MB) | CPU per scheduling decision (us) |"
+          " ferryctl status, median / max (ms) | status: ferryd CPU (ms) |"
+          " start: answered after (s) / ferryd CPU (s) |"
+          " status during the start: answers, median / max (ms), ferryd CPU max (ms) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| %d | %s | %s | %s / %s | %s | %s / %s | %d, %s / %s, %s |" % (
+            r["users"], r["rss_peak_mb"], r["cpu_per_decision_us"] or "-",
+            r["status_ms_median"], r["status_ms_max"], r["status_cpu_ms"],
+            r["start_answer_s"], r["start_answer_cpu_s"], r["status_during_start"],
+            r["status_during_start_ms_median"], r["status_during_start_ms_max"],
+            r["status_during_start_cpu_ms_max"]))
 
 
 if __name__ == "__main__":

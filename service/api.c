@@ -426,8 +426,8 @@ static int get_wave_arg(struct call *c, const char **wave_r, struct wave_rec *w)
    (another request between two slices is no problem); a slice that fails
    is rolled back and the request answered 500/503 (a start may be sent
    again: the users already started are left as they are). */
-#define START_SLICE_MS 10
-#define START_REFRESH 1024  /* tally changes read per turn before collecting */
+#define START_SLICE_MS 5
+#define START_REFRESH 256  /* tally changes read per turn before collecting */
 
 struct start_job {
 	struct api *a;
@@ -536,7 +536,7 @@ static void start_slice(evutil_socket_t fd, short what, void *ctx)
 			}
 			j->changed += r > 0;
 			j->next++;
-			if ((j->next & 15) == 0 && ms_since(&t0) >= START_SLICE_MS)
+			if (ms_since(&t0) >= START_SLICE_MS)
 				break;
 		}
 		if (ret == 0 && st->commit(st) < 0)

@@ -4,9 +4,10 @@ sandbox's real Dovecot pair:
 - a slow DNS answer: the doveadm host is a name that a DNS responder on
   127.0.0.1 answers only after 5 s (ferrytest/slowdns.py: a scripted UDP
   responder, since a real server cannot be told to answer late); while
-  ferryd's evdns lookup waits, the API (status, metrics) answers within
-  100 ms (90% of the answers, every one within 1 s: the machine is
-  shared, see check_latency); then the pull runs through that name;
+  ferryd's evdns lookup waits, the API (status, metrics) answers (every
+  answer: ferryd's CPU time between request and answer < 100 ms, wall
+  time < 1 s; the median < 100 ms: the machine is shared, see
+  check_latency); then the pull runs through that name;
 - the state database held locked for 5 s by another process (SQLite:
   `BEGIN EXCLUSIVE`; PostgreSQL: `LOCK TABLE ... IN EXCLUSIVE MODE` on
   every table, which lets readers through like SQLite's WAL): the API answers within 100 ms meanwhile (reads, and a write
@@ -50,11 +51,10 @@ HOLD_S = 5
 # delayed by the kernel's scheduling whatever ferryd does, so wall clock is
 # not the measure of ferryd (tests/README.md). Asserted for every answer:
 # the CPU time ferryd spent between the request and its answer is under
-# LIMIT_MS (a loop held by the lock, the DNS answer or a long callback would
-# show its whole duration there, whatever the load), and its wall time under
-# MAX_MS; for the lock and DNS answers also 90% of them within LIMIT_MS of
-# wall time (their callbacks are short: ferryd needs little CPU).
-SHARE_WITHIN = 0.9
+# LIMIT_MS (a long callback shows its whole length there, whatever the
+# load), and its wall time under MAX_MS (a loop that slept on the 5 s lock
+# or DNS answer would show seconds there); and the median answer within
+# LIMIT_MS of wall time.
 MAX_MS = 1000
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -65,16 +65,15 @@ def cpu_ms(pid):
     return (int(fields[11]) + int(fields[12])) * 1000 / TICK
 
 
-def check_latency(lat, what, share=SHARE_WITHIN):
+def check_latency(lat, what):
     ms = sorted(m for _, _, m, _ in lat)
     cpu = sorted(c for _, _, _, c in lat)
-    within = sum(1 for m in ms if m < LIMIT_MS) / len(ms)
     summary = ("%s: %d answers, wall median %.1f ms, 90%% %.1f ms, max %.1f ms; ferryd CPU"
                " during an answer: median %.0f ms, max %.0f ms (%d ms ticks)") % (
         what, len(ms), ms[len(ms) // 2], ms[int(len(ms) * 0.9)], ms[-1],
         cpu[len(cpu) // 2], cpu[-1], 1000 // TICK)
     print(summary)
-    assert cpu[-1] < LIMIT_MS and within >= share and ms[-1] < MAX_MS, summary
+    assert cpu[-1] < LIMIT_MS and ms[-1] < MAX_MS and ms[len(ms) // 2] < LIMIT_MS, summary
 
 
 def timed(fd, method, path, body=None):
@@ -336,10 +335,7 @@ def test_start_of_a_big_wave_does_not_block_the_api(sandbox):
         assert answer[0][0] == 200 and answer[0][1]["started"] == n, answer
         assert len(lat) >= 2, lat  # answers came during the start: something was measured
         assert all(code == 200 for _, code, _, _ in lat), lat
-        # every answer within LIMIT_MS of ferryd's CPU; wall clock: within
-        # MAX_MS (the start's slices keep ferryd busy: on a loaded machine
-        # its share of a core, not its work, sets the wait)
-        check_latency(lat, "during the start of %d users" % n, share=0)
+        check_latency(lat, "during the start of %d users" % n)
         st = fd.api("GET", "/v1/status?wave=big&limit=1")[1]
         wait_until(lambda: fd.api("GET", "/v1/status?wave=big&limit=1")[1]
                    ["totals_pending"] == 0, 30, "the totals to read the start")
