@@ -420,7 +420,8 @@ static int get_wave_arg(struct call *c, const char **wave_r, struct wave_rec *w)
    "Event loop"): a 100,000-user wave is 100,000 compare-and-set
    transitions, seconds of CPU that would otherwise hold every other
    request. The users are taken from the totals in memory (tally.c, once
-   the changes it has not read yet are read), each slice is one
+   the changes it has not read yet are read), wave by wave in creation
+   order (the scheduler may pick between two slices), each slice is one
    transaction of at most START_SLICE_MS, and the answer is sent when the
    last slice is written. Each transition decides on the row as it is then
    (another request between two slices is no problem); a slice that fails
@@ -459,6 +460,27 @@ static int start_collect(const char *user, void *ctx)
 static int start_collect_rec(const struct user_rec *u, void *ctx)
 {
 	return u->state == US_PENDING || u->state == US_FAILED ? start_collect(u->name, ctx) : 0;
+}
+
+static void start_collect_wave(struct start_job *j, struct tally *t, int64_t wave_id)
+{
+	tally_page(t, wave_id, US_PENDING, 0, INT32_MAX, start_collect, j);
+	tally_page(t, wave_id, US_FAILED, 0, INT32_MAX, start_collect, j);
+}
+
+struct wave_ids {
+	int64_t *v;
+	size_t n;
+};
+
+static int start_wave_id(const struct wave_rec *w, void *ctx)
+{
+	struct wave_ids *ids = ctx;
+
+	if ((ids->v = realloc(ids->v, (ids->n + 1) * sizeof(*ids->v))) == NULL)
+		abort();
+	ids->v[ids->n++] = w->id;
+	return 0;
 }
 
 static void start_job_free(struct start_job *j)
@@ -515,9 +537,22 @@ static void start_slice(evutil_socket_t fd, short what, void *ctx)
 				return;
 			}
 		}
-		if (t != NULL) {
-			tally_page(t, j->wave_id, US_PENDING, 0, INT32_MAX, start_collect, j);
-			tally_page(t, j->wave_id, US_FAILED, 0, INT32_MAX, start_collect, j);
+		if (t != NULL && j->wave_id >= 0)
+			start_collect_wave(j, t, j->wave_id);
+		else if (t != NULL) {
+			/* every wave: in creation order (then users without one),
+			   so that a pick between two slices keeps the waves' order */
+			struct wave_ids ids = { NULL, 0 };
+			if (st->wave_each(st, start_wave_id, &ids) < 0) {
+				free(ids.v);
+				reply_store_error(&c);
+				start_job_free(j);
+				return;
+			}
+			for (size_t i = 0; i < ids.n; i++)
+				start_collect_wave(j, t, ids.v[i]);
+			start_collect_wave(j, t, 0);
+			free(ids.v);
 		} else if (st->user_each(st, j->wave[0] ? j->wave : NULL, start_collect_rec, j) < 0) {
 			reply_store_error(&c);
 			start_job_free(j);
