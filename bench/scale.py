@@ -74,6 +74,21 @@ def count_starts(log):
         return 0
 
 
+def failures(log):
+    """pulls that failed (the fake answers every call: a failure is ferryd's
+    or the loaded machine's, e.g. a connection refused) and the first error"""
+    n, first = 0, ""
+    try:
+        with open(log) as f:
+            for line in f:
+                if "event=pull-failed" in line:
+                    n += 1
+                    first = first or line.strip()[-200:]
+    except FileNotFoundError:
+        pass
+    return n, first
+
+
 def run(n, window, delay):
     d = tempfile.mkdtemp(prefix="ferry-scale-")
     port, dport = free_port(), free_port()
@@ -198,6 +213,7 @@ def run(n, window, delay):
                            statistics.median(lat_q))
         overall = (cpu1 - cpu_start) / starts1 * 1e6 if starts1 else None
         wall = sorted(w for w, _ in during) or [0]
+        failed, first_error = failures(log)
         return {"users": n, "import_s": round(import_s, 1),
                 "start_answer_s": round(start_answer_s, 1),
                 "start_answer_cpu_s": round(start_answer_cpu, 2),
@@ -208,6 +224,7 @@ def run(n, window, delay):
                 "start_s": round(start_s, 1), "start_cpu_s": round(start_cpu, 2),
                 "rss_peak_mb": round(mem_kb(fd.pid, "VmHWM") / 1024, 1),
                 "window_s": round(t1 - t0, 1), "pulls_started": decisions,
+                "pulls_failed": failed, "first_failure": first_error,
                 "max_in_flight_seen": running,
                 "cpu_s": round(cpu1 - cpu0, 2),
                 "cpu_per_decision_us": round((cpu1 - cpu0) / decisions * 1e6) if decisions else None,
