@@ -220,6 +220,8 @@ static int ferry_pull_commit(struct ferry_pull *pull)
 				}
 			}
 			pool_unref(&changes.pool);
+			array_clear(&pull->batch_uids);
+			pull->batch_count = 0;
 			pull->hdr.copied_upto = pull->trusted_upto;
 			(void)ferry_box_hdr_write(pull->box, &pull->hdr);
 			pull->needs_recopy = TRUE;
@@ -649,7 +651,9 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 	if (seq1 == 0)
 		return 0;
 	pull->total = seq2 - seq1 + 1;
+	/* a rebuilt folder is copied again with this same state */
 	i_array_init(&pull->batch_uids, 32);
+	pull->batch_count = 0;
 	/* no fsync per message during the copy (ferry_pull_sync_batch); the
 	   process does nothing else meanwhile, so changing the storage's
 	   setting for the duration is contained */
