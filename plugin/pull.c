@@ -191,34 +191,25 @@ static int ferry_pull_commit(struct ferry_pull *pull)
 	}
 
 	if (pull->keep_uids) {
-		unsigned int kept = 0;
+		unsigned int kept = 0, count = pull->batch_count;
+		uint32_t first_new = 0;
+
 		array_foreach(&changes.saved_uids, range) {
 			for (uint32_t uid = range->seq1; uid <= range->seq2; uid++) {
-				if (seq_range_exists(&pull->batch_uids, uid)) {
+				if (seq_range_exists(&pull->batch_uids, uid))
 					kept++;
-					continue;
-				}
-				i_error(FERRY_LOG_PREFIX "folder=%s event=renumbered "
-					"new_uid=%u: a message could not keep its "
-					"old UID; later messages get fresh UIDs",
-					pull->vname, uid);
+				else if (first_new == 0)
+					first_new = uid;
 			}
 		}
-		if (kept < pull->batch_count &&
-		    pull->hdr.state == FERRY_BOX_PENDING && !pull->stragglers) {
+		if (kept < count && pull->hdr.state == FERRY_BOX_PENDING &&
+		    !pull->stragglers) {
 			/* Nobody has seen this folder: rather than carry on
 			   with fresh UIDs, its trusted part is kept and the
 			   rest copied again. Seen after a kill -9 inside
 			   maildir's commit: dovecot-uidlist already had the
 			   batch, the index not, and the resumed copy's UIDs
 			   were taken. */
-			uint32_t first_new = 0;
-			array_foreach(&changes.saved_uids, range) {
-				if (!seq_range_exists(&pull->batch_uids, range->seq1)) {
-					first_new = range->seq1;
-					break;
-				}
-			}
 			pool_unref(&changes.pool);
 			array_clear(&pull->batch_uids);
 			pull->batch_count = 0;
@@ -227,12 +218,22 @@ static int ferry_pull_commit(struct ferry_pull *pull)
 			pull->needs_recopy = TRUE;
 			return ferry_pull_fail(pull, MAIL_ERROR_TEMP, t_strdup_printf(
 				"%u of %u messages of a batch could not keep their "
-				"old UIDs (first new UID %u)", pull->batch_count - kept,
-				pull->batch_count, first_new));
+				"old UIDs (first new UID %u)", count - kept, count,
+				first_new));
 		}
-		if (kept < pull->batch_count) {
-			pull->renumbered += pull->batch_count - kept;
-			pull->hdr.renumbered += pull->batch_count - kept;
+		array_foreach(&changes.saved_uids, range) {
+			for (uint32_t uid = range->seq1; uid <= range->seq2; uid++) {
+				if (seq_range_exists(&pull->batch_uids, uid))
+					continue;
+				i_error(FERRY_LOG_PREFIX "folder=%s event=renumbered "
+					"new_uid=%u: a message could not keep its "
+					"old UID; later messages get fresh UIDs",
+					pull->vname, uid);
+			}
+		}
+		if (kept < count) {
+			pull->renumbered += count - kept;
+			pull->hdr.renumbered += count - kept;
 			pull->keep_uids = FALSE;
 		}
 	}
