@@ -327,6 +327,8 @@ struct ferry_mirror_result {
 	/* old messages below old_uidnext with no local message of that UID */
 	unsigned int missing;
 	uint32_t first_missing_uid;
+	/* local messages at or above old_uidnext (not old messages) */
+	unsigned int above;
 };
 /* fast: since its last full sync (the one under the folder's lock, before
    the copy) the folder was written only by this process's own committed

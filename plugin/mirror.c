@@ -128,8 +128,10 @@ int ferry_mirror_messages(struct mailbox *box, struct mailbox *obox,
 	search = mailbox_search_init(t, args, NULL, MAIL_FETCH_FLAGS, NULL);
 	mail_search_args_unref(&args);
 	while (mailbox_search_next(search, &mail)) {
-		if (mail->uid >= old_uidnext)
+		if (mail->uid >= old_uidnext) {
+			res_r->above++;
 			continue; /* not an old message */
+		}
 		/* old messages below this UID have no local copy */
 		while (oit.mail != NULL && oit.mail->uid < mail->uid) {
 			ferry_mirror_missing(res_r, oit.mail->uid, old_uidnext);

@@ -731,6 +731,22 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 				"UID (first: %u)", mres.missing,
 				mres.first_missing_uid));
 		}
+		/* Until it is complete, every open of the folder waits for
+		   the copy, so nothing but the copy saved into it: a message
+		   above the old UIDNEXT is a file an interrupted commit moved
+		   in before dovecot-uidlist named it, numbered afresh by the
+		   re-read above - a second copy of an old message (kill -9
+		   tests). The rebuild keeps every old UID and leaves it. */
+		if (pull->keep_uids && pull->hdr.state == FERRY_BOX_PENDING &&
+		    mres.above > 0) {
+			pull->hdr.copied_upto = pull->ost.uidnext - 1;
+			(void)ferry_box_hdr_write(pull->box, &pull->hdr);
+			pull->needs_recopy = TRUE;
+			return ferry_pull_fail(pull, MAIL_ERROR_TEMP, t_strdup_printf(
+				"%u local messages above the old UIDNEXT %u, left "
+				"by an interrupted commit", mres.above,
+				pull->ost.uidnext));
+		}
 	}
 	/* Expunged old UIDs stay reserved: a new message may not take one.
 	   The copies are not \Recent: the user has seen them on the old
