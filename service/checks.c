@@ -972,8 +972,7 @@ int checks_queue(struct checks *ch, const struct user_rec *u, const char *kind, 
 	return 0;
 }
 
-void checks_start_queued(struct checks *ch, const struct sched_limits *lim,
-			 struct sched_running *run)
+void checks_start_queued(struct checks *ch, checks_slot_take_cb *take, void *ctx)
 {
 	struct run *r = ch->runs, *next;
 
@@ -982,22 +981,32 @@ void checks_start_queued(struct checks *ch, const struct sched_limits *lim,
 		next = r->next;
 		if (r->started || r->hold)
 			continue;
-		if (run->total >= lim->max_concurrent)
-			break;
-		if (sched_running_count(run, r->host) >= lim->max_per_host)
+		/* the old-host slot of every job kind, from the one accounting */
+		if (!take(r->host, ctx))
 			continue;
 		r->started = 1;
 		if (run_start(r, why, sizeof(why)) < 0) {
+			char host[256];
+
+			snprintf(host, sizeof(host), "%s", r->host);
 			finish(r, NULL, why);
 			run_unlink(r);
 			run_free(r);
+			ch->cb(host, ch->ctx);  /* its slot back */
 			continue;
 		}
-		sched_running_add(run, r->host);
 		ch->nrunning++;
 		put_check(r, "running", NULL, NULL, NULL, NULL);
 		evlog("info", "check-start", "user", r->user, "kind", r->kind, "host", r->host, NULL);
 	}
+}
+
+int checks_holds(struct checks *ch, const char *user)
+{
+	for (struct run *r = ch->runs; r != NULL; r = r->next)
+		if (r->after_pull && strcmp(r->user, user) == 0)
+			return 1;
+	return 0;
 }
 
 int checks_queue_held(struct checks *ch, const struct user_rec *u, const char *kind)

@@ -37,9 +37,12 @@ int checks_can_verify(struct checks *ch, const struct user_rec *u);
    after_pull: the user's pulls just completed (running stays set until the
    verification ends). 0, or -1 (logged). */
 int checks_queue(struct checks *ch, const struct user_rec *u, const char *kind, int after_pull);
-/* Starts queued runs within the limits, counting them into run. */
-void checks_start_queued(struct checks *ch, const struct sched_limits *lim,
-			 struct sched_running *run);
+/* Starts queued runs, each once take() gave it an old-host slot (1; 0:
+   none now); the done callback gives it back. */
+typedef int checks_slot_take_cb(const char *host, void *ctx);
+void checks_start_queued(struct checks *ch, checks_slot_take_cb *take, void *ctx);
+/* a verification after this user's pulls holds the user's claim here */
+int checks_holds(struct checks *ch, const char *user);
 int checks_running(const struct checks *ch);
 /* A run that waits before it may start (a sieve run waits for its folder
    map): 0 queued, 1 one is already queued or running, -1 error.

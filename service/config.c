@@ -56,6 +56,7 @@ void config_defaults(struct ferry_config *cfg)
 	cfg->pgsql_connect_timeout = 5;
 	cfg->pgsql_statement_timeout_ms = 10000;
 	cfg->pgsql_lock_timeout_ms = 5;
+	cfg->pgsql_lease = 30;
 }
 
 void config_free(struct ferry_config *cfg)
@@ -67,6 +68,7 @@ void config_free(struct ferry_config *cfg)
 	free(cfg->store);
 	free(cfg->pgsql_conninfo);
 	free(cfg->pgsql_password_file);
+	free(cfg->node_name);
 	free(cfg->doveadm_host);
 	free(cfg->doveadm_api_key_file);
 	free(cfg->log_file);
@@ -167,6 +169,7 @@ static const struct int_key int_keys[] = {
 	IK(pgsql_connect_timeout, 1, 600),
 	IK(pgsql_statement_timeout_ms, 100, 3600000),
 	IK(pgsql_lock_timeout_ms, 1, 3600000),
+	IK(pgsql_lease, 3, 3600),
 };
 
 static char **str_key(struct ferry_config *cfg, const char *key)
@@ -183,6 +186,8 @@ static char **str_key(struct ferry_config *cfg, const char *key)
 		return &cfg->pgsql_conninfo;
 	if (strcmp(key, "pgsql_password_file") == 0)
 		return &cfg->pgsql_password_file;
+	if (strcmp(key, "node_name") == 0)
+		return &cfg->node_name;
 	if (strcmp(key, "log_file") == 0)
 		return &cfg->log_file;
 	if (strcmp(key, "secret_key_file") == 0)

@@ -17,6 +17,9 @@ struct ferry_config {
 	int pgsql_connect_timeout; /* seconds for a (re)connection */
 	int pgsql_statement_timeout_ms; /* server-side cap of one statement */
 	int pgsql_lock_timeout_ms; /* cap of one wait for a row/table lock */
+	int pgsql_lease;          /* s a claim holds without renewal (several ferryd) */
+	char *node_name;          /* this ferryd among those sharing a PostgreSQL
+				     (NULL: HOSTNAME:LISTEN_PORT) */
 	char *doveadm_host;       /* NEW's doveadm HTTP API */
 	int doveadm_port;
 	char *doveadm_api_key_file; /* doveadm_api_key (required) */

@@ -108,6 +108,14 @@ int dispatch_in_flight(const struct dispatch *d)
 	return d->n;
 }
 
+int dispatch_has(const struct dispatch *d, const char *user)
+{
+	for (const struct job *j = d->jobs; j != NULL; j = j->next)
+		if (strcmp(j->user, user) == 0)
+			return 1;
+	return 0;
+}
+
 static void log_event(struct dispatch *d, const char *user, const char *folder,
 		      const char *event, int64_t copied, int64_t messages, const char *error)
 {
@@ -277,7 +285,9 @@ static void job_finish(struct job *j, int ok)
 		if (d->complete_cb != NULL && d->st->user_get(d->st, j->user, &u) == 0)
 			verify = d->complete_cb(&u, d->complete_ctx);
 		ret = userstate_pass_ok(d->st, j->user, j->seq, verify);
-		if (verify) {
+		if (ret == USERSTATE_LOST)
+			;  /* another ferryd has the user now: its job reports */
+		else if (verify) {
 			/* verification queued: the claim is held until it ends */
 			log_event(d, j->user, NULL, "pulls-complete", j->copied, total, NULL);
 			evlog("info", "pulls-complete", "user", j->user, "copied", n1,
@@ -294,7 +304,9 @@ static void job_finish(struct job *j, int ok)
 		ret = userstate_pass_failed(d->st, j->user, j->seq, j->error, j->permanent,
 					    &retry, &failed, &delay, &attempts);
 		snprintf(n1, sizeof(n1), "%d", attempts);
-		if (failed) {
+		if (ret == USERSTATE_LOST)
+			;
+		else if (failed) {
 			log_event(d, j->user, NULL, "user-failed", j->copied, 0, j->error);
 			evlog("error", "user-failed", "user", j->user, "attempts", n1,
 			      "error", j->error, NULL);
@@ -305,7 +317,10 @@ static void job_finish(struct job *j, int ok)
 			      "retry_in", n2, "error", j->error, NULL);
 		}
 	}
-	if (ret != 0)
+	if (ret == USERSTATE_LOST)
+		evlog("warning", "claim-lost", "user", j->user, "note",
+		      "another ferryd took the user over (this one's lease ran out)", NULL);
+	else if (ret != 0)
 		evlog("error", "store-error", "user", j->user, "error", d->st->error(d->st), NULL);
 	snprintf(host, sizeof(host), "%s", j->host);
 	snprintf(user, sizeof(user), "%s", j->user);
@@ -561,8 +576,8 @@ int dispatch_start(struct dispatch *d, const char *user)
 	int ret;
 
 	/* the claim: no other job (cut-over, rollback, pull) holds the user */
-	if ((ret = userstate_claim(d->st, user, &cur)) != 0) {
-		if (ret == USERSTATE_BUSY || d->st->busy)
+	if ((ret = userstate_claim_pull(d->st, user, &cur)) != 0) {
+		if (ret == USERSTATE_BUSY || ret == USERSTATE_NOTDUE || d->st->busy)
 			return -1;  /* busy: the write lock is held elsewhere, picked again later */
 		evlog("error", "store-error", "user", user, "error", d->st->error(d->st), NULL);
 		return -1;

@@ -19,6 +19,8 @@ void dispatch_free(struct dispatch *d);
 /* starts a job; -1 if it could not be started (logged) */
 int dispatch_start(struct dispatch *d, const char *user);
 int dispatch_in_flight(const struct dispatch *d);
+/* a job of this user is in flight here */
+int dispatch_has(const struct dispatch *d, const char *user);
 /* Called when a user's folders are all complete: 1 = a verification was
    queued (the user stays running in its state until it ends), 0 = the user
    is done. */

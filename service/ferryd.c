@@ -64,6 +64,10 @@ struct daemon {
 	struct tally *tally;  /* the totals of status and metrics, in memory */
 	struct event *tick, *kick, *due_timer, *drain_timer;
 	int draining;
+	/* several ferryd on one PostgreSQL (docs/ferryd.md) */
+	struct event *lease_timer;
+	time_t lease_ok;       /* the last renewal that worked */
+	time_t takeover_done;  /* the last scan for expired claims */
 };
 
 /* userstate's observer: the queue and the totals read the user again */
@@ -81,12 +85,29 @@ static void on_folders_written(const char *user, void *arg)
 	tally_touch_folders(((struct daemon *)arg)->tally, user);
 }
 
-static int start_pull(const char *user, void *arg)
+/* the user's old host already counted in d->run (runq_pick); with several
+   ferryd the host's slot shared in the store too: 1 = all held elsewhere */
+static int start_pull(const char *user, const char *host, void *arg)
 {
-	return dispatch_start(((struct daemon *)arg)->disp, user);
+	struct daemon *d = arg;
+	int ret;
+
+	if (d->st->slot_take != NULL &&
+	    (ret = d->st->slot_take(d->st, host, d->cfg.max_per_host)) != 0) {
+		if (ret < 0)
+			evlog("error", "store-error", "user", user, "error", d->st->error(d->st), NULL);
+		return ret;
+	}
+	if (dispatch_start(d->disp, user) < 0) {
+		if (d->st->slot_release != NULL)
+			d->st->slot_release(d->st, host);
+		return -1;
+	}
+	return 0;
 }
 
 static void kick(void *arg);
+static int slot_take(const char *host, void *arg);
 
 /* the due users from the in-memory queue (runq.h): no store scan. At most
    PICK_BATCH starts per call: the rest after the loop has looked at what
@@ -102,7 +123,7 @@ static void schedule(struct daemon *d)
 	if (d->draining)
 		return;
 	/* preflight/verify runs first: each holds an old-host slot like a pull */
-	checks_start_queued(d->checks, &lim, &d->run);
+	checks_start_queued(d->checks, slot_take, d);
 	if (d->run.total >= d->cfg.max_concurrent)
 		return;
 	if (d->st->setting_get(d->st, "paused", buf, sizeof(buf)) == 0 && buf[0] == '1')
@@ -124,6 +145,86 @@ static void schedule(struct daemon *d)
 
 static int in_flight(struct daemon *d);
 
+static int touch_peer_change(const char *user, void *arg)
+{
+	on_user_changed(user, arg);
+	return 0;
+}
+
+static int take_over_one(const struct user_rec *u, void *arg)
+{
+	struct daemon *d = arg;
+	char holder[sizeof(u->claimed_by)], until[32], late[32], why[400];
+	int ret;
+
+	/* this ferryd's own claim with its job still here: its renewal failed
+	   for a while (the lease-lost check below ends such jobs) */
+	if (strcmp(u->claimed_by, d->st->node) == 0 &&
+	    (dispatch_has(d->disp, u->name) || checks_holds(d->checks, u->name)))
+		return 0;
+	snprintf(holder, sizeof(holder), "%s", u->claimed_by);
+	if ((ret = userstate_take_over(d->st, u->name, holder)) <= 0) {
+		if (ret < 0)
+			evlog("error", "store-error", "user", u->name, "error",
+			      d->st->error(d->st), NULL);
+		return 0;
+	}
+	snprintf(until, sizeof(until), "%lld", (long long)u->lease_until);
+	snprintf(late, sizeof(late), "%lld", (long long)(time(NULL) - u->lease_until));
+	snprintf(why, sizeof(why), "the claim of ferryd %.128s ended at %lld (its lease ran out)",
+		 holder[0] ? holder : "(unnamed)", (long long)u->lease_until);
+	evlog("warning", "taken-over", "user", u->name, "holder", holder, "lease_until", until,
+	      "late_s", late, NULL);
+	if (store_log_event(d->st, u->name, NULL, "pull-taken-over", 0, 0, why) < 0)
+		evlog("error", "store-error", "user", u->name, "error", d->st->error(d->st), NULL);
+	return 0;
+}
+
+/* several ferryd on one PostgreSQL: at every tick the users another
+   ferryd changed are read again (the run queue hears of this one's own
+   transitions only; LISTEN/NOTIFY), and once a second the claims whose
+   lease ran out are taken over */
+static void peers(struct daemon *d)
+{
+	time_t now = time(NULL);
+
+	if (d->st->user_changed_each == NULL)
+		return;
+	if (d->st->user_changed_each(d->st, touch_peer_change, d) < 0)
+		evlog("error", "store-error", "error", d->st->error(d->st), NULL);
+	if (now == d->takeover_done)
+		return;
+	if (d->st->user_expired_each(d->st, (int64_t)now, take_over_one, d) < 0)
+		evlog("error", "store-error", "error", d->st->error(d->st), NULL);
+	d->takeover_done = now;
+}
+
+/* every lease/3: this ferryd's claims and slots renewed; if no renewal
+   worked for 2/3 of the lease, another ferryd may take its users over at
+   the lease's end: its jobs stop first (docs/ferryd.md) */
+static void on_lease(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	time_t now = time(NULL);
+	char n[16];
+
+	(void)fd;
+	(void)what;
+	if (userstate_renew(d->st) >= 0) {
+		d->lease_ok = now;
+		return;
+	}
+	evlog("error", "lease-renew-failed", "error", d->st->error(d->st), NULL);
+	if (now - d->lease_ok < d->st->lease - d->st->lease / 3 || in_flight(d) == 0)
+		return;
+	snprintf(n, sizeof(n), "%d", dispatch_in_flight(d->disp) + checks_running(d->checks));
+	evlog("error", "lease-lost", "abandoned", n, "note",
+	      "no renewal within 2/3 of pgsql_lease: jobs stopped before another ferryd takes"
+	      " their users over", NULL);
+	dispatch_cancel_all(d->disp);
+	checks_cancel_all(d->checks);
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
@@ -141,6 +242,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	}
 	cutover_tick(d->cut, time(NULL));
 	dns_tick(d->dns, time(NULL));
+	peers(d);
 	schedule(d);
 }
 
@@ -152,6 +254,9 @@ static int slot_take(const char *host, void *arg)
 
 	if (d->run.total >= d->cfg.max_concurrent ||
 	    sched_running_count(&d->run, host) >= d->cfg.max_per_host)
+		return 0;
+	/* several ferryd: the host's slots are counted in the store too */
+	if (d->st->slot_take != NULL && d->st->slot_take(d->st, host, d->cfg.max_per_host) != 0)
 		return 0;
 	sched_running_add(&d->run, host);
 	return 1;
@@ -207,6 +312,8 @@ static void on_check_done(const char *host, void *arg)
 	struct daemon *d = arg;
 
 	sched_running_remove(&d->run, host);
+	if (d->st->slot_release != NULL)
+		d->st->slot_release(d->st, host);
 	kick(d);
 }
 
@@ -340,13 +447,25 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	kick(d);
 }
 
+/* A claim left by this ferryd's previous life (on SQLite every claim:
+   one process; on PostgreSQL those of this node_name, whose lock says no
+   other process has it, and unnamed ones of a schema before leases (3)) is
+   released; another ferryd's claims are its own, or taken over once their
+   lease ran out (peers()). */
 static int recover_one(const struct user_rec *u, void *ctx)
 {
 	struct store *st = ctx;
+	int ret;
 
 	if (!u->running)
 		return 0;
-	if (userstate_release(st, u->name) < 0)
+	if (strcmp(u->claimed_by, st->node) == 0)
+		ret = userstate_release(st, u->name);
+	else if (u->claimed_by[0] == '\0')
+		ret = userstate_take_over(st, u->name, "") < 0 ? -1 : 0;
+	else
+		return 0;
+	if (ret < 0)
 		return -1;
 	evlog("warning", "pull-interrupted", "user", u->name, NULL);
 	return store_log_event(st, u->name, NULL, "pull-interrupted", 0, 0,
@@ -601,6 +720,17 @@ int main(int argc, char **argv)
 		free(err);
 		goto out;
 	}
+	if (store_is_pgsql(&d.cfg)) {
+		char node[sizeof(d.st->node)], host[64] = "localhost";
+
+		gethostname(host, sizeof(host) - 1);
+		host[sizeof(host) - 1] = '\0';
+		if (set(d.cfg.node_name))
+			snprintf(node, sizeof(node), "%s", d.cfg.node_name);
+		else
+			snprintf(node, sizeof(node), "%s:%d", host, d.cfg.listen_port);
+		store_set_node(d.st, node, d.cfg.pgsql_lease);
+	}
 	if (d.st->open(d.st, store_location(&d.cfg)) < 0) {
 		fprintf(stderr, "ferryd: state database %s: %s\n", store_location(&d.cfg),
 			d.st->error(d.st));
@@ -708,6 +838,13 @@ int main(int argc, char **argv)
 	d.tick = event_new(d.base, -1, EV_PERSIST, on_tick, &d);
 	d.kick = event_new(d.base, -1, 0, on_tick, &d);
 	d.due_timer = evtimer_new(d.base, on_tick, &d);
+	if (d.st->lease_renew != NULL) {
+		struct timeval lv = { d.st->lease / 3 > 0 ? d.st->lease / 3 : 1, 0 };
+
+		d.lease_ok = time(NULL);
+		d.lease_timer = event_new(d.base, -1, EV_PERSIST, on_lease, &d);
+		evtimer_add(d.lease_timer, &lv);
+	}
 	tv.tv_sec = d.cfg.tick_ms / 1000;
 	tv.tv_usec = (d.cfg.tick_ms % 1000) * 1000;
 	evtimer_add(d.tick, &tv);
@@ -723,7 +860,8 @@ int main(int argc, char **argv)
 		snprintf(pid, sizeof(pid), "%d", (int)getpid());
 		snprintf(uid, sizeof(uid), "%u", (unsigned)geteuid());
 		evlog("info", "started", "listen", d.cfg.listen_host, "port", port, "pid", pid,
-		      "db", store_location(&d.cfg), "store", d.st->backend, "uid", uid, NULL);
+		      "db", store_location(&d.cfg), "store", d.st->backend, "uid", uid,
+		      "node", d.st->node[0] ? d.st->node : NULL, NULL);
 	}
 	kick(&d);
 	event_base_dispatch(d.base);
@@ -748,6 +886,8 @@ int main(int argc, char **argv)
 	event_free(d.tick);
 	event_free(d.kick);
 	event_free(d.due_timer);
+	if (d.lease_timer != NULL)
+		event_free(d.lease_timer);
 	if (d.drain_timer != NULL)
 		event_free(d.drain_timer);
 out:

@@ -345,7 +345,19 @@ struct pick {
 	size_t naside, acap;
 	int started;
 	int busy;  /* the store's write lock is held elsewhere: stop picking */
+	/* hosts whose slots other ferryd hold (start said 1): not asked again
+	   in this pick */
+	const char **full;
+	size_t nfull, fcap;
 };
+
+static int host_full(const struct pick *p, const char *host)
+{
+	for (size_t i = 0; i < p->nfull; i++)
+		if (strcmp(p->full[i], host) == 0)
+			return 1;
+	return 0;
+}
 
 static void set_aside(struct pick *p, struct rq_entry *e)
 {
@@ -364,14 +376,28 @@ static void drain(struct pick *p, struct heap *h)
 
 	while (!p->busy && p->run->total < p->lim->max_concurrent && (e = heap_pop(h)) != NULL) {
 		struct sched_cand c = { &e->u, e->u.wave_id != 0 ? wave_find(p->q, e->u.wave_id) : NULL };
+		int r;
+
 		if (!sched_eligible(&c, 0, p->now, p->now_minutes, NULL) ||
-		    sched_running_count(p->run, e->u.host) >= p->lim->max_per_host) {
+		    sched_running_count(p->run, e->u.host) >= p->lim->max_per_host ||
+		    host_full(p, e->u.host)) {
 			set_aside(p, e);
 			continue;
 		}
 		sched_running_add(p->run, e->u.host);
 		p->q->st->busy = 0;
-		if (p->start(e->u.name, p->ctx) < 0) {
+		if ((r = p->start(e->u.name, e->u.host, p->ctx)) == 1) {
+			sched_running_remove(p->run, e->u.host);
+			if (p->nfull == p->fcap) {
+				p->fcap = p->fcap ? p->fcap * 2 : 8;
+				if ((p->full = realloc(p->full, p->fcap * sizeof(*p->full))) == NULL)
+					abort();
+			}
+			p->full[p->nfull++] = e->u.host;
+			set_aside(p, e);
+			continue;
+		}
+		if (r < 0) {
 			sched_running_remove(p->run, e->u.host);
 			runq_touch(p->q, e->u.name);  /* read again: what kept it */
 			/* each further claim would wait for the lock too: the next
@@ -398,7 +424,8 @@ static int wave_open(const struct runq *q, int64_t wave_id, time_t now, int now_
 int runq_pick(struct runq *q, const struct sched_limits *lim, struct sched_running *run,
 	      time_t now, int now_minutes, runq_start_fn *start, void *ctx)
 {
-	struct pick p = { q, lim, run, now, now_minutes, start, ctx, NULL, 0, 0, 0, 0 };
+	struct pick p = { q, lim, run, now, now_minutes, start, ctx, NULL, 0, 0, 0, 0,
+			  NULL, 0, 0 };
 	struct rq_entry *e;
 	int ret = 0;
 
@@ -419,6 +446,7 @@ int runq_pick(struct runq *q, const struct sched_limits *lim, struct sched_runni
 	for (size_t i = 0; i < p.naside; i++)
 		enqueue(q, p.aside[i], now);
 	free(p.aside);
+	free(p.full);
 	return ret < 0 ? -1 : p.started;
 }
 

@@ -32,8 +32,10 @@ void runq_touch(struct runq *q, const char *user);
 /* the userstate observer's signature: ctx is the runq */
 void runq_touch_cb(const char *user, void *ctx);
 
-/* start a pull of user: 0 started (its slot counted in run), -1 not */
-typedef int runq_start_fn(const char *user, void *ctx);
+/* start a pull of user: 0 started (its slot counted in run), -1 not, 1
+   not now: the old host's slots are all held by other ferryd (the user
+   stays queued; that host is not asked again in this pick) */
+typedef int runq_start_fn(const char *user, const char *host, void *ctx);
 
 /* Starts the due users in priority order within the limits (slots counted
    in run, released by the caller when the pull ends); returns how many

@@ -107,3 +107,9 @@ const char *store_location(const struct ferry_config *cfg)
 {
 	return store_is_pgsql(cfg) ? cfg->pgsql_conninfo : cfg->state_db;
 }
+
+void store_set_node(struct store *st, const char *node, int lease)
+{
+	snprintf(st->node, sizeof(st->node), "%s", node != NULL ? node : "");
+	st->lease = lease;
+}

@@ -62,6 +62,12 @@ struct user_rec {
 	char last_error[1024];
 	int64_t started_at, finished_at, updated_at;
 	char *password_enc;     /* encrypted, base64; NULL = none (user_add) */
+	/* the claim's holder and lease (PostgreSQL, several ferryd: docs/ferryd.md,
+	   "Several ferryd on one PostgreSQL"): the ferryd node that set running,
+	   and until when (epoch seconds) its claim holds unless renewed; "" and 0
+	   when not running, and always on SQLite (one process) */
+	char claimed_by[128];
+	int64_t lease_until;
 };
 
 struct folder_rec {
@@ -160,6 +166,11 @@ struct store {
 	   may succeed later and the caller retries it or answers "busy"
 	   (docs/ferryd.md, "A locked database"); 0 for any other failure */
 	int busy;
+	/* this ferryd's name among those sharing the database (node_name) and
+	   its claims' lease in seconds (pgsql_lease); set before open(). ""
+	   and 0 on SQLite: one process, claims without a lease */
+	char node[128];
+	int lease;
 
 	int (*open)(struct store *st, const char *path);
 	void (*close)(struct store *st);
@@ -254,6 +265,24 @@ struct store {
 	int (*log_last)(struct store *st, const char *user, const char *event,
 			int64_t *time_r);
 
+	/* Shared by several ferryd (NULL on SQLite, where one process counts
+	   its slots in memory): one of max per-old-host slots of host, held
+	   until slot_release or until this process's connection ends (kill -9
+	   included); 0 taken, 1 every slot is held (by any ferryd), -1 error */
+	int (*slot_take)(struct store *st, const char *host, int max);
+	void (*slot_release)(struct store *st, const char *host);
+	/* the lease of every user claimed by st->node renewed until `until`;
+	   the number of claims renewed or -1 (NULL on SQLite) */
+	int (*lease_renew)(struct store *st, int64_t until);
+	/* running users whose lease ended before `now` (their holder died or
+	   lost the database), NULL on SQLite */
+	int (*user_expired_each)(struct store *st, int64_t now,
+				 int (*cb)(const struct user_rec *u, void *ctx), void *ctx);
+	/* names of users another ferryd changed since the last call (at
+	   least: a user may come twice), NULL on SQLite */
+	int (*user_changed_each)(struct store *st,
+				 int (*cb)(const char *user, void *ctx), void *ctx);
+
 	/* append-only */
 	int (*log_add)(struct store *st, const struct log_rec *l);
 	int (*log_each)(struct store *st, const struct log_filter *flt,
@@ -268,6 +297,8 @@ struct store *store_sqlite_new(void);
    wait by lock_timeout_ms on the server (docs/ferryd.md, "PostgreSQL") */
 struct store *store_pgsql_new(const char *password, int connect_timeout,
 			      int statement_timeout_ms, int lock_timeout_ms);
+/* node name and lease of a PostgreSQL store (store.node, store.lease) */
+void store_set_node(struct store *st, const char *node, int lease);
 
 struct ferry_config;
 /* The backend ferryd.conf's `store` names (password read from

@@ -40,6 +40,13 @@ struct pg {
 				     transaction, COMMIT would only roll back */
 	int tx_busy;              /* ... because of a lock held elsewhere */
 	char tx_err[512];
+	/* per-old-host slots this process holds (advisory locks) */
+	struct pg_slot {
+		char *host;
+		int num;  /* host_slots.num */
+	} *slots, *made;  /* held; made: (host, max) whose rows exist */
+	size_t nslots, slots_cap, nmade, made_cap;
+	int64_t changed_since;  /* user_changed_each: rows changed from then on */
 };
 
 /* Migration N brings the schema from version N to N+1. Append only.
@@ -100,16 +107,27 @@ static const char *const migrations[] = {
 	" PRIMARY KEY (user_id, kind));",
 	/* 1 -> 2: SQLite's 6 -> 7, the NEW backend that owns the user's mailbox */
 	"ALTER TABLE users ADD COLUMN new_host TEXT NOT NULL DEFAULT '';",
+	/* 2 -> 3: claims with a lease, for several ferryd on one database
+	   (docs/ferryd.md, "Several ferryd on one PostgreSQL"); the changes of
+	   another ferryd are found by updated_at */
+	"ALTER TABLE users ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '',"
+	" ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0,"
+	" ADD COLUMN updated_by TEXT NOT NULL DEFAULT '';"
+	"CREATE INDEX users_claims ON users (lease_until) WHERE running = 1;"
+	"CREATE INDEX users_updated ON users (updated_at);"
+	"CREATE TABLE host_slots (host TEXT NOT NULL, num INTEGER NOT NULL,"
+	" holder TEXT NOT NULL DEFAULT '', lease_until BIGINT NOT NULL DEFAULT 0,"
+	" PRIMARY KEY (host, num));"
+	"CREATE INDEX host_slots_holder ON host_slots (holder);",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 /* pg_advisory_xact_lock key of the migration: "ferry" */
 #define MIGRATION_LOCK "7066657272790001"
-/* Session advisory lock held by the one ferryd of a database for as long as
-   its connection lives (PostgreSQL drops it when the process dies, kill -9
-   included). ferryd's start-up recovery and its per-host limits assume it
-   is alone: a second ferryd on the same database is refused until several
-   can share it (docs/ferryd.md, "Several ferryd on one database"). */
-#define HOLDER_LOCK "7066657272790002"
+/* Session advisory locks (PostgreSQL drops them when the connection ends,
+   kill -9 included): the node lock, (NODE_LOCK_CLASS, hash of node_name),
+   held by the one ferryd of that name so that two ferryd never share one
+   (start-up recovery takes back the claims of its own name). */
+#define NODE_LOCK_CLASS 0x66657272  /* "ferr" */
 
 static struct pg *PG(struct store *st)
 {
@@ -188,13 +206,33 @@ static int sqlstate_busy(const PGresult *res)
 static PGresult *send_wait(struct store *st, const char *what, const char *sql, int n,
 			   const char *const *vals);
 
-/* The database's holder lock, retried until the deadline: a ferryd killed
-   a moment ago still holds it until its server process notices. */
-static int take_holder_lock(struct store *st, int64_t deadline)
+/* FNV-1a, 31 bits: an advisory lock key */
+static int32_t key31(const char *prefix, const char *s)
 {
+	uint32_t h = 2166136261u;
+
+	for (const char *p = prefix; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	for (const char *p = s; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	return (int32_t)(h & 0x7fffffff);
+}
+
+/* The node's lock, retried until the deadline: this ferryd killed a moment
+   ago still holds it until its server process notices. None without a
+   node name (ferryd --rekey). */
+static int take_node_lock(struct store *st, int64_t deadline)
+{
+	char k1[16], k2[16];
+	const char *vals[2] = { k1, k2 };
+
+	if (st->node[0] == '\0')
+		return 0;
+	snprintf(k1, sizeof(k1), "%d", NODE_LOCK_CLASS);
+	snprintf(k2, sizeof(k2), "%d", (int)key31("node:", st->node));
 	for (;;) {
-		PGresult *res = send_wait(st, "connect", "SELECT pg_try_advisory_lock(x'"
-					  HOLDER_LOCK "'::bigint)", 0, NULL);
+		PGresult *res = send_wait(st, "connect", "SELECT pg_try_advisory_lock($1::int,"
+					  " $2::int)", 2, vals);
 		int got;
 
 		if (res == NULL) {
@@ -206,9 +244,12 @@ static int take_holder_lock(struct store *st, int64_t deadline)
 		if (got)
 			return 0;
 		if (now_ms() >= deadline) {
+			char why[300];
+
 			disconnect(st);
-			return pg_fail(st, "connect", "another ferryd uses this database (one ferryd"
-				       " per database: docs/ferryd.md)");
+			snprintf(why, sizeof(why), "another ferryd named \"%.128s\" uses this database"
+				 " (give each its own node_name: docs/ferryd.md)", st->node);
+			return pg_fail(st, "connect", why);
 		}
 		poll(NULL, 0, 100);
 	}
@@ -269,7 +310,7 @@ static int pg_connect(struct store *st)
 		return -1;
 	}
 	PQclear(res);
-	return take_holder_lock(st, deadline);
+	return take_node_lock(st, deadline);
 }
 
 /* Sends one statement and waits for its result against a deadline
@@ -377,7 +418,7 @@ static char *utf8_clean(const char *s)
 	return out != NULL ? out : (char *)s;
 }
 
-#define MAX_PARAMS 20
+#define MAX_PARAMS 24
 
 /* Runs one statement, reconnecting first when outside a transaction and
    the connection is gone. Parameters like store_sqlite.c's prepf: "s"
@@ -572,9 +613,15 @@ static int pg_open(struct store *st, const char *conninfo)
 
 	free(p->conninfo);
 	p->conninfo = strdup(conninfo);
-	if (pg_connect(st) < 0)
+	if (pg_connect(st) < 0 || migrate(st) < 0)
 		return -1;
-	return migrate(st);
+	/* the slots of this node's previous life (its name is locked: no
+	   other process holds them) */
+	if (st->node[0] != '\0' &&
+	    cmd_res(st, q(st, "open", "UPDATE host_slots SET holder = '', lease_until = 0"
+			  " WHERE holder = $1", "s", st->node)) < 0)
+		return -1;
+	return 0;
 }
 
 static void pg_close(struct store *st)
@@ -587,6 +634,12 @@ static void pg_free_priv(struct store *st)
 	struct pg *p = PG(st);
 
 	disconnect(st);
+	for (size_t i = 0; i < p->nslots; i++)
+		free(p->slots[i].host);
+	free(p->slots);
+	for (size_t i = 0; i < p->nmade; i++)
+		free(p->made[i].host);
+	free(p->made);
 	free(p->conninfo);
 	if (p->password != NULL) {
 		explicit_bzero(p->password, strlen(p->password));
@@ -770,6 +823,11 @@ static int pg_wave_each(struct store *st, int (*cb)(const struct wave_rec *, voi
 	return ret;
 }
 
+/* the shared column list (store_sql.h) and the claim's, which only this
+   backend has (several ferryd: schema 3) */
+#define PG_USER_COLS SQL_USER_COLS ", u.claimed_by, u.lease_until"
+#define PG_USER_GET "SELECT " PG_USER_COLS SQL_USER_FROM " WHERE u.name = $1"
+
 static void user_row(const PGresult *res, int r, struct user_rec *u)
 {
 	char state[32];
@@ -801,6 +859,8 @@ static void user_row(const PGresult *res, int r, struct user_rec *u)
 	u->updated_at = gi(res, r, 20);
 	u->login_at = gi(res, r, 22);
 	gt(res, r, 23, u->new_host, sizeof(u->new_host));
+	gt(res, r, 24, u->claimed_by, sizeof(u->claimed_by));
+	u->lease_until = gi(res, r, 25);
 }
 
 static int users_cb(PGresult *res, int (*cb)(const struct user_rec *, void *), void *ctx)
@@ -837,7 +897,7 @@ static int pg_user_add(struct store *st, struct user_rec *u)
 static int pg_user_get(struct store *st, const char *name, struct user_rec *u)
 {
 	PGresult *res;
-	int ret = one_row(q(st, "user_get", SQL_USER_GET,
+	int ret = one_row(q(st, "user_get", PG_USER_GET,
 			    "s", name), &res);
 
 	if (ret == 0) {
@@ -847,39 +907,190 @@ static int pg_user_get(struct store *st, const char *name, struct user_rec *u)
 	return ret;
 }
 
+/* store_sql.h's update and the claim's columns and the writer */
+#define PG_USER_SET "UPDATE users SET wave_id = (SELECT id FROM waves WHERE name = $1)," \
+	" state = $2, paused = $3, running = $4, attempts = $5, next_attempt = $6," \
+	" sync_seq = $7, last_error = $8, started_at = $9, finished_at = $10," \
+	" updated_at = $11, login_at = $12, claimed_by = $14, lease_until = $15," \
+	" updated_by = $16 WHERE id = $13"
+
 static int pg_user_update(struct store *st, const struct user_rec *u)
 {
-	return cmd_res(st, q(st, "user_update", SQL_USER_UPDATE, "tsiiiiisiiiii",
+	return cmd_res(st, q(st, "user_update", PG_USER_SET, "tsiiiiisiiiiisis",
 			     u->wave, user_state_name(u->state), (int64_t)u->paused,
 			     (int64_t)u->running, (int64_t)u->attempts, u->next_attempt,
 			     u->sync_seq, u->last_error, u->started_at, u->finished_at,
-			     (int64_t)time(NULL), u->login_at, u->id)) < 0 ? -1 : 0;
+			     (int64_t)time(NULL), u->login_at, u->id, u->claimed_by,
+			     u->lease_until, st->node)) < 0 ? -1 : 0;
 }
 
 /* compare-and-set: under READ COMMITTED an UPDATE that waited for a
    concurrent writer re-checks its WHERE on the new row version, so exactly
-   one of two racing transitions from the same state changes the row */
+   one of two racing transitions from the same state changes the row; the
+   claim's holder and lease are compared too (another ferryd's claim, a
+   renewal meanwhile) */
 static int pg_user_update_if(struct store *st, const struct user_rec *u,
 			     const struct user_rec *expect)
 {
-	int changed = cmd_res(st, q(st, "user_update_if", SQL_USER_UPDATE_IF,
-				    "tsiiiiisiiiiisiii",
+	int changed = cmd_res(st, q(st, "user_update_if", PG_USER_SET " AND state = $17 AND"
+				    " running = $18 AND sync_seq = $19 AND paused = $20 AND"
+				    " claimed_by = $21 AND lease_until = $22",
+				    "tsiiiiisiiiiisissiiisi",
 				    u->wave, user_state_name(u->state), (int64_t)u->paused,
 				    (int64_t)u->running, (int64_t)u->attempts, u->next_attempt,
 				    u->sync_seq, u->last_error, u->started_at, u->finished_at,
-				    (int64_t)time(NULL), u->login_at, u->id,
+				    (int64_t)time(NULL), u->login_at, u->id, u->claimed_by,
+				    u->lease_until, st->node,
 				    user_state_name(expect->state), (int64_t)expect->running,
-				    expect->sync_seq, (int64_t)expect->paused));
+				    expect->sync_seq, (int64_t)expect->paused, expect->claimed_by,
+				    expect->lease_until));
 
 	if (changed < 0)
 		return -1;
 	return changed == 0 ? STORE_NOTFOUND : 0;
 }
 
+/* ---- several ferryd: slots, leases, the others' changes ------------------ */
+
+/* Per-old-host slots are rows of host_slots (host, num < max) with a
+   holder and a lease like the users' claims: taken with FOR UPDATE SKIP
+   LOCKED (two ferryd never wait for each other, never take the same row),
+   renewed with the claims, free once released or once the lease of a
+   holder that died is over (its doveadm calls may still run that long). */
+static int pg_slot_take(struct store *st, const char *host, int max)
+{
+	struct pg *p = PG(st);
+	int64_t now = (int64_t)time(NULL);
+	PGresult *res;
+	int num;
+
+	size_t i;
+
+	for (i = 0; i < p->nmade; i++)
+		if (p->made[i].num == max && strcmp(p->made[i].host, host) == 0)
+			break;
+	if (i == p->nmade) {
+		if (cmd_res(st, q(st, "slot_take", "INSERT INTO host_slots (host, num) SELECT $1, n"
+				  " FROM generate_series(0, $2::int - 1) n ON CONFLICT DO NOTHING",
+				  "si", host, (int64_t)max)) < 0)
+			return -1;
+		if (p->nmade == p->made_cap) {
+			p->made_cap = p->made_cap ? p->made_cap * 2 : 16;
+			if ((p->made = realloc(p->made, p->made_cap * sizeof(*p->made))) == NULL)
+				abort();
+		}
+		if ((p->made[p->nmade].host = strdup(host)) == NULL)
+			abort();
+		p->made[p->nmade++].num = max;
+	}
+	res = q(st, "slot_take", "UPDATE host_slots SET holder = $3, lease_until = $4"
+		" WHERE (host, num) = (SELECT host, num FROM host_slots WHERE host = $1"
+		" AND num < $2 AND (holder = '' OR lease_until < $5) ORDER BY num LIMIT 1"
+		" FOR UPDATE SKIP LOCKED) RETURNING num", "sisii", host, (int64_t)max, st->node,
+		now + st->lease, now);
+	if (res == NULL)
+		return -1;
+	if (PQntuples(res) == 0) {
+		PQclear(res);
+		return 1;
+	}
+	num = (int)gi(res, 0, 0);
+	PQclear(res);
+	if (p->nslots == p->slots_cap) {
+		p->slots_cap = p->slots_cap ? p->slots_cap * 2 : 16;
+		if ((p->slots = realloc(p->slots, p->slots_cap * sizeof(*p->slots))) == NULL)
+			abort();
+	}
+	if ((p->slots[p->nslots].host = strdup(host)) == NULL)
+		abort();
+	p->slots[p->nslots].num = num;
+	p->nslots++;
+	return 0;
+}
+
+static void pg_slot_release(struct store *st, const char *host)
+{
+	struct pg *p = PG(st);
+
+	for (size_t i = p->nslots; i-- > 0; ) {
+		if (strcmp(p->slots[i].host, host) != 0)
+			continue;
+		/* a failure leaves the slot to its lease */
+		cmd_res(st, q(st, "slot_release", "UPDATE host_slots SET holder = '',"
+			      " lease_until = 0 WHERE host = $1 AND num = $2 AND holder = $3", "sis",
+			      host, (int64_t)p->slots[i].num, st->node));
+		free(p->slots[i].host);
+		p->slots[i] = p->slots[--p->nslots];
+		return;
+	}
+}
+
+/* one statement for every claim of this node: the holder is the
+   condition, so a claim another ferryd took over is never renewed */
+static int pg_lease_renew(struct store *st, int64_t until)
+{
+	int n = cmd_res(st, q(st, "lease_renew", "UPDATE users SET lease_until = $1"
+			      " WHERE running = 1 AND claimed_by = $2 AND lease_until < $1", "is",
+			      until, st->node));
+
+	if (n >= 0 && cmd_res(st, q(st, "lease_renew", "UPDATE host_slots SET lease_until = $1"
+				     " WHERE holder = $2 AND lease_until < $1", "is", until,
+				     st->node)) < 0)
+		return -1;
+	return n;
+}
+
+static int pg_user_expired_each(struct store *st, int64_t now,
+				int (*cb)(const struct user_rec *, void *), void *ctx)
+{
+	return users_cb(q(st, "user_expired_each", "SELECT " PG_USER_COLS SQL_USER_FROM
+			  " WHERE u.running = 1 AND u.lease_until < $1 ORDER BY u.id", "i", now),
+			cb, ctx);
+}
+
+/* Clock difference allowed between the ferryd hosts and PostgreSQL
+   (updated_at is the writer's clock, xact_start the server's) */
+#define CHANGED_SKEW 2
+
+/* The other ferryd's transitions, polled: the rows another node wrote
+   with updated_at >= changed_since. A transaction still open at a poll
+   commits rows stamped after its start, so the next poll starts at the
+   oldest start of a transaction open now (pg_stat_activity, the role's own
+   sessions), not at now. (Not LISTEN/NOTIFY: a notifying commit waits for
+   every other one on a database-wide lock, which lock_timeout would fail.) */
+static int pg_user_changed_each(struct store *st, int (*cb)(const char *, void *), void *ctx)
+{
+	struct pg *p = PG(st);
+	PGresult *res;
+	int64_t next;
+	int ret = 0;
+
+	res = q(st, "user_changed_each", "SELECT extract(epoch FROM least(now(),"
+		" min(xact_start)))::bigint FROM pg_stat_activity WHERE datname ="
+		" current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL", "");
+	if (res == NULL)
+		return -1;
+	next = PQgetisnull(res, 0, 0) ? (int64_t)time(NULL) : gi(res, 0, 0);
+	PQclear(res);
+	if (next > (int64_t)time(NULL))
+		next = (int64_t)time(NULL);
+	if (p->changed_since == 0)
+		p->changed_since = next - CHANGED_SKEW;
+	res = q(st, "user_changed_each", "SELECT name FROM users WHERE updated_at >= $1 AND"
+		" updated_by <> $2 ORDER BY id", "is", p->changed_since, st->node);
+	if (res == NULL)
+		return -1;
+	for (int r = 0; ret == 0 && r < PQntuples(res); r++)
+		ret = cb(PQgetvalue(res, r, 0), ctx);
+	PQclear(res);
+	p->changed_since = next - CHANGED_SKEW;
+	return ret;
+}
+
 static int pg_user_each(struct store *st, const char *wave,
 			int (*cb)(const struct user_rec *, void *), void *ctx)
 {
-	return users_cb(q(st, "user_each", "SELECT " SQL_USER_COLS SQL_USER_FROM
+	return users_cb(q(st, "user_each", "SELECT " PG_USER_COLS SQL_USER_FROM
 			  " WHERE $1::text IS NULL OR w.name = $1 ORDER BY u.id", "s", wave),
 			cb, ctx);
 }
@@ -933,7 +1144,7 @@ static int pg_user_page(struct store *st, const struct user_filter *f, int64_t o
 	*total_r = gi(res, 0, 0);
 	PQclear(res);
 	/* SQLite's LIMIT -1 is "no limit": NULL here */
-	return users_cb(q(st, "user_page", "SELECT " SQL_USER_COLS SQL_USER_FROM USER_FILTER
+	return users_cb(q(st, "user_page", "SELECT " PG_USER_COLS SQL_USER_FROM USER_FILTER
 			  " ORDER BY u.id LIMIT $4 OFFSET $5", "sssni", f->wave, f->state,
 			  f->user, (int64_t)limit, offset < 0 ? (int64_t)0 : offset), cb, ctx);
 }
@@ -1320,6 +1531,11 @@ struct store *store_pgsql_new(const char *password, int connect_timeout,
 	st->check_get = pg_check_get;
 	st->check_abort_all = pg_check_abort_all;
 	st->log_last = pg_log_last;
+	st->slot_take = pg_slot_take;
+	st->slot_release = pg_slot_release;
+	st->lease_renew = pg_lease_renew;
+	st->user_expired_each = pg_user_expired_each;
+	st->user_changed_each = pg_user_changed_each;
 	st->log_add = pg_log_add;
 	st->log_each = pg_log_each;
 	return st;

@@ -21,8 +21,16 @@ void userstate_set_observer(userstate_observer *fn, void *ctx)
 /* mutate: 0 = write, 1 = nothing to change (returned as is), other = refuse */
 typedef int mutate_fn(struct user_rec *u, void *ctx);
 
+/* the claim is this ferryd's (always on SQLite: one process, no holder) */
+static int claim_mine(const struct store *st, const struct user_rec *u)
+{
+	return strcmp(u->claimed_by, st->node) == 0;
+}
+
+#define OWN 1  /* a job's own transition: refused once its claim is not ours */
+
 static int change(struct store *st, const char *user, mutate_fn *fn, void *ctx,
-		  struct user_rec *u_r)
+		  struct user_rec *u_r, int flags)
 {
 	struct user_rec u, before;
 	int ret;
@@ -33,10 +41,25 @@ static int change(struct store *st, const char *user, mutate_fn *fn, void *ctx,
 		if ((ret = st->user_get(st, user, &before)) != 0)
 			return ret;
 		u = before;
+		/* another ferryd took the claim over (this one's lease ran out):
+		   what this job learnt is no longer the user's truth */
+		if ((flags & OWN) && before.running && !claim_mine(st, &before)) {
+			if (u_r != NULL)
+				*u_r = before;
+			return USERSTATE_LOST;
+		}
 		if ((ret = fn(&u, ctx)) != 0) {
 			if (u_r != NULL)
 				*u_r = before;
 			return ret == 1 ? 0 : ret;
+		}
+		/* the claim's holder and lease follow running */
+		if (!u.running) {
+			u.claimed_by[0] = '\0';
+			u.lease_until = 0;
+		} else if (!before.running) {
+			snprintf(u.claimed_by, sizeof(u.claimed_by), "%s", st->node);
+			u.lease_until = st->lease > 0 ? (int64_t)time(NULL) + st->lease : 0;
 		}
 		ret = st->user_update_if(st, &u, &before);
 		if (ret != STORE_NOTFOUND) {
@@ -68,7 +91,7 @@ int userstate_start(struct store *st, const char *user)
 {
 	int changed = 0;
 
-	if (change(st, user, m_start, &changed, NULL) < 0)
+	if (change(st, user, m_start, &changed, NULL, 0) < 0)
 		return -1;
 	return changed;
 }
@@ -85,7 +108,7 @@ static int m_paused(struct user_rec *u, void *ctx)
 
 int userstate_set_paused(struct store *st, const char *user, int paused)
 {
-	return change(st, user, m_paused, &paused, NULL);
+	return change(st, user, m_paused, &paused, NULL, 0);
 }
 
 static int m_wave(struct user_rec *u, void *ctx)
@@ -96,7 +119,7 @@ static int m_wave(struct user_rec *u, void *ctx)
 
 int userstate_set_wave(struct store *st, const char *user, const char *wave)
 {
-	return change(st, user, m_wave, (void *)wave, NULL);
+	return change(st, user, m_wave, (void *)wave, NULL, 0);
 }
 
 int64_t userstate_next_seq(struct store *st)
@@ -149,7 +172,7 @@ int userstate_request_sync(struct store *st, const char *user, int login,
 		goto fail;
 	if (st->route_get(st, user, &r) == 0 && strcmp(r.target, "new") == 0)
 		s.cut_over = 1;
-	if ((ret = change(st, user, m_sync, &s, &u)) != 0 || st->commit(st) < 0)
+	if ((ret = change(st, user, m_sync, &s, &u, 0)) != 0 || st->commit(st) < 0)
 		goto fail;
 	*running_r = u.running;
 	return 0;
@@ -171,7 +194,24 @@ static int m_claim(struct user_rec *u, void *ctx)
 
 int userstate_claim(struct store *st, const char *user, struct user_rec *u_r)
 {
-	return change(st, user, m_claim, NULL, u_r);
+	return change(st, user, m_claim, NULL, u_r, 0);
+}
+
+/* the run queue's view may be older than the row (another ferryd's
+   transitions are read a moment later): a pull's claim checks that the user
+   is still due */
+static int m_claim_pull(struct user_rec *u, void *ctx)
+{
+	(void)ctx;
+	if ((u->state != US_PRESYNC && u->state != US_CUTOVER) || u->paused ||
+	    u->next_attempt > (int64_t)time(NULL))
+		return USERSTATE_NOTDUE;
+	return m_claim(u, NULL);
+}
+
+int userstate_claim_pull(struct store *st, const char *user, struct user_rec *u_r)
+{
+	return change(st, user, m_claim_pull, NULL, u_r, 0);
 }
 
 static int m_release(struct user_rec *u, void *ctx)
@@ -185,7 +225,7 @@ static int m_release(struct user_rec *u, void *ctx)
 
 int userstate_release(struct store *st, const char *user)
 {
-	return change(st, user, m_release, NULL, NULL);
+	return change(st, user, m_release, NULL, NULL, OWN);
 }
 
 struct pass_ctx {
@@ -227,7 +267,7 @@ int userstate_pass_ok(struct store *st, const char *user, int64_t seq, int verif
 {
 	struct pass_ctx p = { .seq = seq, .verify = verify };
 
-	return change(st, user, m_pass_ok, &p, NULL);
+	return change(st, user, m_pass_ok, &p, NULL, OWN);
 }
 
 static void fail_or_retry(struct user_rec *u, struct pass_ctx *p, int permanent)
@@ -264,7 +304,7 @@ int userstate_pass_failed(struct store *st, const char *user, int64_t seq,
 			  int *failed_r, int64_t *delay_r, int *attempts_r)
 {
 	struct pass_ctx p = { .seq = seq, .error = error, .permanent = permanent, .retry = r };
-	int ret = change(st, user, m_pass_failed, &p, NULL);
+	int ret = change(st, user, m_pass_failed, &p, NULL, OWN);
 
 	*failed_r = p.failed;
 	*delay_r = p.delay;
@@ -322,7 +362,7 @@ int userstate_verified(struct store *st, const char *user, int after_pull,
 {
 	struct verify_ctx v = { .p = { .error = error != NULL ? error : "", .retry = r },
 				.after_pull = after_pull, .result = result };
-	int ret = change(st, user, m_verified, &v, NULL);
+	int ret = change(st, user, m_verified, &v, NULL, after_pull ? OWN : 0);
 
 	*failed_r = v.p.failed;
 	return ret;
@@ -342,7 +382,7 @@ static int m_cut_over(struct user_rec *u, void *ctx)
 
 int userstate_cut_over(struct store *st, const char *user, int64_t seq)
 {
-	return change(st, user, m_cut_over, &seq, NULL);
+	return change(st, user, m_cut_over, &seq, NULL, 0);
 }
 
 static int m_roll_back(struct user_rec *u, void *ctx)
@@ -360,5 +400,38 @@ static int m_roll_back(struct user_rec *u, void *ctx)
 
 int userstate_roll_back(struct store *st, const char *user)
 {
-	return change(st, user, m_roll_back, NULL, NULL);
+	return change(st, user, m_roll_back, NULL, NULL, 0);
+}
+
+struct takeover_ctx {
+	const char *holder;
+	int64_t now;
+	int changed;
+};
+
+static int m_take_over(struct user_rec *u, void *ctx)
+{
+	struct takeover_ctx *t = ctx;
+
+	/* released, renewed or claimed anew meanwhile: nothing to take */
+	if (!u->running || u->lease_until >= t->now || strcmp(u->claimed_by, t->holder) != 0)
+		return 1;
+	u->running = 0;
+	t->changed = 1;
+	return 0;
+}
+
+int userstate_take_over(struct store *st, const char *user, const char *holder)
+{
+	struct takeover_ctx t = { holder, (int64_t)time(NULL), 0 };
+	int ret = change(st, user, m_take_over, &t, NULL, 0);
+
+	return ret < 0 ? -1 : ret == STORE_NOTFOUND ? 0 : t.changed;
+}
+
+int userstate_renew(struct store *st)
+{
+	if (st->lease_renew == NULL)
+		return 0;
+	return st->lease_renew(st, (int64_t)time(NULL) + st->lease);
 }

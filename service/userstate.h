@@ -17,6 +17,11 @@
 #include "store.h"
 
 #define USERSTATE_BUSY 2  /* the claim is held by another job */
+/* A job's own transition (release, pass_ok, pass_failed, verified after a
+   pull) found its claim held by another ferryd, which took it over when
+   this one's lease ran out (PostgreSQL, several ferryd): nothing written. */
+#define USERSTATE_LOST 3
+#define USERSTATE_NOTDUE 4  /* userstate_claim_pull: no longer due */
 
 struct userstate_retry {
 	int limit, base, max_delay;  /* retry_limit, retry_base, retry_max_delay */
@@ -44,6 +49,9 @@ int userstate_request_sync(struct store *st, const char *user, int login,
    sync_seq is what this job carries out). 0, USERSTATE_BUSY, STORE_NOTFOUND
    or -1. */
 int userstate_claim(struct store *st, const char *user, struct user_rec *u_r);
+/* The same for a pull: only a user still due (presync or cutover, not
+   paused, no retry pending), else USERSTATE_NOTDUE. */
+int userstate_claim_pull(struct store *st, const char *user, struct user_rec *u_r);
 /* Gives the claim back, nothing else changed (cancelled, restarted). */
 int userstate_release(struct store *st, const char *user);
 
@@ -70,6 +78,15 @@ int userstate_cut_over(struct store *st, const char *user, int64_t seq);
 /* Inside the rollback's transaction: back to presync and paused (no copy
    pass until ferryctl resume), the claim kept for the appends back to OLD. */
 int userstate_roll_back(struct store *st, const char *user);
+
+/* Several ferryd on one PostgreSQL (docs/ferryd.md): the claim a job
+   takes (userstate_claim) carries st->node as its holder and a lease of
+   st->lease seconds, renewed by userstate_renew while the job runs.
+   userstate_take_over releases the claim of `holder` if its lease is still
+   over (running 1 -> 0): 1 taken, 0 not (renewed, released or gone), -1. */
+int userstate_take_over(struct store *st, const char *user, const char *holder);
+/* every claim of this node renewed for st->lease seconds: how many, -1 */
+int userstate_renew(struct store *st);
 
 /* The next "sync now" sequence number (a setting in the store). */
 int64_t userstate_next_seq(struct store *st);

@@ -180,7 +180,7 @@ def test_schema_versioned_and_reopen_keeps_views_and_grants(env):
     """A restart migrates nothing and leaves the views (and the reader's
     grant) alone; the schema version is recorded."""
     sb, fd, pg, db, cf = env
-    assert pg.psql(db["name"], "SELECT version FROM ferry_schema").strip() == "2"
+    assert pg.psql(db["name"], "SELECT version FROM ferry_schema").strip() == "3"
     before = pg.psql(db["name"], "SELECT value FROM settings WHERE key = 'routing_views_hash'")
     assert re.fullmatch(r"[0-9a-f]{16}\n", before)
     fd.stop()
@@ -250,16 +250,18 @@ def test_broken_connection_is_reestablished(env):
                    " AND granted AND pid = %s" % after[0]).strip() == "1"
 
 
-def test_one_ferryd_per_database_until_the_holder_dies(env):
-    """A second ferryd on the same database is refused while the first
-    lives (start-up recovery and per-host limits assume one); once the
-    first is killed -9, PostgreSQL drops its lock and the second starts."""
+def test_one_ferryd_per_node_name_until_the_holder_dies(env):
+    """Several ferryd share a database (test_pgsql_multi.py), each under its
+    own node_name: a second ferryd with the same name is refused while the
+    first lives (its start-up recovery takes back that name's claims); once
+    the first is killed -9, PostgreSQL drops its lock and the second starts."""
     sb, fd, pg, db, cf = env
     second = Ferryd(sb, name="ferryd-second", store="pgsql", pgsql_conninfo=db["conninfo"],
-                    pgsql_password_file=db["password_file"], pgsql_connect_timeout=2)
+                    pgsql_password_file=db["password_file"], pgsql_connect_timeout=2,
+                    node_name=fd.events()[0]["node"])
     with pytest.raises(RuntimeError, match="exited"):
         second.start()
-    assert "another ferryd uses this database" in second.output()
+    assert "another ferryd named" in second.output()
     fd.kill()
     second.start()
     assert second.users()[STAY]["state"] in ("pending", "presync", "done")

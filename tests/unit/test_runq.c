@@ -35,8 +35,9 @@ static void add_wave(const char *name, int paused)
 }
 
 /* what dispatch_start does: take the claim */
-static int start(const char *user, void *ctx)
+static int start(const char *user, const char *host, void *ctx)
 {
+	(void)host;
 	(void)ctx;
 	if (userstate_claim(st, user, NULL) != 0)
 		return -1;
