@@ -236,7 +236,7 @@ def select(a):
     res = {"tool": "ferry-select", "user": user, "ok": typ == "OK",
            "exists": int(data[0]) if typ == "OK" else None, "wall_s": round(wall, 3),
            "new_cpu_s": r["cpu_s"].get("new"), "old_cpu_s": r["cpu_s"].get("old"),
-           "messages": st["messages"], "load1": os.getloadavg()[0]}
+           "messages": st["messages"], "load1": round(os.getloadavg()[0], 2)}
     if s0 and s1:
         res["main_thread"] = {"on_cpu_s": round(s1[0] - s0[0], 3),
                               "runqueue_s": round(s1[1] - s0[1], 3),
