@@ -1,7 +1,7 @@
 """One big folder on OLD, for profiling the copy engine and measuring its
 memory (docs/bench.md, "Where the CPU goes" and "Memory").
 
-    python3 bench/onefolder.py setup DIR --messages 3000 [--mix text|mixed] [--big MB]
+    python3 bench/onefolder.py setup DIR --messages 3000 [--mix text|mixed|tiny|medium] [--big MB]
     python3 bench/onefolder.py run DIR ferry|dsync [--fsync never|optimized]
                                [--callgrind] [--rawlog] [--perf] [--set k=v ...]
     python3 bench/onefolder.py select DIR     # the lazy path: IMAP SELECT of INBOX
@@ -74,6 +74,17 @@ def setup(a):
             d = 1300000000 + i * 600
             f.messages.append(bcorpus.fc.Message(bcorpus.fc.make_message(
                 rng, "t%d" % i, d, 0, size=600), frozenset(), d, 0))
+    elif a.mix == "medium":
+        # memory runs: every message just under ferry_big_message_size's
+        # default (1.0-1.9 MB on the wire), so all are fetched whole
+        import random
+        rng = random.Random("medium/%d" % a.seed)
+        f = bcorpus.fc.Folder("INBOX", 4242, True)
+        for i in range(a.messages):
+            d = 1300000000 + i * 600
+            f.messages.append(bcorpus.fc.Message(bcorpus.fc.make_message(
+                rng, "m%d" % i, d, 0, size=3000,
+                attachment=int(rng.uniform(1.0, 1.9) * 10**6 * 0.74)), frozenset(), d, 0))
     elif a.mix == "text":
         f = bcorpus.text_folder("INBOX", a.messages, a.seed, 4242)
     else:
@@ -263,7 +274,7 @@ def main():
     ap.add_argument("dir")
     ap.add_argument("tool", nargs="?", choices=("ferry", "dsync"))
     ap.add_argument("--messages", type=int, default=3000)
-    ap.add_argument("--mix", choices=("text", "mixed", "tiny"), default="text")
+    ap.add_argument("--mix", choices=("text", "mixed", "tiny", "medium"), default="text")
     ap.add_argument("--big", type=float, help="one message of this many MB instead")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--direct", action="store_true",

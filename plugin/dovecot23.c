@@ -70,7 +70,7 @@ void ferry_settings_read(struct mail_user *user, struct ferry_settings *set_r)
 		set_r->max_message_size = 0;
 	}
 	set_r->big_message_size =
-		ferry_setting_uint(user, "ferry_big_message_size", 1024*1024, 4096);
+		ferry_setting_uint(user, "ferry_big_message_size", 2*1024*1024, 4096);
 	set_r->max_folders =
 		ferry_setting_uint(user, "ferry_max_folders", 10000, 0);
 	set_r->old_connect_timeout_secs =

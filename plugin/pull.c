@@ -600,6 +600,45 @@ static int ferry_pull_run_of(struct ferry_pull *pull,
 	return ret;
 }
 
+/* A run of large messages (over ferry_big_message_size, fetched in
+   ranges one at a time): every such message that follows. */
+static unsigned int
+ferry_pull_big_run(const struct ferry_old_size *items, unsigned int count,
+		   uoff_t big_size)
+{
+	unsigned int n;
+
+	for (n = 1; n < count && items[n].size > big_size; n++) ;
+	return n;
+}
+
+/* Bodies fetched whole are held in memory by imapc for its whole prefetch
+   window (measured: 300 messages of ~1.5 MB, window 50: 92 MB peak RSS),
+   so what a window may hold is bounded: 3 x ferry_big_message_size. */
+#define FERRY_PULL_AHEAD_BYTES(big_size) ((big_size) * 3)
+
+/* A run of messages fetched whole through imapc's prefetching search: it
+   ends before any `window` consecutive messages of it would together
+   exceed `ahead` bytes. Runs are one search each and a shorter run is
+   shorter FETCH commands (each costs the old server a mailbox sync), so
+   only large sums end one: 50 messages of 20 KB are 1 MB. */
+static unsigned int
+ferry_pull_whole_run(const struct ferry_old_size *items, unsigned int count,
+		     uoff_t big_size, uoff_t ahead, unsigned int window)
+{
+	uoff_t held = items[0].size;
+	unsigned int n;
+
+	for (n = 1; n < count && items[n].size <= big_size; n++) {
+		if (n >= window)
+			held -= items[n - window].size;
+		if (held + items[n].size > ahead)
+			break;
+		held += items[n].size;
+	}
+	return n;
+}
+
 /* One batch (old UIDs first..last), committed as one transaction: a crash
    re-fetches at most this batch. The old side gets a transaction of its
    own per batch, rolled back after: imapc keeps what it fetched (sizes,
@@ -622,8 +661,10 @@ static int ferry_pull_batch(struct ferry_pull *pull, uint32_t first,
 	items = array_get(&todo, &count);
 	for (i = 0; ret == 0 && i < count; i += n) {
 		bool big = items[i].size > big_size;
-		for (n = 1; i + n < count &&
-			    (items[i + n].size > big_size) == big; n++) ;
+		n = big ? ferry_pull_big_run(items + i, count - i, big_size) :
+			ferry_pull_whole_run(items + i, count - i, big_size,
+				FERRY_PULL_AHEAD_BYTES(big_size),
+				pull->fuser->set.prefetch_count + 1);
 		ret = ferry_pull_run_of(pull, ot, items + i, n, big);
 	}
 	if (ret == 0 && count > 0) {

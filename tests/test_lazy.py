@@ -12,7 +12,7 @@ from ferrytest import corpus
 from ferrytest.sandbox import password
 from ferrytest.snapshot import compare, duplicates, snapshot
 
-SANDBOX_KWARGS = {"users": ("alice", "bob", "carol", "dave", "erin", "stay"),
+SANDBOX_KWARGS = {"users": ("alice", "bob", "carol", "dave", "erin", "fran", "stay"),
                   "new_extra": "plugin {\n  ferry_progress_interval = 1\n}\n",
                   # per-user settings from userdb: this user is not migrated
                   "new_userdb_extra": {"stay": "userdb_ferry=no"}}
@@ -172,6 +172,35 @@ def test_big_message_streams_without_heap(sandbox):
     assert after - before < 8 * 1024
     old = snapshot(sandbox, "old", "erin")
     assert compare(old, snapshot(sandbox, "new", "erin")) == []
+
+
+@pytest.mark.skipif(os.environ.get("FERRY_ASAN") == "1", reason=(
+    "ASan's quarantine and shadow memory make RSS no measure of the heap; "
+    "the plain run checks this"))
+def test_whole_fetches_ahead_are_bounded_in_bytes(sandbox):
+    """Messages just under ferry_big_message_size (2 MiB) are fetched whole,
+    and imapc holds every body of its prefetch window (50) in memory: 40
+    messages of ~1.8 MB would be ~75 MB at once. Runs are cut so that a
+    window holds at most 3 x ferry_big_message_size (pull.c): the copying
+    process grows by far less than the folder."""
+    spec = corpus.folder_spec("Medium", n=40, seed=8, gaps=0)
+    for m in spec.folder("Medium").messages:
+        m.body = m.body + (b"z" * 76 + b"\r\n") * (1800 * 1000 // 78)
+        assert 1800 * 1000 < len(m.body) < 2 * 2**20
+    corpus.seed_old(sandbox, "fran", spec)
+    base = sandbox.imap("new", "fran")
+    base.noop()
+    pids = [p for p, t in sandbox.processes("new").items() if "imap [fran" in t]
+    assert len(pids) == 1
+    before = _peak_rss_kb(pids[0])
+    assert base.select("Medium")[0] == "OK"
+    after = _peak_rss_kb(pids[0])
+    base.logout()
+    print("\nimap peak RSS: %d kB before, %d kB after copying 40 messages of 1.8 MB"
+          % (before, after))
+    assert after - before < 20 * 1024
+    old = snapshot(sandbox, "old", "fran")
+    assert compare(old, snapshot(sandbox, "new", "fran")) == []
 
 
 def test_userdb_can_leave_a_user_alone(sandbox, old_log):

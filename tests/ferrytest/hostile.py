@@ -47,8 +47,8 @@ STREAM_CAP = 256 << 20  # bytes sent for the 1 TiB literal / the endless line
 TIB = 1 << 40
 # short-size: the real body and the smaller size announced for it (both
 # above ferry_big_message_size, so the body is fetched in ranges)
-SHORT_BODY_SIZE = (3 << 20) + 4321
-SHORT_ANNOUNCED = (3 << 20) // 2
+SHORT_BODY_SIZE = (5 << 20) + 4321
+SHORT_ANNOUNCED = (5 << 20) // 2
 SHORT_OTHER_BODY = (b"From: a@example.com\r\nTo: b@example.com\r\n"
                     b"Subject: truthful\r\nMessage-ID: <other-1@hostile>\r\n\r\nsmall body\r\n")
 
