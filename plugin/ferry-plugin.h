@@ -39,8 +39,9 @@ struct ferry_settings {
 	unsigned int old_connect_timeout_secs;
 	/* folders of one doveadm pass copied at once (workers.c) */
 	unsigned int parallel;
-	/* imap: the client is idle after this long without a command; then
-	   the rest of the user is completed in the background (0 = never) */
+	/* imap: the rest of the user is completed in the background from
+	   the login on (0 = never); the client is idle after this long
+	   without a command, and gets one more worker then */
 	unsigned int background_idle_msecs;
 };
 
@@ -67,7 +68,7 @@ struct ferry_user {
 	/* Nesting depth of Ferry's own storage calls: our hooks stand aside
 	   while Ferry itself creates, opens or lists. */
 	unsigned int internal;
-	/* background.c: completion while the client is idle (imap) */
+	/* background.c: completion from the login on (imap) */
 	struct ferry_background *bg;
 	/* ferryd-notify.c: the login told to ferryd */
 	struct ferry_notify *notify;
@@ -356,10 +357,16 @@ int ferry_rollback_user(struct mail_user *user,
 			void *context, const char **error_r);
 
 /* background.c: the rest of the user, completed by the imap process
-   while the client is idle */
+   from the login on */
 void ferry_bg_start(struct mail_user *user);
 /* a client's storage call: the client is not idle */
 void ferry_bg_activity(struct mail_user *user);
+/* a command needs this folder: no worker takes it, a worker in it stops
+   after its batch (waited for) */
+void ferry_bg_claim(struct mail_user *user, const char *vname);
+/* the session opens its own old-server session: a worker beyond
+   ferry_parallel - 1 stops after its batch (waited for) */
+void ferry_bg_need_old(struct mail_user *user);
 void ferry_bg_deinit(struct mail_user *user);
 
 /* ferryd-notify.c: a login of a user not done yet, told to ferryd (when

@@ -101,6 +101,9 @@ static int ferry_lazy_pull(struct mailbox *box)
 		event_unref(&event);
 		return -1;
 	}
+	/* no background worker copies it meanwhile (one in it stops after
+	   its batch): this command pulls it, the fastest path */
+	ferry_bg_claim(user, box->vname);
 	ret = ferry_pull_folder(user, box->vname, FERRY_PULL_LAZY, &res, &code,
 				&error);
 	/* only pulls that copied, completed or failed: opening a folder
@@ -194,6 +197,16 @@ static int ferry_box_create(struct mailbox *box,
 	return 0;
 }
 
+static int ferry_box_delete(struct mailbox *box)
+{
+	struct ferry_mailbox *fbox = FERRY_BOX_CONTEXT(box);
+
+	/* a background worker copying it stops first */
+	if (ferry_lazy_active(box->storage->user))
+		ferry_bg_claim(box->storage->user, box->vname);
+	return fbox->module_ctx.super.delete_box(box);
+}
+
 static int ferry_box_rename(struct mailbox *src, struct mailbox *dest)
 {
 	struct ferry_mailbox *fbox = FERRY_BOX_CONTEXT(src);
@@ -225,6 +238,7 @@ void ferry_lazy_mailbox_allocated(struct mailbox *box)
 	v->get_status = ferry_box_get_status;
 	v->create_box = ferry_box_create;
 	v->rename_box = ferry_box_rename;
+	v->delete_box = ferry_box_delete;
 	MODULE_CONTEXT_SET(box, ferry_storage_module, fbox);
 }
 

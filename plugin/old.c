@@ -70,6 +70,8 @@ int ferry_old_user_get(struct mail_user *user, struct mail_user **old_r,
 		*error_r = fuser->identity_error;
 		return -1;
 	}
+	/* never more old-server sessions than ferry_parallel */
+	ferry_bg_need_old(user);
 	if (ferry_old_user_create(user, &old, &identity_key, &refused,
 				  error_r) < 0) {
 		if (refused)

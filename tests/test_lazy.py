@@ -15,7 +15,11 @@ from ferrytest.snapshot import compare, duplicates, snapshot
 SANDBOX_KWARGS = {"users": ("alice", "bob", "carol", "dave", "erin", "fran", "stay"),
                   "new_extra": "plugin {\n  ferry_progress_interval = 1\n}\n",
                   # per-user settings from userdb: this user is not migrated
-                  "new_userdb_extra": {"stay": "userdb_ferry=no"}}
+                  "new_userdb_extra": {"stay": "userdb_ferry=no",
+                                       # the SELECT copies the big message, not a
+                                       # background worker forked at the login
+                                       "erin": "userdb_ferry_background_idle_msecs=0",
+                                       "fran": "userdb_ferry_background_idle_msecs=0"}}
 
 
 def test_full_corpus_by_lazy_access(sandbox, old_log):
