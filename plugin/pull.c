@@ -1216,7 +1216,11 @@ static int ferry_check_done_folder(struct mail_user *user, const char *vname,
 
 	ferry_internal_begin(user);
 	box = mailbox_alloc(ns->list, vname, MAILBOX_FLAG_IGNORE_ACLS);
-	if (mailbox_open(box) == 0) {
+	/* synced: this process may hold the folder's index from before a
+	   background worker completed it (the index stays open a while
+	   after a mailbox is freed), and an open does not re-read it */
+	if (mailbox_open(box) == 0 &&
+	    mailbox_sync(box, MAILBOX_SYNC_FLAG_FAST) == 0) {
 		ferry_box_hdr_get(box, &hdr);
 		if (ferry_box_is_done(&hdr))
 			ret = 0;
