@@ -198,16 +198,20 @@ class Bench:
         self.paired = {(tool, fs, r): "%s%s%d" % (tool[0], fs[0], r)
                        for tool in ("ferry", "dsync") for fs in FSYNC_MODES
                        for r in range(1, a.repeats + 1)}
+        # scenario 6: a fresh pair of NEW users (first login, bulk copy)
+        # per repeat
+        self.first_pairs = [("first", "firstref")] + [
+            ("first%d" % r, "firstref%d" % r) for r in range(2, a.first_repeats + 1)]
         # prof1..3: spare NEW users reading src, for profiling a kept sandbox
         users = (["src", "lazysrc", "ferry", "dsync", "mbsync", "prof1", "prof2", "prof3",
-                  "first", "firstref", "bigsrc", "firstbig"]
+                  "bigsrc", "firstbig"] + [u for p in self.first_pairs for u in p]
                  + self.lazy_users + self.many + sorted(self.paired.values()))
         extra = {"src": "userdb_ferry=no", "lazysrc": "userdb_ferry=no",
                  # presync: the delta pass (scenario 2) is a mirror pass
                  "ferry": "userdb_imapc_user=src userdb_ferry_phase=presync",
                  "dsync": "userdb_ferry=no userdb_imapc_user=src",
                  "mbsync": "userdb_ferry=no"}
-        for u in ("prof1", "prof2", "prof3", "first", "firstref"):
+        for u in ["prof1", "prof2", "prof3"] + [u for p in self.first_pairs for u in p]:
             extra[u] = "userdb_imapc_user=src"
         extra["bigsrc"] = "userdb_ferry=no"
         extra["firstbig"] = "userdb_imapc_user=bigsrc"
@@ -841,18 +845,33 @@ SyncState {d}/state/
 
     def s6(self):
         rows = {}
-        # the bulk-copy time of the same user (scenario 1's, or measured here)
-        bulk = self.results["scenarios"].get("1_full", {}).get("ferry", {}).get("wall_s")
-        if not bulk:
-            r, out, err = self.measured(self.doveadm_new("ferry", "pull", "-u", "firstref"))
-            if r.get("rc") != 0:
-                raise AssertionError("reference pull: %s" % r.get("error"))
-            bulk = r["wall_s"]
-        with meter.Meter(self.sb) as m:
-            r = self.first_login("first", "src", wait_done=True)
-        r["resources"] = m.result()
+        # the bulk-copy time of the same user, measured right before each
+        # first login (same conditions: under load only the ratio says
+        # something)
+        pairs = []
+        for user, ref in self.first_pairs:
+            b, out, err = self.measured(self.doveadm_new("ferry", "pull", "-u", ref))
+            if b.get("rc") != 0:
+                raise AssertionError("reference pull: %s" % b.get("error"))
+            with meter.Meter(self.sb) as m:
+                r = self.first_login(user, "src", wait_done=True)
+            r["resources"] = m.result()
+            r["bulk_copy_s"] = b["wall_s"]
+            r["complete_over_bulk"] = round(r["complete_s"] / b["wall_s"], 3)
+            r["load1"] = round(os.getloadavg()[0], 1)
+            pairs.append(r)
+            log("6 first login %s: INBOX selected %.2fs, complete after %.1fs, bulk copy "
+                "%.1fs (ratio %.2f, load %.1f)" % (user, r["inbox_selected_s"], r["complete_s"],
+                                                  b["wall_s"], r["complete_over_bulk"],
+                                                  r["load1"]))
+        # the pair with the median ratio is the figure; all are kept
+        r = dict(sorted(pairs, key=lambda p: p["complete_over_bulk"])[len(pairs) // 2])
+        r["pairs"] = [{k: p[k] for k in ("inbox_selected_s", "status_s", "complete_s",
+                                         "bulk_copy_s", "complete_over_bulk", "load1",
+                                         "status_equal_old", "status_equal_after")}
+                      for p in pairs]
+        bulk = r["bulk_copy_s"]
         r["messages"] = self.corpus["messages"]
-        r["bulk_copy_s"] = bulk
         r["target"] = "INBOX selected <= 2 s; STATUS = OLD's = after; complete <= bulk copy"
         r["target_met"] = bool(r["inbox_selected_s"] <= 2.0 and r["status_equal_old"]
                                and r["status_equal_after"] and r["complete_s"] <= bulk)
@@ -861,6 +880,9 @@ SyncState {d}/state/
             "STATUS = OLD %s, complete after %.1fs (bulk copy %.1fs), STATUS unchanged %s" % (
                 r["messages"], r["inbox_selected_s"], r["status_s"], r["status_equal_old"],
                 r["complete_s"], bulk, r["status_equal_after"]))
+        if self.cfg["first_big"] == 0:
+            self.scen("6_first_login", rows)
+            return
         # the big user: INBOX as above, the rest in small messages
         n = self.cfg["first_big"]
         t = time.monotonic()
@@ -1106,7 +1128,9 @@ def main(argv=None):
     ap.add_argument("--lazy-repeats", type=int, default=int(os.environ.get("BENCH_LAZY_REPEATS", 5)))
     ap.add_argument("--per-host", type=int, default=4, help="ferryd max_per_host")
     ap.add_argument("--first-big", type=int, default=200000,
-                    help="scenario 6: messages of the big first-login user")
+                    help="scenario 6: messages of the big first-login user (0: none)")
+    ap.add_argument("--first-repeats", type=int, default=1,
+                    help="scenario 6: first logins, each right after its own bulk copy")
     ap.add_argument("--set", action="append", default=[],
                     help="ferry plugin setting for NEW, e.g. ferry_batch_size=1000")
     ap.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", 0)),

@@ -211,6 +211,11 @@ def markdown(res):
         if "complete_s" in r:
             what += "; user complete %.1f s after login (bulk copy %.1f s)" % (
                 r["complete_s"], r["bulk_copy_s"])
+        if len(r.get("pairs", ())) > 1:
+            what += "; complete / bulk copy of %d logins, each right after its bulk copy: " \
+                "%s (the median's figures shown)" % (
+                    len(r["pairs"]), " ".join("%.2f" % p["complete_over_bulk"]
+                                              for p in r["pairs"]))
         kept = "STATUS = OLD's: %s" % ("yes" if r["status_equal_old"] else "**no**")
         if "status_equal_after" in r:
             kept += ", unchanged after: %s" % ("yes" if r["status_equal_after"] else "**no**")
