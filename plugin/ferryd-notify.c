@@ -77,6 +77,12 @@ void ferry_notify_deinit(struct mail_user *user)
 
 	if (fuser->notify == NULL)
 		return;
+	/* A client that logs out at once (a phone checking for mail) must
+	   not take ferryd's notice with it: the request is answered (or
+	   times out, FERRY_NOTIFY_TIMEOUT_MSECS) after the client has gone,
+	   rather than aborted, possibly before it was even sent. */
+	if (fuser->notify->req != NULL)
+		http_client_wait(fuser->notify->client);
 	if (fuser->notify->req != NULL)
 		http_client_request_abort(&fuser->notify->req);
 	http_client_deinit(&fuser->notify->client);
