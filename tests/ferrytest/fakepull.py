@@ -12,7 +12,9 @@ together. It records what a real NEW and OLD would show in their logs:
   of jobs talking to that old host's users at once).
 
 The old host of a user is the test's: host_of(user). Runs in the test's
-process (a thread), on 127.0.0.1 only."""
+process (a thread), on 127.0.0.1 only. `make bench-scale` runs it as its
+own process (bench/fakedoveadm.py) with every user complete from the
+start (complete=True): what it measures is ferryd's own cost."""
 import json
 import threading
 import time
@@ -20,8 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakePull:
-    def __init__(self, host_of, delay=0.02):
+    def __init__(self, host_of, delay=0.02, port=0, complete=False):
         self.host_of = host_of
+        self.all_complete = complete
         self.delay = delay
         self.lock = threading.Lock()
         self.complete = set()
@@ -50,12 +53,12 @@ class FakePull:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
-            request_queue_size = 1024
+            request_queue_size = 2048
 
             def handle_error(self, request, client_address):
                 pass  # a killed ferryd's connection: its answer goes nowhere
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = Server(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -84,7 +87,7 @@ class FakePull:
                 if cmd == "ferryPull":
                     self.pulls[user] = self.pulls.get(user, 0) + 1
                     self.complete.add(user)
-                done = user in self.complete
+                done = self.all_complete or user in self.complete
             row = {"folder": "INBOX", "state": "complete" if done else "partial",
                    "old": "10", "local": "10" if done else "0", "copied": "10" if
                    cmd == "ferryPull" else "0", "renumbered": "0", "messages": "10"}
