@@ -733,6 +733,35 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 	return ret;
 }
 
+/* Expunges the local messages at or above the old UIDNEXT. */
+static int ferry_pull_expunge_above(struct ferry_pull *pull)
+{
+	struct mailbox_transaction_context *t;
+	struct mail_search_context *search;
+	struct mail *mail;
+	unsigned int n = 0;
+	int ret;
+
+	t = mailbox_transaction_begin(pull->box, 0, "ferry leftovers");
+	search = ferry_search_uid_range(t, pull->ost.uidnext, (uint32_t)-1, 0);
+	while (mailbox_search_next(search, &mail)) {
+		mail_expunge(mail);
+		n++;
+	}
+	ret = mailbox_search_deinit(&search);
+	if (ret < 0 || mailbox_transaction_commit(&t) < 0 ||
+	    mailbox_sync(pull->box, 0) < 0) {
+		if (t != NULL)
+			mailbox_transaction_rollback(&t);
+		return ferry_pull_fail_local(pull, "expunging leftovers of an "
+					     "interrupted commit");
+	}
+	i_warning(FERRY_LOG_PREFIX "folder=%s event=leftovers expunged=%u: "
+		  "second copies above the old UIDNEXT %u, left by an "
+		  "interrupted commit", pull->vname, n, pull->ost.uidnext);
+	return 0;
+}
+
 static int ferry_pull_complete(struct ferry_pull *pull)
 {
 	struct mailbox_update update;
@@ -776,18 +805,13 @@ static int ferry_pull_complete(struct ferry_pull *pull)
 		   the copy, so nothing but the copy saved into it: a message
 		   above the old UIDNEXT is a file an interrupted commit moved
 		   in before dovecot-uidlist named it, numbered afresh by the
-		   re-read above - a second copy of an old message (kill -9
-		   tests). The rebuild keeps every old UID and leaves it. */
+		   re-read above - a second copy of an old message the resumed
+		   copy fetched again (kill -9 tests). Nobody has seen it: it
+		   is expunged (a rebuild would not do for INBOX, which
+		   Dovecot does not delete). */
 		if (pull->keep_uids && pull->hdr.state == FERRY_BOX_PENDING &&
-		    mres.above > 0) {
-			pull->hdr.copied_upto = pull->ost.uidnext - 1;
-			(void)ferry_box_hdr_write(pull->box, &pull->hdr);
-			pull->needs_recopy = TRUE;
-			return ferry_pull_fail(pull, MAIL_ERROR_TEMP, t_strdup_printf(
-				"%u local messages above the old UIDNEXT %u, left "
-				"by an interrupted commit", mres.above,
-				pull->ost.uidnext));
-		}
+		    mres.above > 0 && ferry_pull_expunge_above(pull) < 0)
+			return -1;
 	}
 	/* Expunged old UIDs stay reserved: a new message may not take one.
 	   The copies are not \Recent: the user has seen them on the old
