@@ -428,7 +428,7 @@ static int get_wave_arg(struct call *c, const char **wave_r, struct wave_rec *w)
    is rolled back and the request answered 500/503 (a start may be sent
    again: the users already started are left as they are). */
 #define START_SLICE_MS 5
-#define START_REFRESH 256  /* tally changes read per turn before collecting */
+#define START_REFRESH 64  /* tally changes read per turn before collecting */
 
 struct start_job {
 	struct api *a;
@@ -609,6 +609,9 @@ static void h_start(struct call *c)
 	snprintf(j->wave, sizeof(j->wave), "%s", wave != NULL ? wave : "");
 	if ((j->ev = evtimer_new(c->a->base, start_slice, j)) == NULL)
 		abort();
+	/* the lowest priority (ferryd.c): a request that arrived during a
+	   slice is answered before the next one */
+	event_priority_set(j->ev, 2);
 	j->next_job = c->a->starts;
 	c->a->starts = j;
 	start_slice(-1, 0, j);

@@ -20,7 +20,7 @@ struct tally;
 
 /* users a status request or a scrape reads before answering, at most (the
    rest stay for the background refresh) */
-#define TALLY_REQUEST_MAX 256
+#define TALLY_REQUEST_MAX 64
 
 struct tally_count {
 	int64_t wave_id;        /* 0: in no wave */
