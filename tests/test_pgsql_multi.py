@@ -226,4 +226,10 @@ def test_two_ferryd_2000_users_fake_doveadm(sandbox):
     assert set(fake.host_peak) == {"127.0.1.%d" % (1 + i) for i in range(FAKE_HOSTS)}
     # nothing left held
     assert sql(b, "SELECT count(*) FROM users WHERE running = 1") == [["0"]]
-    assert sql(b, "SELECT count(*) FROM host_slots WHERE holder <> ''") == [["0"]]
+    # the survivor released every slot of its own; a slot of the killed one
+    # keeps its name in the row but is free once its lease is over (taken
+    # again by whoever needs that host next; CI under the sanitizers saw 2
+    # such rows of hosts nobody needed after the lease ran out)
+    assert sql(b, "SELECT count(*) FROM host_slots WHERE holder = 'fake-b'") == [["0"]]
+    assert sql(b, "SELECT count(*) FROM host_slots WHERE holder <> '' AND lease_until > %d"
+               % int(time.time())) == [["0"]]
