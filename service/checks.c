@@ -683,10 +683,17 @@ static void user_after(struct run *r, const char *result, const char *error)
 	struct userstate_retry retry = { ch->cfg->retry_limit, ch->cfg->retry_base,
 					 ch->cfg->retry_max_delay };
 	int failed = 0;
+	int ret = userstate_verified(ch->st, r->user, r->after_pull, result, error, &retry,
+				     &failed);
 
-	if (userstate_verified(ch->st, r->user, r->after_pull, result, error, &retry,
-			       &failed) < 0)
+	if (ret < 0)
 		evlog("error", "store-error", "user", r->user, "error", ch->st->error(ch->st), NULL);
+	if (ret == USERSTATE_LOST) {
+		/* another ferryd has the user now: its own pass reports */
+		evlog("warning", "claim-lost", "user", r->user, "note",
+		      "another ferryd took the user over (this one's lease ran out)", NULL);
+		return;
+	}
 	if (r->after_pull && result != NULL && strcmp(result, "pass") == 0)
 		/* the copy pass is complete and checked: what cut-over prechecks read */
 		log_event(ch, r->user, NULL, "user-done", 0, NULL);

@@ -41,9 +41,12 @@ static int change(struct store *st, const char *user, mutate_fn *fn, void *ctx,
 		if ((ret = st->user_get(st, user, &before)) != 0)
 			return ret;
 		u = before;
-		/* another ferryd took the claim over (this one's lease ran out):
-		   what this job learnt is no longer the user's truth */
-		if ((flags & OWN) && before.running && !claim_mine(st, &before)) {
+		/* the claim was taken over (this ferryd's lease ran out while
+		   the job went on): released, perhaps claimed and even finished
+		   by another ferryd since; what this job learnt is no longer the
+		   user's truth (a finished pass written again is a user done
+		   twice) */
+		if ((flags & OWN) && (!before.running || !claim_mine(st, &before))) {
 			if (u_r != NULL)
 				*u_r = before;
 			return USERSTATE_LOST;

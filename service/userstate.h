@@ -18,8 +18,9 @@
 
 #define USERSTATE_BUSY 2  /* the claim is held by another job */
 /* A job's own transition (release, pass_ok, pass_failed, verified after a
-   pull) found its claim held by another ferryd, which took it over when
-   this one's lease ran out (PostgreSQL, several ferryd): nothing written. */
+   pull) found its claim gone: taken over when this ferryd's lease ran out
+   (PostgreSQL, several ferryd), released or held by another: nothing
+   written. */
 #define USERSTATE_LOST 3
 #define USERSTATE_NOTDUE 4  /* userstate_claim_pull: no longer due */
 

@@ -111,6 +111,36 @@ Test(userstate, failed_pass_backs_off_then_fails)
 	cr_assert_not(u.running);
 }
 
+/* a claim taken over while its job went on (the holder's lease ran out,
+   PostgreSQL with several ferryd): the late job's result is not written,
+   whether the user was claimed and finished again meanwhile or not */
+Test(userstate, a_late_job_of_a_taken_over_claim_writes_nothing)
+{
+	struct user_rec u;
+	int failed, attempts;
+	int64_t delay;
+
+	userstate_start(st, "alice");
+	cr_assert_eq(userstate_claim(st, "alice", &u), 0);  /* job 1 */
+	cr_assert_eq(userstate_take_over(st, "alice", ""), 1);
+	cr_assert_eq(userstate_pass_failed(st, "alice", 0, "late", 0, &retry, &failed, &delay,
+					   &attempts), USERSTATE_LOST);
+	u = get();
+	cr_assert_eq(u.state, US_PRESYNC, "due again, for whoever claims it");
+	cr_assert_eq(u.attempts, 0);
+	cr_assert_eq(userstate_claim(st, "alice", &u), 0);  /* job 2 */
+	cr_assert_eq(userstate_pass_ok(st, "alice", 0, 0), 0);
+	u = get();
+	cr_assert_eq(u.state, US_DONE);
+	int64_t finished = u.finished_at;
+	cr_assert_eq(userstate_pass_ok(st, "alice", 0, 0), USERSTATE_LOST, "job 1, late: done once");
+	cr_assert_eq(userstate_verified(st, "alice", 1, "pass", NULL, &retry, &failed),
+		     USERSTATE_LOST);
+	u = get();
+	cr_assert_eq(u.state, US_DONE);
+	cr_assert_eq(u.finished_at, finished);
+}
+
 Test(userstate, compare_and_set_refuses_a_stale_row)
 {
 	struct user_rec before = get(), stale = before, now;
