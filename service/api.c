@@ -428,7 +428,7 @@ static int get_wave_arg(struct call *c, const char **wave_r, struct wave_rec *w)
    is rolled back and the request answered 500/503 (a start may be sent
    again: the users already started are left as they are). */
 #define START_SLICE_MS 5
-#define START_REFRESH 256  /* tally changes read per turn before collecting */
+#define START_REFRESH 64  /* tally changes read per turn before collecting */
 
 struct start_job {
 	struct api *a;

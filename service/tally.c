@@ -10,7 +10,7 @@
 #define DIRTY_ROW 1
 #define DIRTY_FOLDERS 2
 #define NONE UINT32_MAX
-#define REFRESH_BATCH 256  /* users read per background refresh */
+#define REFRESH_BATCH 64  /* users read per background refresh */
 
 struct trec {
 	int64_t id, wave_id;

@@ -16,7 +16,11 @@ Two tests, and which is which:
   old hosts are never contacted: a real OLD is the test above). No mail is
   moved; what is checked is ferryd's claims, leases and shared slots.
 
-In both, ferryd A is killed -9 while it holds claims; B (the survivor)
+- test_a_stalled_ferryd_writes_nothing_twice: A stopped (SIGSTOP, a stall
+  or a paused VM) past its lease with pulls in flight, B takes them over
+  and finishes them, then A goes on: its late results must not be written.
+
+In the first two, ferryd A is killed -9 while it holds claims; B (the survivor)
 must take them over after their lease ran out and within the lease time of
 the kill (pgsql_lease here: LEASE s; the scan is once a second), pull every
 user exactly once, never two pulls of one user at once, and never more than
@@ -25,6 +29,7 @@ would allow max_per_host, both together twice that)."""
 import http.client
 import json
 import os
+import signal
 import socket
 import time
 
@@ -233,3 +238,60 @@ def test_two_ferryd_2000_users_fake_doveadm(sandbox):
     assert sql(b, "SELECT count(*) FROM host_slots WHERE holder = 'fake-b'") == [["0"]]
     assert sql(b, "SELECT count(*) FROM host_slots WHERE holder <> '' AND lease_until > %d"
                % int(time.time())) == [["0"]]
+
+
+def test_a_stalled_ferryd_writes_nothing_twice(sandbox):
+    """A stalls past its lease while its pulls are in flight (SIGSTOP): B
+    takes the claims over and finishes those users; A, continued, gets its
+    answers late and finds its claims gone (claim-lost): nothing written,
+    every user done once in the migration log. (A late job's pass was
+    written again when the taker had finished the user already.)"""
+    n = 200
+    users = ["s%03d" % i for i in range(n)]
+    host_of = {u: "127.0.1.%d" % (1 + i % FAKE_HOSTS) for i, u in enumerate(users)}
+    fake = FakePull(lambda u: host_of.get(u, "?"), delay=0.2).start()
+    a, b = pair(sandbox, "stall", doveadm="127.0.0.1:%d" % fake.port,
+                max_concurrent=FAKE_HOSTS * FAKE_PER_HOST, max_per_host=FAKE_PER_HOST)
+    path = os.path.join(sandbox.root, "stall.csv")
+    with open(path, "w") as f:
+        f.write("user,old_login,new_login,endpoint,wave\n")
+        for u in users:
+            f.write("%s,%s,%s,%s:143,stall\n" % (u, u, u, host_of[u]))
+    held = []
+    try:
+        a.start()
+        b.start()
+        a.ctl("import", path, timeout=300)
+        start_wave(a, "stall")
+        claims = "SELECT name FROM users WHERE running = 1 AND claimed_by = 'stall-a'"
+        wait_until(lambda: len(sql(a, claims)) >= 3, 120, "ferryd A to hold 3 claims")
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            held = [r[0] for r in sql(b, claims)]
+            # B takes them over once the lease ran out and pulls them to the end
+            wait_until(lambda: all(states(b)[u] == "done:0" for u in held), 120,
+                       "B to finish the users A held")
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        wait_until(lambda: all(s == "done:0" for s in states(b).values()), 300,
+                   "every user done")
+        # A reads its late answers: each held user's job ends (claim-lost)
+        wait_until(lambda: {e["user"] for e in a.events()
+                            if e.get("event") in ("claim-lost", "user-done")} >= set(held),
+                   60, "A to end the jobs it held")
+    finally:
+        for fd in (a, b):
+            if fd.alive():
+                fd.stop()
+        fake.stop()
+    assert held
+    done = {}
+    for u, _ in log_events(b, "user-done"):
+        done[u] = done.get(u, 0) + 1
+    assert sorted(done) == users and set(done.values()) == {1}, \
+        [(u, done.get(u)) for u in users if done.get(u) != 1][:20]
+    by_a = {e["user"] for e in a.events() if e.get("event") == "user-done"}
+    by_b = {e["user"] for e in b.events() if e.get("event") == "user-done"}
+    assert not by_a & by_b and not by_a & set(held), sorted(by_a & (by_b | set(held)))[:20]
+    assert {u for u, _ in log_events(b, "pull-taken-over")} >= set(held)
+    assert {e["user"] for e in a.events() if e.get("event") == "claim-lost"} >= set(held)
