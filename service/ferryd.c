@@ -145,12 +145,6 @@ static void schedule(struct daemon *d)
 
 static int in_flight(struct daemon *d);
 
-static int touch_peer_change(const char *user, void *arg)
-{
-	on_user_changed(user, arg);
-	return 0;
-}
-
 static int take_over_one(const struct user_rec *u, void *arg)
 {
 	struct daemon *d = arg;
@@ -190,7 +184,7 @@ static void peers(struct daemon *d)
 
 	if (d->st->user_changed_each == NULL)
 		return;
-	if (d->st->user_changed_each(d->st, touch_peer_change, d) < 0)
+	if (userstate_poll_peers(d->st) < 0)
 		evlog("error", "store-error", "error", d->st->error(d->st), NULL);
 	if (now == d->takeover_done)
 		return;

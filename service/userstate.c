@@ -18,6 +18,21 @@ void userstate_set_observer(userstate_observer *fn, void *ctx)
 	observer_ctx = ctx;
 }
 
+static int peer_changed(const char *user, void *ctx)
+{
+	(void)ctx;
+	if (observer != NULL)
+		observer(user, observer_ctx);
+	return 0;
+}
+
+int userstate_poll_peers(struct store *st)
+{
+	if (st->user_changed_each == NULL)
+		return 0;
+	return st->user_changed_each(st, peer_changed, NULL);
+}
+
 /* mutate: 0 = write, 1 = nothing to change (returned as is), other = refuse */
 typedef int mutate_fn(struct user_rec *u, void *ctx);
 

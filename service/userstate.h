@@ -33,6 +33,10 @@ struct userstate_retry {
    observer, NULL: none. */
 typedef void userstate_observer(const char *user, void *ctx);
 void userstate_set_observer(userstate_observer *fn, void *ctx);
+/* Several ferryd on one PostgreSQL: the users another ferryd wrote since
+   the last poll (imports included) are told to the observer like this
+   one's own transitions; 0 on a store without peers, -1 on a store error */
+int userstate_poll_peers(struct store *st);
 
 /* pending/failed -> presync (ferryctl start); 1 changed, 0 not, -1 error */
 int userstate_start(struct store *st, const char *user);

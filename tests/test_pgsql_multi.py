@@ -31,6 +31,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -173,6 +174,13 @@ def start_wave(fd, wave):
                600, "every user started")
 
 
+def catch(errors, fn, *args):
+    try:
+        fn(*args)
+    except Exception as e:  # re-raised by the test's thread
+        errors.append(e)
+
+
 def test_two_ferryd_2000_users_fake_doveadm(sandbox):
     users = ["f%04d" % i for i in range(N_FAKE)]
     host_of = {u: "127.0.1.%d" % (1 + i % FAKE_HOSTS) for i, u in enumerate(users)}
@@ -189,11 +197,18 @@ def test_two_ferryd_2000_users_fake_doveadm(sandbox):
         b.start()
         a.ctl("import", path, timeout=300)
         t0 = time.time()
-        start_wave(a, "fake")
+        # B, the survivor, carries out the start while the pulls run (A
+        # answered it only once the wave was nearly done under the
+        # sanitizers, too late to be killed holding claims)
+        errors = []
+        starter = threading.Thread(target=lambda: catch(errors, start_wave, b, "fake"))
+        starter.start()
         # generous deadlines (conditions, not sleeps): the machine may be loaded
         wait_until(lambda: len(log_events(a, "user-done")) >= N_FAKE // 4, 300,
                    "a quarter of the users done")
         t_kill, held = kill_holding(a, "fake-a", FAKE_PER_HOST)
+        starter.join(700)
+        assert not starter.is_alive() and not errors, errors
         try:
             wait_until(lambda: all(s == "done:0" for s in states(b).values()), 400,
                        "every user done after the kill")
@@ -262,7 +277,7 @@ def test_a_stalled_ferryd_writes_nothing_twice(sandbox):
         a.start()
         b.start()
         a.ctl("import", path, timeout=300)
-        start_wave(a, "stall")
+        start_wave(b, "stall")
         claims = "SELECT name FROM users WHERE running = 1 AND claimed_by = 'stall-a'"
         wait_until(lambda: len(sql(a, claims)) >= 3, 120, "ferryd A to hold 3 claims")
         os.kill(a.pid, signal.SIGSTOP)
