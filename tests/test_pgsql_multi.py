@@ -181,21 +181,35 @@ def catch(errors, fn, *args):
         errors.append(e)
 
 
-def test_two_ferryd_2000_users_fake_doveadm(sandbox):
-    users = ["f%04d" % i for i in range(N_FAKE)]
+def fake_pair(sandbox, name, users, delay):
+    """A recording fake doveadm for USERS on FAKE_HOSTS old hosts, ferryd A
+    and B started on it, the users imported through A into wave NAME."""
     host_of = {u: "127.0.1.%d" % (1 + i % FAKE_HOSTS) for i, u in enumerate(users)}
-    fake = FakePull(lambda u: host_of.get(u, "?"), delay=0.01).start()
-    a, b = pair(sandbox, "fake", doveadm="127.0.0.1:%d" % fake.port,
+    fake = FakePull(lambda u: host_of.get(u, "?"), delay=delay).start()
+    a, b = pair(sandbox, name, doveadm="127.0.0.1:%d" % fake.port,
                 max_concurrent=FAKE_HOSTS * FAKE_PER_HOST, max_per_host=FAKE_PER_HOST)
-    path = os.path.join(sandbox.root, "fake.csv")
+    path = os.path.join(sandbox.root, name + ".csv")
     with open(path, "w") as f:
         f.write("user,old_login,new_login,endpoint,wave\n")
         for u in users:
-            f.write("%s,%s,%s,%s:143,fake\n" % (u, u, u, host_of[u]))
+            f.write("%s,%s,%s,%s:143,%s\n" % (u, u, u, host_of[u], name))
     try:
         a.start()
         b.start()
         a.ctl("import", path, timeout=300)
+    except BaseException:
+        for fd in (a, b):
+            if fd.alive():
+                fd.stop()
+        fake.stop()
+        raise
+    return fake, a, b
+
+
+def test_two_ferryd_2000_users_fake_doveadm(sandbox):
+    users = ["f%04d" % i for i in range(N_FAKE)]
+    fake, a, b = fake_pair(sandbox, "fake", users, delay=0.01)
+    try:
         t0 = time.time()
         # B, the survivor, carries out the start while the pulls run (A
         # answered it only once the wave was nearly done under the
@@ -261,22 +275,10 @@ def test_a_stalled_ferryd_writes_nothing_twice(sandbox):
     answers late and finds its claims gone (claim-lost): nothing written,
     every user done once in the migration log. (A late job's pass was
     written again when the taker had finished the user already.)"""
-    n = 200
-    users = ["s%03d" % i for i in range(n)]
-    host_of = {u: "127.0.1.%d" % (1 + i % FAKE_HOSTS) for i, u in enumerate(users)}
-    fake = FakePull(lambda u: host_of.get(u, "?"), delay=0.2).start()
-    a, b = pair(sandbox, "stall", doveadm="127.0.0.1:%d" % fake.port,
-                max_concurrent=FAKE_HOSTS * FAKE_PER_HOST, max_per_host=FAKE_PER_HOST)
-    path = os.path.join(sandbox.root, "stall.csv")
-    with open(path, "w") as f:
-        f.write("user,old_login,new_login,endpoint,wave\n")
-        for u in users:
-            f.write("%s,%s,%s,%s:143,stall\n" % (u, u, u, host_of[u]))
+    users = ["s%03d" % i for i in range(200)]
+    fake, a, b = fake_pair(sandbox, "stall", users, delay=0.2)
     held = []
     try:
-        a.start()
-        b.start()
-        a.ctl("import", path, timeout=300)
         start_wave(b, "stall")
         claims = "SELECT name FROM users WHERE running = 1 AND claimed_by = 'stall-a'"
         wait_until(lambda: len(sql(a, claims)) >= 3, 120, "ferryd A to hold 3 claims")
