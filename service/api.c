@@ -437,7 +437,7 @@ struct start_job {
 	char wave[128];      /* "" = every user */
 	char **names;
 	size_t n, cap, next;
-	int collected, polled;
+	int collected;
 	int changed;
 	struct event *ev;
 	struct start_job *next_job;
@@ -521,18 +521,8 @@ static void start_slice(evutil_socket_t fd, short what, void *ctx)
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	if (!j->collected) {
 		/* the totals' records say who is pending or failed once they
-		   have read every change (an import just before, a wave add;
-		   with several ferryd, one made through another one a moment
-		   ago, which this one's tick would only poll later) */
+		   have read every change (an import just before, a wave add) */
 		struct tally *t = j->a->tally;
-		if (!j->polled) {
-			j->polled = 1;
-			if (userstate_poll_peers(st) < 0) {
-				reply_store_error(&c);
-				start_job_free(j);
-				return;
-			}
-		}
 		if (t != NULL && tally_pending(t) > 0) {
 			/* at most START_REFRESH a turn; the last ones now, so
 			   that changes coming meanwhile cannot keep it waiting */
@@ -611,6 +601,12 @@ static void h_start(struct call *c)
 
 	if (get_wave_arg(c, &wave, &w) < 0)
 		return;
+	/* with several ferryd, an import through another one a moment ago
+	   reaches the totals only at this one's next tick: poll it now */
+	if (userstate_poll_peers(c->a->st) < 0) {
+		reply_store_error(c);
+		return;
+	}
 	if ((j = calloc(1, sizeof(*j))) == NULL)
 		abort();
 	j->a = c->a;
