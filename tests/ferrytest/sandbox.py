@@ -80,17 +80,47 @@ def password(user):
     return user + "-pw"
 
 
-def _free_ports(n):
-    socks = []
+def _ephemeral_range():
     try:
-        for _ in range(n):  # hold all at once so they are distinct
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+# Ports handed out by this process, next candidate first. A port from
+# bind(port 0) is an ephemeral one: between our close() and the server's
+# listen() any outgoing connection on the machine may take it (CI saw
+# Dovecot's pop3-login fail with "Address already in use"). So tests' ports
+# come from below the kernel's ephemeral range, each handed out once per
+# run, the start spread by PID so two runs rarely probe the same ports.
+_PORTS_LOW = 10000
+_next_port = [None]
+
+
+def _free_ports(n):
+    lo_eph, hi_eph = _ephemeral_range()
+    lo, hi = _PORTS_LOW, lo_eph - 1
+    if hi - lo < 1000:  # unusual kernel setting: use the ports above it
+        lo, hi = hi_eph + 1, 65535
+    if _next_port[0] is None:
+        _next_port[0] = lo + (os.getpid() * 97) % (hi - lo)
+    ports = []
+    for _ in range(hi - lo):
+        port = _next_port[0]
+        _next_port[0] = lo if port >= hi else port + 1
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
             s.close()
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise OSError("no %d free ports in %d-%d" % (n, lo, hi))
 
 
 def proc_alive(pid):
