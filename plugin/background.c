@@ -40,6 +40,7 @@
 #include <signal.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 /* another writer holds a folder: look again after */
@@ -50,6 +51,8 @@
    ferry_old_connect_timeout, so it is not tried often */
 #define FERRY_BG_RETRY_MSECS (60 * 1000)
 #define FERRY_BG_RETRY_MAX_MSECS (16 * 60 * 1000)
+/* how much lower the workers' CPU priority is than the session's */
+#define FERRY_BG_NICE 10
 /* the most workers of one session */
 #define FERRY_BG_MAX_WORKERS 8
 
@@ -214,6 +217,13 @@ ferry_bg_worker_main(struct ferry_background *bg, unsigned int slot, int fd)
 	fuser->bg = NULL;
 	fuser->old_user = NULL;
 	(void)io_loop_create();
+	/* the copy a client waits for (its own process) gets the CPUs
+	   first; on an idle machine this costs the workers nothing */
+	errno = 0;
+	int prio = getpriority(PRIO_PROCESS, 0);
+	if (errno == 0 &&
+	    setpriority(PRIO_PROCESS, 0, I_MIN(prio + FERRY_BG_NICE, 19)) < 0)
+		i_warning(FERRY_LOG_PREFIX "background worker: setpriority() failed: %m");
 	names = array_get(&bg->names, &count);
 	while (__atomic_load_n(stop, __ATOMIC_SEQ_CST) == 0 &&
 	       (idx = __atomic_fetch_add(&shared->next, 1,

@@ -222,6 +222,27 @@ def test_old_server_down_backs_off(sandbox, new_log):
     conn.logout()
 
 
+def _stat(pid):
+    """(ppid, nice) of a process, or (None, None) once it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[16])
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def _session_and_workers(sandbox, user):
+    """(the imap session of user, [its background workers]) or None."""
+    procs = {p: _stat(p) for p, t in sandbox.processes("new").items()
+             if "[%s " % user in t and "/imap " in t}
+    sessions = [p for p, (ppid, _) in procs.items() if ppid not in procs]
+    if len(sessions) != 1:
+        return None
+    workers = [p for p, (ppid, nice) in procs.items() if ppid == sessions[0] and nice is not None]
+    return (sessions[0], workers) if workers else None
+
+
 def test_background_workers_keep_to_ferry_parallel_and_yield(sandbox, new_log, old_log):
     """The idle session's background workers (ferry_parallel=2 here) never
     have more sessions open on OLD than ferry_parallel (the session closes
@@ -248,6 +269,11 @@ def test_background_workers_keep_to_ferry_parallel_and_yield(sandbox, new_log, o
                 return name
         return None
     partial = wait_until(in_flight, 60, "a background worker in the middle of a folder")
+    # the workers yield the CPUs to the session a client waits on
+    session, workers = wait_until(lambda: _session_and_workers(sandbox, "worker"), 30,
+                                  "the session and its background workers")
+    assert all(_stat(w)[1] == min(_stat(session)[1] + 10, 19) for w in workers), \
+        (_stat(session), [_stat(w) for w in workers])
     mark = new_log.mark()
     typ, data = conn.select(partial)
     assert typ == "OK", data
