@@ -689,9 +689,7 @@ static void user_after(struct run *r, const char *result, const char *error)
 	if (ret < 0)
 		evlog("error", "store-error", "user", r->user, "error", ch->st->error(ch->st), NULL);
 	if (ret == USERSTATE_LOST) {
-		/* another ferryd has the user now: its own pass reports */
-		evlog("warning", "claim-lost", "user", r->user, "note",
-		      "another ferryd took the user over (this one's lease ran out)", NULL);
+		userstate_log_lost(r->user);
 		return;
 	}
 	if (r->after_pull && result != NULL && strcmp(result, "pass") == 0)

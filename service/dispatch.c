@@ -318,8 +318,7 @@ static void job_finish(struct job *j, int ok)
 		}
 	}
 	if (ret == USERSTATE_LOST)
-		evlog("warning", "claim-lost", "user", j->user, "note",
-		      "another ferryd took the user over (this one's lease ran out)", NULL);
+		userstate_log_lost(j->user);
 	else if (ret != 0)
 		evlog("error", "store-error", "user", j->user, "error", d->st->error(d->st), NULL);
 	snprintf(host, sizeof(host), "%s", j->host);

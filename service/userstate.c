@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "evlog.h"
 #include "scheduler.h"
 
 static userstate_observer *observer;
@@ -24,6 +25,12 @@ static int peer_changed(const char *user, void *ctx)
 	if (observer != NULL)
 		observer(user, observer_ctx);
 	return 0;
+}
+
+void userstate_log_lost(const char *user)
+{
+	evlog("warning", "claim-lost", "user", user, "note",
+	      "another ferryd took the user over (this one's lease ran out)", NULL);
 }
 
 int userstate_poll_peers(struct store *st)

@@ -23,6 +23,9 @@
    written. */
 #define USERSTATE_LOST 3
 #define USERSTATE_NOTDUE 4  /* userstate_claim_pull: no longer due */
+/* The event line of a job that got USERSTATE_LOST (its result is dropped:
+   the ferryd that took the user over reports its own pass) */
+void userstate_log_lost(const char *user);
 
 struct userstate_retry {
 	int limit, base, max_delay;  /* retry_limit, retry_base, retry_max_delay */

@@ -181,6 +181,16 @@ def catch(errors, fn, *args):
         errors.append(e)
 
 
+def _users_done(a, b):
+    """({user: user-done rows in the migration log}, users A logged done,
+    users B logged done)"""
+    done = {}
+    for u, _ in log_events(b, "user-done"):
+        done[u] = done.get(u, 0) + 1
+    by = [{e["user"] for e in fd.events() if e.get("event") == "user-done"} for fd in (a, b)]
+    return done, by[0], by[1]
+
+
 def fake_pair(sandbox, name, users, delay):
     """A recording fake doveadm for USERS on FAKE_HOSTS old hosts, ferryd A
     and B started on it, the users imported through A into wave NAME."""
@@ -238,11 +248,7 @@ def test_two_ferryd_2000_users_fake_doveadm(sandbox):
             if fd.alive():
                 fd.stop()
         fake.stop()
-    done = {}
-    for u, _ in log_events(b, "user-done"):
-        done[u] = done.get(u, 0) + 1
-    by_a = {e["user"] for e in a.events() if e.get("event") == "user-done"}
-    by_b = {e["user"] for e in b.events() if e.get("event") == "user-done"}
+    done, by_a, by_b = _users_done(a, b)
     print("\n%d users in %.1f s: done by A %d (killed), by B %d; %d doveadm requests;"
           " peak per host %s (limit %d); most requests of one user at once %d"
           % (N_FAKE, elapsed, len(by_a), len(by_b), fake.requests, fake.host_peak,
@@ -302,13 +308,9 @@ def test_a_stalled_ferryd_writes_nothing_twice(sandbox):
                 fd.stop()
         fake.stop()
     assert held
-    done = {}
-    for u, _ in log_events(b, "user-done"):
-        done[u] = done.get(u, 0) + 1
+    done, by_a, by_b = _users_done(a, b)
     assert sorted(done) == users and set(done.values()) == {1}, \
         [(u, done.get(u)) for u in users if done.get(u) != 1][:20]
-    by_a = {e["user"] for e in a.events() if e.get("event") == "user-done"}
-    by_b = {e["user"] for e in b.events() if e.get("event") == "user-done"}
     assert not by_a & by_b and not by_a & set(held), sorted(by_a & (by_b | set(held)))[:20]
     assert {u for u, _ in log_events(b, "pull-taken-over")} >= set(held)
     assert {e["user"] for e in a.events() if e.get("event") == "claim-lost"} >= set(held)
