@@ -2,6 +2,7 @@
 memory (docs/bench.md, "Where the CPU goes" and "Memory").
 
     python3 bench/onefolder.py setup DIR --messages 3000 [--mix text|mixed|tiny|medium] [--big MB]
+                                         [--like-bench | --gaps]
     python3 bench/onefolder.py run DIR ferry|dsync [--fsync never|optimized]
                                [--callgrind] [--rawlog] [--perf] [--set k=v ...]
     python3 bench/onefolder.py select DIR     # the lazy path: IMAP SELECT of INBOX
@@ -87,9 +88,16 @@ def setup(a):
                 attachment=int(rng.uniform(1.0, 1.9) * 10**6 * 0.74)), frozenset(), d, 0))
     elif a.mix == "text":
         f = bcorpus.text_folder("INBOX", a.messages, a.seed, 4242)
+    elif a.like_bench:
+        f = bcorpus.text_folder("L%d" % a.messages, a.messages, a.seed, 4242, mix="mixed")
+        f.name = "INBOX"
     else:
         f = bcorpus.make_folder(a.seed, "INBOX", a.messages, "plain", True, 4242,
                                 expunge=0, mix="mixed")
+        if a.gaps:  # every 20th UID expunged on OLD, as bench.py's folders
+            for i, m in enumerate(f.messages):
+                if i % 20 == 7:
+                    m.expunged = True
     if a.direct:
         nbytes, nmsgs = seed_direct(sb, f)
     else:
@@ -275,6 +283,11 @@ def main():
     ap.add_argument("tool", nargs="?", choices=("ferry", "dsync"))
     ap.add_argument("--messages", type=int, default=3000)
     ap.add_argument("--mix", choices=("text", "mixed", "tiny", "medium"), default="text")
+    ap.add_argument("--gaps", action="store_true",
+                    help="with --mix mixed: every 20th message expunged on OLD (5%% UID gaps)")
+    ap.add_argument("--like-bench", action="store_true",
+                    help="with --mix mixed: bench.py scenario 3's largest folder "
+                         "(its name, 5%% expunged UIDs, same seed), for --messages N")
     ap.add_argument("--big", type=float, help="one message of this many MB instead")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--direct", action="store_true",
