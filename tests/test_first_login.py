@@ -12,7 +12,7 @@ from ferrytest import corpus
 from ferrytest.ferryd import TOKEN, Ferryd
 from ferrytest.imapwire import check, quote
 from ferrytest.logs import peak_sessions
-from ferrytest.sandbox import MASTER_USER, _free_ports, wait_until
+from ferrytest.sandbox import MASTER_USER, _free_ports, proc_stat, wait_until
 from ferrytest.snapshot import _list, compare, duplicates, snapshot
 
 # the whole module on each store backend (conftest.py)
@@ -222,21 +222,11 @@ def test_old_server_down_backs_off(sandbox, new_log):
     conn.logout()
 
 
-def _stat(pid):
-    """(ppid, nice) of a process, or (None, None) once it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[1]), int(fields[16])
-    except (OSError, ValueError, IndexError):
-        return None, None
-
-
 def _session_and_workers_nice(sandbox):
     """(nice of the imap session that has background workers, [nice of
     each worker]), sampled together, or None while no session has one.
     Found by the process tree: 2.4's titles do not name the user."""
-    procs = {p: _stat(p) for p, t in sandbox.processes("new").items() if "/imap " in t}
+    procs = {p: proc_stat(p) for p, t in sandbox.processes("new").items() if "/imap " in t}
     with_workers = {}
     for p, (ppid, nice) in procs.items():
         if ppid in procs and nice is not None and procs[ppid][0] not in procs:

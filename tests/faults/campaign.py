@@ -41,7 +41,7 @@ from ferrytest import corpus  # noqa: E402
 from ferrytest.faultproxy import Fault, FaultProxy, socket_owner  # noqa: E402
 from ferrytest.logs import LogWatch  # noqa: E402
 from ferrytest.sandbox import (Sandbox, cmdline, password, proc_alive,  # noqa: E402
-                               wait_until)
+                               proc_stat, wait_until)
 from ferrytest.snapshot import compare, duplicates, snapshot  # noqa: E402
 
 KINDS = ("proxy-cut", "proxy-stall", "proxy-truncate", "proxy-truncate-literal",
@@ -75,14 +75,6 @@ BATCH = 4
 TMPFS_MB = 6
 PULL_TIMEOUT = 60
 
-
-
-def _ppid(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
 
 class CampaignError(AssertionError):
     pass
@@ -580,7 +572,7 @@ class Campaign:
                 # the session, not one of its background workers (forked
                 # from it, same title): killing it kills them
                 for p in procs:
-                    if _ppid(p) not in procs:
+                    if proc_stat(p)[0] not in procs:
                         return p
             for port in w.proxy.client_ports():
                 pid = socket_owner(port, self.sb.pids("new"))

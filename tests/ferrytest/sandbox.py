@@ -123,6 +123,16 @@ def _free_ports(n):
     raise OSError("no %d free ports in %d-%d" % (n, lo, hi))
 
 
+def proc_stat(pid):
+    """(ppid, nice) of a process from /proc, or (None, None) once it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[16])
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
 def proc_alive(pid):
     """True unless gone or a zombie (PID 1 here may never reap daemons)."""
     try:
