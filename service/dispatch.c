@@ -52,9 +52,14 @@ struct job {
 	struct doveadm_reply held;
 	int holding;
 	struct timespec hold_since;  /* 0: not waiting */
+	/* inside deliver()'s transaction: the next request and the job's end
+	   wait for its commit (a rolled-back answer restarts the pass) */
+	int in_tx, step_due, ended;
+	int restart_ms;  /* the next restart's delay, doubled up to RESTART_MAX_MS */
 };
 
 #define HOLD_RETRY_MS 100
+#define RESTART_MAX_MS 8000
 
 struct dispatch {
 	struct store *st;
@@ -89,6 +94,7 @@ void dispatch_set_complete_cb(struct dispatch *d, dispatch_complete_cb *cb, void
 }
 
 static void job_step(struct job *j);
+static void job_end(struct job *j);
 
 struct dispatch *dispatch_new(struct store *st, struct doveadm_client *dc,
 			      const struct ferry_config *cfg, dispatch_done_cb *cb, void *ctx)
@@ -270,7 +276,7 @@ static void job_finish(struct job *j, int ok)
 	struct dispatch *d = j->d;
 	struct userstate_retry retry = { d->cfg->retry_limit, d->cfg->retry_base,
 					 d->cfg->retry_max_delay };
-	char host[256], user[256], n1[32], n2[32];
+	char n1[32], n2[32];
 	int ret;
 
 	if (ok) {
@@ -285,8 +291,8 @@ static void job_finish(struct job *j, int ok)
 		if (d->complete_cb != NULL && d->st->user_get(d->st, j->user, &u) == 0)
 			verify = d->complete_cb(&u, d->complete_ctx);
 		ret = userstate_pass_ok(d->st, j->user, j->seq, verify);
-		if (ret == USERSTATE_LOST)
-			;  /* another ferryd has the user now: its job reports */
+		if (ret != 0)
+			;  /* LOST: another ferryd has the user now, its job reports */
 		else if (verify) {
 			/* verification queued: the claim is held until it ends */
 			log_event(d, j->user, NULL, "pulls-complete", j->copied, total, NULL);
@@ -298,13 +304,13 @@ static void job_finish(struct job *j, int ok)
 			      NULL);
 		}
 	} else {
-		int failed, attempts;
-		int64_t delay;
+		int failed = 0, attempts = 0;
+		int64_t delay = 0;
 
 		ret = userstate_pass_failed(d->st, j->user, j->seq, j->error, j->permanent,
 					    &retry, &failed, &delay, &attempts);
 		snprintf(n1, sizeof(n1), "%d", attempts);
-		if (ret == USERSTATE_LOST)
+		if (ret != 0)
 			;
 		else if (failed) {
 			log_event(d, j->user, NULL, "user-failed", j->copied, 0, j->error);
@@ -321,6 +327,18 @@ static void job_finish(struct job *j, int ok)
 		userstate_log_lost(j->user);
 	else if (ret != 0)
 		evlog("error", "store-error", "user", j->user, "error", d->st->error(d->st), NULL);
+	if (j->in_tx)
+		j->ended = 1;  /* job_end() once the transaction committed */
+	else
+		job_end(j);
+}
+
+/* the job's slot and memory given back */
+static void job_end(struct job *j)
+{
+	struct dispatch *d = j->d;
+	char host[256], user[256];
+
 	snprintf(host, sizeof(host), "%s", j->host);
 	snprintf(user, sizeof(user), "%s", j->user);
 	job_free(j);
@@ -365,8 +383,6 @@ static void on_log_errors(const struct doveadm_reply *r, void *ctx)
 
 static void job_fail(struct job *j, const struct doveadm_reply *r)
 {
-	json_t *params;
-
 	snprintf(j->error, sizeof(j->error), "%s", r->error);
 	j->permanent = r->permanent;
 	if (r->exit_code == 0) {
@@ -374,10 +390,7 @@ static void job_fail(struct job *j, const struct doveadm_reply *r)
 		return;
 	}
 	j->phase = P_LOGERR;
-	params = json_pack("{s:I}", "since", (json_int_t)(j->started - 1));
-	j->req = doveadm_call(j->d->dc, j->backend, "logErrors", params, on_log_errors, j);
-	if (j->req == NULL)
-		job_finish(j, 0);
+	job_step(j);
 }
 
 /* what one doveadm answer changes (the job may end and be freed) */
@@ -453,20 +466,53 @@ static void on_hold(evutil_socket_t fd, short what, void *ctx)
 
 	(void)fd;
 	(void)what;
+	if (!j->holding) {
+		job_step(j);  /* a restarted pass */
+		return;
+	}
 	j->holding = 0;
 	deliver(j, &r);  /* may hold it again, or free j */
 	json_decref(r.rows);
+}
+
+static void arm(struct job *j, int ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	if (j->hold == NULL &&
+	    (j->hold = evtimer_new(doveadm_client_base(j->d->dc), on_hold, j)) == NULL)
+		abort();
+	evtimer_add(j->hold, &tv);
+}
+
+/* The answer's writes were rolled back at COMMIT (PostgreSQL: a row
+   another ferryd's stalled transaction still locks, or the connection
+   lost): the job's memory has moved on, the store has not, so the pass
+   starts again from ferryStatus after a delay. Pulls are idempotent (the
+   UID rule): the new pass copies only what is still missing. Ending the
+   job instead left its user claimed by this ferryd with no job, never
+   picked again. */
+static void job_restart(struct job *j, const char *error)
+{
+	char ms[16];
+
+	folders_free(j);
+	j->phase = P_STATUS0;
+	j->step_due = j->ended = 0;
+	j->error[0] = '\0';
+	j->permanent = 0;
+	j->restart_ms = j->restart_ms == 0 ? HOLD_RETRY_MS
+		: j->restart_ms * 2 > RESTART_MAX_MS ? RESTART_MAX_MS : j->restart_ms * 2;
+	snprintf(ms, sizeof(ms), "%d", j->restart_ms);
+	evlog("warning", "pass-restart", "user", j->user, "retry_in_ms", ms, "error", error,
+	      NULL);
+	arm(j, j->restart_ms);
 }
 
 /* the write lock is held by another process: keep the answer, try again
    soon; the job keeps its claim and its slot meanwhile */
 static void hold(struct job *j, const struct doveadm_reply *r)
 {
-	struct timeval tv = { 0, HOLD_RETRY_MS * 1000 };
-
-	if (j->hold == NULL &&
-	    (j->hold = evtimer_new(doveadm_client_base(j->d->dc), on_hold, j)) == NULL)
-		abort();
 	if (j->hold_since.tv_sec == 0) {
 		clock_gettime(CLOCK_MONOTONIC, &j->hold_since);
 		evlog("warning", "store-busy", "user", j->user, "held", "doveadm-answer",
@@ -475,7 +521,7 @@ static void hold(struct job *j, const struct doveadm_reply *r)
 	j->held = *r;
 	json_incref(r->rows);
 	j->holding = 1;
-	evtimer_add(j->hold, &tv);
+	arm(j, HOLD_RETRY_MS);
 }
 
 /* One doveadm answer's writes in one transaction (all or nothing). If
@@ -505,10 +551,23 @@ static void deliver(struct job *j, const struct doveadm_reply *r)
 		evlog("info", "store-resumed", "user", j->user, "waited_ms", ms, NULL);
 		j->hold_since.tv_sec = 0;
 	}
+	j->in_tx = 1;
 	handle_reply(j, r);
+	j->in_tx = 0;
 	if (st->commit(st) < 0) {
-		evlog("error", "store-error", "error", st->error(st), NULL);
+		char error[600];
+
+		snprintf(error, sizeof(error), "%s", st->error(st));
 		st->rollback(st);
+		job_restart(j, error);
+		return;
+	}
+	j->restart_ms = 0;
+	if (j->ended)
+		job_end(j);
+	else if (j->step_due) {
+		j->step_due = 0;
+		job_step(j);
 	}
 }
 
@@ -538,6 +597,10 @@ static void job_call(struct job *j, const char *command, const char *mailbox)
 
 static void job_step(struct job *j)
 {
+	if (j->in_tx) {
+		j->step_due = 1;
+		return;
+	}
 	switch (j->phase) {
 	case P_STATUS0:
 	case P_STATUS1:
@@ -564,6 +627,11 @@ static void job_step(struct job *j)
 		job_call(j, FERRY_CMD_SYNC, NULL);
 		break;
 	case P_LOGERR:
+		j->req = doveadm_call(j->d->dc, j->backend, "logErrors",
+				      json_pack("{s:I}", "since", (json_int_t)(j->started - 1)),
+				      on_log_errors, j);
+		if (j->req == NULL)
+			job_finish(j, 0);
 		break;
 	}
 }

@@ -183,6 +183,11 @@ static int wait_fd(int fd, short events, int64_t deadline)
 	}
 }
 
+/* Inside a transaction the transaction stays open, failed: its further
+   statements fail and COMMIT says "rolled back" (the server rolled it
+   back with the connection). Clearing it here let the rest of the
+   caller's writes run one by one on a new connection and COMMIT succeed:
+   half an answer written, the job ended with its user still claimed. */
 static void disconnect(struct store *st)
 {
 	struct pg *p = PG(st);
@@ -190,7 +195,12 @@ static void disconnect(struct store *st)
 	if (p->conn != NULL)
 		PQfinish(p->conn);
 	p->conn = NULL;
-	p->in_tx = 0;
+	if (p->in_tx && !p->tx_failed) {
+		p->tx_failed = 1;
+		p->tx_busy = 0;
+		snprintf(p->tx_err, sizeof(p->tx_err), "%.400s (the connection to PostgreSQL broke)",
+			 p->err);
+	}
 }
 
 /* a lock held elsewhere (lock_timeout), a deadlock, a serialization
@@ -695,7 +705,7 @@ static int pg_commit(struct store *st)
 		return -1;
 	}
 	ret = simple(st, "commit", "COMMIT");
-	p->in_tx = 0;
+	p->in_tx = p->tx_failed = 0;
 	return ret;
 }
 
