@@ -867,9 +867,11 @@ static void run_end_early(struct run *r, const char *error)
 	conclude(r, NULL, error);
 }
 
-/* finish()'s writes in one transaction: 0 written (or failed for another
-   reason, logged store-error), 1 the write lock is held by another
-   process (nothing written: try again) */
+/* finish()'s writes in one transaction: 0 written, 1 nothing written (the
+   write lock held by another process, or the transaction rolled back at
+   COMMIT, e.g. a row locked elsewhere or the connection lost): try again.
+   Ending the run on a rolled-back COMMIT left its user claimed with no
+   run, never picked again. */
 static int finish_tx(struct run *r, json_t *rep, const char *error)
 {
 	struct store *st = r->ch->st;
@@ -883,11 +885,10 @@ static int finish_tx(struct run *r, json_t *rep, const char *error)
 	}
 	finish(r, rep, error);
 	if (st->commit(st) < 0) {
-		int busy = st->busy;
-		if (!busy)
+		if (!st->busy && r->hold_ev == NULL)
 			evlog("error", "store-error", "user", r->user, "error", st->error(st), NULL);
 		st->rollback(st);
-		return busy;
+		return 1;
 	}
 	return 0;
 }

@@ -7,8 +7,10 @@ and, when its configuration needs the sandbox's root, a function
 It runs its ferryd on each store backend with
     FERRY_STORES = ("sqlite", "pgsql")
 (the whole module, with a sandbox of its own, once per backend; pgsql is a
-PostgreSQL 15 the session starts: ferrytest.pgsql); the 2.4 and mixed
-passes run the first backend only.
+PostgreSQL 15 the session starts: ferrytest.pgsql); the 2.4, mixed and
+sanitizer passes run the first backend only (the sanitizers see the
+PostgreSQL store in its own modules, test_pgsql*.py). A module the
+sanitizer pass leaves out says why with NOT_UNDER_SANITIZERS = "why".
 FERRY_BUILD_DIR overrides the build directory; FERRY_KEEP=1 keeps the
 sandbox directory (it is always kept when a test of the module failed)."""
 import os
@@ -18,7 +20,7 @@ import pytest
 from ferrytest import dovecot
 from ferrytest import pgsql
 from ferrytest.logs import LogWatch
-from ferrytest.sandbox import DOVEADM_MODULE_DIR, PLUGIN_DIR, Sandbox
+from ferrytest.sandbox import ASAN, DOVEADM_MODULE_DIR, PLUGIN_DIR, Sandbox
 
 
 def _private_doveadm_module_dir():
@@ -48,7 +50,13 @@ def pytest_unconfigure(config):
 def pytest_collection_modifyitems(config, items):
     """A module that does not involve Dovecot (or only its 2.3 packaging)
     says so with DOVECOT_ONCE = "why": it runs in the 2.3 pass only
-    (tests/README.md, "Dovecot 2.3 and 2.4")."""
+    (tests/README.md, "Dovecot 2.3 and 2.4"); one the sanitizer pass leaves
+    out, with NOT_UNDER_SANITIZERS = "why"."""
+    if ASAN:
+        for item in items:
+            why = getattr(item.module, "NOT_UNDER_SANITIZERS", None)
+            if why:
+                item.add_marker(pytest.mark.skip(reason="not in the sanitizer pass: " + why))
     if dovecot.SELECT == "2.3":
         return
     for item in items:
@@ -65,9 +73,11 @@ def pytest_report_header(config):
 
 def pytest_generate_tests(metafunc):
     stores = getattr(metafunc.module, "FERRY_STORES", None)
-    if stores and dovecot.SELECT != "2.3":
+    if stores and (dovecot.SELECT != "2.3" or ASAN):
         # the store is ferryd's, the same whatever the Dovecot: its other
-        # backends run in the 2.3 passes (plain and sanitizer) only
+        # backends run in the plain 2.3 pass only; under the sanitizers the
+        # PostgreSQL store runs in its own modules (test_pgsql*.py), for
+        # the time budget of .ci/run (tests/README.md)
         stores = stores[:1]
     if stores and "ferry_store" in metafunc.fixturenames:
         metafunc.parametrize("ferry_store", stores, indirect=True, scope="module")

@@ -34,6 +34,9 @@ from ferrytest.routing import (DOMAIN, message, message_ids, on_disk, relays, se
 from ferrytest.sandbox import (BUILD_DIR, MASTER_PASSWORD, MASTER_USER, REPO, Sandbox,
                                _free_ports, wait_until)
 
+NOT_UNDER_SANITIZERS = ("the docs' commands on the shipped defaults, mostly waiting out the"
+                        " 35 s settle delays; the cut-over and rollback code it runs is"
+                        " test_cutover's (ferryctl cutover and rollback) and test_rollback's, run there")
 WHY_NO_POSTFIX = postfix.available()
 pytestmark = pytest.mark.skipif(WHY_NO_POSTFIX is not None, reason=str(WHY_NO_POSTFIX))
 
