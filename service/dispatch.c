@@ -55,7 +55,7 @@ struct job {
 	/* inside deliver()'s transaction: the next request and the job's end
 	   wait for its commit (a rolled-back answer restarts the pass) */
 	int in_tx, step_due, ended;
-	int restart_ms;  /* the next restart's delay, doubled up to RESTART_MAX_MS */
+	int restarts;  /* since the last commit that went through (the backoff) */
 };
 
 #define HOLD_RETRY_MS 100
@@ -494,19 +494,18 @@ static void arm(struct job *j, int ms)
    picked again. */
 static void job_restart(struct job *j, const char *error)
 {
-	char ms[16];
+	int64_t delay = sched_backoff(++j->restarts, HOLD_RETRY_MS, RESTART_MAX_MS);
+	char ms[32];
 
 	folders_free(j);
 	j->phase = P_STATUS0;
 	j->step_due = j->ended = 0;
 	j->error[0] = '\0';
 	j->permanent = 0;
-	j->restart_ms = j->restart_ms == 0 ? HOLD_RETRY_MS
-		: j->restart_ms * 2 > RESTART_MAX_MS ? RESTART_MAX_MS : j->restart_ms * 2;
-	snprintf(ms, sizeof(ms), "%d", j->restart_ms);
+	snprintf(ms, sizeof(ms), "%lld", (long long)delay);
 	evlog("warning", "pass-restart", "user", j->user, "retry_in_ms", ms, "error", error,
 	      NULL);
-	arm(j, j->restart_ms);
+	arm(j, (int)delay);
 }
 
 /* the write lock is held by another process: keep the answer, try again
@@ -562,7 +561,7 @@ static void deliver(struct job *j, const struct doveadm_reply *r)
 		job_restart(j, error);
 		return;
 	}
-	j->restart_ms = 0;
+	j->restarts = 0;
 	if (j->ended)
 		job_end(j);
 	else if (j->step_due) {

@@ -52,18 +52,18 @@ def pytest_collection_modifyitems(config, items):
     says so with DOVECOT_ONCE = "why": it runs in the 2.3 pass only
     (tests/README.md, "Dovecot 2.3 and 2.4"); one the sanitizer pass leaves
     out, with NOT_UNDER_SANITIZERS = "why"."""
+    skips = []  # (module attribute, what the skip's reason says first)
     if ASAN:
-        for item in items:
-            why = getattr(item.module, "NOT_UNDER_SANITIZERS", None)
-            if why:
-                item.add_marker(pytest.mark.skip(reason="not in the sanitizer pass: " + why))
-    if dovecot.SELECT == "2.3":
-        return
+        skips.append(("NOT_UNDER_SANITIZERS", "not in the sanitizer pass: "))
+    if dovecot.SELECT != "2.3":
+        skips.append(("DOVECOT_ONCE", "runs in the 2.3 pass only (FERRY_DOVECOT=%s): "
+                      % dovecot.SELECT))
     for item in items:
-        why = getattr(item.module, "DOVECOT_ONCE", None)
-        if why:
-            item.add_marker(pytest.mark.skip(
-                reason="runs in the 2.3 pass only (FERRY_DOVECOT=%s): %s" % (dovecot.SELECT, why)))
+        for attr, prefix in skips:
+            why = getattr(item.module, attr, None)
+            if why:
+                item.add_marker(pytest.mark.skip(reason=prefix + why))
+                break
 
 
 def pytest_report_header(config):

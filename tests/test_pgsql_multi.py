@@ -31,7 +31,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -342,25 +341,17 @@ def test_a_rolled_back_answer_restarts_the_pass(sandbox):
                    60, "rb1 claimed")
         # the session holding the row: the FK checks of the pass's folder and
         # log writes (KEY SHARE) go through, the user's own transition waits
-        locker = subprocess.Popen(
-            ["psql", "-X", "-q", "-h", fd.pg.root, "-p", str(fd.pg.port), "-U", "postgres",
-             "-d", fd.pg_db["name"]], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            preexec_fn=fd.pg._demote, text=True)
-        locker.stdin.write("BEGIN;\nSELECT 1 FROM users WHERE name = 'rb1' FOR NO KEY UPDATE;\n")
-        locker.stdin.flush()
-        wait_until(lambda: sql(fd, "SELECT count(*) FROM pg_stat_activity WHERE state ="
-                               " 'idle in transaction' AND query LIKE '%FOR NO KEY UPDATE%'")
-                   == [["1"]], 30, "the psql session to hold rb1's row")
+        locker = fd.pg.session(fd.pg_db["name"])
+        locker.run("BEGIN; SELECT 1 FROM users WHERE name = 'rb1' FOR NO KEY UPDATE;")
         wait_until(lambda: [e for e in fd.events() if e.get("user") == "rb1" and
                             e.get("event") in ("store-error", "pass-restart")],
                    60, "rb1's transition to fail on the locked row")
-        locker.stdin.write("COMMIT;\n")
-        locker.stdin.close()
-        locker.wait(30)
+        locker.run("COMMIT;")
+        locker.close()
         wait_until(lambda: states(fd)["rb1"] == "done:0", 60, "rb1 done after the lock")
     finally:
-        if locker is not None and locker.poll() is None:
-            locker.kill()
+        if locker is not None:
+            locker.close()
         if fd.alive():
             fd.stop()
         fake.stop()

@@ -113,6 +113,11 @@ class PgServer:
                       "-p", str(self.port), "-U", user, "-d", db, "-c", sql)
         return r.stdout
 
+    def session(self, db):
+        """An open psql session as postgres on DB, for what must outlast one
+        statement (a transaction holding a row lock): -> PgSession."""
+        return PgSession(self, db)
+
     def new_database(self, name):
         """A database and its owner role with a random password; -> dict
         with name, role, password, conninfo (without the password) and
@@ -152,3 +157,32 @@ class PgServer:
         for d in self.databases:
             shutil.rmtree(os.path.dirname(d["password_file"]), ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PgSession:
+    """One psql process kept open; run() returns once psql carried out the
+    SQL (a marker row read back), close() ends it."""
+
+    def __init__(self, pg, db):
+        self.proc = subprocess.Popen(
+            ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", pg.root, "-p",
+             str(pg.port), "-U", "postgres", "-d", db], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, preexec_fn=pg._demote, cwd=pg.root, text=True)
+
+    def run(self, sql):
+        marker = "ferry-ran-" + secrets.token_hex(8)
+        self.proc.stdin.write("%s\nSELECT '%s';\n" % (sql, marker))
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.strip() == marker:
+                return
+        raise RuntimeError("psql ended before it carried out: %s" % sql)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
