@@ -33,7 +33,7 @@ PLUGIN_RPATH ?= -Wl,-rpath,$(DOVECOT_LIB)
 PLUGIN_LDFLAGS = -shared -L$(DOVECOT_LIB) $(PLUGIN_RPATH) $(SANITIZE) $(EXTRA_LDFLAGS)
 
 PLUGIN_SRCS = plugin/ferry-plugin.c plugin/state.c plugin/old.c plugin/old-identity.c plugin/old-body.c plugin/old-sizes.c plugin/old-list.c plugin/old-status.c plugin/map.c \
-              plugin/tree.c plugin/pull.c plugin/mirror.c plugin/rollback.c plugin/lazy.c plugin/background.c plugin/ferryd-notify.c plugin/workers.c plugin/durable.c \
+              plugin/tree.c plugin/pull.c plugin/mirror.c plugin/rollback.c plugin/lazy.c plugin/background.c plugin/ferryd-notify.c plugin/workers.c plugin/durable.c plugin/heap.c \
               $(DOVECOT_GLUE)
 # the one file per Dovecot version (dovecot-glue.h), and the imapc
 # internals both versions share (dovecot-imapc.c)

@@ -187,6 +187,7 @@ class Bench:
         self.cfg = sizes(a)
         self.results = {"scenarios": {}, "notes": []}
         self.root = tempfile.mkdtemp(prefix="ferry-bench-", dir=a.workdir)
+        self.fs = MailFilesystem(self.root, a.fs)
         os.chmod(self.root, 0o755)  # the mail user must traverse it
         for d in ("sb", "noplugin"):
             os.makedirs(os.path.join(self.root, d))
@@ -548,6 +549,7 @@ SyncState {d}/state/
                                        mix="mixed" if n == max(lazy) else "text")
                    for n, uv in zip(lazy, uvs)]
         snap, nbytes, nmsgs = seedfast.seed_user(self.sb, "lazysrc", iter(folders))
+        os.sync()  # the seeding's writeback is not the first SELECT's
         sizes_b = {"L%d" % n: sum(m.size for m in snap.folders["L%d" % n].messages.values())
                    for n in lazy}
         del folders
@@ -931,7 +933,7 @@ SyncState {d}/state/
         self.results.update(
             started=datetime.datetime.now().isoformat(timespec="seconds"),
             command=" ".join(["python3", "bench/bench.py"] + sys.argv[1:]),
-            machine=machine(), config=dict(self.cfg, ferry_settings=FERRY_SETTINGS,
+            machine=dict(machine(), filesystem=self.fs.describe()), config=dict(self.cfg, ferry_settings=FERRY_SETTINGS,
                                            per_host_limit=self.a.per_host,
                                            new_mail_fsync=mail_fsync(self.sb)),
             small=self.a.small)
@@ -967,9 +969,10 @@ SyncState {d}/state/
             for d in PRIVATE_DIRS:
                 shutil.rmtree(d, ignore_errors=True)
             if not self.a.keep:
+                self.fs.release()
                 shutil.rmtree(self.root, ignore_errors=True)
             else:
-                log("kept %s" % self.root)
+                log("kept %s%s" % (self.root, self.fs.kept()))
         return self.results
 
 
@@ -1084,6 +1087,79 @@ def _os_release():
         return "?"
 
 
+class MailFilesystem:
+    """Where OLD's and NEW's mail live during the bench.
+
+    "ext4" (the default when root, in the bench's own mount namespace): a
+    fresh ext4 with its journal (mkfs.ext4's defaults, inode tables written
+    at mkfs rather than by a background thread during the runs) in a sparse
+    image beside the sandbox, on a loop device with direct I/O so the image
+    is not cached twice. A mail server's filesystem has a journal; this
+    machine's root filesystem has none, and without one ext4 skips every
+    inode freed in the last one to five minutes when it creates a file,
+    reading that inode's table block for each: after the bench's own
+    deletions (a sandbox per repeat) a 10,000-message copy spent up to
+    three times its CPU there (docs/bench.md, "The filesystem"). Every
+    tool writes to the same filesystem. "here": the sandbox's directory
+    as it is."""
+
+    IMAGE_GB = 48
+
+    def __init__(self, root, kind):
+        self.root, self.kind = root, kind
+        self.image = self.device = None
+        self.note = ""
+        if kind == "ext4":
+            try:
+                self._mount()
+            except (OSError, subprocess.CalledProcessError) as e:
+                self.release()
+                self.kind = "here"
+                self.note = "ext4 image not possible (%s); " % (
+                    getattr(e, "stderr", b"") or str(e)).strip()[:200]
+                log("bench filesystem: %s" % self.note)
+
+    def _mount(self):
+        if os.environ.get("FERRY_BENCH_NS") != "1":
+            raise OSError("not in the bench's own mount namespace (needs root and unshare)")
+        self.image = self.root + ".img"
+        free_gb = shutil.disk_usage(os.path.dirname(self.root)).free // 2**30
+        size_gb = max(8, min(self.IMAGE_GB, free_gb - 4))
+        with open(self.image, "wb") as f:
+            f.truncate(size_gb * 2**30)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                        self.image], check=True, capture_output=True)
+        self.device = subprocess.run(["losetup", "--find", "--show", "--direct-io=on",
+                                      self.image], check=True, capture_output=True,
+                                     text=True).stdout.strip()
+        subprocess.run(["mount", self.device, self.root], check=True,
+                       capture_output=True)
+        self.size_gb = size_gb
+        log("bench filesystem: ext4 with journal, %d GB sparse image on %s (direct I/O)"
+            % (size_gb, self.device))
+
+    def describe(self):
+        if self.kind == "ext4":
+            return ("ext4 with journal (mkfs.ext4 and mount defaults), a %d GB "
+                    "sparse image on a loop device with direct I/O" % self.size_gb)
+        src = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,OPTIONS", "--target", self.root],
+                             capture_output=True, text=True).stdout.strip()
+        return self.note + "the sandbox directory's own filesystem: " + (src or "?")
+
+    def kept(self):
+        return " (mounted from %s on %s until this mount namespace ends)" % (
+            self.image, self.device) if self.device else ""
+
+    def release(self):
+        if self.device:
+            subprocess.run(["umount", self.root], capture_output=True)
+            subprocess.run(["losetup", "-d", self.device], capture_output=True)
+            self.device = None
+        if self.image and os.path.exists(self.image):
+            os.unlink(self.image)
+        self.image = None
+
+
 def private_doveadm_modules():
     """doveadm loads its plugins only from Dovecot's module dir, where
     Sandbox symlinks lib10_doveadm_ferry_plugin.so to whichever build ran
@@ -1122,6 +1198,8 @@ def main(argv=None):
     ap.add_argument("--small", action="store_true", help="smoke-test sizes (make bench-smoke)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--workdir", default=None, help="where the sandbox lives (default /tmp)")
+    ap.add_argument("--fs", choices=("ext4", "here"), default=os.environ.get("BENCH_FS", "ext4"),
+                    help="mail on a fresh journaled ext4 image (default) or in --workdir as it is")
     ap.add_argument("--only", help="scenarios to run, e.g. 1,2 (default all)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--users", type=int, default=int(os.environ.get("BENCH_USERS", 200)))

@@ -5,7 +5,7 @@ memory (docs/bench.md, "Where the CPU goes" and "Memory").
                                          [--like-bench | --gaps]
     python3 bench/onefolder.py run DIR ferry|dsync [--fsync never|optimized]
                                [--callgrind] [--rawlog] [--perf] [--set k=v ...]
-    python3 bench/onefolder.py select DIR     # the lazy path: IMAP SELECT of INBOX
+    python3 bench/onefolder.py select DIR [--perf]   # the lazy path: IMAP SELECT of INBOX
     python3 bench/onefolder.py stop DIR
 
 setup starts a sandbox (OLD + NEW, the build's plugin) in its own mount
@@ -242,6 +242,15 @@ def select(a):
     before = sb.pids("new")
     conn = sb.imap("new", user, timeout=600)
     imap = [p for p in sb.pids("new") - before if _comm(p) == "imap"]
+    rec = None
+    if a.perf and len(imap) == 1:
+        # perf record -g of the session's imap process for the SELECT alone
+        pdir = os.path.join(a.dir, "perf")
+        os.makedirs(pdir, exist_ok=True)
+        rec = subprocess.Popen(["perf", "record", "-q", "-g", "-o",
+                                os.path.join(pdir, "select.%s.data" % user),
+                                "-p", str(imap[0])])
+        time.sleep(0.5)  # perf attaches asynchronously; the SELECT must not start before
     try:
         s0 = _schedstat(imap[0]) if len(imap) == 1 else None
         with meter.Meter(sb) as m:
@@ -250,6 +259,9 @@ def select(a):
             wall = time.monotonic() - t
         s1 = _schedstat(imap[0]) if s0 else None
     finally:
+        if rec is not None:
+            rec.send_signal(2)
+            rec.wait()
         conn.logout()
     r = m.result()
     res = {"tool": "ferry-select", "user": user, "ok": typ == "OK",
@@ -300,7 +312,7 @@ def main():
     ap.add_argument("--trace", action="store_true",
                     help="perf trace -s the pull: syscall time summary (DIR/perf/)")
     ap.add_argument("--perf", action="store_true",
-                    help="perf record -g the pull and OLD's processes (DIR/perf/)")
+                    help="perf record -g the pull and OLD's processes; with select, the session's imap process (DIR/perf/)")
     ap.add_argument("--massif", action="store_true", help="valgrind --tool=massif (heap)")
     ap.add_argument("--set", action="append", default=[])
     a = ap.parse_args()

@@ -224,6 +224,17 @@ int ferry_durable_start(struct ferry_durable *d, const char *path,
 			bool overlap, const char **error_r);
 int ferry_durable_wait(struct ferry_durable *d, const char **error_r);
 
+/* How much of a message the save path reads, filters and write()s at a
+   time (Dovecot's default is IO_BLOCK_SIZE, 8 KiB): a 10,000-message
+   folder took 42,000 write()s, and each write() that ends inside a fresh
+   page has the kernel zero the rest of that page first */
+#define FERRY_SAVE_BLOCK_SIZE (256 * 1024)
+
+/* heap.c: while a pull copies, freed message buffers stay in the heap
+   (hold/release nest; the last release returns what is free) */
+void ferry_heap_hold(void);
+void ferry_heap_release(void);
+
 /* tree.c: folders and subscriptions, once per user */
 int ferry_tree_sync(struct mail_user *user, const char **error_r);
 

@@ -244,7 +244,7 @@ int ferry_old_body_fetch(struct mailbox *obox, uint32_t uid, uoff_t size,
 		*input_r = NULL; /* gone from the old server */
 		return 0;
 	}
-	*input_r = i_stream_create_fd_autoclose(&fetch.fd, IO_BLOCK_SIZE);
+	*input_r = i_stream_create_fd_autoclose(&fetch.fd, FERRY_SAVE_BLOCK_SIZE);
 	i_stream_set_name(*input_r, t_strdup_printf("old UID %u", uid));
 	return 0;
 }

@@ -414,12 +414,16 @@ static int ferry_pull_copy_one(struct ferry_pull *pull, struct mail *mail,
 
 	/* the body as fetched must be the announced RFC822.SIZE: a literal
 	   cut short (or padded) by the server is never saved */
-	if (mail_get_stream(mail, NULL, NULL, &input) == 0 &&
-	    i_stream_get_size(input, TRUE, &body_size) > 0 && body_size != size) {
-		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE, t_strdup_printf(
-			"old server: UID %u: the old server announced RFC822.SIZE "
-			"%"PRIuUOFF_T" but sent %"PRIuUOFF_T" bytes of the body; "
-			"not copied", mail->uid, size, body_size));
+	if (mail_get_stream(mail, NULL, NULL, &input) == 0) {
+		if (i_stream_get_size(input, TRUE, &body_size) > 0 &&
+		    body_size != size) {
+			return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE,
+				t_strdup_printf("old server: UID %u: the old "
+				"server announced RFC822.SIZE %"PRIuUOFF_T" but "
+				"sent %"PRIuUOFF_T" bytes of the body; not copied",
+				mail->uid, size, body_size));
+		}
+		i_stream_set_max_buffer_size(input, FERRY_SAVE_BLOCK_SIZE);
 	}
 	ferry_pull_begin(pull);
 	save = mailbox_save_alloc(pull->t);
@@ -974,7 +978,13 @@ static int ferry_pull_run(struct ferry_pull *pull)
 		ret = ferry_pull_fail_local(pull, "sync");
 	else {
 		ferry_box_hdr_get(pull->box, &pull->hdr);
-		ret = ferry_pull_is_done(pull) ? 0 : ferry_pull_locked(pull);
+		if (ferry_pull_is_done(pull))
+			ret = 0;
+		else {
+			ferry_heap_hold();
+			ret = ferry_pull_locked(pull);
+			ferry_heap_release();
+		}
 	}
 	file_lock_free(&lock);
 	return ret;
