@@ -18,7 +18,7 @@
 #include "ferry-plugin.h"
 
 #ifdef __GLIBC__
-#  include <malloc.h>
+#include <malloc.h>
 #endif
 
 /* a buffer up to this size comes from the heap, not its own mapping */
