@@ -187,7 +187,7 @@ class Bench:
         self.cfg = sizes(a)
         self.results = {"scenarios": {}, "notes": []}
         self.root = tempfile.mkdtemp(prefix="ferry-bench-", dir=a.workdir)
-        self.fs = MailFilesystem(self.root, a.fs)
+        self.fs = MailFilesystem(self.root, a.fs, 4 if a.small else 48)
         os.chmod(self.root, 0o755)  # the mail user must traverse it
         for d in ("sb", "noplugin"):
             os.makedirs(os.path.join(self.root, d))
@@ -1103,10 +1103,8 @@ class MailFilesystem:
     tool writes to the same filesystem. "here": the sandbox's directory
     as it is."""
 
-    IMAGE_GB = 48
-
-    def __init__(self, root, kind):
-        self.root, self.kind = root, kind
+    def __init__(self, root, kind, image_gb):
+        self.root, self.kind, self.image_gb = root, kind, image_gb
         self.image = self.device = None
         self.note = ""
         if kind == "ext4":
@@ -1124,7 +1122,7 @@ class MailFilesystem:
             raise OSError("not in the bench's own mount namespace (needs root and unshare)")
         self.image = self.root + ".img"
         free_gb = shutil.disk_usage(os.path.dirname(self.root)).free // 2**30
-        size_gb = max(8, min(self.IMAGE_GB, free_gb - 4))
+        size_gb = max(4, min(self.image_gb, free_gb - 4))
         with open(self.image, "wb") as f:
             f.truncate(size_gb * 2**30)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
@@ -1144,7 +1142,7 @@ class MailFilesystem:
                     "sparse image on a loop device with direct I/O" % self.size_gb)
         src = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,OPTIONS", "--target", self.root],
                              capture_output=True, text=True).stdout.strip()
-        return self.note + "the sandbox directory's own filesystem: " + (src or "?")
+        return self.note + "the sandbox directory's own filesystem: " + (" ".join(src.split()) or "?")
 
     def kept(self):
         return " (mounted from %s on %s until this mount namespace ends)" % (

@@ -45,6 +45,9 @@ def test_bench_small_mode_reports_every_scenario(results):
                       "5_many_users", "6_first_login"}
     for key, s in S.items():
         assert "error" not in s, (key, s)
+    # where the mail lived: the journaled image, or why not and what instead
+    assert res["machine"]["filesystem"].startswith(("ext4 with journal", "ext4 image not possible",
+                                                    "the sandbox directory's own"))
     c = res["corpus"]
     assert c["messages"] >= 250 and c["folders"] == 25 and c["max_message"] > 9 * 10**6
 
