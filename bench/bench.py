@@ -933,9 +933,9 @@ SyncState {d}/state/
         self.results.update(
             started=datetime.datetime.now().isoformat(timespec="seconds"),
             command=" ".join(["python3", "bench/bench.py"] + sys.argv[1:]),
-            machine=dict(machine(), filesystem=self.fs.describe()), config=dict(self.cfg, ferry_settings=FERRY_SETTINGS,
-                                           per_host_limit=self.a.per_host,
-                                           new_mail_fsync=mail_fsync(self.sb)),
+            machine=dict(machine(), filesystem=self.fs.describe()),
+            config=dict(self.cfg, ferry_settings=FERRY_SETTINGS, per_host_limit=self.a.per_host,
+                        new_mail_fsync=mail_fsync(self.sb)),
             small=self.a.small)
         only = set(self.a.only.split(",")) if self.a.only else {"1", "1p", "2", "3", "4", "5", "6"}
         try:
@@ -1113,8 +1113,10 @@ class MailFilesystem:
             except (OSError, subprocess.CalledProcessError) as e:
                 self.release()
                 self.kind = "here"
-                self.note = "ext4 image not possible (%s); " % (
-                    getattr(e, "stderr", b"") or str(e)).strip()[:200]
+                err = getattr(e, "stderr", None) or str(e)
+                if isinstance(err, bytes):
+                    err = err.decode(errors="replace")
+                self.note = "ext4 image not possible (%s); " % err.strip()[:200]
                 log("bench filesystem: %s" % self.note)
 
     def _mount(self):

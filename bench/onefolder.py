@@ -175,32 +175,23 @@ def run(a):
     old_perf = None
     if a.trace:
         # syscall summary of the pull: where its wall time waits
-        pdir = os.path.join(a.dir, "perf")
-        os.makedirs(pdir, exist_ok=True)
-        cmd = ["perf", "trace", "-s", "-o", os.path.join(pdir, "trace.%s.txt" % user),
-               "--"] + cmd
+        cmd = ["perf", "trace", "-s", "-o", _perf_path(a, "trace.%s.txt" % user), "--"] + cmd
     elif a.stat:
         # instructions (user, kernel) of the pull: comparable under load
-        pdir = os.path.join(a.dir, "perf")
-        os.makedirs(pdir, exist_ok=True)
         cmd = ["perf", "stat", "-x,", "-e", "instructions:u,instructions:k,task-clock",
-               "-o", os.path.join(pdir, "stat.%s.txt" % user), "--"] + cmd
+               "-o", _perf_path(a, "stat.%s.txt" % user), "--"] + cmd
     elif a.perf:
         # perf record -g of the pull (NEW side) and of OLD's processes
         # (its master and every child forked during the pull)
-        pdir = os.path.join(a.dir, "perf")
-        os.makedirs(pdir, exist_ok=True)
-        cmd = ["perf", "record", "-q", "-g", "-o",
-               os.path.join(pdir, "new.%s.data" % user), "--"] + cmd
+        cmd = ["perf", "record", "-q", "-g", "-o", _perf_path(a, "new.%s.data" % user),
+               "--"] + cmd
         old_perf = subprocess.Popen(["perf", "record", "-q", "-g", "-o",
-                                     os.path.join(pdir, "old.%s.data" % user),
+                                     _perf_path(a, "old.%s.data" % user),
                                      "-p", str(sb.master_pid("old"))])
     cmd = ["nsenter", "-m", "-t", str(st["ns_pid"])] + cmd
     with meter.Meter(sb, ("old",)) as m:
         rc, out_, err, cpu, rss, wall = meter.run_tool(cmd, env=sb.doveadm_env("new"))
-    if old_perf is not None:
-        old_perf.send_signal(2)
-        old_perf.wait()
+    _perf_stop(old_perf)
     r = m.result()
     res = {"tool": a.tool, "user": user, "fsync": a.fsync, "rc": rc, "wall_s": wall,
            "tool_cpu_s": cpu, "tool_rss_mb": rss, "old_cpu_s": r["cpu_s"].get("old"),
@@ -209,6 +200,19 @@ def run(a):
         res["error"] = (err or out_)[-600:]
     print(json.dumps(res))
     return 0 if rc == 0 else 1
+
+
+def _perf_path(a, name):
+    """DIR/perf/NAME, the directory made."""
+    pdir = os.path.join(a.dir, "perf")
+    os.makedirs(pdir, exist_ok=True)
+    return os.path.join(pdir, name)
+
+
+def _perf_stop(proc):
+    if proc is not None:
+        proc.send_signal(2)  # perf writes its file on SIGINT
+        proc.wait()
 
 
 def _schedstat(pid):
@@ -239,18 +243,19 @@ def select(a):
         json.dump(st, fp)
     user = "f%02d" % n
     import time
+    rec = None
+    if a.perf:
+        # perf record -a -g (the whole machine: perf does not follow a
+        # process forked after it attached) from before the login, as a
+        # pause after it would let the session's background completion copy
+        # part of the folder first; the session is the JSON's imap_pid
+        # (`perf report --pid PID`)
+        rec = subprocess.Popen(["perf", "record", "-q", "-a", "-g", "-o",
+                                _perf_path(a, "select.%s.data" % user)])
+        time.sleep(0.5)  # perf attaches asynchronously
     before = sb.pids("new")
     conn = sb.imap("new", user, timeout=600)
     imap = [p for p in sb.pids("new") - before if _comm(p) == "imap"]
-    rec = None
-    if a.perf and len(imap) == 1:
-        # perf record -g of the session's imap process for the SELECT alone
-        pdir = os.path.join(a.dir, "perf")
-        os.makedirs(pdir, exist_ok=True)
-        rec = subprocess.Popen(["perf", "record", "-q", "-g", "-o",
-                                os.path.join(pdir, "select.%s.data" % user),
-                                "-p", str(imap[0])])
-        time.sleep(0.5)  # perf attaches asynchronously; the SELECT must not start before
     try:
         s0 = _schedstat(imap[0]) if len(imap) == 1 else None
         with meter.Meter(sb) as m:
@@ -259,15 +264,14 @@ def select(a):
             wall = time.monotonic() - t
         s1 = _schedstat(imap[0]) if s0 else None
     finally:
-        if rec is not None:
-            rec.send_signal(2)
-            rec.wait()
+        _perf_stop(rec)
         conn.logout()
     r = m.result()
     res = {"tool": "ferry-select", "user": user, "ok": typ == "OK",
            "exists": int(data[0]) if typ == "OK" else None, "wall_s": round(wall, 3),
            "new_cpu_s": r["cpu_s"].get("new"), "old_cpu_s": r["cpu_s"].get("old"),
-           "messages": st["messages"], "load1": round(os.getloadavg()[0], 2)}
+           "messages": st["messages"], "load1": round(os.getloadavg()[0], 2),
+           "imap_pid": imap[0] if len(imap) == 1 else None}
     if s0 and s1:
         res["main_thread"] = {"on_cpu_s": round(s1[0] - s0[0], 3),
                               "runqueue_s": round(s1[1] - s0[1], 3),

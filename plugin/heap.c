@@ -8,9 +8,11 @@
    page: 40,000-60,000 page faults for a 10,000-message folder, about a
    tenth of the pull's CPU (docs/bench.md, "Lazy first SELECT"). While a
    pull runs the freed memory is kept for the next message; when the last
-   pull of the process ends the defaults come back and what is free is
-   returned, so an imap process does not keep a pull's memory for the rest
-   of its session. Peak memory is the same: it is what the largest
+   pull of the process ends glibc's default thresholds are set again (fixed
+   from then on: glibc stops adapting its mmap threshold once it is set)
+   and what is free is returned, so an imap process does not keep a pull's
+   memory for the rest of its session. A background step (one batch) holds
+   it for its batch only. Peak memory is the same: it is what the largest
    message needs either way. Dovecot has no API for this; mallopt() is
    glibc's. */
 
