@@ -11,9 +11,18 @@
    A pull that does not overlap (it would wait at once) gets its syncfs()
    in the calling thread: no thread is made only to be joined.
 
-   The thread calls nothing but syncfs() and sees no signal (they stay
-   with the process's main thread and Dovecot's handlers). If it cannot be
-   started, syncfs() runs in the calling thread, as it did before. */
+   Once durable, a batch's mail files leave the page cache
+   (POSIX_FADV_DONTNEED on each): a migration writes every mailbox once
+   and reads it back rarely, so its mail should not push the server's
+   working set (indexes, the mail users are reading) out of memory, and
+   the next batch's writes reuse the freed pages instead of taking new
+   ones. The files are the batch's saves' own descriptors, duplicated at
+   each save (ferry_durable_file) and closed once dropped.
+
+   The thread calls nothing but syncfs(), posix_fadvise() and close(), and
+   sees no signal (they stay with the process's main thread and Dovecot's
+   handlers). If it cannot be started, all of it runs in the calling
+   thread, as it did before. */
 
 #define _GNU_SOURCE /* syncfs() */
 #include "lib.h"
@@ -23,17 +32,73 @@
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
+#include <sys/resource.h>
 
 /* the thread only calls syncfs(): a small stack is plenty, and keeps the
    process's address space (vsz_limit) as it was */
 #define FERRY_DURABLE_STACK_SIZE (64 * 1024)
+
+/* The most descriptors one batch holds: a quarter of the process's limit
+   (the saves themselves, imapc and the index need theirs), at most
+   FERRY_DURABLE_MAX_FILES. A batch's files beyond it stay cached. */
+#define FERRY_DURABLE_MAX_FILES 4096
+
+static void ferry_durable_drop(ARRAY_TYPE(ferry_fd) *fds, bool durable)
+{
+	const int *fdp;
+
+	/* only clean pages can be dropped: not after a failed sync */
+	array_foreach(fds, fdp) {
+		if (durable)
+			(void)posix_fadvise(*fdp, 0, 0, POSIX_FADV_DONTNEED);
+		(void)close(*fdp);
+	}
+	array_clear(fds);
+}
 
 static void *ferry_durable_thread(void *context)
 {
 	struct ferry_durable *d = context;
 
 	d->error = syncfs(d->fd) < 0 ? errno : 0;
+	if (array_is_created(&d->syncing))
+		ferry_durable_drop(&d->syncing, d->error == 0);
 	return NULL;
+}
+
+void ferry_durable_file(struct ferry_durable *d, int fd)
+{
+	struct rlimit rl;
+	int dup_fd;
+
+	if (fd < 0)
+		return;
+	if (!array_is_created(&d->files)) {
+		d->max_files = FERRY_DURABLE_MAX_FILES;
+		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+		    rl.rlim_cur != RLIM_INFINITY &&
+		    rl.rlim_cur / 4 < d->max_files)
+			d->max_files = rl.rlim_cur / 4;
+		i_array_init(&d->files, 256);
+		i_array_init(&d->syncing, 256);
+	}
+	if (array_count(&d->files) >= d->max_files)
+		return;
+	dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (dup_fd >= 0)
+		array_push_back(&d->files, &dup_fd);
+}
+
+void ferry_durable_deinit(struct ferry_durable *d)
+{
+	i_assert(!d->running);
+	if (!array_is_created(&d->files))
+		return;
+	/* files of a batch that was not made durable stay as they are */
+	ferry_durable_drop(&d->files, FALSE);
+	ferry_durable_drop(&d->syncing, FALSE);
+	array_free(&d->files);
+	array_free(&d->syncing);
 }
 
 static int ferry_durable_result(struct ferry_durable *d, const char **error_r)
@@ -68,6 +133,15 @@ int ferry_durable_start(struct ferry_durable *d, const char *path,
 	}
 	d->path = i_strdup(path);
 	d->error = 0;
+	if (array_is_created(&d->files)) {
+		/* this batch's files are the thread's from here on; the next
+		   batch's are collected in the (empty) other array */
+		ARRAY_TYPE(ferry_fd) next = d->syncing;
+
+		i_assert(array_count(&next) == 0);
+		d->syncing = d->files;
+		d->files = next;
+	}
 	if (!overlap) {
 		ferry_durable_thread(d);
 		return ferry_durable_result(d, error_r);

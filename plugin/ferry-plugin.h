@@ -212,17 +212,30 @@ int ferry_old_sizes_fetch(struct mailbox *obox, uint32_t first, uint32_t last,
 
 /* durable.c: a batch's syncfs(); with overlap in a helper thread while the
    next batch is copied (wait() before the next commit and before
-   completing), without it in the calling thread before start() returns */
+   completing), without it in the calling thread before start() returns.
+   Then the batch's mail files leave the page cache. */
+ARRAY_DEFINE_TYPE(ferry_fd, int);
 struct ferry_durable {
 	pthread_t thread;
 	int fd;
 	int error; /* syncfs()'s errno, 0 when it succeeded */
 	bool running;
 	char *path;
+	/* descriptors of the mail files of the batch being saved, and of
+	   the batch being made durable (the thread's) */
+	ARRAY_TYPE(ferry_fd) files, syncing;
+	unsigned int max_files;
 };
 int ferry_durable_start(struct ferry_durable *d, const char *path,
 			bool overlap, const char **error_r);
 int ferry_durable_wait(struct ferry_durable *d, const char **error_r);
+/* a mail file of the batch being saved (fd is duplicated) */
+void ferry_durable_file(struct ferry_durable *d, int fd);
+/* after the last wait(): closes what is left */
+void ferry_durable_deinit(struct ferry_durable *d);
+/* lazy.c: each file saved into box from now on is given to d
+   (ferry_durable_file); NULL: no more */
+void ferry_box_set_durable(struct mailbox *box, struct ferry_durable *d);
 
 /* How much of a message the save path reads, filters and write()s at a
    time (Dovecot's default is IO_BLOCK_SIZE, 8 KiB): a 10,000-message

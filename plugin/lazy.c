@@ -7,6 +7,7 @@
 
 #include "lib.h"
 #include "time-util.h"
+#include "ostream.h"
 #include "mail-namespace.h"
 #include "mailbox-list-private.h"
 #include "ferry-plugin.h"
@@ -18,6 +19,9 @@
 
 struct ferry_mailbox {
 	union mailbox_module_context module_ctx;
+	/* Ferry's pull saving into this mailbox: each saved file is given
+	   to its batch's durability (durable.c) */
+	struct ferry_durable *durable;
 };
 
 struct ferry_mailbox_list {
@@ -218,6 +222,26 @@ static int ferry_box_rename(struct mailbox *src, struct mailbox *dest)
 	return fbox->module_ctx.super.rename_box(src, dest);
 }
 
+/* The file is still open here (the storage closes it in save_finish). */
+static int ferry_box_save_finish(struct mail_save_context *ctx)
+{
+	struct ferry_mailbox *fbox = FERRY_BOX_CONTEXT(ctx->transaction->box);
+
+	if (fbox->durable != NULL && ctx->data.output != NULL)
+		ferry_durable_file(fbox->durable,
+				   o_stream_get_fd(ctx->data.output));
+	return fbox->module_ctx.super.save_finish(ctx);
+}
+
+void ferry_box_set_durable(struct mailbox *box, struct ferry_durable *d)
+{
+	struct ferry_mailbox *fbox =
+		MODULE_CONTEXT(box, ferry_storage_module);
+
+	if (fbox != NULL)
+		fbox->durable = d;
+}
+
 void ferry_lazy_mailbox_allocated(struct mailbox *box)
 {
 	struct mailbox_vfuncs *v = box->vlast;
@@ -239,6 +263,7 @@ void ferry_lazy_mailbox_allocated(struct mailbox *box)
 	v->create_box = ferry_box_create;
 	v->rename_box = ferry_box_rename;
 	v->delete_box = ferry_box_delete;
+	v->save_finish = ferry_box_save_finish;
 	MODULE_CONTEXT_SET(box, ferry_storage_module, fbox);
 }
 

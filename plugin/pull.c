@@ -711,6 +711,13 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 		pull->saved_fsync_mode != FSYNC_MODE_NEVER;
 	if (pull->overlap)
 		batch /= 2;
+	/* once durable, a batch's files leave the page cache (durable.c):
+	   where each message is a file of its own, and only if batches are
+	   synced at all (dirty pages cannot be dropped) */
+	if (pull->saved_fsync_mode != FSYNC_MODE_NEVER &&
+	    (strcmp(pull->box->storage->name, "maildir") == 0 ||
+	     strcmp(pull->box->storage->name, "sdbox") == 0))
+		ferry_box_set_durable(pull->box, &pull->durable);
 	for (seq = seq1; ret == 0 && seq <= seq2; seq += batch) {
 		if (pull->stop != NULL &&
 		    __atomic_load_n(pull->stop, __ATOMIC_SEQ_CST) != 0) {
@@ -731,6 +738,8 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 		const char *error;
 		(void)ferry_durable_wait(&pull->durable, &error);
 	}
+	ferry_box_set_durable(pull->box, NULL);
+	ferry_durable_deinit(&pull->durable);
 	(void)ferry_storage_fsync_swap(pull->box->storage,
 				       pull->saved_fsync_mode);
 	array_free(&pull->batch_uids);

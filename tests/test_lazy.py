@@ -5,6 +5,7 @@ Every check reads both servers through an independent IMAP client."""
 import os
 import re
 import socket
+import subprocess
 
 import pytest
 
@@ -12,14 +13,16 @@ from ferrytest import corpus
 from ferrytest.sandbox import password
 from ferrytest.snapshot import compare, duplicates, snapshot
 
-SANDBOX_KWARGS = {"users": ("alice", "bob", "carol", "dave", "erin", "fran", "stay"),
+SANDBOX_KWARGS = {"users": ("alice", "bob", "carol", "dave", "erin", "fran", "gail", "hank",
+                            "stay"),
                   "new_extra": "plugin {\n  ferry_progress_interval = 1\n}\n",
                   # per-user settings from userdb: this user is not migrated
                   "new_userdb_extra": {"stay": "userdb_ferry=no",
                                        # the SELECT copies the big message, not a
                                        # background worker forked at the login
                                        "erin": "userdb_ferry_background_idle_msecs=0",
-                                       "fran": "userdb_ferry_background_idle_msecs=0"}}
+                                       "fran": "userdb_ferry_background_idle_msecs=0",
+                                       "gail": "userdb_ferry_background_idle_msecs=0"}}
 
 
 def test_full_corpus_by_lazy_access(sandbox, old_log):
@@ -65,6 +68,49 @@ def test_lmtp_delivery_before_any_pull(sandbox):
     for uid, m in old_inbox.messages.items():
         assert inbox.messages[uid] == m, uid
     assert duplicates(new, old) == {}
+
+
+def _resident_bytes(paths):
+    """Bytes of these files in the page cache (util-linux fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--raw", "--noheadings", "-o", "RES"]
+                         + paths, capture_output=True, text=True, check=True).stdout
+    return sum(int(x) for x in out.split())
+
+
+def _mail_files(sandbox, user, folder):
+    base = os.path.join(sandbox.home("new", user), "Maildir")
+    if folder != "INBOX":
+        base = os.path.join(base, "." + folder)
+    return [os.path.join(base, d, f) for d in ("cur", "new") for f in os.listdir(
+        os.path.join(base, d))]
+
+
+@pytest.mark.parametrize("user,how", [("gail", "select"), ("hank", "doveadm")])
+def test_copied_mail_leaves_the_page_cache(sandbox, user, how):
+    """Once a batch is durable its mail files are dropped from the page cache
+    (durable.c), both for a client's SELECT (syncfs in a helper thread) and
+    for a bulk pull (in line): a migration's mail does not push the
+    server's working set out of memory."""
+    spec = corpus.folder_spec("Bulk", n=600, seed=31)
+    corpus.seed_old(sandbox, user, spec)
+    old = snapshot(sandbox, "old", user)
+    if how == "select":
+        conn = sandbox.imap("new", user)
+        typ, data = conn.select("Bulk")
+        assert typ == "OK" and int(data[0]) == 600, (typ, data)
+        conn.logout()
+    else:
+        sandbox.doveadm("new", "ferry", "pull", "-u", user)
+    files = _mail_files(sandbox, user, "Bulk")
+    assert len(files) == 600
+    size = sum(os.path.getsize(f) for f in files)
+    assert _resident_bytes(files) == 0, "of %d bytes written" % size
+    # the check sees cached pages: reading the files brings them back
+    for f in files:
+        with open(f, "rb") as fp:
+            fp.read()
+    assert _resident_bytes(files) >= size * 9 // 10
+    assert compare(old, snapshot(sandbox, "new", user)) == []
 
 
 def _raw_session(sandbox, user):
