@@ -34,13 +34,14 @@
 #include <unistd.h>
 #include <sys/resource.h>
 
-/* the thread only calls syncfs(): a small stack is plenty, and keeps the
-   process's address space (vsz_limit) as it was */
+/* the thread only makes system calls: a small stack is plenty, and keeps
+   the process's address space (vsz_limit) as it was */
 #define FERRY_DURABLE_STACK_SIZE (64 * 1024)
 
-/* The most descriptors one batch holds: a quarter of the process's limit
-   (the saves themselves, imapc and the index need theirs), at most
-   FERRY_DURABLE_MAX_FILES. A batch's files beyond it stay cached. */
+/* The most descriptors one batch holds: a quarter of the process's limit,
+   so with the helper thread's batch at most half (the saves themselves,
+   imapc and the index need theirs), and at most FERRY_DURABLE_MAX_FILES.
+   A batch's files beyond it stay cached. */
 #define FERRY_DURABLE_MAX_FILES 4096
 
 static void ferry_durable_drop(ARRAY_TYPE(ferry_fd) *fds, bool durable)
