@@ -67,23 +67,32 @@ static void *ferry_durable_thread(void *context)
 	return NULL;
 }
 
+/* the process's limit does not change during a pull: read once */
+static unsigned int ferry_durable_max_files(void)
+{
+	static unsigned int max_files = 0;
+	struct rlimit rl;
+
+	if (max_files == 0) {
+		max_files = FERRY_DURABLE_MAX_FILES;
+		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+		    rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur / 4 < max_files)
+			max_files = I_MAX(rl.rlim_cur / 4, 1);
+	}
+	return max_files;
+}
+
 void ferry_durable_file(struct ferry_durable *d, int fd)
 {
-	struct rlimit rl;
 	int dup_fd;
 
 	if (fd < 0)
 		return;
 	if (!array_is_created(&d->files)) {
-		d->max_files = FERRY_DURABLE_MAX_FILES;
-		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
-		    rl.rlim_cur != RLIM_INFINITY &&
-		    rl.rlim_cur / 4 < d->max_files)
-			d->max_files = rl.rlim_cur / 4;
 		i_array_init(&d->files, 256);
 		i_array_init(&d->syncing, 256);
 	}
-	if (array_count(&d->files) >= d->max_files)
+	if (array_count(&d->files) >= ferry_durable_max_files())
 		return;
 	dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	if (dup_fd >= 0)

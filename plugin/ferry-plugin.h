@@ -224,7 +224,6 @@ struct ferry_durable {
 	/* descriptors of the mail files of the batch being saved, and of
 	   the batch being made durable (the thread's) */
 	ARRAY_TYPE(ferry_fd) files, syncing;
-	unsigned int max_files;
 };
 int ferry_durable_start(struct ferry_durable *d, const char *path,
 			bool overlap, const char **error_r);

@@ -78,11 +78,9 @@ def _resident_bytes(paths):
 
 
 def _mail_files(sandbox, user, folder):
-    base = os.path.join(sandbox.home("new", user), "Maildir")
-    if folder != "INBOX":
-        base = os.path.join(base, "." + folder)
-    return [os.path.join(base, d, f) for d in ("cur", "new") for f in os.listdir(
-        os.path.join(base, d))]
+    base = os.path.join(sandbox.home("new", user), "Maildir", "." + folder)
+    return [os.path.join(base, d, f) for d in ("cur", "new")
+            for f in os.listdir(os.path.join(base, d))]
 
 
 @pytest.mark.parametrize("user,how", [("gail", "select"), ("hank", "doveadm")])
