@@ -868,20 +868,21 @@ static void run_end_early(struct run *r, const char *error)
 }
 
 /* finish()'s writes in one transaction: 0 written, 1 nothing written (the
-   write lock held by another process, or the transaction rolled back at
-   COMMIT, e.g. a row locked elsewhere or the connection lost): try again.
-   Ending the run on a rolled-back COMMIT left its user claimed with no
-   run, never picked again. */
+   write lock held by another process, a store that cannot begin, e.g.
+   PostgreSQL unreachable, or the transaction rolled back at COMMIT, e.g. a
+   row locked elsewhere or the connection lost): try again. Ending the run
+   on a rolled-back COMMIT left its user claimed with no run, never picked
+   again; writing without a transaction when BEGIN failed could leave half
+   of them. */
 static int finish_tx(struct run *r, json_t *rep, const char *error)
 {
 	struct store *st = r->ch->st;
 
 	st->busy = 0;
 	if (st->begin(st) < 0) {
-		if (st->busy)
-			return 1;
-		finish(r, rep, error);  /* inside a transaction already: joins it */
-		return 0;
+		if (!st->busy && r->hold_ev == NULL)
+			evlog("error", "store-error", "user", r->user, "error", st->error(st), NULL);
+		return 1;
 	}
 	finish(r, rep, error);
 	if (st->commit(st) < 0) {

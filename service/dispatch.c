@@ -487,7 +487,8 @@ static void arm(struct job *j, int ms)
 
 /* The answer's writes were rolled back at COMMIT (PostgreSQL: a row
    another ferryd's stalled transaction still locks, or the connection
-   lost): the job's memory has moved on, the store has not, so the pass
+   lost), or never begun (the store unreachable at BEGIN): the job's
+   memory has moved on, the store has not, so the pass
    starts again from ferryStatus after a delay. Pulls are idempotent (the
    UID rule): the new pass copies only what is still missing. Ending the
    job instead left its user claimed by this ferryd with no job, never
@@ -526,18 +527,23 @@ static void hold(struct job *j, const struct doveadm_reply *r)
 /* One doveadm answer's writes in one transaction (all or nothing). If
    another process holds the write lock, BEGIN IMMEDIATE says so within the
    store's short busy timeout and the answer is held, not lost
-   (docs/ferryd.md, "A locked database"). */
+   (docs/ferryd.md, "A locked database"). A store that cannot begin at all
+   (PostgreSQL unreachable, a disk error) gets none of the answer's writes:
+   made one by one outside a transaction, a failure half-way left the store
+   behind the job's memory; the pass starts again instead. */
 static void deliver(struct job *j, const struct doveadm_reply *r)
 {
 	struct store *st = j->d->st;
 
 	if (st->begin(st) < 0) {
+		char error[600];
+
 		if (st->busy) {
 			hold(j, r);
 			return;
 		}
-		/* inside a transaction already: its writes join it */
-		handle_reply(j, r);
+		snprintf(error, sizeof(error), "%s", st->error(st));
+		job_restart(j, error);
 		return;
 	}
 	if (j->hold_since.tv_sec != 0) {

@@ -18,7 +18,9 @@ sandbox's real Dovecot pair:
 - a verification whose result comes while the database is locked (its
   ferry-imapcheck child stopped with SIGSTOP until the lock is taken, then
   let go): the result is held and written when the lock ends (event log
-  store-busy held=check-result / store-resumed), not lost;
+  store-busy held=check-result / store-resumed), not lost; on PostgreSQL
+  also one whose BEGIN fails because the database refuses ferryd (its
+  session ended, its role's login refused), held until it answers again;
 - the start of a wave of 8,000 users (1,000 on PostgreSQL; a transition
   each, carried out in slices from the loop): the API answers meanwhile,
   ferryd spending less than 100 ms of CPU between a request and its
@@ -42,7 +44,9 @@ DNS_USER = "dnsu"
 LOCK_USERS = ["lk%02d" % i for i in range(1, 9)]
 IDLE = "idle"  # imported, never started: paused during the lock
 CHECK_USER = "ck"  # verified while the database is locked
-SANDBOX_KWARGS = {"users": [DNS_USER, IDLE, CHECK_USER] + LOCK_USERS, "doveadm_http": True}
+DOWN_USER = "ckd"  # verified while PostgreSQL refuses ferryd
+SANDBOX_KWARGS = {"users": [DNS_USER, IDLE, CHECK_USER, DOWN_USER] + LOCK_USERS,
+                  "doveadm_http": True}
 # the whole module on each store backend (conftest.py)
 FERRY_STORES = ("sqlite", "pgsql")
 LIMIT_MS = 100
@@ -247,6 +251,37 @@ def proc_state(pid):
         return None
 
 
+def stopped_verification(fd, user):
+    """An admin's verify of USER whose ferry-imapcheck child is
+    stopped (SIGSTOP) before it wrote its report (a run that ended before
+    it could be stopped is asked for again); -> the child's pid."""
+    stopped = None
+    for _ in range(20):
+        code, body = fd.api("POST", "/v1/verify", {"user": user})
+        assert code == 202, body
+        # polled without a pause: the run may last a fraction of a second
+        pid, end = None, time.monotonic() + 20
+        while pid is None and time.monotonic() < end:
+            pid = imapcheck_child(fd.pid)
+            if pid is None and fd.api("GET", "/v1/check?user=%s&kind=verify" %
+                                      user)[1].get("state") in ("done", "error"):
+                break
+        if pid is None:
+            continue
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        wait_until(lambda: proc_state(pid) in ("T", "Z", None), 10, "the child to stop")
+        if proc_state(pid) == "T":
+            stopped = pid
+            break
+        wait_until(lambda: fd.api("GET", "/v1/check?user=%s&kind=verify" % user)[1]
+                   .get("state") == "done", 20, "the run that ended to be written")
+    assert stopped is not None, "every verification ended before it could be stopped"
+    return stopped
+
+
 def test_check_result_during_lock_is_kept(sandbox):
     corpus.seed_old(sandbox, CHECK_USER, corpus.folder_spec("Bulk", n=300, seed=160, gaps=3))
     secret = master_password_file(sandbox)
@@ -260,32 +295,7 @@ def test_check_result_during_lock_is_kept(sandbox):
         fd.ctl("start", "--wave", "wc")
         wait_until(lambda: fd.settled([CHECK_USER]), 60, "the pull and its verification")
         assert fd.users()[CHECK_USER]["state"] == "verified", fd.users()[CHECK_USER]
-        # an admin's verify; its child stopped before it wrote its report
-        # (a run that ended before it could be stopped is asked for again)
-        stopped = None
-        for _ in range(20):
-            code, body = fd.api("POST", "/v1/verify", {"user": CHECK_USER})
-            assert code == 202, body
-            # polled without a pause: the run may last a fraction of a second
-            pid, end = None, time.monotonic() + 20
-            while pid is None and time.monotonic() < end:
-                pid = imapcheck_child(fd.pid)
-                if pid is None and fd.api("GET", "/v1/check?user=%s&kind=verify" %
-                                          CHECK_USER)[1].get("state") in ("done", "error"):
-                    break
-            if pid is None:
-                continue
-            try:
-                os.kill(pid, signal.SIGSTOP)
-            except ProcessLookupError:
-                continue
-            wait_until(lambda: proc_state(pid) in ("T", "Z", None), 10, "the child to stop")
-            if proc_state(pid) == "T":
-                stopped = pid
-                break
-            wait_until(lambda: fd.api("GET", "/v1/check?user=%s&kind=verify" % CHECK_USER)[1]
-                       .get("state") == "done", 20, "the run that ended to be written")
-        assert stopped is not None, "every verification ended before it could be stopped"
+        stopped = stopped_verification(fd, CHECK_USER)
         lk = locker(fd, HOLD_S)
         try:
             assert lk.stdout.readline().strip() == "locked"
@@ -307,6 +317,54 @@ def test_check_result_during_lock_is_kept(sandbox):
         assert fd.users()[CHECK_USER]["state"] == "verified"
         assert not [e for e in fd.events() if e.get("event") == "store-error"]
     finally:
+        fd.stop()
+
+
+def test_check_result_while_pgsql_refuses_is_kept(sandbox):
+    """PostgreSQL ends ferryd's session and refuses its login (a failover,
+    maintenance) while a verification's result is on its way: BEGIN fails
+    with no lock to blame. The result is held (a store-error line, then
+    tried again every 100 ms) and written once the database answers, not
+    written statement by statement without a transaction (each failing
+    alone: the result was lost, the check left running)."""
+    corpus.seed_old(sandbox, DOWN_USER, corpus.folder_spec("Bulk", n=100, seed=161, gaps=3))
+    secret = master_password_file(sandbox)
+    fd = Ferryd(sandbox, name="ferryd-check-down", old_master_user=MASTER_USER,
+                old_master_password_file=secret, new_master_user=MASTER_USER,
+                new_master_password_file=secret, new_imap="127.0.0.1:%d" % sandbox.port("new"),
+                verify_sample=1, check_timeout=60)
+    if fd.pg_db is None:
+        pytest.skip("PostgreSQL only: SQLite's BEGIN is refused by a lock (the test above)")
+    role, refused = fd.pg_db["role"], False
+    try:
+        fd.start()
+        fd.import_users([DOWN_USER], "wd")
+        fd.ctl("start", "--wave", "wd")
+        wait_until(lambda: fd.settled([DOWN_USER]), 60, "the pull and its verification")
+        assert fd.users()[DOWN_USER]["state"] == "verified", fd.users()[DOWN_USER]
+        stopped = stopped_verification(fd, DOWN_USER)
+        fd.pg.psql("postgres", "ALTER ROLE %s NOLOGIN" % role)
+        refused = True
+        fd.pg.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                   " WHERE usename = '%s'" % role)
+        os.kill(stopped, signal.SIGCONT)
+        wait_until(lambda: any(e.get("event") == "store-busy" and e.get("user") == DOWN_USER
+                               and e.get("held") == "check-result" for e in fd.events()),
+                   30, "the result to be held while PostgreSQL refuses ferryd")
+        fd.pg.psql("postgres", "ALTER ROLE %s LOGIN" % role)
+        refused = False
+        wait_until(lambda: any(e.get("event") == "store-resumed" and
+                               e.get("user") == DOWN_USER and e.get("kind") == "verify"
+                               for e in fd.events()), 30, "the held result to be written")
+        code, chk = fd.api("GET", "/v1/check?user=%s&kind=verify" % DOWN_USER)
+        assert code == 200 and chk["state"] == "done" and chk["result"] == "pass", chk
+        assert fd.users()[DOWN_USER]["state"] == "verified"
+        errors = [e for e in fd.events() if e.get("event") == "store-error"
+                  and e.get("user") == DOWN_USER]
+        assert errors and errors[0]["error"].startswith(("begin: ", "connect: ")), errors
+    finally:
+        if refused:
+            fd.pg.psql("postgres", "ALTER ROLE %s LOGIN" % role)
         fd.stop()
 
 

@@ -323,6 +323,52 @@ def test_a_stalled_ferryd_writes_nothing_twice(sandbox):
     assert {e["user"] for e in a.events() if e.get("event") == "claim-lost"} >= set(held)
 
 
+def test_an_answer_the_store_cannot_begin_restarts_the_pass(sandbox):
+    """PostgreSQL does not answer when a doveadm answer arrives (ferryd's
+    session ended and its role refused at login: a failover, maintenance):
+    BEGIN fails with no lock to blame. The answer's writes are not made
+    one by one outside a transaction (each reconnecting alone, a failure
+    half-way leaving the store behind the job); the pass restarts, and once
+    the database answers again the user ends done once. (BEGIN's failure
+    used to be taken for "inside a transaction already": the writes went
+    ahead without one.)"""
+    gate = threading.Event()
+    fake = FakePull(lambda u: "127.0.1.1", delay=0.05, gate=gate).start()
+    fd = Ferryd(sandbox, name="nb", node_name="nb", verify_after_pull="no",
+                doveadm="127.0.0.1:%d" % fake.port)
+    role = fd.pg_db["role"]
+    refused = False
+    try:
+        fd.start()
+        fd.import_users(["nb1"], wave="nb")
+        fd.ctl("start", "--wave", "nb")
+        wait_until(lambda: fake.waiting == 1, 60, "nb1's pull answer to be on its way")
+        fd.pg.psql("postgres", "ALTER ROLE %s NOLOGIN" % role)
+        refused = True
+        fd.pg.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                   " WHERE usename = '%s'" % role)
+        gate.set()
+        wait_until(lambda: [e for e in fd.events() if e.get("event") == "pass-restart"],
+                   60, "the pass to restart on the answer BEGIN could not take")
+        fd.pg.psql("postgres", "ALTER ROLE %s LOGIN" % role)
+        refused = False
+        wait_until(lambda: states(fd)["nb1"] == "done:0", 60, "nb1 done once PostgreSQL answers")
+    finally:
+        gate.set()
+        if refused:
+            fd.pg.psql("postgres", "ALTER ROLE %s LOGIN" % role)
+        if fd.alive():
+            fd.stop()
+        fake.stop()
+    restarts = [e for e in fd.events() if e.get("event") == "pass-restart"]
+    # BEGIN on the ended session, or its reconnection refused (a tick's read
+    # may have met the ended session first)
+    assert restarts[0]["user"] == "nb1", restarts[0]
+    assert restarts[0]["error"].startswith(("begin: ", "connect: ")), restarts[0]
+    assert [u for u, _ in log_events(fd, "user-done")] == ["nb1"]
+    assert fake.pulls == {"nb1": 1}
+
+
 def test_a_rolled_back_answer_restarts_the_pass(sandbox):
     """The answer whose writes PostgreSQL rolled back at COMMIT (a row
     locked by another session past lock_timeout: here the user's row, held

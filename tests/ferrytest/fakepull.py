@@ -14,7 +14,9 @@ together. It records what a real NEW and OLD would show in their logs:
 The old host of a user is the test's: host_of(user). Runs in the test's
 process (a thread), on 127.0.0.1 only. `make bench-scale` runs it as its
 own process (bench/fakedoveadm.py) with every user complete from the
-start (complete=True): what it measures is ferryd's own cost."""
+start (complete=True): what it measures is ferryd's own cost. With GATE (a
+threading.Event), ferryPull answers wait for it to be set: a test acts on
+the store while an answer is known to be on its way."""
 import json
 import threading
 import time
@@ -22,8 +24,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakePull:
-    def __init__(self, host_of, delay=0.02, port=0, complete=False):
+    def __init__(self, host_of, delay=0.02, port=0, complete=False, gate=None):
         self.host_of = host_of
+        self.gate = gate  # a threading.Event: ferryPull answers wait for it
+        self.waiting = 0  # ferryPull answers waiting for the gate
         self.all_complete = complete
         self.delay = delay
         self.lock = threading.Lock()
@@ -83,6 +87,12 @@ class FakePull:
             self.host_peak[host] = max(self.host_peak.get(host, 0), self.in_host[host])
         try:
             time.sleep(self.delay)
+            if cmd == "ferryPull" and self.gate is not None:
+                with self.lock:
+                    self.waiting += 1
+                self.gate.wait()
+                with self.lock:
+                    self.waiting -= 1
             with self.lock:
                 if cmd == "ferryPull":
                     self.pulls[user] = self.pulls.get(user, 0) + 1
