@@ -199,7 +199,10 @@ int ferry_old_body_fetch(struct mailbox *obox, uint32_t uid, uoff_t size,
 			 struct istream **input_r, const char **error_r);
 
 /* old-sizes.c: RFC822.SIZE of old UIDs first..last, one command; sorted
-   by UID. A message the server does not answer for is gone from it. */
+   by UID. A message the server does not answer for is gone from it.
+   prefetch() sends the command for a range fetch() will ask for next
+   (the old server answers it between the current batch's bodies);
+   discard() ends one nobody asked for, before the old mailbox closes. */
 struct ferry_old_size {
 	uint32_t uid;
 	uoff_t size;
@@ -209,6 +212,9 @@ void ferry_old_sizes_register(struct mailbox *obox);
 int ferry_old_sizes_fetch(struct mailbox *obox, uint32_t first, uint32_t last,
 			  ARRAY_TYPE(ferry_old_size) *sizes,
 			  const char **error_r);
+void ferry_old_sizes_prefetch(struct mailbox *obox, uint32_t first,
+			      uint32_t last);
+void ferry_old_sizes_discard(void);
 
 /* durable.c: a batch's syncfs(); with overlap in a helper thread while the
    next batch is copied (wait() before the next commit and before

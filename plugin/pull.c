@@ -473,9 +473,11 @@ ferry_old_search(struct mailbox_transaction_context *ot,
 }
 
 /* The old UIDs first..last still to copy, with their RFC822.SIZE: one
-   command, no bodies (old-sizes.c). */
+   command, no bodies (old-sizes.c); the next batch's (next_first..
+   next_last, if any) is asked for right after. */
 static int ferry_pull_todo(struct ferry_pull *pull, uint32_t first,
-			   uint32_t last, ARRAY_TYPE(ferry_old_size) *todo)
+			   uint32_t last, uint32_t next_first,
+			   uint32_t next_last, ARRAY_TYPE(ferry_old_size) *todo)
 {
 	ARRAY_TYPE(ferry_old_size) sizes;
 	const struct ferry_old_size *item;
@@ -486,6 +488,8 @@ static int ferry_pull_todo(struct ferry_pull *pull, uint32_t first,
 	if (ferry_old_sizes_fetch(pull->obox, first, last, &sizes, &error) < 0)
 		return ferry_pull_fail(pull, MAIL_ERROR_UNAVAILABLE,
 			t_strdup_printf("old server: %s", error));
+	if (next_first != 0)
+		ferry_old_sizes_prefetch(pull->obox, next_first, next_last);
 	array_foreach(&sizes, item) {
 		pull->last_seen_uid = item->uid;
 		if (max > 0 && item->size > max) {
@@ -650,7 +654,8 @@ ferry_pull_whole_run(const struct ferry_old_size *items, unsigned int count,
    over a whole folder that cost time quadratic and memory linear in the
    folder's size. */
 static int ferry_pull_batch(struct ferry_pull *pull, uint32_t first,
-			    uint32_t last)
+			    uint32_t last, uint32_t next_first,
+			    uint32_t next_last)
 {
 	uoff_t big_size = pull->fuser->set.big_message_size;
 	struct mailbox_transaction_context *ot;
@@ -661,7 +666,7 @@ static int ferry_pull_batch(struct ferry_pull *pull, uint32_t first,
 
 	ot = mailbox_transaction_begin(pull->obox, 0, "ferry pull");
 	t_array_init(&todo, pull->fuser->set.batch_size);
-	ret = ferry_pull_todo(pull, first, last, &todo);
+	ret = ferry_pull_todo(pull, first, last, next_first, next_last, &todo);
 	items = array_get(&todo, &count);
 	for (i = 0; ret == 0 && i < count; i += n) {
 		bool big = items[i].size > big_size;
@@ -685,7 +690,7 @@ static int ferry_pull_batch(struct ferry_pull *pull, uint32_t first,
 static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 {
 	unsigned int batch = pull->fuser->set.batch_size;
-	uint32_t seq, seq1, seq2, first, last;
+	uint32_t seq, seq1, seq2, first, last, next_first, next_last;
 	int ret = 0;
 
 	if (start + 1 >= pull->ost.uidnext)
@@ -727,10 +732,20 @@ static int ferry_pull_messages(struct ferry_pull *pull, uint32_t start)
 		mail_index_lookup_uid(pull->obox->view, seq, &first);
 		mail_index_lookup_uid(pull->obox->view,
 				      I_MIN(seq2, seq + batch - 1), &last);
+		next_first = next_last = 0;
+		if (seq2 - seq >= batch) {
+			mail_index_lookup_uid(pull->obox->view, seq + batch,
+					      &next_first);
+			mail_index_lookup_uid(pull->obox->view,
+				I_MIN(seq2, seq + 2 * batch - 1), &next_last);
+		}
 		T_BEGIN {
-			ret = ferry_pull_batch(pull, first, last);
+			ret = ferry_pull_batch(pull, first, last, next_first,
+					       next_last);
 		} T_END;
 	}
+	/* a stop or a failure leaves the next batch's sizes unread */
+	ferry_old_sizes_discard();
 	/* the last batch is durable before the folder can be completed */
 	if (ret == 0)
 		ret = ferry_pull_sync_wait(pull);
