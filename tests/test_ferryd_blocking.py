@@ -251,6 +251,29 @@ def proc_state(pid):
         return None
 
 
+def checking_ferryd(sandbox, name, user, n, seed):
+    """USER's folder of N messages on OLD, and a ferryd (not started) that
+    verifies with both master logins, every body compared."""
+    corpus.seed_old(sandbox, user, corpus.folder_spec("Bulk", n=n, seed=seed, gaps=3))
+    secret = master_password_file(sandbox)
+    return Ferryd(sandbox, name=name, old_master_user=MASTER_USER,
+                  old_master_password_file=secret, new_master_user=MASTER_USER,
+                  new_master_password_file=secret,
+                  new_imap="127.0.0.1:%d" % sandbox.port("new"), verify_sample=1,
+                  check_timeout=60)
+
+
+def verified_then_stopped(fd, user, wave):
+    """FD started, USER pulled and verified in WAVE, then an admin's verify
+    stopped before its report (stopped_verification); -> the child's pid."""
+    fd.start()
+    fd.import_users([user], wave)
+    fd.ctl("start", "--wave", wave)
+    wait_until(lambda: fd.settled([user]), 60, "the pull and its verification")
+    assert fd.users()[user]["state"] == "verified", fd.users()[user]
+    return stopped_verification(fd, user)
+
+
 def stopped_verification(fd, user):
     """An admin's verify of USER whose ferry-imapcheck child is
     stopped (SIGSTOP) before it wrote its report (a run that ended before
@@ -282,20 +305,21 @@ def stopped_verification(fd, user):
     return stopped
 
 
+def held_result_written(fd, user, timeout):
+    """The verification result held for USER is written (store-resumed)
+    within TIMEOUT s: the check passed and the user stays verified."""
+    wait_until(lambda: any(e.get("event") == "store-resumed" and e.get("user") == user
+                           and e.get("kind") == "verify" for e in fd.events()),
+               timeout, "the held result to be written")
+    code, chk = fd.api("GET", "/v1/check?user=%s&kind=verify" % user)
+    assert code == 200 and chk["state"] == "done" and chk["result"] == "pass", chk
+    assert fd.users()[user]["state"] == "verified"
+
+
 def test_check_result_during_lock_is_kept(sandbox):
-    corpus.seed_old(sandbox, CHECK_USER, corpus.folder_spec("Bulk", n=300, seed=160, gaps=3))
-    secret = master_password_file(sandbox)
-    fd = Ferryd(sandbox, name="ferryd-check", old_master_user=MASTER_USER,
-                old_master_password_file=secret, new_master_user=MASTER_USER,
-                new_master_password_file=secret, new_imap="127.0.0.1:%d" % sandbox.port("new"),
-                verify_sample=1, check_timeout=60)
+    fd = checking_ferryd(sandbox, "ferryd-check", CHECK_USER, n=300, seed=160)
     try:
-        fd.start()
-        fd.import_users([CHECK_USER], "wc")
-        fd.ctl("start", "--wave", "wc")
-        wait_until(lambda: fd.settled([CHECK_USER]), 60, "the pull and its verification")
-        assert fd.users()[CHECK_USER]["state"] == "verified", fd.users()[CHECK_USER]
-        stopped = stopped_verification(fd, CHECK_USER)
+        stopped = verified_then_stopped(fd, CHECK_USER, "wc")
         lk = locker(fd, HOLD_S)
         try:
             assert lk.stdout.readline().strip() == "locked"
@@ -309,12 +333,7 @@ def test_check_result_during_lock_is_kept(sandbox):
             assert lk.stdout.readline().strip() == "unlocked"
         finally:
             lk.wait(timeout=30)
-        wait_until(lambda: any(e.get("event") == "store-resumed" and
-                               e.get("user") == CHECK_USER and e.get("kind") == "verify"
-                               for e in fd.events()), 20, "the held result to be written")
-        code, chk = fd.api("GET", "/v1/check?user=%s&kind=verify" % CHECK_USER)
-        assert code == 200 and chk["state"] == "done" and chk["result"] == "pass", chk
-        assert fd.users()[CHECK_USER]["state"] == "verified"
+        held_result_written(fd, CHECK_USER, 20)
         assert not [e for e in fd.events() if e.get("event") == "store-error"]
     finally:
         fd.stop()
@@ -327,22 +346,12 @@ def test_check_result_while_pgsql_refuses_is_kept(sandbox):
     tried again every 100 ms) and written once the database answers, not
     written statement by statement without a transaction (each failing
     alone: the result was lost, the check left running)."""
-    corpus.seed_old(sandbox, DOWN_USER, corpus.folder_spec("Bulk", n=100, seed=161, gaps=3))
-    secret = master_password_file(sandbox)
-    fd = Ferryd(sandbox, name="ferryd-check-down", old_master_user=MASTER_USER,
-                old_master_password_file=secret, new_master_user=MASTER_USER,
-                new_master_password_file=secret, new_imap="127.0.0.1:%d" % sandbox.port("new"),
-                verify_sample=1, check_timeout=60)
+    fd = checking_ferryd(sandbox, "ferryd-check-down", DOWN_USER, n=100, seed=161)
     if fd.pg_db is None:
         pytest.skip("PostgreSQL only: SQLite's BEGIN is refused by a lock (the test above)")
     role, refused = fd.pg_db["role"], False
     try:
-        fd.start()
-        fd.import_users([DOWN_USER], "wd")
-        fd.ctl("start", "--wave", "wd")
-        wait_until(lambda: fd.settled([DOWN_USER]), 60, "the pull and its verification")
-        assert fd.users()[DOWN_USER]["state"] == "verified", fd.users()[DOWN_USER]
-        stopped = stopped_verification(fd, DOWN_USER)
+        stopped = verified_then_stopped(fd, DOWN_USER, "wd")
         fd.pg.psql("postgres", "ALTER ROLE %s NOLOGIN" % role)
         refused = True
         fd.pg.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -353,12 +362,7 @@ def test_check_result_while_pgsql_refuses_is_kept(sandbox):
                    30, "the result to be held while PostgreSQL refuses ferryd")
         fd.pg.psql("postgres", "ALTER ROLE %s LOGIN" % role)
         refused = False
-        wait_until(lambda: any(e.get("event") == "store-resumed" and
-                               e.get("user") == DOWN_USER and e.get("kind") == "verify"
-                               for e in fd.events()), 30, "the held result to be written")
-        code, chk = fd.api("GET", "/v1/check?user=%s&kind=verify" % DOWN_USER)
-        assert code == 200 and chk["state"] == "done" and chk["result"] == "pass", chk
-        assert fd.users()[DOWN_USER]["state"] == "verified"
+        held_result_written(fd, DOWN_USER, 30)
         errors = [e for e in fd.events() if e.get("event") == "store-error"
                   and e.get("user") == DOWN_USER]
         assert errors and errors[0]["error"].startswith(("begin: ", "connect: ")), errors
