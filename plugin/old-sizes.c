@@ -31,7 +31,7 @@ static struct ferry_sizes_fetch *ferry_sizes_current = NULL;
 
 static void
 ferry_sizes_untagged(const struct imapc_untagged_reply *reply,
-		     struct imapc_mailbox *mbox ATTR_UNUSED)
+		     struct imapc_mailbox *mbox)
 {
 	struct ferry_sizes_fetch *fetch = ferry_sizes_current;
 	const struct imap_arg *list;
@@ -41,8 +41,10 @@ ferry_sizes_untagged(const struct imapc_untagged_reply *reply,
 	uoff_t size;
 	unsigned int i;
 
-	if (fetch == NULL || fetch->error != NULL ||
-	    !imap_arg_get_list(reply->args, &list))
+	/* a sizes command sent ahead outlives the batch that sent it: only
+	   its own mailbox's lines are its answer */
+	if (fetch == NULL || fetch->obox != &mbox->box ||
+	    fetch->error != NULL || !imap_arg_get_list(reply->args, &list))
 		return;
 	for (i = 0; list[i].type != IMAP_ARG_EOL &&
 		    list[i + 1].type != IMAP_ARG_EOL; i += 2) {

@@ -2,6 +2,7 @@
 first use with UIDVALIDITY, UIDs, flags, keywords, dates, sizes and bytes
 kept; delivery before any pull; a finished user never contacts OLD again.
 Every check reads both servers through an independent IMAP client."""
+import glob
 import os
 import re
 import socket
@@ -14,7 +15,7 @@ from ferrytest.sandbox import password
 from ferrytest.snapshot import compare, duplicates, snapshot
 
 SANDBOX_KWARGS = {"users": ("alice", "bob", "carol", "dave", "erin", "fran", "gail", "hank",
-                            "stay"),
+                            "ivan", "stay"),
                   "new_extra": "plugin {\n  ferry_progress_interval = 1\n}\n",
                   # per-user settings from userdb: this user is not migrated
                   "new_userdb_extra": {"stay": "userdb_ferry=no",
@@ -109,6 +110,53 @@ def test_copied_mail_leaves_the_page_cache(sandbox, user, how):
             fp.read()
     assert _resident_bytes(files) >= size * 9 // 10
     assert compare(old, snapshot(sandbox, "new", user)) == []
+
+
+def _uids_in(uidset, first, last):
+    """Whether an IMAP UID set (1,3:5,...) names a UID in first..last."""
+    for part in uidset.split(b","):
+        lo, _, hi = part.partition(b":")
+        lo, hi = int(lo), int(hi or lo)
+        if min(lo, hi) <= last and max(lo, hi) >= first:
+            return True
+    return False
+
+
+def test_next_batch_sizes_are_asked_for_ahead(sandbox):
+    """Each batch's RFC822.SIZE command goes out while the batch before it
+    is copied (old-sizes.c), not after it: on the wire to OLD (imapc's
+    rawlog, per session), no body of batch k is asked for before the sizes
+    of batch k+1. (Each batch used to begin with a sizes round trip that
+    the copy waited for while OLD had nothing to do.)"""
+    spec = corpus.folder_spec("Bulk", n=450, seed=32)
+    corpus.seed_old(sandbox, "ivan", spec)
+    old = snapshot(sandbox, "old", "ivan")
+    rawlog = os.path.join(sandbox.root, "rawlog-ivan")
+    os.makedirs(rawlog)
+    os.chmod(rawlog, 0o777)  # written as the mail user
+    sandbox.doveadm("new", "-o", "plugin/ferry_batch_size=100", "-o",
+                    "imapc_rawlog_dir=" + rawlog, "ferry", "pull", "-u", "ivan")
+    assert compare(old, snapshot(sandbox, "new", "ivan")) == []
+    fetch = re.compile(rb"^\d+\.\d+ \S+ UID FETCH (\S+) \((.*)\)\r?$")
+    checked = 0
+    for out in glob.glob(os.path.join(rawlog, "*.out")):
+        cmds = []  # (sizes range or None, uid set) in the order sent
+        with open(out, "rb") as f:
+            for line in f:
+                m = fetch.match(line)
+                if m and m.group(2) == b"RFC822.SIZE":
+                    first, _, last = m.group(1).partition(b":")
+                    cmds.append(((int(first), int(last or first)), m.group(1)))
+                elif m and b"BODY.PEEK[]" in m.group(2):
+                    cmds.append((None, m.group(1)))
+        sizes = [(i, r) for i, (r, _) in enumerate(cmds) if r is not None]
+        for (_, prev), (at, _) in zip(sizes, sizes[1:]):
+            early = [u for r, u in cmds[:at] if r is None and _uids_in(u, *prev)]
+            assert early == [], "bodies of UIDs %d:%d asked for before the next sizes: %s" % (
+                prev[0], prev[1], early[:3])
+            checked += 1
+    # 450 messages in batches of 100: five sizes commands, four of them ahead
+    assert checked >= 4, checked
 
 
 def _raw_session(sandbox, user):
